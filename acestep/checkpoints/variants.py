@@ -1,0 +1,37 @@
+"""Model variants (turbo / base / SFT) and their sampling defaults (spec checkpoints.md section 4)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Tasks each family was trained for; upstream never enforces this, acestep does.
+TURBO_TASKS = frozenset({"text2music", "repaint", "cover"})
+ALL_TASKS = frozenset({"text2music", "repaint", "cover", "extract", "lego", "complete"})
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str  # "turbo" | "base" | "sft"
+    is_turbo: bool
+    is_xl: bool
+    default_steps: int
+    default_shift: float
+    uses_guidance: bool
+    accepts_custom_timesteps: bool
+
+    @property
+    def supported_tasks(self) -> frozenset[str]:
+        return TURBO_TASKS if self.is_turbo else ALL_TASKS
+
+
+def detect_variant(config: dict, folder_name: str = "") -> Variant:
+    """Decide the variant from ``is_turbo`` / ``model_version`` in the config, then the folder name."""
+    version = str(config.get("model_version") or "").lower()
+    name = folder_name.lower()
+    is_turbo = bool(config.get("is_turbo")) or version == "turbo" or ("turbo" in name and not version)
+    is_xl = config.get("hidden_size", 2048) > 2048 or "xl" in name
+    if is_turbo:
+        return Variant("turbo", True, is_xl, 8, 3.0, False, True)
+    if "sft" in version or "sft" in name:
+        return Variant("sft", False, is_xl, 50, 1.0, True, True)
+    return Variant("base", False, is_xl, 50, 1.0, True, False)

@@ -1,0 +1,248 @@
+"""``AceStep``: load a checkpoint once, then turn ``GenerationRequest``s into audio files.
+
+The flow of one request: check it against the model (before any tensor exists), resolve seeds,
+load the audio inputs, plan the task's conditioning, encode text, sample, decode, write files.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from loguru import logger
+
+from acestep.checkpoints import CheckpointPaths, Components, load_components, resolve
+from acestep.engine import audio_io, conditioning
+from acestep.engine.codec import AudioCodec
+from acestep.engine.prompts import caption_prompt, encode_text, lyric_prompt, metas_string
+from acestep.engine.request import AudioItem, GenerationRequest, GenerationResult
+from acestep.engine.sampler import Condition, Guidance, denoise
+from acestep.engine.schedules import build_schedule
+from acestep.engine.seeds import generators, item_noise, resolve_seeds
+from acestep.memory import default_dtype, resolve_device
+
+ProgressCallback = Callable[[str, float], None]
+
+
+class GenerationError(RuntimeError):
+    """Generation ran but produced unusable output (NaN, all-zero or silent audio)."""
+
+
+class AceStep:
+    """One loaded ACE-Step 1.5 model (DiT, condition encoder, text encoder, VAE)."""
+
+    def __init__(self, components: Components, paths: CheckpointPaths, device: torch.device, dtype: torch.dtype):
+        self.components = components
+        self.paths = paths
+        self.device = device
+        self.dtype = dtype
+        self.codec = AudioCodec(components.vae)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        dit: str | None = None,
+        device: str | torch.device = "auto",
+        dtype: str | torch.dtype | None = None,
+    ) -> AceStep:
+        """Load an upstream ``checkpoints/`` root, one DiT folder, or a diffusers folder."""
+        paths = resolve(path, dit)
+        target = resolve_device(device)
+        torch_dtype = default_dtype(target, dtype)
+        started = time.perf_counter()
+        components = load_components(paths, target, torch_dtype)
+        logger.info(
+            f"loaded {paths.dit_name} ({paths.layout} layout, {paths.variant.name}) on {target} as "
+            f"{torch_dtype} in {time.perf_counter() - started:.1f} s"
+        )
+        return cls(components, paths, target, torch_dtype)
+
+    @property
+    def variant(self):
+        return self.paths.variant
+
+    @property
+    def silence_latent(self) -> torch.Tensor:
+        return self.components.condition_encoder.silence_latent
+
+    def check(self, request: GenerationRequest) -> None:
+        """Model-dependent checks, before any tensor is allocated."""
+        task = request.effective_task
+        if task not in self.variant.supported_tasks:
+            raise ValueError(
+                f"task {task!r} needs a base or SFT model; {self.paths.dit_name} is a {self.variant.name} "
+                f"model (it supports {', '.join(sorted(self.variant.supported_tasks))})"
+            )
+        needs_codec = task == "cover"
+        if needs_codec and self.components.audio_tokenizer is None:
+            raise ValueError(f"{self.paths.dit_name} has no audio tokenizer, so cover is unavailable")
+
+    def generate(
+        self,
+        request: GenerationRequest,
+        output_dir: str | Path,
+        progress: ProgressCallback | None = None,
+    ) -> GenerationResult:
+        self.check(request)
+        timings: dict[str, float] = {}
+        started = clock = time.perf_counter()
+
+        def lap(name: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            timings[name] = round(now - clock, 4)
+            clock = now
+
+        report = progress or (lambda stage, fraction: None)
+        seeds = resolve_seeds(request.seed, request.batch_size, request.wants_random_seed)
+        source = audio_io.load_audio(request.src_audio) if request.src_audio else None
+        reference = audio_io.load_audio(request.reference_audio) if request.reference_audio else None
+        if reference is not None and audio_io.is_silent(reference):
+            raise audio_io.AudioInputError("reference audio is silent")
+        if source is not None and request.effective_task != "cover" and audio_io.is_silent(source):
+            raise audio_io.AudioInputError("source audio is silent")
+        lap("load_audio")
+
+        report("conditioning", 0.0)
+        plan = self._plan(request, source)
+        refer = conditioning.reference_latents(self.codec, reference, self.silence_latent, self.dtype)
+        lap("audio_encode")
+        schedule, notes = build_schedule(self.variant, request.inference_steps, request.shift, request.timesteps)
+        warnings = plan.notes + notes
+        for note in warnings:
+            logger.info(note)
+        metas = metas_string(request.bpm, request.time_signature, request.key_scale, plan.metas_duration_s)
+        condition = self._condition(request, plan, metas, refer)
+        switch = None
+        if plan.is_cover and request.audio_cover_strength < 1.0:
+            alt_plan = conditioning.non_cover_plan(plan, self.silence_latent)
+            switch = (int(len(schedule) * request.audio_cover_strength), self._condition(request, alt_plan, metas, refer))
+        guidance = None
+        if self.variant.uses_guidance and request.guidance_scale > 1.0:
+            guidance = Guidance(
+                scale=request.guidance_scale,
+                interval=(request.cfg_interval_start, request.cfg_interval_end),
+                null_embedding=self.components.condition_encoder.null_condition_emb,
+            )
+        lap("text_encode")
+
+        noise = item_noise(
+            generators(seeds, self.device), (plan.frames, self.codec.latent_dim), self.device, self.dtype
+        )
+        latents = denoise(
+            self.components.transformer, noise, schedule, condition, guidance, switch,
+            on_step=lambda done, total: report("diffusion", done / total),
+        )
+        self._check_latents(latents)
+        lap("dit")
+
+        report("decode", 0.0)
+        audio = self.codec.decode(latents)
+        audio = self._fit_length(audio, plan)
+        audio = audio_io.anti_clip(audio)
+        lap("vae_decode")
+
+        items = self._save(request, audio, seeds, plan, output_dir)
+        lap("save")
+        timings["total"] = round(time.perf_counter() - started, 4)
+        report("done", 1.0)
+        return GenerationResult(
+            items=items,
+            sample_rate=audio_io.SAMPLE_RATE,
+            task_type=plan.task,
+            model=self.paths.dit_name,
+            variant=self.variant.name,
+            metas={
+                "bpm": request.bpm,
+                "key_scale": request.key_scale,
+                "time_signature": request.time_signature,
+                "duration": plan.target_samples / audio_io.SAMPLE_RATE,
+                "caption": request.caption,
+                "instruction": plan.instruction,
+                "steps": len(schedule),
+                "timesteps": schedule,
+            },
+            timings=timings,
+            warnings=warnings,
+        )
+
+    def _plan(self, request: GenerationRequest, source: torch.Tensor | None) -> conditioning.TaskPlan:
+        silence = self.silence_latent.to(self.dtype)
+        comps = self.components
+        if request.audio_code_string.strip():
+            codes = conditioning.parse_audio_codes(
+                request.audio_code_string, comps.audio_tokenizer.quantizer.codebook_size
+            )
+            if not codes:
+                raise ValueError("audio_code_string holds no <|audio_code_N|> tokens")
+            hints = conditioning.decode_codes(codes, comps.audio_tokenizer, comps.audio_token_detokenizer, self.dtype)
+            return conditioning.plan_from_codes(request, hints, silence)
+        if source is None or request.task_type == "text2music":
+            return conditioning.plan_text2music(request, silence)
+
+        def fsq(latents: torch.Tensor) -> torch.Tensor:
+            return conditioning.fsq_round_trip(latents, silence, comps.audio_tokenizer, comps.audio_token_detokenizer)
+
+        return conditioning.plan_from_source(request, self.codec, source, silence, self.dtype, fsq)
+
+    @torch.inference_mode()
+    def _condition(
+        self, request: GenerationRequest, plan: conditioning.TaskPlan, metas: str, refer: torch.Tensor
+    ) -> Condition:
+        comps = self.components
+        text = encode_text(
+            comps.text_encoder,
+            comps.tokenizer,
+            caption_prompt(plan.instruction, request.caption, metas),
+            lyric_prompt(request.vocal_language, request.lyrics_text),
+        )
+        states, _ = comps.condition_encoder(
+            text_hidden_states=text.text_hidden,
+            text_attention_mask=text.text_mask,
+            lyric_hidden_states=text.lyric_hidden,
+            lyric_attention_mask=text.lyric_mask,
+            refer_audio_acoustic_hidden_states_packed=refer,
+            refer_audio_order_mask=torch.zeros(1, dtype=torch.long, device=self.device),
+        )
+        return Condition(encoder_hidden_states=states, context_latents=plan.context())
+
+    @staticmethod
+    def _check_latents(latents: torch.Tensor) -> None:
+        if not torch.isfinite(latents).all():
+            raise GenerationError("generation produced NaN or infinite latents")
+        if not latents.abs().amax().item():
+            raise GenerationError("generation produced all-zero latents")
+
+    @staticmethod
+    def _fit_length(audio: torch.Tensor, plan: conditioning.TaskPlan) -> torch.Tensor:
+        """Return exactly the target's samples (a stem lines up with its source sample for sample)."""
+        samples = plan.target_samples
+        if audio.shape[-1] >= samples:
+            audio = audio[..., :samples]
+        else:
+            audio = torch.nn.functional.pad(audio, (0, samples - audio.shape[-1]))
+        if plan.window is not None:
+            audio = audio * conditioning.window_envelope(plan.window, samples)
+        return audio
+
+    def _save(self, request, audio, seeds, plan, output_dir) -> list[AudioItem]:
+        items = []
+        for index, (wav, seed) in enumerate(zip(audio, seeds)):
+            if audio_io.output_is_silent(wav):
+                raise GenerationError(
+                    f"item {index} (seed {seed}) came out silent; try another seed or check the inputs"
+                )
+            if request.enable_normalization:
+                wav = audio_io.peak_normalize(wav, request.normalization_db)
+            params = request.model_dump(mode="json") | {"seed": seed, "model": self.paths.dit_name}
+            path = audio_io.save_audio(wav, output_dir, audio_io.file_stem(params), request.audio_format)
+            items.append(
+                AudioItem(
+                    path=str(path), seed=seed, sample_rate=audio_io.SAMPLE_RATE,
+                    duration=wav.shape[-1] / audio_io.SAMPLE_RATE, peak=float(wav.abs().max()),
+                )
+            )
+        return items

@@ -1,0 +1,240 @@
+"""``GenerationRequest`` and ``GenerationResult``: the one request type every face submits.
+
+Field names and defaults follow upstream ACE-Step 1.5's ``GenerationParams`` (with the REST
+aliases accepted), and every value is checked here, before any tensor is allocated.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from acestep.engine.tasks import SOURCE_TASKS, TASK_TYPES, TRACK_NAMES
+
+MAX_DURATION_S = 600.0
+MAX_BATCH_SIZE = 8
+AUDIO_FORMATS = ("flac", "wav", "wav32", "mp3")
+TIME_SIGNATURES = {"2": "2", "3": "3", "4": "4", "6": "6", "2/4": "2", "3/4": "3", "4/4": "4", "6/8": "6"}
+KEY_SCALE_RE = re.compile(r"^[A-G](#|b|♯|♭)? (major|minor)$", re.IGNORECASE)
+VOCAL_LANGUAGES = frozenset(
+    "ar az bg bn ca cs da de el en es fa fi fr he hi hr ht hu id is it ja ko la lt ms ne nl no pa pl pt "
+    "ro ru sa sk sr sv sw ta te th tl tr uk ur vi yue zh unknown".split()
+)
+INSTRUMENTAL_LYRICS = "[Instrumental]"
+
+
+def _alias(*names: str) -> AliasChoices:
+    return AliasChoices(*names)
+
+
+class GenerationRequest(BaseModel):
+    """One generation job. Seconds for times; paths for audio inputs."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="forbid", validate_assignment=True)
+
+    caption: str = Field("", validation_alias=_alias("caption", "prompt"), max_length=4096)
+    lyrics: str = Field("", max_length=20000)
+    instrumental: bool = False
+    task_type: str = "text2music"
+    instruction: str | None = None
+    track_name: str | None = None
+    track_classes: list[str] | None = Field(None, validation_alias=_alias("track_classes", "complete_track_classes"))
+    src_audio: str | None = Field(None, validation_alias=_alias("src_audio", "src_audio_path"))
+    reference_audio: str | None = Field(None, validation_alias=_alias("reference_audio", "reference_audio_path"))
+    audio_code_string: str = Field("", validation_alias=_alias("audio_code_string", "audio_codes"))
+    audio_duration: float = Field(-1.0, validation_alias=_alias("audio_duration", "duration"))
+    bpm: int | None = None
+    key_scale: str = Field("", validation_alias=_alias("key_scale", "keyscale"))
+    time_signature: str = Field("", validation_alias=_alias("time_signature", "timesignature"))
+    vocal_language: str = Field("unknown", validation_alias=_alias("vocal_language", "language"))
+    inference_steps: int = Field(8, ge=1, le=200, validation_alias=_alias("inference_steps", "num_inference_steps"))
+    guidance_scale: float = Field(7.0, ge=0.0, le=50.0)
+    shift: float = Field(3.0, gt=0.0, le=10.0)
+    timesteps: list[float] | None = None
+    cfg_interval_start: float = Field(0.0, ge=0.0, le=1.0)
+    cfg_interval_end: float = Field(1.0, ge=0.0, le=1.0)
+    seed: int | str = -1
+    use_random_seed: bool = True
+    batch_size: int = Field(2, ge=1, le=MAX_BATCH_SIZE)
+    repainting_start: float = 0.0
+    repainting_end: float = -1.0
+    audio_cover_strength: float = Field(1.0, ge=0.0, le=1.0)
+    audio_format: str = "flac"
+    enable_normalization: bool = True
+    normalization_db: float = Field(-1.0, le=0.0, ge=-60.0)
+
+    @field_validator("task_type")
+    @classmethod
+    def _task(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value not in TASK_TYPES:
+            raise ValueError(f"unknown task_type {value!r}; expected one of {', '.join(TASK_TYPES)}")
+        return value
+
+    @field_validator("track_name")
+    @classmethod
+    def _track(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip().lower()
+        if value not in TRACK_NAMES:
+            raise ValueError(f"unknown track_name {value!r}; expected one of {', '.join(TRACK_NAMES)}")
+        return value
+
+    @field_validator("track_classes", mode="before")
+    @classmethod
+    def _classes(cls, value: object) -> list[str] | None:
+        if value is None or value == "":
+            return None
+        items = value.split(",") if isinstance(value, str) else list(value)  # type: ignore[arg-type]
+        out = [str(v).strip().lower() for v in items if str(v).strip()]
+        unknown = [v for v in out if v not in TRACK_NAMES]
+        if unknown:
+            raise ValueError(f"unknown track_classes {unknown}; expected names from {', '.join(TRACK_NAMES)}")
+        return out or None
+
+    @field_validator("bpm", mode="before")
+    @classmethod
+    def _bpm(cls, value: object) -> int | None:
+        if value in (None, "", 0, "N/A"):
+            return None
+        bpm = int(float(value))  # type: ignore[arg-type]
+        if not 30 <= bpm <= 300:
+            raise ValueError(f"bpm must be between 30 and 300, got {bpm}")
+        return bpm
+
+    @field_validator("key_scale")
+    @classmethod
+    def _key(cls, value: str) -> str:
+        if not value.strip() or value.strip() == "N/A":
+            return ""
+        if not KEY_SCALE_RE.match(value.strip()):
+            raise ValueError(f"key_scale {value!r} is not like 'C major' or 'F# minor'")
+        return value.strip()
+
+    @field_validator("time_signature", mode="before")
+    @classmethod
+    def _time_signature(cls, value: object) -> str:
+        text = "" if value is None else str(value).strip()
+        if text in ("", "N/A"):
+            return ""
+        if text not in TIME_SIGNATURES:
+            raise ValueError(f"time_signature must be one of 2, 3, 4, 6 (2/4, 3/4, 4/4, 6/8), got {text!r}")
+        return TIME_SIGNATURES[text]
+
+    @field_validator("vocal_language")
+    @classmethod
+    def _language(cls, value: str) -> str:
+        value = value.strip().lower() or "unknown"
+        if value not in VOCAL_LANGUAGES:
+            raise ValueError(f"unknown vocal_language {value!r}")
+        return value
+
+    @field_validator("audio_duration")
+    @classmethod
+    def _duration(cls, value: float) -> float:
+        if value > MAX_DURATION_S:
+            raise ValueError(f"audio_duration must be at most {MAX_DURATION_S:.0f} s, got {value}")
+        return value
+
+    @field_validator("audio_format")
+    @classmethod
+    def _format(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value not in AUDIO_FORMATS:
+            raise ValueError(f"audio_format must be one of {', '.join(AUDIO_FORMATS)}, got {value!r}")
+        return value
+
+    @field_validator("seed", mode="before")
+    @classmethod
+    def _seed(cls, value: object) -> int | str:
+        if value is None:
+            return -1
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return int(value)
+        text = str(value).strip()
+        if not re.fullmatch(r"\s*-?\d+(\.0*)?(\s*,\s*-?\d+(\.0*)?)*\s*,?\s*", text or "-1"):
+            raise ValueError(f"seed must be an integer or a comma-separated list of integers, got {value!r}")
+        return text or -1
+
+    @field_validator("timesteps")
+    @classmethod
+    def _timesteps(cls, value: list[float] | None) -> list[float] | None:
+        if value is None or len(value) == 0:
+            return None
+        if any(not 0.0 <= t <= 1.0 for t in value):
+            raise ValueError("timesteps must lie in [0, 1]")
+        if any(b > a for a, b in zip(value, value[1:])):
+            raise ValueError("timesteps must be non-increasing (from 1 towards 0)")
+        return value
+
+    @model_validator(mode="after")
+    def _cross_fields(self) -> GenerationRequest:
+        if self.cfg_interval_start > self.cfg_interval_end:
+            raise ValueError("cfg_interval_start must be <= cfg_interval_end")
+        has_codes = bool(self.audio_code_string.strip())
+        if self.task_type == "lego" and has_codes:
+            raise ValueError(
+                "lego generates a stem against the source audio; audio codes cannot replace the source "
+                "(send src_audio and leave audio_code_string empty)"
+            )
+        if self.task_type in SOURCE_TASKS and not self.src_audio and not (self.task_type == "cover" and has_codes):
+            raise ValueError(f"task {self.task_type!r} requires src_audio")
+        if self.repainting_end > 0 and self.repainting_start >= self.repainting_end:
+            raise ValueError(
+                f"repainting_start ({self.repainting_start}) must be before repainting_end ({self.repainting_end})"
+            )
+        if self.task_type == "lego" and self.repainting_start < 0:
+            raise ValueError("lego windows lie inside the source: repainting_start must be >= 0")
+        return self
+
+    @property
+    def effective_task(self) -> str:
+        """Upstream rewrites text2music with audio codes into cover."""
+        if self.task_type == "text2music" and self.audio_code_string.strip():
+            return "cover"
+        return self.task_type
+
+    @property
+    def wants_random_seed(self) -> bool:
+        """Upstream ignores a written seed while ``use_random_seed`` keeps its default of true; here
+        a seed the caller wrote is honoured unless they also set ``use_random_seed=True`` explicitly."""
+        if "use_random_seed" in self.model_fields_set:
+            return self.use_random_seed
+        return not ("seed" in self.model_fields_set and str(self.seed).strip() not in ("-1", ""))
+
+    @property
+    def lyrics_text(self) -> str:
+        return INSTRUMENTAL_LYRICS if self.instrumental and not self.lyrics.strip() else self.lyrics
+
+
+class AudioItem(BaseModel):
+    """One generated file of a batch."""
+
+    path: str
+    seed: int
+    sample_rate: int
+    duration: float
+    peak: float
+
+
+class GenerationResult(BaseModel):
+    """What a generation produced: files, the seeds actually used, metas and per-stage timings."""
+
+    items: list[AudioItem]
+    sample_rate: int
+    task_type: str
+    model: str
+    variant: str
+    metas: dict
+    timings: dict[str, float]
+    warnings: list[str] = []
+
+    @property
+    def audio_paths(self) -> list[str]:
+        return [item.path for item in self.items]
+
+    @property
+    def seeds(self) -> list[int]:
+        return [item.seed for item in self.items]

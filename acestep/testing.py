@@ -1,0 +1,217 @@
+"""Tiny, deterministic ACE-Step checkpoints and synthetic audio for tests, demos and CI.
+
+:func:`make_tiny_checkpoint` writes a complete checkpoint in either folder layout with every
+component at a tiny size that keeps the real structure: GQA attention, alternating
+sliding-window / full layers, 2x patching, the 5 Hz audio tokenizer (FSQ) and detokenizer, an
+Oobleck VAE with the real 1920-sample hop (so 25 latent frames per second), and a Qwen3 text
+encoder with a byte-level tokenizer that needs no download. Same seed, same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+TINY_LATENT_DIM = 8
+TINY_SILENCE_FRAMES = 400  # 16 s; longer targets exercise silence-latent tiling
+SAMPLE_RATE = 48000
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+
+
+def tiny_dit_config(variant: str = "turbo") -> dict:
+    """An upstream-style DiT ``config.json`` at tiny size."""
+    if variant not in ("turbo", "base", "sft"):
+        raise ValueError(f"variant must be turbo, base or sft, got {variant!r}")
+    dim = TINY_LATENT_DIM
+    return {
+        "architectures": ["AceStepConditionGenerationModel"],
+        "model_type": "acestep",
+        "model_version": variant,
+        "is_turbo": variant == "turbo",
+        "dtype": "float32",
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 4,
+        "layer_types": ["sliding_attention", "full_attention"] * 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 8,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 1000000,
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "use_sliding_window": True,
+        "sliding_window": 16,
+        "in_channels": 3 * dim,
+        "audio_acoustic_hidden_dim": dim,
+        "patch_size": 2,
+        "text_hidden_dim": 16,
+        "timbre_hidden_dim": dim,
+        "timbre_fix_frame": 750,
+        "num_lyric_encoder_hidden_layers": 2,
+        "num_timbre_encoder_hidden_layers": 2,
+        "num_attention_pooler_hidden_layers": 2,
+        "pool_window_size": 5,
+        "fsq_dim": 32,
+        "fsq_input_levels": [8, 8, 8, 5, 5, 5],
+        "fsq_input_num_quantizers": 1,
+        "vocab_size": 64003,
+    }
+
+
+def tiny_vae_config() -> dict:
+    return {
+        "encoder_hidden_size": 2 * TINY_LATENT_DIM,
+        "downsampling_ratios": [2, 4, 4, 6, 10],
+        "channel_multiples": [1, 2, 2, 2, 2],
+        "decoder_channels": 4,
+        "decoder_input_channels": TINY_LATENT_DIM,
+        "audio_channels": 2,
+        "sampling_rate": SAMPLE_RATE,
+    }
+
+
+def _tiny_tokenizer():
+    from tokenizers import Tokenizer, decoders, models
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {ch: i for i, ch in enumerate(sorted(ByteLevel.alphabet()))}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens(list(SPECIAL_TOKENS))
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token="<|endoftext|>", pad_token="<|endoftext|>", model_max_length=131072
+    )
+
+
+def _tiny_text_encoder(vocab_size: int):
+    from transformers import Qwen3Config, Qwen3Model
+
+    config = Qwen3Config(
+        vocab_size=vocab_size,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=8,
+        max_position_embeddings=4096,
+        rope_theta=1000000.0,
+        tie_word_embeddings=False,
+        architectures=["Qwen3Model"],
+    )
+    return Qwen3Model(config)
+
+
+def _fill_random(module: torch.nn.Module, generator: torch.Generator) -> None:
+    """Overwrite every parameter with seeded values of a sane scale, in sorted-name order."""
+    params = dict(module.named_parameters())
+    for name in sorted(params):
+        param = params[name]
+        shape = param.shape
+        noise = torch.randn(shape, generator=generator, dtype=torch.float32)
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf in ("alpha", "beta"):  # Snake activations (log-scale)
+            value = 0.1 * noise
+        elif leaf == "weight_g":  # weight norm magnitude
+            value = 0.8 + 0.2 * noise.abs()
+        elif param.dim() == 1 and "norm" in name:
+            value = 1.0 + 0.05 * noise
+        elif param.dim() == 1:
+            value = 0.02 * noise
+        else:
+            fan_in = math.prod(shape[1:]) if param.dim() > 1 else shape[-1]
+            value = noise / math.sqrt(max(fan_in, 1))
+        with torch.no_grad():
+            param.copy_(value)
+
+
+def _build_components(variant: str, seed: int) -> dict:
+    from diffusers import AutoencoderOobleck
+
+    from acestep.checkpoints import convert
+    from acestep.checkpoints.loading import DIT_CLASSES
+
+    generator = torch.Generator().manual_seed(seed)
+    dit_config = tiny_dit_config(variant)
+    configs = convert.component_configs(dit_config)
+    modules = {name: cls.from_config(configs[name]) for name, cls in DIT_CLASSES.items()}
+    tokenizer = _tiny_tokenizer()
+    modules["text_encoder"] = _tiny_text_encoder(len(tokenizer))
+    modules["vae"] = AutoencoderOobleck(**tiny_vae_config())
+    for name in sorted(modules):
+        _fill_random(modules[name], generator)
+        modules[name].eval()
+    # The silence latent is what the VAE makes of digital silence, as upstream's is meant to be.
+    with torch.no_grad():
+        silence = torch.zeros(1, 2, TINY_SILENCE_FRAMES * 1920)
+        latent = modules["vae"].encode(silence).latent_dist.mean  # [1, C, T]
+    modules["condition_encoder"].register_buffer("silence_latent", latent.transpose(1, 2).contiguous())
+    return {"modules": modules, "tokenizer": tokenizer, "dit_config": dit_config, "silence": latent}
+
+
+def make_tiny_checkpoint(
+    path: str | Path, layout: str = "upstream", variant: str = "turbo", seed: int = 0
+) -> Path:
+    """Write a tiny random checkpoint and return the path to pass to ``AceStep.from_pretrained``.
+
+    ``layout="upstream"`` writes a ``checkpoints/`` root (``acestep-v15-<variant>/``, ``vae/``,
+    ``Qwen3-Embedding-0.6B/``); ``layout="diffusers"`` writes a saved ``AceStepPipeline``.
+    """
+    if layout not in ("upstream", "diffusers"):
+        raise ValueError(f"layout must be 'upstream' or 'diffusers', got {layout!r}")
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    with torch.inference_mode(False):
+        built = _build_components(variant, seed)
+    if layout == "upstream":
+        _write_upstream(path, variant, built)
+    else:
+        _write_diffusers(path, built)
+    return path
+
+
+def _write_upstream(root: Path, variant: str, built: dict) -> None:
+    from acestep.checkpoints import convert
+
+    modules = built["modules"]
+    dit_dir = root / f"acestep-v15-{variant}"
+    dit_dir.mkdir(parents=True, exist_ok=True)
+    parts = {name: modules[name].state_dict() for name in convert.PREFIX_TO_COMPONENT.values()}
+    state = {k: v.contiguous() for k, v in convert.join_to_upstream_state_dict(parts).items()}
+    save_file(state, str(dit_dir / "model.safetensors"), metadata={"format": "pt"})
+    (dit_dir / "config.json").write_text(json.dumps(built["dit_config"], indent=2, sort_keys=True) + "\n")
+    torch.save(built["silence"].clone(), dit_dir / "silence_latent.pt")
+    modules["vae"].save_pretrained(root / "vae", safe_serialization=True)
+    text_dir = root / "Qwen3-Embedding-0.6B"
+    modules["text_encoder"].save_pretrained(text_dir, safe_serialization=True)
+    built["tokenizer"].save_pretrained(text_dir)
+
+
+def _write_diffusers(root: Path, built: dict) -> None:
+    from diffusers import AceStepPipeline, FlowMatchEulerDiscreteScheduler
+
+    pipe = AceStepPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1, shift=1.0),
+        tokenizer=built["tokenizer"],
+        **built["modules"],
+    )
+    pipe.save_pretrained(root, safe_serialization=True)
+
+
+def synthetic_audio(seconds: float, seed: int = 0, sample_rate: int = SAMPLE_RATE, channels: int = 2) -> np.ndarray:
+    """A deterministic test signal [samples, channels]: a chord with a beat, plus a little noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(round(seconds * sample_rate))) / sample_rate
+    tone = sum(np.sin(2 * np.pi * f * t) for f in (220.0, 277.18, 329.63)) / 3
+    beat = (np.sin(2 * np.pi * 2.0 * t) > 0.9).astype(np.float64) * np.sin(2 * np.pi * 60.0 * t)
+    mono = 0.5 * tone + 0.3 * beat + 0.01 * rng.standard_normal(t.shape)
+    out = np.stack([mono * (1.0 - 0.2 * c) for c in range(channels)], axis=1)
+    return out.astype(np.float32)
