@@ -87,7 +87,10 @@ def _tiny_tokenizer():
     backend.decoder = decoders.ByteLevel()
     backend.add_special_tokens(list(SPECIAL_TOKENS))
     return PreTrainedTokenizerFast(
-        tokenizer_object=backend, eos_token="<|endoftext|>", pad_token="<|endoftext|>", model_max_length=131072
+        tokenizer_object=backend,
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        model_max_length=131072,
     )
 
 
@@ -206,7 +209,9 @@ def _write_diffusers(root: Path, built: dict) -> None:
     pipe.save_pretrained(root, safe_serialization=True)
 
 
-def synthetic_audio(seconds: float, seed: int = 0, sample_rate: int = SAMPLE_RATE, channels: int = 2) -> np.ndarray:
+def synthetic_audio(
+    seconds: float, seed: int = 0, sample_rate: int = SAMPLE_RATE, channels: int = 2
+) -> np.ndarray:
     """A deterministic test signal [samples, channels]: a chord with a beat, plus a little noise."""
     rng = np.random.default_rng(seed)
     t = np.arange(int(round(seconds * sample_rate))) / sample_rate

@@ -52,7 +52,7 @@ def _rename_attention(key: str) -> str:
 def _rename_prefix(key: str, renames: tuple[tuple[str, str], ...]) -> str:
     for old, new in renames:
         if key.startswith(old):
-            return new + key[len(old):]
+            return new + key[len(old) :]
     return key
 
 
@@ -70,7 +70,7 @@ def split_upstream_state_dict(state: dict[str, torch.Tensor]) -> dict[str, dict[
             continue
         for prefix, component in PREFIX_TO_COMPONENT.items():
             if key.startswith(prefix):
-                new_key = key[len(prefix):]
+                new_key = key[len(prefix) :]
                 if _is_stray_fsq_key(component, new_key):
                     break
                 if component == "transformer":
@@ -109,8 +109,13 @@ def join_to_upstream_state_dict(components: dict[str, dict[str, torch.Tensor]]) 
 
 
 _SHARED_ATTENTION_KEYS = (
-    "num_attention_heads", "num_key_value_heads", "head_dim", "rope_theta", "attention_bias",
-    "attention_dropout", "rms_norm_eps",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "rope_theta",
+    "attention_bias",
+    "attention_dropout",
+    "rms_norm_eps",
 )
 
 
@@ -134,8 +139,15 @@ def component_configs(cfg: dict) -> dict[str, dict]:
     transformer = {
         k: cfg[k]
         for k in (
-            "hidden_size", "intermediate_size", "num_hidden_layers", "in_channels",
-            "audio_acoustic_hidden_dim", "patch_size", "layer_types", "is_turbo", "model_version",
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "in_channels",
+            "audio_acoustic_hidden_dim",
+            "patch_size",
+            "layer_types",
+            "is_turbo",
+            "model_version",
             "encoder_hidden_size",
         )
         if k in cfg
@@ -151,7 +163,9 @@ def component_configs(cfg: dict) -> dict[str, dict]:
         {
             k: cfg[k]
             for k in (
-                "text_hidden_dim", "timbre_hidden_dim", "num_lyric_encoder_hidden_layers",
+                "text_hidden_dim",
+                "timbre_hidden_dim",
+                "num_lyric_encoder_hidden_layers",
                 "num_timbre_encoder_hidden_layers",
             )
             if k in cfg

@@ -124,7 +124,9 @@ def _resolve_upstream(root: Path, dit_name: str) -> CheckpointPaths:
 def _resolve_diffusers(root: Path) -> CheckpointPaths:
     index = _read_json(root / "model_index.json")
     if index.get("_class_name") != "AceStepPipeline":
-        raise CheckpointError(f"{root / 'model_index.json'} is not an AceStepPipeline ({index.get('_class_name')!r})")
+        raise CheckpointError(
+            f"{root / 'model_index.json'} is not an AceStepPipeline ({index.get('_class_name')!r})"
+        )
     for component in ("transformer", "condition_encoder", "vae", "text_encoder", "tokenizer"):
         if component not in index or not (root / component).is_dir():
             raise CheckpointError(f"diffusers checkpoint {root} lacks the {component!r} component")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderOobleck, AceStepTransformer1DModel
+from diffusers import AceStepTransformer1DModel, AutoencoderOobleck
 from diffusers.pipelines.ace_step.modeling_ace_step import (
     AceStepAudioTokenDetokenizer,
     AceStepAudioTokenizer,
@@ -114,7 +114,8 @@ def load_strict(
         problems.append(f"unexpected keys: {_named(unexpected, file_key)}")
     if mismatched:
         shapes = [
-            f"{file_key(k)} (file {tuple(state[k].shape)}, model {tuple(expected[k].shape)})" for k in mismatched
+            f"{file_key(k)} (file {tuple(state[k].shape)}, model {tuple(expected[k].shape)})"
+            for k in mismatched
         ]
         problems.append(f"shape mismatches: {_named(shapes, lambda s: s)}")
     if problems:
@@ -151,7 +152,8 @@ def _load_upstream_dit(paths: CheckpointPaths) -> dict[str, torch.nn.Module]:
     timbre_dim = configs["condition_encoder"].get("timbre_hidden_dim", 64)
     if silence.shape[-1] != timbre_dim:
         raise CheckpointError(
-            f"{paths.dit_dir / 'silence_latent.pt'} has {silence.shape[-1]} channels, the model expects {timbre_dim}"
+            f"{paths.dit_dir / 'silence_latent.pt'} has {silence.shape[-1]} channels, "
+            f"the model expects {timbre_dim}"
         )
     modules = {}
     for name, cls in DIT_CLASSES.items():
@@ -160,8 +162,12 @@ def _load_upstream_dit(paths: CheckpointPaths) -> dict[str, torch.nn.Module]:
         if name == "condition_encoder":
             module.register_buffer("silence_latent", torch.empty(silence.shape), persistent=True)
         load_strict(
-            module, parts[name], f"{weights} ({name})",
-            file_key=lambda k, n=name: "silence_latent.pt" if k == "silence_latent" else convert.upstream_key(n, k),
+            module,
+            parts[name],
+            f"{weights} ({name})",
+            file_key=lambda k, n=name: (
+                "silence_latent.pt" if k == "silence_latent" else convert.upstream_key(n, k)
+            ),
         )
         modules[name] = module
     return modules
@@ -180,7 +186,9 @@ def _load_diffusers_dit(paths: CheckpointPaths) -> dict[str, torch.nn.Module]:
         state = load_file(str(weights))
         module = _build(cls, _read_json(folder / "config.json"))
         if name == "condition_encoder" and "silence_latent" in state:
-            module.register_buffer("silence_latent", torch.empty(state["silence_latent"].shape), persistent=True)
+            module.register_buffer(
+                "silence_latent", torch.empty(state["silence_latent"].shape), persistent=True
+            )
         load_strict(module, state, str(weights))
         modules[name] = module
     return modules
@@ -195,7 +203,7 @@ def _load_text_encoder(folder: Path) -> Qwen3Model:
     state = load_file(str(weights))
     # A causal-LM export prefixes the body with "model." and adds a head the encoder does not use.
     if state and all(k.startswith("model.") or k == "lm_head.weight" for k in state):
-        state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+        state = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
     load_strict(model, state, str(weights))
     return model
 

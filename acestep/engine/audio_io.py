@@ -45,7 +45,9 @@ def load_audio(path: str | Path, max_seconds: float = MAX_INPUT_SECONDS) -> torc
         raise AudioInputError(f"audio file {path.name} is empty")
     seconds = info.frames / info.samplerate
     if seconds > max_seconds:
-        raise AudioInputError(f"audio file {path.name} is {seconds:.1f} s long; the limit is {max_seconds:.0f} s")
+        raise AudioInputError(
+            f"audio file {path.name} is {seconds:.1f} s long; the limit is {max_seconds:.0f} s"
+        )
     try:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as exc:
@@ -90,7 +92,9 @@ def output_is_silent(wav: torch.Tensor) -> bool:
 
 def file_stem(params: dict) -> str:
     """Upstream's naming: the first 32 hex digits of SHA-256 of the item parameters, as a UUID."""
-    digest = hashlib.sha256(json.dumps(params, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
+    digest = hashlib.sha256(
+        json.dumps(params, sort_keys=True, ensure_ascii=False, default=str).encode()
+    ).hexdigest()
     h = digest[:32]
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
 

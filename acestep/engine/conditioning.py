@@ -78,7 +78,9 @@ def fsq_round_trip(latents: torch.Tensor, silence: torch.Tensor, tokenizer, deto
     return detokenizer(quantized.to(latents))[:, : latents.shape[1]].to(latents)
 
 
-def reference_latents(codec: AudioCodec, wav: torch.Tensor | None, silence: torch.Tensor, dtype) -> torch.Tensor:
+def reference_latents(
+    codec: AudioCodec, wav: torch.Tensor | None, silence: torch.Tensor, dtype
+) -> torch.Tensor:
     """The timbre input [1, 750, C]: three 10 s windows of the reference, or the silence latent.
 
     Upstream picks each window at a random offset inside its third (Python's global RNG); here
@@ -110,9 +112,15 @@ def plan_text2music(request: GenerationRequest, silence: torch.Tensor) -> TaskPl
     target = max(frames_for_seconds(duration), 1)
     frames = max(target, MIN_FRAMES)
     return TaskPlan(
-        task="text2music", instruction=_instruction(request), frames=frames, target_samples=target * HOP,
-        src_latents=tile_frames(silence, frames), chunk_mask=torch.ones(1, frames, device=silence.device),
-        is_cover=False, metas_duration_s=duration, notes=notes,
+        task="text2music",
+        instruction=_instruction(request),
+        frames=frames,
+        target_samples=target * HOP,
+        src_latents=tile_frames(silence, frames),
+        chunk_mask=torch.ones(1, frames, device=silence.device),
+        is_cover=False,
+        metas_duration_s=duration,
+        notes=notes,
     )
 
 
@@ -121,9 +129,15 @@ def plan_from_codes(request: GenerationRequest, hints: torch.Tensor, silence: to
     frames = max(target, MIN_FRAMES)
     notes = ["audio codes given: the source audio is not used"] if request.src_audio else []
     return TaskPlan(
-        task="cover", instruction=_instruction(request, "cover"), frames=frames, target_samples=target * HOP,
-        src_latents=pad_with(hints, silence, frames), chunk_mask=torch.ones(1, frames, device=silence.device),
-        is_cover=True, metas_duration_s=target * HOP / SAMPLE_RATE, notes=notes,
+        task="cover",
+        instruction=_instruction(request, "cover"),
+        frames=frames,
+        target_samples=target * HOP,
+        src_latents=pad_with(hints, silence, frames),
+        chunk_mask=torch.ones(1, frames, device=silence.device),
+        is_cover=True,
+        metas_duration_s=target * HOP / SAMPLE_RATE,
+        notes=notes,
     )
 
 
@@ -141,8 +155,13 @@ def plan_from_source(
     src = pad_with(latents, silence, frames)
     device = silence.device
     plan = TaskPlan(
-        task=task, instruction=_instruction(request), frames=frames, target_samples=wav.shape[-1],
-        src_latents=src, chunk_mask=torch.ones(1, frames, device=device), is_cover=False,
+        task=task,
+        instruction=_instruction(request),
+        frames=frames,
+        target_samples=wav.shape[-1],
+        src_latents=src,
+        chunk_mask=torch.ones(1, frames, device=device),
+        is_cover=False,
         metas_duration_s=source_seconds,
     )
     if task == "cover":
@@ -159,7 +178,11 @@ def plan_from_source(
 def _lego_window(request: GenerationRequest, source_frames: int) -> tuple[int, int]:
     """Default: the whole source. Explicit: [floor(s*25), floor(e*25)) clipped to the source."""
     start = min(max(seconds_to_frame(request.repainting_start), 0), source_frames)
-    end = source_frames if request.repainting_end <= 0 else min(seconds_to_frame(request.repainting_end), source_frames)
+    end = (
+        source_frames
+        if request.repainting_end <= 0
+        else min(seconds_to_frame(request.repainting_end), source_frames)
+    )
     if end <= start:
         seconds = source_frames * HOP / SAMPLE_RATE
         raise ConditioningError(
@@ -181,10 +204,17 @@ def _plan_repaint(request, codec, wav, silence, dtype, source_seconds) -> TaskPl
     start = min(max(int((start_s + left) * SAMPLE_RATE // HOP), 0), frames - 1)
     end = min(max(int((end_s + left) * SAMPLE_RATE // HOP), start + 1), frames)
     mask = _mask(frames, start, end, silence.device)
-    src = torch.where(mask.unsqueeze(-1) > 0, tile_frames(silence, frames), pad_with(latents, silence, frames))
+    src = torch.where(
+        mask.unsqueeze(-1) > 0, tile_frames(silence, frames), pad_with(latents, silence, frames)
+    )
     return TaskPlan(
-        task="repaint", instruction=_instruction(request), frames=frames, target_samples=padded.shape[-1],
-        src_latents=src, chunk_mask=mask, is_cover=False,
+        task="repaint",
+        instruction=_instruction(request),
+        frames=frames,
+        target_samples=padded.shape[-1],
+        src_latents=src,
+        chunk_mask=mask,
+        is_cover=False,
         metas_duration_s=source_seconds,
     )
 
@@ -192,9 +222,14 @@ def _plan_repaint(request, codec, wav, silence, dtype, source_seconds) -> TaskPl
 def non_cover_plan(plan: TaskPlan, silence: torch.Tensor) -> TaskPlan:
     """Cover strength < 1: the condition set sampling switches to (silence source, text2music)."""
     return TaskPlan(
-        task="text2music", instruction=build_instruction("text2music"), frames=plan.frames,
-        target_samples=plan.target_samples, src_latents=tile_frames(silence, plan.frames),
-        chunk_mask=plan.chunk_mask.clone(), is_cover=False, metas_duration_s=plan.metas_duration_s,
+        task="text2music",
+        instruction=build_instruction("text2music"),
+        frames=plan.frames,
+        target_samples=plan.target_samples,
+        src_latents=tile_frames(silence, plan.frames),
+        chunk_mask=plan.chunk_mask.clone(),
+        is_cover=False,
+        metas_duration_s=plan.metas_duration_s,
     )
 
 

@@ -33,7 +33,9 @@ class GenerationError(RuntimeError):
 class AceStep:
     """One loaded ACE-Step 1.5 model (DiT, condition encoder, text encoder, VAE)."""
 
-    def __init__(self, components: Components, paths: CheckpointPaths, device: torch.device, dtype: torch.dtype):
+    def __init__(
+        self, components: Components, paths: CheckpointPaths, device: torch.device, dtype: torch.dtype
+    ):
         self.components = components
         self.paths = paths
         self.device = device
@@ -110,7 +112,9 @@ class AceStep:
         plan = self._plan(request, source)
         refer = conditioning.reference_latents(self.codec, reference, self.silence_latent, self.dtype)
         lap("audio_encode")
-        schedule, notes = build_schedule(self.variant, request.inference_steps, request.shift, request.timesteps)
+        schedule, notes = build_schedule(
+            self.variant, request.inference_steps, request.shift, request.timesteps
+        )
         warnings = plan.notes + notes
         for note in warnings:
             logger.info(note)
@@ -119,7 +123,10 @@ class AceStep:
         switch = None
         if plan.is_cover and request.audio_cover_strength < 1.0:
             alt_plan = conditioning.non_cover_plan(plan, self.silence_latent)
-            switch = (int(len(schedule) * request.audio_cover_strength), self._condition(request, alt_plan, metas, refer))
+            switch = (
+                int(len(schedule) * request.audio_cover_strength),
+                self._condition(request, alt_plan, metas, refer),
+            )
         guidance = None
         if self.variant.uses_guidance and request.guidance_scale > 1.0:
             guidance = Guidance(
@@ -133,7 +140,12 @@ class AceStep:
             generators(seeds, self.device), (plan.frames, self.codec.latent_dim), self.device, self.dtype
         )
         latents = denoise(
-            self.components.transformer, noise, schedule, condition, guidance, switch,
+            self.components.transformer,
+            noise,
+            schedule,
+            condition,
+            guidance,
+            switch,
             on_step=lambda done, total: report("diffusion", done / total),
         )
         self._check_latents(latents)
@@ -178,13 +190,17 @@ class AceStep:
             )
             if not codes:
                 raise ValueError("audio_code_string holds no <|audio_code_N|> tokens")
-            hints = conditioning.decode_codes(codes, comps.audio_tokenizer, comps.audio_token_detokenizer, self.dtype)
+            hints = conditioning.decode_codes(
+                codes, comps.audio_tokenizer, comps.audio_token_detokenizer, self.dtype
+            )
             return conditioning.plan_from_codes(request, hints, silence)
         if source is None or request.task_type == "text2music":
             return conditioning.plan_text2music(request, silence)
 
         def fsq(latents: torch.Tensor) -> torch.Tensor:
-            return conditioning.fsq_round_trip(latents, silence, comps.audio_tokenizer, comps.audio_token_detokenizer)
+            return conditioning.fsq_round_trip(
+                latents, silence, comps.audio_tokenizer, comps.audio_token_detokenizer
+            )
 
         return conditioning.plan_from_source(request, self.codec, source, silence, self.dtype, fsq)
 
@@ -230,7 +246,7 @@ class AceStep:
 
     def _save(self, request, audio, seeds, plan, output_dir) -> list[AudioItem]:
         items = []
-        for index, (wav, seed) in enumerate(zip(audio, seeds)):
+        for index, (wav, seed) in enumerate(zip(audio, seeds, strict=True)):
             if audio_io.output_is_silent(wav):
                 raise GenerationError(
                     f"item {index} (seed {seed}) came out silent; try another seed or check the inputs"
@@ -241,8 +257,11 @@ class AceStep:
             path = audio_io.save_audio(wav, output_dir, audio_io.file_stem(params), request.audio_format)
             items.append(
                 AudioItem(
-                    path=str(path), seed=seed, sample_rate=audio_io.SAMPLE_RATE,
-                    duration=wav.shape[-1] / audio_io.SAMPLE_RATE, peak=float(wav.abs().max()),
+                    path=str(path),
+                    seed=seed,
+                    sample_rate=audio_io.SAMPLE_RATE,
+                    duration=wav.shape[-1] / audio_io.SAMPLE_RATE,
+                    peak=float(wav.abs().max()),
                 )
             )
         return items

@@ -6,6 +6,7 @@ aliases accepted), and every value is checked here, before any tensor is allocat
 
 from __future__ import annotations
 
+import os
 import re
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -39,16 +40,22 @@ class GenerationRequest(BaseModel):
     task_type: str = "text2music"
     instruction: str | None = None
     track_name: str | None = None
-    track_classes: list[str] | None = Field(None, validation_alias=_alias("track_classes", "complete_track_classes"))
+    track_classes: list[str] | None = Field(
+        None, validation_alias=_alias("track_classes", "complete_track_classes")
+    )
     src_audio: str | None = Field(None, validation_alias=_alias("src_audio", "src_audio_path"))
-    reference_audio: str | None = Field(None, validation_alias=_alias("reference_audio", "reference_audio_path"))
+    reference_audio: str | None = Field(
+        None, validation_alias=_alias("reference_audio", "reference_audio_path")
+    )
     audio_code_string: str = Field("", validation_alias=_alias("audio_code_string", "audio_codes"))
     audio_duration: float = Field(-1.0, validation_alias=_alias("audio_duration", "duration"))
     bpm: int | None = None
     key_scale: str = Field("", validation_alias=_alias("key_scale", "keyscale"))
     time_signature: str = Field("", validation_alias=_alias("time_signature", "timesignature"))
     vocal_language: str = Field("unknown", validation_alias=_alias("vocal_language", "language"))
-    inference_steps: int = Field(8, ge=1, le=200, validation_alias=_alias("inference_steps", "num_inference_steps"))
+    inference_steps: int = Field(
+        8, ge=1, le=200, validation_alias=_alias("inference_steps", "num_inference_steps")
+    )
     guidance_scale: float = Field(7.0, ge=0.0, le=50.0)
     shift: float = Field(3.0, gt=0.0, le=10.0)
     timesteps: list[float] | None = None
@@ -63,6 +70,15 @@ class GenerationRequest(BaseModel):
     audio_format: str = "flac"
     enable_normalization: bool = True
     normalization_db: float = Field(-1.0, le=0.0, ge=-60.0)
+
+    @field_validator("src_audio", "reference_audio", mode="before")
+    @classmethod
+    def _path(cls, value: object) -> object:
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
 
     @field_validator("task_type")
     @classmethod
@@ -165,7 +181,7 @@ class GenerationRequest(BaseModel):
             return None
         if any(not 0.0 <= t <= 1.0 for t in value):
             raise ValueError("timesteps must lie in [0, 1]")
-        if any(b > a for a, b in zip(value, value[1:])):
+        if any(b > a for a, b in zip(value, value[1:], strict=False)):
             raise ValueError("timesteps must be non-increasing (from 1 towards 0)")
         return value
 
@@ -179,11 +195,16 @@ class GenerationRequest(BaseModel):
                 "lego generates a stem against the source audio; audio codes cannot replace the source "
                 "(send src_audio and leave audio_code_string empty)"
             )
-        if self.task_type in SOURCE_TASKS and not self.src_audio and not (self.task_type == "cover" and has_codes):
+        if (
+            self.task_type in SOURCE_TASKS
+            and not self.src_audio
+            and not (self.task_type == "cover" and has_codes)
+        ):
             raise ValueError(f"task {self.task_type!r} requires src_audio")
         if self.repainting_end > 0 and self.repainting_start >= self.repainting_end:
             raise ValueError(
-                f"repainting_start ({self.repainting_start}) must be before repainting_end ({self.repainting_end})"
+                f"repainting_start ({self.repainting_start}) must be before "
+                f"repainting_end ({self.repainting_end})"
             )
         if self.task_type == "lego" and self.repainting_start < 0:
             raise ValueError("lego windows lie inside the source: repainting_start must be >= 0")

@@ -67,11 +67,17 @@ def denoise(
         t_vec = t_cur.expand(batch)
         if guidance is None:
             velocity = transformer(
-                hidden_states=x, timestep=t_vec, timestep_r=t_vec, encoder_hidden_states=encoder,
-                context_latents=context, return_dict=False,
+                hidden_states=x,
+                timestep=t_vec,
+                timestep_r=t_vec,
+                encoder_hidden_states=encoder,
+                context_latents=context,
+                return_dict=False,
             )[0]
         else:
-            velocity = _guided_velocity(transformer, x, t_vec, encoder, context, guidance, momentum, float(t_cur))
+            velocity = _guided_velocity(
+                transformer, x, t_vec, encoder, context, guidance, momentum, float(t_cur)
+            )
         x = x - velocity * (t_cur - t_next)
         if on_step is not None:
             on_step(step + 1, len(schedule))
@@ -81,8 +87,11 @@ def denoise(
 def _guided_velocity(transformer, x, t_vec, encoder, context, guidance: Guidance, momentum, t_value: float):
     null = guidance.null_embedding.to(encoder).expand_as(encoder)
     out = transformer(
-        hidden_states=torch.cat([x, x]), timestep=torch.cat([t_vec, t_vec]), timestep_r=torch.cat([t_vec, t_vec]),
-        encoder_hidden_states=torch.cat([encoder, null]), context_latents=torch.cat([context, context]),
+        hidden_states=torch.cat([x, x]),
+        timestep=torch.cat([t_vec, t_vec]),
+        timestep_r=torch.cat([t_vec, t_vec]),
+        encoder_hidden_states=torch.cat([encoder, null]),
+        context_latents=torch.cat([context, context]),
         return_dict=False,
     )[0]
     cond, uncond = out.chunk(2)
@@ -90,6 +99,12 @@ def _guided_velocity(transformer, x, t_vec, encoder, context, guidance: Guidance
     if not start <= t_value <= end:
         return cond
     return normalized_guidance(
-        pred_cond=cond, pred_uncond=uncond, guidance_scale=guidance.scale - 1.0, momentum_buffer=momentum,
-        eta=0.0, norm_threshold=APG_NORM_THRESHOLD, use_original_formulation=True, norm_dim=(1,),
+        pred_cond=cond,
+        pred_uncond=uncond,
+        guidance_scale=guidance.scale - 1.0,
+        momentum_buffer=momentum,
+        eta=0.0,
+        norm_threshold=APG_NORM_THRESHOLD,
+        use_original_formulation=True,
+        norm_dim=(1,),
     )

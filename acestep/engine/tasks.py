@@ -8,8 +8,18 @@ TASK_TYPES = ("text2music", "repaint", "cover", "extract", "lego", "complete")
 SOURCE_TASKS = frozenset({"repaint", "cover", "extract", "lego", "complete"})
 
 TRACK_NAMES = (
-    "woodwinds", "brass", "fx", "synth", "strings", "percussion",
-    "keyboard", "guitar", "bass", "drums", "backing_vocals", "vocals",
+    "woodwinds",
+    "brass",
+    "fx",
+    "synth",
+    "strings",
+    "percussion",
+    "keyboard",
+    "guitar",
+    "bass",
+    "drums",
+    "backing_vocals",
+    "vocals",
 )
 
 INSTRUCTIONS = {
@@ -26,7 +36,9 @@ INSTRUCTIONS = {
 DEFAULT_INSTRUCTION = INSTRUCTIONS["text2music"]
 
 
-def build_instruction(task_type: str, track_name: str | None = None, track_classes: list[str] | None = None) -> str:
+def build_instruction(
+    task_type: str, track_name: str | None = None, track_classes: list[str] | None = None
+) -> str:
     """The instruction upstream's UI and later REST server derive: track names upper-cased."""
     if task_type in ("extract", "lego"):
         if track_name:

@@ -1,0 +1,188 @@
+"""Console scripts: ``acestep`` (``acestep generate``), ``acestep-api``, ``acestep-download``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from acestep import settings
+
+DEMO_NOTICE = (
+    "DEMO MODE: a tiny model with RANDOM weights was used. It exercises the whole pipeline, but the "
+    "audio it writes is noise, not music. Use --checkpoint with real ACE-Step weights for music."
+)
+
+
+def _generate_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="generate audio from the command line")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", help="checkpoints root, DiT folder or diffusers folder")
+    src.add_argument(
+        "--demo", action="store_true", help="use a built-in tiny random model (no weights, no network)"
+    )
+    p.add_argument(
+        "--dit", default=None, help="DiT folder name in the root (default: ACESTEP_CONFIG_PATH or turbo)"
+    )
+    p.add_argument("--task", default="text2music", dest="task_type")
+    p.add_argument("--caption", "--prompt", default="", dest="caption")
+    p.add_argument("--lyrics", default="")
+    p.add_argument("--instrumental", action="store_true")
+    p.add_argument("--track-name", default=None)
+    p.add_argument("--track-classes", default=None, help="comma-separated, for complete")
+    p.add_argument("--src-audio", default=None)
+    p.add_argument("--reference-audio", default=None)
+    p.add_argument("--audio-codes", default="", dest="audio_code_string")
+    p.add_argument("--duration", type=float, default=-1.0, dest="audio_duration")
+    p.add_argument("--bpm", type=int, default=None)
+    p.add_argument("--key-scale", default="")
+    p.add_argument("--time-signature", default="")
+    p.add_argument("--language", default="unknown", dest="vocal_language")
+    p.add_argument("--steps", type=int, default=None, dest="inference_steps")
+    p.add_argument("--guidance-scale", type=float, default=None)
+    p.add_argument("--shift", type=float, default=None)
+    p.add_argument("--seed", default=None, help="an integer or a comma list; omitted = random")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--repainting-start", type=float, default=None)
+    p.add_argument("--repainting-end", type=float, default=None)
+    p.add_argument("--cover-strength", type=float, default=None, dest="audio_cover_strength")
+    p.add_argument("--format", default="wav", dest="audio_format", help="wav, wav32, flac or mp3")
+    p.add_argument("--output-dir", default="outputs")
+    p.add_argument("--device", default=settings.device())
+    p.add_argument("--dtype", default=None)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+REQUEST_ARGS = (
+    "task_type",
+    "caption",
+    "lyrics",
+    "instrumental",
+    "track_name",
+    "track_classes",
+    "src_audio",
+    "reference_audio",
+    "audio_code_string",
+    "audio_duration",
+    "bpm",
+    "key_scale",
+    "time_signature",
+    "vocal_language",
+    "inference_steps",
+    "guidance_scale",
+    "shift",
+    "seed",
+    "batch_size",
+    "repainting_start",
+    "repainting_end",
+    "audio_cover_strength",
+    "audio_format",
+)
+
+
+def _demo_inputs(args: argparse.Namespace) -> str:
+    """Build (once) the tiny demo checkpoint, and a synthetic source if the task needs one."""
+    import soundfile as sf
+
+    from acestep.engine.tasks import SOURCE_TASKS
+    from acestep.testing import make_tiny_checkpoint, synthetic_audio
+
+    variant = "turbo" if args.task_type in ("text2music", "repaint", "cover") else "base"
+    root = settings.cache_dir() / "demo" / f"upstream-{variant}"
+    if not (root / f"acestep-v15-{variant}" / "model.safetensors").is_file():
+        make_tiny_checkpoint(root, layout="upstream", variant=variant, seed=0)
+    if args.task_type in SOURCE_TASKS and not args.src_audio and not args.audio_code_string:
+        args.src_audio = str(root / "demo_source.wav")
+        sf.write(args.src_audio, synthetic_audio(8.0), 48000)
+    if args.audio_duration <= 0 and not args.src_audio:
+        args.audio_duration = 10.0
+    return str(root)
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from acestep import AceStep, GenerationRequest
+    from acestep.checkpoints import CheckpointError
+    from acestep.engine.audio_io import AudioInputError
+
+    if args.demo:
+        print(DEMO_NOTICE, file=sys.stderr)
+        checkpoint = _demo_inputs(args)
+    else:
+        checkpoint = args.checkpoint or str(settings.checkpoints_dir())
+    fields = {name: getattr(args, name) for name in REQUEST_ARGS if getattr(args, name) is not None}
+    if args.seed is not None:
+        fields["use_random_seed"] = False
+    try:
+        request = GenerationRequest(**fields)
+    except ValidationError as exc:
+        for error in exc.errors():
+            where = ".".join(str(p) for p in error["loc"]) or "request"
+            print(f"error: {where}: {error['msg']}", file=sys.stderr)
+        return 2
+    try:
+        engine = AceStep.from_pretrained(
+            checkpoint, dit=args.dit or settings.dit_name(), device=args.device, dtype=args.dtype
+        )
+        result = engine.generate(request, Path(args.output_dir))
+    except (CheckpointError, AudioInputError, ValueError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result.model_dump(mode="json"), indent=2))
+    else:
+        for item in result.items:
+            print(f"{item.path}  seed={item.seed}  {item.duration:.2f} s  {item.sample_rate} Hz")
+        print(f"{result.task_type} on {result.model} ({result.variant}) in {result.timings['total']:.2f} s")
+    if args.demo:
+        print(DEMO_NOTICE, file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="acestep", description="ACE-Step 1.5 music generation")
+    sub = parser.add_subparsers(dest="command")
+    _generate_parser(sub)
+    args = parser.parse_args(argv)
+    if args.command == "generate":
+        return run_generate(args)
+    print(
+        "The Gradio UI is not yet available in this version; use `acestep generate` (see --help).",
+        file=sys.stderr,
+    )
+    return 2
+
+
+def api_main(argv: list[str] | None = None) -> int:
+    print("acestep-api is not yet available in this version; use `acestep generate`.", file=sys.stderr)
+    return 2
+
+
+def download_main(argv: list[str] | None = None) -> int:
+    from acestep.checkpoints.download import KNOWN_MODELS, download
+
+    parser = argparse.ArgumentParser(prog="acestep-download", description="download ACE-Step 1.5 checkpoints")
+    parser.add_argument("--model", default="main", help=f"one of: {', '.join(KNOWN_MODELS)}")
+    parser.add_argument("--dir", default=str(settings.checkpoints_dir()), help="checkpoints root")
+    parser.add_argument("--token", default=None, help="Hugging Face token")
+    parser.add_argument("--list", action="store_true", help="list the known models and exit")
+    args = parser.parse_args(argv)
+    if args.list:
+        print("\n".join(KNOWN_MODELS))
+        return 0
+    try:
+        path = download(args.model, args.dir, args.token)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # network and hub errors: say what failed, no traceback
+        print(f"error: download of {args.model!r} failed: {exc}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,90 @@
+"""Shared fixtures: tiny checkpoints in both layouts, built once per session, and a source WAV.
+
+Every checkpoint comes from :func:`acestep.testing.make_tiny_checkpoint` (random weights at a tiny
+size, same seed -> same bytes), so nothing is ever fetched from a hub.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Tests never reach a hub: a stray from_pretrained on a repo id must fail fast, not download.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+SOURCE_SECONDS = 6.0
+SOURCE_SEED = 1
+SAMPLE_RATE = 48000
+
+
+def _build(tmp_path_factory: pytest.TempPathFactory, layout: str, variant: str) -> Path:
+    from acestep.testing import make_tiny_checkpoint
+
+    return make_tiny_checkpoint(
+        tmp_path_factory.mktemp(f"{layout}_{variant}"), layout=layout, variant=variant, seed=0
+    )
+
+
+@pytest.fixture(scope="session")
+def upstream_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An upstream ``checkpoints/`` root holding ``acestep-v15-base`` (seed 0)."""
+    return _build(tmp_path_factory, "upstream", "base")
+
+
+@pytest.fixture(scope="session")
+def upstream_turbo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An upstream ``checkpoints/`` root holding ``acestep-v15-turbo`` (seed 0)."""
+    return _build(tmp_path_factory, "upstream", "turbo")
+
+
+@pytest.fixture(scope="session")
+def diffusers_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved diffusers ``AceStepPipeline`` folder, base variant (seed 0)."""
+    return _build(tmp_path_factory, "diffusers", "base")
+
+
+@pytest.fixture(scope="session")
+def diffusers_turbo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved diffusers ``AceStepPipeline`` folder, turbo variant (seed 0)."""
+    return _build(tmp_path_factory, "diffusers", "turbo")
+
+
+@pytest.fixture(scope="session")
+def source_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 6.0 s, 48 kHz stereo float WAV of :func:`acestep.testing.synthetic_audio` (seed 1)."""
+    import soundfile as sf
+
+    from acestep.testing import synthetic_audio
+
+    path = tmp_path_factory.mktemp("audio") / "source.wav"
+    sf.write(str(path), synthetic_audio(SOURCE_SECONDS, seed=SOURCE_SEED), SAMPLE_RATE)
+    return path
+
+
+def _engine(path: Path):
+    from acestep import AceStep
+
+    return AceStep.from_pretrained(path, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def engine_upstream_base(upstream_base: Path):
+    return _engine(upstream_base)
+
+
+@pytest.fixture(scope="session")
+def engine_upstream_turbo(upstream_turbo: Path):
+    return _engine(upstream_turbo)
+
+
+@pytest.fixture(scope="session")
+def engine_diffusers_base(diffusers_base: Path):
+    return _engine(diffusers_base)
+
+
+@pytest.fixture(scope="session")
+def engine_diffusers_turbo(diffusers_turbo: Path):
+    return _engine(diffusers_turbo)
