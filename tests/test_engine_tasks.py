@@ -235,3 +235,42 @@ def test_silent_output_is_reported_as_a_failure(upstream_turbo, tmp_path):
     with pytest.raises(GenerationError, match="silent"):
         generate(engine, tmp_path, caption="x", audio_duration=6, seed=1, batch_size=1)
     assert not list(tmp_path.glob("*.wav"))
+
+
+@pytest.mark.parametrize(
+    "audio_format, container, subtype",
+    [
+        ("wav", "WAV", "FLOAT"),
+        ("flac", "FLAC", "PCM_16"),
+        ("mp3", "MP3", "MPEG_LAYER_III"),
+    ],
+)
+def test_output_formats(engine_upstream_turbo, tmp_path, audio_format, container, subtype):
+    result, audio = generate(
+        engine_upstream_turbo,
+        tmp_path,
+        caption="x",
+        audio_duration=6,
+        seed=1,
+        batch_size=1,
+        audio_format=audio_format,
+    )
+    info = sf.info(result.audio_paths[0])
+    assert (info.format, info.subtype, info.samplerate, info.channels) == (container, subtype, 48000, 2)
+    if audio_format != "mp3":  # mp3 is lossy: its low-pass changes the peak of the tiny model's noise
+        assert np.abs(audio).max() == pytest.approx(10 ** (-1 / 20), abs=1e-3)  # peak-normalised, -1 dBFS
+
+
+def test_mp3_source_is_read(engine_upstream_base, tmp_path):
+    mp3 = tmp_path / "song.mp3"
+    sf.write(mp3, synthetic_audio(5.0, seed=2), 48000, format="MP3")
+    _, audio = generate(
+        engine_upstream_base,
+        tmp_path / "out",
+        task_type="lego",
+        src_audio=mp3,
+        seed=1,
+        batch_size=1,
+        inference_steps=2,
+    )
+    assert audio.shape[:2] == (1, 2) and abs(audio.shape[-1] - 5 * 48000) < 4800  # mp3 pads a few frames

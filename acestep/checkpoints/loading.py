@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -62,9 +62,6 @@ class Components:
     def modules(self) -> dict[str, torch.nn.Module]:
         """Networks in run order (the tokenizer is not a module)."""
         return {name: getattr(self, name) for name in OFFLOAD_ORDER if getattr(self, name) is not None}
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(f.name for f in fields(self))
 
 
 @contextlib.contextmanager

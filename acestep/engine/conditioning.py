@@ -129,8 +129,8 @@ def plan_from_codes(request: GenerationRequest, hints: torch.Tensor, silence: to
     frames = max(target, MIN_FRAMES)
     notes = ["audio codes given: the source audio is not used"] if request.src_audio else []
     return TaskPlan(
-        task="cover",
-        instruction=_instruction(request, "cover"),
+        task=request.effective_task,
+        instruction=_instruction(request),
         frames=frames,
         target_samples=target * HOP,
         src_latents=pad_with(hints, silence, frames),
@@ -233,10 +233,10 @@ def non_cover_plan(plan: TaskPlan, silence: torch.Tensor) -> TaskPlan:
     )
 
 
-def _instruction(request: GenerationRequest, task: str | None = None) -> str:
+def _instruction(request: GenerationRequest) -> str:
     if request.instruction and request.instruction.strip():
         return with_colon(request.instruction.strip())
-    return build_instruction(task or request.effective_task, request.track_name, request.track_classes)
+    return build_instruction(request.effective_task, request.track_name, request.track_classes)
 
 
 def window_envelope(window: tuple[int, int], samples: int, fade_frames: int = 10) -> torch.Tensor:

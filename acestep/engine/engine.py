@@ -21,6 +21,7 @@ from acestep.engine.request import AudioItem, GenerationRequest, GenerationResul
 from acestep.engine.sampler import Condition, Guidance, denoise
 from acestep.engine.schedules import build_schedule
 from acestep.engine.seeds import generators, item_noise, resolve_seeds
+from acestep.engine.tasks import SOURCE_TASKS
 from acestep.memory import default_dtype, resolve_device
 
 ProgressCallback = Callable[[str, float], None]
@@ -100,11 +101,12 @@ class AceStep:
 
         report = progress or (lambda stage, fraction: None)
         seeds = resolve_seeds(request.seed, request.batch_size, request.wants_random_seed)
-        source = audio_io.load_audio(request.src_audio) if request.src_audio else None
+        uses_source = request.effective_task in SOURCE_TASKS and not request.audio_code_string.strip()
+        source = audio_io.load_audio(request.src_audio) if uses_source else None
         reference = audio_io.load_audio(request.reference_audio) if request.reference_audio else None
         if reference is not None and audio_io.is_silent(reference):
             raise audio_io.AudioInputError("reference audio is silent")
-        if source is not None and request.effective_task != "cover" and audio_io.is_silent(source):
+        if source is not None and audio_io.is_silent(source):
             raise audio_io.AudioInputError("source audio is silent")
         lap("load_audio")
 
@@ -194,7 +196,7 @@ class AceStep:
                 codes, comps.audio_tokenizer, comps.audio_token_detokenizer, self.dtype
             )
             return conditioning.plan_from_codes(request, hints, silence)
-        if source is None or request.task_type == "text2music":
+        if source is None:
             return conditioning.plan_text2music(request, silence)
 
         def fsq(latents: torch.Tensor) -> torch.Tensor:
