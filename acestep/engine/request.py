@@ -9,7 +9,15 @@ from __future__ import annotations
 import os
 import re
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    computed_field,
+    field_validator,
+    model_validator,
+)
 
 from acestep.engine.tasks import SOURCE_TASKS, TASK_TYPES, TRACK_NAMES
 
@@ -252,10 +260,12 @@ class GenerationResult(BaseModel):
     timings: dict[str, float]
     warnings: list[str] = []
 
+    @computed_field
     @property
     def audio_paths(self) -> list[str]:
         return [item.path for item in self.items]
 
+    @computed_field
     @property
     def seeds(self) -> list[int]:
         return [item.seed for item in self.items]
