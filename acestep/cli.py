@@ -103,9 +103,7 @@ def _demo_inputs(args: argparse.Namespace) -> str:
 def run_generate(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from acestep import AceStep, GenerationRequest
-    from acestep.checkpoints import CheckpointError
-    from acestep.engine.audio_io import AudioInputError
+    from acestep.engine.request import GenerationRequest
 
     if args.demo:
         print(DEMO_NOTICE, file=sys.stderr)
@@ -120,8 +118,13 @@ def run_generate(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         for error in exc.errors():
             where = ".".join(str(p) for p in error["loc"]) or "request"
-            print(f"error: {where}: {error['msg']}", file=sys.stderr)
+            print(f"error: {where}: {error['msg'].removeprefix('Value error, ')}", file=sys.stderr)
         return 2
+    # Heavy imports (torch, diffusers) only once the request is known to be valid.
+    from acestep.checkpoints import CheckpointError
+    from acestep.engine.audio_io import AudioInputError
+    from acestep.engine.engine import AceStep
+
     try:
         engine = AceStep.from_pretrained(
             checkpoint, dit=args.dit or settings.dit_name(), device=args.device, dtype=args.dtype

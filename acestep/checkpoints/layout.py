@@ -45,7 +45,7 @@ class CheckpointPaths:
     tokenizer_dir: Path
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError as exc:
@@ -59,7 +59,8 @@ def find_weights(folder: Path) -> Path:
     for name in WEIGHT_FILES:
         if (folder / name).is_file():
             return folder / name
-    unsafe = [p.name for p in folder.glob("*.bin")] + [p.name for p in folder.glob("*.pt*")]
+    unsafe = [p.name for pattern in ("*.bin", "*.pt", "*.pth", "*.ckpt") for p in folder.glob(pattern)]
+    unsafe = [name for name in unsafe if name != "silence_latent.pt"]
     hint = f" (found {', '.join(sorted(unsafe))}; only safetensors weights are loaded)" if unsafe else ""
     raise CheckpointError(f"no weights file ({' or '.join(WEIGHT_FILES)}) in {folder}{hint}")
 
@@ -101,7 +102,7 @@ def _resolve_upstream(root: Path, dit_name: str) -> CheckpointPaths:
     if not dit_dir.is_dir():
         available = ", ".join(list_dits(root)) or "none"
         raise CheckpointError(f"DiT folder {dit_name!r} not found under {root} (available: {available})")
-    config = _read_json(dit_dir / "config.json")
+    config = read_json(dit_dir / "config.json")
     find_weights(dit_dir)
     if not (dit_dir / "silence_latent.pt").is_file():
         raise CheckpointError(f"{dit_dir} has no silence_latent.pt (it is required to load a DiT)")
@@ -122,7 +123,7 @@ def _resolve_upstream(root: Path, dit_name: str) -> CheckpointPaths:
 
 
 def _resolve_diffusers(root: Path) -> CheckpointPaths:
-    index = _read_json(root / "model_index.json")
+    index = read_json(root / "model_index.json")
     if index.get("_class_name") != "AceStepPipeline":
         raise CheckpointError(
             f"{root / 'model_index.json'} is not an AceStepPipeline ({index.get('_class_name')!r})"
@@ -130,7 +131,7 @@ def _resolve_diffusers(root: Path) -> CheckpointPaths:
     for component in ("transformer", "condition_encoder", "vae", "text_encoder", "tokenizer"):
         if component not in index or not (root / component).is_dir():
             raise CheckpointError(f"diffusers checkpoint {root} lacks the {component!r} component")
-    config = _read_json(root / "transformer" / "config.json")
+    config = read_json(root / "transformer" / "config.json")
     return CheckpointPaths(
         layout="diffusers",
         root=root,

@@ -9,7 +9,6 @@ Parameters are created on the meta device and replaced by the file's tensors, so
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase, Qwen3Model
 
 from acestep.checkpoints import convert
-from acestep.checkpoints.layout import CheckpointError, CheckpointPaths, find_weights
+from acestep.checkpoints.layout import CheckpointError, CheckpointPaths, find_weights, read_json
 
 # The order components run in, declared once; offload and memory planning read it.
 OFFLOAD_ORDER = (
@@ -120,8 +119,12 @@ def load_strict(
     module.load_state_dict(state, strict=True, assign=True)
 
 
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text())
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file as tensors on the CPU; a damaged file is a CheckpointError naming it."""
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors raises its own SafetensorError, OSError or ValueError
+        raise CheckpointError(f"cannot read {path}: {exc}") from exc
 
 
 def _build(cls: type, config: dict) -> torch.nn.Module:
@@ -131,15 +134,21 @@ def _build(cls: type, config: dict) -> torch.nn.Module:
 
 def load_silence_latent(path: Path) -> torch.Tensor:
     """``silence_latent.pt`` as [1, T, C], read with ``weights_only=True`` (no arbitrary unpickling)."""
-    value = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        value = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError for anything but plain tensors, RuntimeError for junk
+        raise CheckpointError(f"cannot read {path}: it must be a plain tensor saved with torch.save") from exc
     if not isinstance(value, torch.Tensor):
         raise CheckpointError(f"{path} must hold a tensor, got {type(value).__name__}")
-    return convert.silence_latent_to_diffusers(value).float()
+    try:
+        return convert.silence_latent_to_diffusers(value).float()
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
 
 
 def _load_upstream_dit(paths: CheckpointPaths) -> dict[str, torch.nn.Module]:
     weights = find_weights(paths.dit_dir)
-    parts = convert.split_upstream_state_dict(load_file(str(weights)))
+    parts, origins = convert.split_with_origins(read_weights(weights))
     unknown = sorted(parts.pop("unknown"))
     if unknown:
         raise CheckpointError(f"{weights}: unexpected keys: {_named(unknown, lambda k: k)}")
@@ -180,8 +189,8 @@ def _load_diffusers_dit(paths: CheckpointPaths) -> dict[str, torch.nn.Module]:
                 continue
             raise CheckpointError(f"missing component folder {folder}")
         weights = find_weights(folder)
-        state = load_file(str(weights))
-        module = _build(cls, _read_json(folder / "config.json"))
+        state = read_weights(weights)
+        module = _build(cls, read_json(folder / "config.json"))
         if name == "condition_encoder" and "silence_latent" in state:
             module.register_buffer(
                 "silence_latent", torch.empty(state["silence_latent"].shape), persistent=True
@@ -197,7 +206,7 @@ def _load_text_encoder(folder: Path) -> Qwen3Model:
         raise CheckpointError(f"{folder}: expected a qwen3 text encoder, config says {config.model_type!r}")
     model = _build(Qwen3Model, config)
     weights = find_weights(folder)
-    state = load_file(str(weights))
+    state = read_weights(weights)
     # A causal-LM export prefixes the body with "model." and adds a head the encoder does not use.
     if state and all(k.startswith("model.") or k == "lm_head.weight" for k in state):
         state = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
@@ -206,9 +215,9 @@ def _load_text_encoder(folder: Path) -> Qwen3Model:
 
 
 def _load_vae(folder: Path) -> AutoencoderOobleck:
-    vae = _build(AutoencoderOobleck, _read_json(folder / "config.json"))
+    vae = _build(AutoencoderOobleck, read_json(folder / "config.json"))
     weights = find_weights(folder)
-    load_strict(vae, load_file(str(weights)), str(weights))
+    load_strict(vae, read_weights(weights), str(weights))
     return vae
 
 

@@ -121,9 +121,12 @@ class GenerationRequest(BaseModel):
     @field_validator("bpm", mode="before")
     @classmethod
     def _bpm(cls, value: object) -> int | None:
-        if value in (None, "", 0, "N/A"):
+        if value is None or str(value).strip() in ("", "0", "N/A"):
             return None
-        bpm = int(float(value))  # type: ignore[arg-type]
+        try:
+            bpm = int(float(value))  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise ValueError(f"bpm must be a number between 30 and 300, got {value!r}") from None
         if not 30 <= bpm <= 300:
             raise ValueError(f"bpm must be between 30 and 300, got {bpm}")
         return bpm
@@ -175,8 +178,10 @@ class GenerationRequest(BaseModel):
     def _seed(cls, value: object) -> int | str:
         if value is None:
             return -1
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, float) and value.is_integer():
             return int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
         text = str(value).strip()
         if not re.fullmatch(r"\s*-?\d+(\.0*)?(\s*,\s*-?\d+(\.0*)?)*\s*,?\s*", text or "-1"):
             raise ValueError(f"seed must be an integer or a comma-separated list of integers, got {value!r}")

@@ -1,0 +1,237 @@
+"""The console scripts: ``acestep generate`` run for real in a subprocess, plus the other entry points.
+
+``python -m acestep.cli`` is the ``acestep`` script (``acestep.cli:main`` behind a ``__main__`` guard),
+so these tests do not depend on the venv's ``bin/acestep`` being installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from acestep import cli
+from acestep.testing import tiny_dit_config
+
+SOURCE_FRAMES = 288000  # 6.0 s at 48 kHz (the source_wav fixture)
+TIMEOUT_S = 300
+
+
+def _env(cache: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    for name in ("ACESTEP_CONFIG_PATH", "ACESTEP_CHECKPOINTS_DIR", "ACESTEP_PROJECT_ROOT"):
+        env.pop(name, None)
+    env["ACESTEP_CACHE_DIR"] = str(cache)
+    env["ACESTEP_DEVICE"] = "cpu"
+    env["HF_HUB_OFFLINE"] = "1"
+    return env
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process runs must not pick up a developer's ACESTEP_* settings."""
+    for name in ("ACESTEP_CONFIG_PATH", "ACESTEP_CHECKPOINTS_DIR", "ACESTEP_PROJECT_ROOT", "ACESTEP_DEVICE"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@dataclass
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+    workdir: Path
+
+
+@pytest.fixture(scope="module")
+def runs(upstream_base: Path, source_wav: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
+    """The subprocess cases, started at once: each spends most of its time importing torch and
+    diffusers, so running them side by side keeps this module fast on a 2-core machine. The other
+    cases call ``cli.main`` in process (the script is ``raise SystemExit(main())``)."""
+    base = tmp_path_factory.mktemp("cli")
+    cases = {
+        "lego": ["--checkpoint", str(upstream_base), "--task", "lego", "--track-name", "vocals",
+                 "--src-audio", str(source_wav), "--seed", "3", "--steps", "4", "--format", "wav", "--json"],
+        # Validation comes before loading: the (missing) checkpoint is never touched.
+        "bad_bpm": ["--checkpoint", str(base / "nope"), "--bpm", "999"],
+    }
+    started = {}
+    for name, args in cases.items():
+        workdir = base / name
+        workdir.mkdir()
+        command = [sys.executable, "-m", "acestep.cli", "generate", *args]
+        command += ["--output-dir", str(workdir / "out")]
+        started[name] = (workdir, subprocess.Popen(
+            command, cwd=workdir, env=_env(workdir / "cache"),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        ))
+    results = {}
+    for name, (workdir, proc) in started.items():
+        try:
+            stdout, stderr = proc.communicate(timeout=TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            stdout, stderr = proc.communicate()
+        results[name] = Run(proc.returncode, stdout, stderr, workdir)
+    return results
+
+
+def _wavs(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.wav"))
+
+
+def _error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+# --------------------------------------------------------------------------- subprocess
+
+
+def test_generate_lego_writes_aligned_wav(runs: dict[str, Run], source_wav: Path) -> None:
+    run = runs["lego"]
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr
+    wavs = _wavs(run.workdir / "out")
+    assert len(wavs) == 1, list((run.workdir / "out").iterdir())
+    info = sf.info(str(wavs[0]))
+    assert info.samplerate == 48000
+    assert info.channels == 2
+    assert info.frames == sf.info(str(source_wav)).frames == SOURCE_FRAMES
+    audio, _ = sf.read(str(wavs[0]), dtype="float32")
+    assert np.isfinite(audio).all()
+    peak = float(np.abs(audio).max())
+    assert peak == pytest.approx(10 ** (-1 / 20), abs=1e-4)  # peak-normalised to -1 dBFS by default
+
+    result = json.loads(run.stdout)
+    assert result["task_type"] == "lego"
+    assert result["model"] == "acestep-v15-base" and result["variant"] == "base"
+    assert [item["seed"] for item in result["items"]] == [3]
+    assert result["items"][0]["path"] == str(wavs[0])
+    assert result["metas"]["instruction"] == "Generate the VOCALS track based on the audio context:"
+    assert result["metas"]["steps"] == 4
+
+
+def test_bad_input_exits_2_without_traceback(runs: dict[str, Run]) -> None:
+    run = runs["bad_bpm"]
+    assert run.returncode == 2, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr
+    errors = _error_lines(run.stderr)
+    assert errors, run.stderr
+    assert any("bpm" in line and "between 30 and 300" in line and "999" in line for line in errors)
+    assert not (run.workdir / "out").exists()
+
+
+# --------------------------------------------------------------------------- in process
+
+
+def test_demo_says_it_is_noise(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("ACESTEP_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    assert cli.main(["generate", "--demo", "--seed", "0", "--duration", "3", "--output-dir", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "DEMO MODE" in captured.err
+    assert "RANDOM weights" in captured.err
+    assert "noise, not music" in captured.err
+    # The tiny demo checkpoint was built in the cache dir named by ACESTEP_CACHE_DIR.
+    demo_root = tmp_path / "cache" / "acestep" / "demo" / "upstream-turbo"
+    assert (demo_root / "acestep-v15-turbo" / "model.safetensors").is_file()
+    wavs = _wavs(out)
+    assert len(wavs) == 1
+    assert f"{wavs[0]}  seed=0  3.00 s  48000 Hz" in captured.out
+    assert "text2music on acestep-v15-turbo (turbo)" in captured.out
+    info = sf.info(str(wavs[0]))
+    assert (info.samplerate, info.channels, info.frames) == (48000, 2, 3 * 48000)
+
+
+def test_missing_checkpoint_exits_1(tmp_path: Path, capsys) -> None:
+    missing = tmp_path / "no-such-checkpoints"
+    assert cli.main(["generate", "--checkpoint", str(missing), "--seed", "1"]) == 1
+    errors = _error_lines(capsys.readouterr().err)
+    assert any("does not exist" in line and str(missing) in line for line in errors), errors
+
+
+def test_default_checkpoint_dir_from_env(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("ACESTEP_CHECKPOINTS_DIR", str(tmp_path / "env-checkpoints"))
+    assert cli.main(["generate", "--seed", "1"]) == 1
+    errors = _error_lines(capsys.readouterr().err)
+    assert any(str(tmp_path / "env-checkpoints") in line for line in errors), errors
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--time-signature", "5/4"], "time_signature"),
+        (["--batch-size", "9"], "batch_size"),
+        (["--task", "remix"], "task_type"),
+        (["--task", "lego"], "requires src_audio"),
+        (["--task", "lego", "--src-audio", "x.wav", "--audio-codes", "<|audio_code_1|>"], "audio codes"),
+        (["--format", "ogg"], "audio_format"),
+        (["--seed", "one"], "seed"),
+    ],
+)
+def test_validation_errors_exit_2(args: list[str], needle: str, tmp_path: Path, capsys) -> None:
+    code = cli.main(["generate", "--checkpoint", str(tmp_path / "nope"), *args])
+    assert code == 2
+    errors = _error_lines(capsys.readouterr().err)
+    assert any(needle in line for line in errors), errors
+
+
+def test_missing_source_audio_exits_1(upstream_base: Path, tmp_path: Path, capsys) -> None:
+    code = cli.main(
+        ["generate", "--checkpoint", str(upstream_base), "--device", "cpu", "--task", "lego",
+         "--src-audio", str(tmp_path / "missing.wav"), "--seed", "1", "--output-dir", str(tmp_path / "out")]
+    )
+    assert code == 1
+    errors = _error_lines(capsys.readouterr().err)
+    assert any("audio file not found" in line and "missing.wav" in line for line in errors), errors
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_config_path_env_picks_the_dit(upstream_base: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    """With two DiTs in the root the default is turbo (test_checkpoints); ACESTEP_CONFIG_PATH overrides it."""
+    root = tmp_path / "checkpoints"
+    shutil.copytree(upstream_base, root)
+    turbo = root / "acestep-v15-turbo"
+    shutil.copytree(root / "acestep-v15-base", turbo)  # same architecture, turbo config
+    (turbo / "config.json").write_text(json.dumps(tiny_dit_config("turbo")))
+    args = ["generate", "--checkpoint", str(root), "--device", "cpu", "--duration", "2", "--seed", "5",
+            "--steps", "2", "--output-dir", str(tmp_path / "out"), "--json"]
+
+    monkeypatch.setenv("ACESTEP_CONFIG_PATH", "acestep-v15-base")
+    assert cli.main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["model"], result["variant"]) == ("acestep-v15-base", "base")
+    assert result["metas"]["steps"] == 2
+    assert [item["seed"] for item in result["items"]] == [5]
+
+
+def test_no_command_points_to_generate(capsys) -> None:
+    assert cli.main([]) == 2
+    err = capsys.readouterr().err
+    assert "not yet available" in err and "acestep generate" in err
+
+
+def test_api_entry_not_yet_available(capsys) -> None:
+    assert cli.api_main([]) == 2
+    assert "not yet available" in capsys.readouterr().err
+
+
+def test_download_list(capsys) -> None:
+    assert cli.download_main(["--list"]) == 0
+    names = capsys.readouterr().out.split()
+    for name in ("main", "acestep-v15-base", "acestep-v15-turbo", "acestep-v15-sft", "vae"):
+        assert name in names
+
+
+def test_download_unknown_model(tmp_path: Path, capsys) -> None:
+    assert cli.download_main(["--model", "nope", "--dir", str(tmp_path / "ckpt")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "unknown model 'nope'" in err and "acestep-v15-base" in err
+    assert not (tmp_path / "ckpt").exists()
