@@ -9,6 +9,7 @@ Parameters are created on the meta device and replaced by the file's tensors, so
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,9 +64,17 @@ class Components:
         return {name: getattr(self, name) for name in OFFLOAD_ORDER if getattr(self, name) is not None}
 
 
+_PATCH_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def _parameters_on_meta() -> Iterator[None]:
-    """Create parameters on the meta device (no memory, no init); buffers such as RoPE tables stay real."""
+    """Create parameters on the meta device (no memory, no init); buffers such as RoPE tables stay real.
+
+    This swaps ``nn.Module.register_parameter`` process-wide for the duration, so it is serialised;
+    modules built by other threads meanwhile would also get meta parameters.
+    """
+    _PATCH_LOCK.acquire()
     register = torch.nn.Module.register_parameter
 
     def register_on_meta(module: torch.nn.Module, name: str, param: torch.nn.Parameter | None) -> None:
@@ -78,6 +87,7 @@ def _parameters_on_meta() -> Iterator[None]:
         yield
     finally:
         torch.nn.Module.register_parameter = register
+        _PATCH_LOCK.release()
 
 
 def _named(keys: list[str], rename: Callable[[str], str]) -> str:
