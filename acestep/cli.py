@@ -39,7 +39,13 @@ def _generate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--key-scale", default="")
     p.add_argument("--time-signature", default="")
     p.add_argument("--language", default="unknown", dest="vocal_language")
-    p.add_argument("--steps", type=int, default=None, dest="inference_steps")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        dest="inference_steps",
+        help="diffusion steps (default: the model's own: 8 for turbo, 50 for base and SFT)",
+    )
     p.add_argument("--guidance-scale", type=float, default=None)
     p.add_argument("--shift", type=float, default=None)
     p.add_argument("--seed", default=None, help="an integer or a comma list; omitted = random")
@@ -129,6 +135,8 @@ def run_generate(args: argparse.Namespace) -> int:
         engine = AceStep.from_pretrained(
             checkpoint, dit=args.dit or settings.dit_name(), device=args.device, dtype=args.dtype
         )
+        if args.inference_steps is None:
+            request = request.model_copy(update={"inference_steps": engine.variant.default_steps})
         result = engine.generate(request, Path(args.output_dir))
     except (CheckpointError, AudioInputError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -159,7 +159,7 @@ def test_detect_variant(config: dict, folder: str, expected: str) -> None:
 def test_variant_properties() -> None:
     turbo = detect_variant({"is_turbo": True})
     assert turbo.is_turbo and not turbo.uses_guidance
-    assert turbo.default_steps == 8 and turbo.default_shift == 3.0
+    assert turbo.default_steps == 8
     assert turbo.supported_tasks == {"text2music", "repaint", "cover"}
     base = detect_variant({"model_version": "base"})
     assert not base.is_turbo and base.uses_guidance and not base.accepts_custom_timesteps

@@ -57,8 +57,23 @@ def runs(upstream_base: Path, source_wav: Path, tmp_path_factory: pytest.TempPat
     cases call ``cli.main`` in process (the script is ``raise SystemExit(main())``)."""
     base = tmp_path_factory.mktemp("cli")
     cases = {
-        "lego": ["--checkpoint", str(upstream_base), "--task", "lego", "--track-name", "vocals",
-                 "--src-audio", str(source_wav), "--seed", "3", "--steps", "4", "--format", "wav", "--json"],
+        "lego": [
+            "--checkpoint",
+            str(upstream_base),
+            "--task",
+            "lego",
+            "--track-name",
+            "vocals",
+            "--src-audio",
+            str(source_wav),
+            "--seed",
+            "3",
+            "--steps",
+            "4",
+            "--format",
+            "wav",
+            "--json",
+        ],
         # Validation comes before loading: the (missing) checkpoint is never touched.
         "bad_bpm": ["--checkpoint", str(base / "nope"), "--bpm", "999"],
     }
@@ -68,10 +83,17 @@ def runs(upstream_base: Path, source_wav: Path, tmp_path_factory: pytest.TempPat
         workdir.mkdir()
         command = [sys.executable, "-m", "acestep.cli", "generate", *args]
         command += ["--output-dir", str(workdir / "out")]
-        started[name] = (workdir, subprocess.Popen(
-            command, cwd=workdir, env=_env(workdir / "cache"),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        ))
+        started[name] = (
+            workdir,
+            subprocess.Popen(
+                command,
+                cwd=workdir,
+                env=_env(workdir / "cache"),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            ),
+        )
     results = {}
     for name, (workdir, proc) in started.items():
         try:
@@ -185,8 +207,21 @@ def test_validation_errors_exit_2(args: list[str], needle: str, tmp_path: Path, 
 
 def test_missing_source_audio_exits_1(upstream_base: Path, tmp_path: Path, capsys) -> None:
     code = cli.main(
-        ["generate", "--checkpoint", str(upstream_base), "--device", "cpu", "--task", "lego",
-         "--src-audio", str(tmp_path / "missing.wav"), "--seed", "1", "--output-dir", str(tmp_path / "out")]
+        [
+            "generate",
+            "--checkpoint",
+            str(upstream_base),
+            "--device",
+            "cpu",
+            "--task",
+            "lego",
+            "--src-audio",
+            str(tmp_path / "missing.wav"),
+            "--seed",
+            "1",
+            "--output-dir",
+            str(tmp_path / "out"),
+        ]
     )
     assert code == 1
     errors = _error_lines(capsys.readouterr().err)
@@ -201,8 +236,22 @@ def test_config_path_env_picks_the_dit(upstream_base: Path, tmp_path: Path, caps
     turbo = root / "acestep-v15-turbo"
     shutil.copytree(root / "acestep-v15-base", turbo)  # same architecture, turbo config
     (turbo / "config.json").write_text(json.dumps(tiny_dit_config("turbo")))
-    args = ["generate", "--checkpoint", str(root), "--device", "cpu", "--duration", "2", "--seed", "5",
-            "--steps", "2", "--output-dir", str(tmp_path / "out"), "--json"]
+    args = [
+        "generate",
+        "--checkpoint",
+        str(root),
+        "--device",
+        "cpu",
+        "--duration",
+        "2",
+        "--seed",
+        "5",
+        "--steps",
+        "2",
+        "--output-dir",
+        str(tmp_path / "out"),
+        "--json",
+    ]
 
     monkeypatch.setenv("ACESTEP_CONFIG_PATH", "acestep-v15-base")
     assert cli.main(args) == 0
@@ -235,3 +284,24 @@ def test_download_unknown_model(tmp_path: Path, capsys) -> None:
     err = capsys.readouterr().err
     assert err.startswith("error:") and "unknown model 'nope'" in err and "acestep-v15-base" in err
     assert not (tmp_path / "ckpt").exists()
+
+
+def test_steps_default_to_the_models_own(upstream_base: Path, tmp_path: Path, capsys) -> None:
+    """Without --steps a base model runs its 50 steps (the library default of 8 is for turbo)."""
+    args = [
+        "generate",
+        "--checkpoint",
+        str(upstream_base),
+        "--device",
+        "cpu",
+        "--duration",
+        "2",
+        "--seed",
+        "1",
+        "--output-dir",
+        str(tmp_path / "out"),
+        "--json",
+    ]
+    assert cli.main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["variant"] == "base" and result["metas"]["steps"] == 50

@@ -274,3 +274,16 @@ def test_mp3_source_is_read(engine_upstream_base, tmp_path):
         inference_steps=2,
     )
     assert audio.shape[:2] == (1, 2) and abs(audio.shape[-1] - 5 * 48000) < 4800  # mp3 pads a few frames
+
+
+def test_vae_encode_tiles_follow_the_device_policy(upstream_turbo, monkeypatch):
+    from acestep import AceStep
+
+    assert (
+        AceStep.from_pretrained(upstream_turbo, device="cpu").codec.vae.tile_sample_min_length == 30 * 48000
+    )
+    monkeypatch.setenv("ACESTEP_VAE_ENCODE_CHUNK_SECONDS", "10")
+    monkeypatch.setenv("ACESTEP_VAE_DECODE_CHUNK_SIZE", "64")
+    vae = AceStep.from_pretrained(upstream_turbo, device="cpu").codec.vae
+    assert vae.tile_sample_min_length == 10 * 48000
+    assert vae.tile_latent_min_length == 64 and vae.tile_latent_overlap == 16

@@ -14,8 +14,7 @@ class Variant:
     name: str  # "turbo" | "base" | "sft"
     is_turbo: bool
     is_xl: bool
-    default_steps: int
-    default_shift: float
+    default_steps: int  # what the CLI uses when --steps is not given
     uses_guidance: bool
     accepts_custom_timesteps: bool
 
@@ -31,7 +30,7 @@ def detect_variant(config: dict, folder_name: str = "") -> Variant:
     is_turbo = bool(config.get("is_turbo")) or version == "turbo" or ("turbo" in name and not version)
     is_xl = config.get("hidden_size", 2048) > 2048 or "xl" in name
     if is_turbo:
-        return Variant("turbo", True, is_xl, 8, 3.0, False, True)
+        return Variant("turbo", True, is_xl, 8, False, True)
     if "sft" in version or "sft" in name:
-        return Variant("sft", False, is_xl, 50, 1.0, True, True)
-    return Variant("base", False, is_xl, 50, 1.0, True, False)
+        return Variant("sft", False, is_xl, 50, True, True)
+    return Variant("base", False, is_xl, 50, True, False)

@@ -11,10 +11,9 @@ from __future__ import annotations
 import torch
 from diffusers import AutoencoderOobleck
 
-from acestep.memory import vae_decode_chunk_frames
+from acestep.memory import vae_decode_chunk_frames, vae_encode_chunk_seconds
 
 HOP = 1920
-ENCODE_CHUNK_SECONDS = 30
 ENCODE_OVERLAP_SECONDS = 2
 DECODE_OVERLAP_FRAMES = 64
 
@@ -30,7 +29,7 @@ class AudioCodec:
         vae.enable_tiling()
         vae.tile_latent_min_length = chunk
         vae.tile_latent_overlap = overlap
-        vae.tile_sample_min_length = ENCODE_CHUNK_SECONDS * rate
+        vae.tile_sample_min_length = vae_encode_chunk_seconds(self.device) * rate
         vae.tile_sample_overlap = ENCODE_OVERLAP_SECONDS * rate
 
     @property

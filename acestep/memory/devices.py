@@ -19,7 +19,7 @@ _DTYPES = {
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``auto`` picks CUDA, then MPS, then CPU; ``ACESTEP_DEVICE`` overrides ``auto``."""
     if isinstance(device, torch.device):
-        return device
+        device = str(device)
     choice = (device or "auto").strip().lower()
     if choice == "auto":
         choice = os.environ.get("ACESTEP_DEVICE", "auto").strip().lower() or "auto"
@@ -66,3 +66,18 @@ def vae_decode_chunk_frames(device: torch.device) -> int:
         gib = free / 2**30
         return 512 if gib >= 24 else 384 if gib >= 16 else 256 if gib >= 12 else 128
     return 256
+
+
+def vae_encode_chunk_seconds(device: torch.device) -> int:
+    """Seconds of audio per VAE encode tile: 30, or 15 on GPUs with at most 8 GB (upstream's rule).
+
+    The real encoder holds roughly 140 MiB of fp32 activations per second of audio, so a 30 s tile
+    (plus overlap) needs several GiB. ``ACESTEP_VAE_ENCODE_CHUNK_SECONDS`` overrides.
+    """
+    override = os.environ.get("ACESTEP_VAE_ENCODE_CHUNK_SECONDS")
+    if override:
+        return max(int(override), 5)
+    if device.type == "cuda":
+        _, total = torch.cuda.mem_get_info(device)
+        return 15 if total <= 8 * 2**30 else 30
+    return 30
