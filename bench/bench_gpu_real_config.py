@@ -28,12 +28,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+from _common import git_commit
 from diffusers import AutoencoderOobleck
 
 from acestep import GenerationRequest
@@ -162,20 +162,6 @@ def check_config() -> int:
         return 1
     print("parameter counts match shared/spec/checkpoints.md (2B: 2,393,872,518 in 677 tensors)")
     return 0
-
-
-def _git_commit() -> str | None:
-    """The checkout's commit (with ``+dirty`` when tracked files are modified), if git is there."""
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout
-
-    try:
-        commit = git("rev-parse", "--short", "HEAD").strip()
-        dirty = git("status", "--porcelain", "--untracked-files=no").strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return commit + ("+dirty" if dirty else "")
 
 
 def _sync() -> None:
@@ -410,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "real 2B DiT + real VAE configuration, random weights, one GPU",
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": " ".join(["python", sys.argv[0], *(sys.argv[1:] if argv is None else argv)]),
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "gpu": torch.cuda.get_device_name(device),
         "capability": ".".join(map(str, torch.cuda.get_device_capability(device))),
         "torch": torch.__version__,

@@ -38,6 +38,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from _common import git_commit
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_JSON = REPO / "bench" / "results" / "tiny_cpu.json"
 STAGES = ("load_audio", "audio_encode", "text_encode", "dit", "vae_decode", "save")
@@ -296,20 +298,6 @@ def _contention() -> dict:
     return out
 
 
-def _git_commit() -> str | None:
-    """The checkout's commit (with ``+dirty`` when tracked files are modified), if git is there."""
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout
-
-    try:
-        commit = git("rev-parse", "--short", "HEAD").strip()
-        dirty = git("status", "--porcelain", "--untracked-files=no").strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return commit + ("+dirty" if dirty else "")
-
-
 def _fmt(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -423,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         "started": started_at,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": " ".join(["python", "bench/bench_tiny_cpu.py", *(sys.argv[1:] if argv is None else argv)]),
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "mode": "in-process" if args.in_process else "subprocess-per-case",
         "quick": args.quick,
         "malloc_env": TUNED_MALLOC_ENV if args.tune_malloc else "default",
