@@ -69,45 +69,34 @@ _DIFFUSERS_ONLY = (
 )
 
 
-def split_with_origins(
-    state: dict[str, torch.Tensor],
-) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, dict[str, str]]]:
+def split_upstream_state_dict(state: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
     """Split an upstream DiT state dict into per-component diffusers state dicts.
 
-    Also returns, per component, the file key each new key came from (so errors name what is in
-    the file). Keys that match no known prefix, or that already carry diffusers-only names (and
-    would otherwise collide with a renamed upstream key), go to the pseudo-component ``"unknown"``.
+    Keys that match no known prefix, or that already carry diffusers-only names, go to the
+    pseudo-component ``"unknown"`` so the strict loader names them. Excluding those names keeps
+    the renames one-to-one, so :func:`upstream_key` recovers every file key exactly.
     """
     out: dict[str, dict[str, torch.Tensor]] = {name: {} for name in PREFIX_TO_COMPONENT.values()}
     out["unknown"] = {}
-    origins: dict[str, dict[str, str]] = {name: {} for name in out}
     for key, tensor in state.items():
-        component, new_key = "unknown", key
         if key == "null_condition_emb":
-            component = "condition_encoder"
-        elif not any(name in key for name in _DIFFUSERS_ONLY):
-            for prefix, candidate in PREFIX_TO_COMPONENT.items():
-                if key.startswith(prefix):
-                    new_key = key[len(prefix) :]
-                    if _is_stray_fsq_key(candidate, new_key):
-                        component = "dropped"
-                        break
-                    if candidate == "transformer":
-                        new_key = _rename_prefix(new_key, TRANSFORMER_RENAMES)
-                    component, new_key = candidate, _rename_attention(new_key)
-                    break
-        if component == "dropped":
+            out["condition_encoder"][key] = tensor
             continue
-        if component != "unknown" and new_key in out[component]:  # cannot happen for injective renames
-            component, new_key = "unknown", key
-        out[component][new_key] = tensor
-        origins[component][new_key] = key
-    return out, origins
-
-
-def split_upstream_state_dict(state: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
-    """Per-component diffusers state dicts of an upstream DiT file (see :func:`split_with_origins`)."""
-    return split_with_origins(state)[0]
+        if any(name in key for name in _DIFFUSERS_ONLY):
+            out["unknown"][key] = tensor
+            continue
+        for prefix, component in PREFIX_TO_COMPONENT.items():
+            if key.startswith(prefix):
+                new_key = key[len(prefix) :]
+                if _is_stray_fsq_key(component, new_key):
+                    break
+                if component == "transformer":
+                    new_key = _rename_prefix(new_key, TRANSFORMER_RENAMES)
+                out[component][_rename_attention(new_key)] = tensor
+                break
+        else:
+            out["unknown"][key] = tensor
+    return out
 
 
 def upstream_key(component: str, key: str) -> str:

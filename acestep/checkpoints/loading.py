@@ -158,7 +158,7 @@ def load_silence_latent(path: Path) -> torch.Tensor:
 
 def _load_upstream_dit(paths: CheckpointPaths) -> dict[str, torch.nn.Module]:
     weights = find_weights(paths.dit_dir)
-    parts, origins = convert.split_with_origins(read_weights(weights))
+    parts = convert.split_upstream_state_dict(read_weights(weights))
     unknown = sorted(parts.pop("unknown"))
     if unknown:
         raise CheckpointError(f"{weights}: unexpected keys: {_named(unknown, lambda k: k)}")
