@@ -287,3 +287,25 @@ def test_vae_encode_tiles_follow_the_device_policy(upstream_turbo, monkeypatch):
     vae = AceStep.from_pretrained(upstream_turbo, device="cpu").codec.vae
     assert vae.tile_sample_min_length == 10 * 48000
     assert vae.tile_latent_min_length == 64 and vae.tile_latent_overlap == 16
+
+
+def test_codes_without_an_audio_tokenizer_are_a_clear_error(diffusers_turbo, source_wav, tmp_path):
+    import shutil
+
+    from acestep import AceStep
+
+    root = tmp_path / "no_codec"
+    shutil.copytree(diffusers_turbo, root)
+    shutil.rmtree(root / "audio_tokenizer")
+    shutil.rmtree(root / "audio_token_detokenizer")
+    engine = AceStep.from_pretrained(root, device="cpu")
+    for task in ("repaint", "cover"):
+        with pytest.raises(ValueError, match="no audio tokenizer"):
+            generate(
+                engine,
+                tmp_path / "out",
+                task_type=task,
+                src_audio=source_wav,
+                audio_code_string="<|audio_code_3|>" * 30,
+                seed=1,
+            )

@@ -79,9 +79,12 @@ class AceStep:
                 f"task {task!r} needs a base or SFT model; {self.paths.dit_name} is a {self.variant.name} "
                 f"model (it supports {', '.join(sorted(self.variant.supported_tasks))})"
             )
-        needs_codec = task == "cover"
-        if needs_codec and self.components.audio_tokenizer is None:
-            raise ValueError(f"{self.paths.dit_name} has no audio tokenizer, so cover is unavailable")
+        uses_fsq = task == "cover" or bool(request.audio_code_string.strip())
+        if uses_fsq and self.components.audio_tokenizer is None:
+            raise ValueError(
+                f"{self.paths.dit_name} has no audio tokenizer/detokenizer, "
+                "so cover and audio codes are unavailable"
+            )
 
     def generate(
         self,
@@ -184,7 +187,7 @@ class AceStep:
         )
 
     def _plan(self, request: GenerationRequest, source: torch.Tensor | None) -> conditioning.TaskPlan:
-        silence = self.silence_latent.to(self.dtype)
+        silence = self.silence_latent
         comps = self.components
         if request.audio_code_string.strip():
             codes = conditioning.parse_audio_codes(
