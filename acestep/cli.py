@@ -55,9 +55,65 @@ def _generate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cover-strength", type=float, default=None, dest="audio_cover_strength")
     p.add_argument("--format", default="wav", dest="audio_format", help="wav, wav32, flac or mp3")
     p.add_argument("--output-dir", default="outputs")
-    p.add_argument("--device", default=settings.device())
+    p.add_argument("--device", default=settings.device(), help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--dtype", default=None)
+    _memory_flags(p)
+    p.add_argument(
+        "--keep-alive",
+        default=None,
+        help="after the job: 0 frees the model and prints the measured unload (with --json); "
+        "a duration or -1 keeps it until the process exits",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _bool_flag(p: argparse.ArgumentParser, name: str, help_text: str) -> None:
+    p.add_argument(name, nargs="?", const="true", default=None, metavar="BOOL", help=help_text)
+
+
+def _memory_flags(p: argparse.ArgumentParser) -> None:
+    """The memory settings as flags (each overrides its ACESTEP_* variable for this run)."""
+    _bool_flag(p, "--offload-to-cpu", "keep the text encoder and VAE in CPU RAM between uses")
+    _bool_flag(p, "--offload-dit-to-cpu", "also the DiT (only with --offload-to-cpu)")
+    p.add_argument("--gpu-device", default=None, help="auto (least memory in use), or a GPU index")
+    p.add_argument("--max-cuda-vram", default=None, help="behave as a GPU of this many GiB (a real cap)")
+    p.add_argument("--max-duration", default=None, help="override the tier's maximum seconds")
+    p.add_argument("--max-batch-size", default=None, help="override the tier's maximum batch")
+
+
+MEMORY_FLAGS = {
+    "offload_to_cpu": "ACESTEP_OFFLOAD_TO_CPU",
+    "offload_dit_to_cpu": "ACESTEP_OFFLOAD_DIT_TO_CPU",
+    "gpu_device": "ACESTEP_GPU_DEVICE",
+    "max_cuda_vram": "MAX_CUDA_VRAM",
+    "max_duration": "ACESTEP_MAX_DURATION",
+    "max_batch_size": "ACESTEP_MAX_BATCH_SIZE",
+}
+
+
+def _memory_env(args: argparse.Namespace) -> dict[str, str]:
+    import os
+
+    env = dict(os.environ)
+    for attr, variable in MEMORY_FLAGS.items():
+        value = getattr(args, attr, None)
+        if value is not None:
+            env[variable] = str(value)
+    device = (getattr(args, "device", None) or "auto").strip().lower()
+    if device != "auto":
+        kind, _, index = device.partition(":")
+        env["ACESTEP_DEVICE"] = kind
+        if index:
+            env["ACESTEP_GPU_DEVICE"] = index
+    return env
+
+
+def _memory_manager(args: argparse.Namespace):
+    """A manager for this process (which runs the models itself, so torch may read the GPUs)."""
+    from acestep.memory.devices import LocalTorchSource
+    from acestep.memory.manager import MemoryManager
+
+    return MemoryManager(source=LocalTorchSource(), env=_memory_env(args))
 
 
 REQUEST_ARGS = (
@@ -126,23 +182,43 @@ def run_generate(args: argparse.Namespace) -> int:
             where = ".".join(str(p) for p in error["loc"]) or "request"
             print(f"error: {where}: {error['msg'].removeprefix('Value error, ')}", file=sys.stderr)
         return 2
-    # Heavy imports (torch, diffusers) only once the request is known to be valid.
-    from acestep.checkpoints import CheckpointError
-    from acestep.engine.audio_io import AudioInputError
-    from acestep.engine.engine import AceStep
+    from acestep.checkpoints import CheckpointError, resolve
+    from acestep.memory.keep_alive import KeepAliveError, parse_keep_alive
 
     try:
-        engine = AceStep.from_pretrained(
-            checkpoint, dit=args.dit or settings.dit_name(), device=args.device, dtype=args.dtype
-        )
-        if args.inference_steps is None:
-            request = request.model_copy(update={"inference_steps": engine.variant.default_steps})
-        result = engine.generate(request, Path(args.output_dir))
-    except (CheckpointError, AudioInputError, ValueError, RuntimeError) as exc:
+        paths = resolve(checkpoint, args.dit or settings.dit_name())
+    except CheckpointError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    try:
+        keep_alive = parse_keep_alive(args.keep_alive) if args.keep_alive is not None else None
+        if args.inference_steps is None:
+            request = request.model_copy(update={"inference_steps": paths.variant.default_steps})
+        manager = _memory_manager(args)
+        manager.validate(request)  # tier limits: a clear refusal before anything is loaded
+    except (KeepAliveError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from acestep.worker.runner import EngineSpec
+
+    spec = EngineSpec(checkpoint, dit=args.dit or settings.dit_name(), device=args.device, dtype=args.dtype)
+    try:
+        manager.start(spec, in_process=True)
+        job = manager.submit(request, Path(args.output_dir)).wait()
+        if keep_alive == 0:
+            manager.unload("free")
+    except (ValueError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        manager.close()
+        return 1
+    reports = list(manager.reports)
+    manager.close()
+    if job.state != "succeeded":
+        print(f"error: {job.error}", file=sys.stderr)
+        return 1
+    result = job.result
     if args.json:
-        print(json.dumps(result.model_dump(mode="json"), indent=2))
+        print(json.dumps(result.model_dump(mode="json") | {"memory_reports": reports}, indent=2))
     else:
         for item in result.items:
             print(f"{item.path}  seed={item.seed}  {item.duration:.2f} s  {item.sample_rate} Hz")
@@ -152,13 +228,36 @@ def run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _memory_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("memory", help="show the GPU, tier, limits and offload plan (loads nothing)")
+    p.add_argument("--device", default=settings.device())
+    _memory_flags(p)
+    p.add_argument("--json", action="store_true")
+
+
+def run_memory(args: argparse.Namespace) -> int:
+    try:
+        manager = _memory_manager(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(manager.get_status(), indent=2))
+    else:
+        print(manager.banner())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="acestep", description="ACE-Step 1.5 music generation")
     sub = parser.add_subparsers(dest="command")
     _generate_parser(sub)
+    _memory_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "generate":
         return run_generate(args)
+    if args.command == "memory":
+        return run_memory(args)
     print(
         "The Gradio UI is not yet available in this version; use `acestep generate` (see --help).",
         file=sys.stderr,

@@ -29,3 +29,19 @@ def cache_dir() -> Path:
         os.environ.get("ACESTEP_CACHE_DIR") or os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     )
     return Path(base).expanduser() / "acestep"
+
+
+TRUE_WORDS = frozenset({"1", "true", "yes", "y", "on"})
+FALSE_WORDS = frozenset({"0", "false", "no", "n", "off"})
+
+
+def parse_bool_setting(name: str, value: str | None) -> bool | None:
+    """Upstream's truthy words; empty or ``auto`` = None (keep the default)."""
+    if value is None or value.strip().lower() in ("", "auto"):
+        return None
+    word = value.strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise ValueError(f"{name} must be true/false/auto, got {value!r}")

@@ -305,3 +305,34 @@ def test_steps_default_to_the_models_own(upstream_base: Path, tmp_path: Path, ca
     assert cli.main(args) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["variant"] == "base" and result["metas"]["steps"] == 50
+
+
+def test_memory_limits_refuse_before_loading(upstream_turbo: Path, tmp_path: Path, capsys) -> None:
+    base = ["generate", "--checkpoint", str(upstream_turbo), "--device", "cpu", "--seed", "1"]
+    assert cli.main([*base, "--batch-size", "2", "--max-batch-size", "1"]) == 2
+    errors = _error_lines(capsys.readouterr().err)
+    assert any("batch_size 2 is over the maximum of 1" in e and "ACESTEP_MAX_BATCH_SIZE" in e for e in errors)
+    assert cli.main([*base, "--duration", "30", "--max-duration", "20"]) == 2
+    assert any("over the 20 s maximum" in e for e in _error_lines(capsys.readouterr().err))
+    assert cli.main([*base, "--keep-alive", "soon"]) == 2
+    assert any("not a duration" in e for e in _error_lines(capsys.readouterr().err))
+
+
+def test_keep_alive_0_frees_and_reports(upstream_turbo: Path, tmp_path: Path, capsys) -> None:
+    args = ["generate", "--checkpoint", str(upstream_turbo), "--device", "cpu", "--duration", "2"]
+    args += ["--seed", "3", "--keep-alive", "0", "--offload-to-cpu", "--json", "--output-dir", str(tmp_path)]
+    assert cli.main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["seeds"] == [3]
+    frees = [r for r in result["memory_reports"] if r["action"] == "free"]
+    assert frees and set(frees[0]["residency"].values()) == {"unloaded"} and frees[0]["seconds"] >= 0
+
+
+def test_memory_command_prints_the_plan(capsys) -> None:
+    assert cli.main(["memory", "--device", "cpu", "--max-duration", "90", "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["tier"] == "cpu" and status["limits"]["max_duration"] == 90
+    assert status["limits"]["origin"]["max_duration"] == "ACESTEP_MAX_DURATION"
+    assert cli.main(["memory", "--device", "cpu"]) == 0
+    assert "tier cpu" in capsys.readouterr().out
+    assert cli.main(["memory", "--device", "cpu", "--offload-to-cpu", "sometimes"]) == 2

@@ -11,6 +11,7 @@ from _util import TransformerSpy, generate
 import acestep.engine.sampler as sampler
 from acestep.engine.audio_io import AudioInputError, load_audio
 from acestep.engine.schedules import turbo_table
+from acestep.memory.limits import MemoryLimitError
 from acestep.testing import TINY_LATENT_DIM, TINY_SILENCE_FRAMES, synthetic_audio
 
 C = TINY_LATENT_DIM
@@ -167,8 +168,11 @@ def test_bad_audio_inputs_are_clear_errors(engine_upstream_base, tmp_path):
 def test_overlong_source_is_refused(engine_upstream_base, tmp_path):
     long = tmp_path / "long.flac"
     sf.write(long, np.zeros((601 * 8000, 1), dtype=np.float32) + 0.1, 8000)
-    with pytest.raises(AudioInputError, match="limit is 600"):
+    # The tier's duration limit sees the file header first, before any audio is decoded.
+    with pytest.raises(MemoryLimitError, match="source audio is 601.0 s, over the 600 s maximum"):
         generate(engine_upstream_base, tmp_path / "out", task_type="lego", src_audio=str(long), seed=1)
+    with pytest.raises(AudioInputError, match="limit is 600"):
+        load_audio(long)
 
 
 def test_mono_and_other_rates_are_converted(engine_upstream_base, tmp_path):

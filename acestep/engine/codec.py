@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from diffusers import AutoencoderOobleck
 
-from acestep.memory import vae_decode_chunk_frames, vae_encode_chunk_seconds
+from acestep.memory.devices import vae_decode_chunk_frames, vae_encode_chunk_seconds
 
 HOP = 1920
 ENCODE_OVERLAP_SECONDS = 2
@@ -19,17 +19,25 @@ DECODE_OVERLAP_FRAMES = 64
 
 
 class AudioCodec:
-    def __init__(self, vae: AutoencoderOobleck, decode_chunk_frames: int | None = None):
+    def __init__(
+        self,
+        vae: AutoencoderOobleck,
+        decode_chunk_frames: int | None = None,
+        compute: torch.device | None = None,
+    ):
+        """``compute`` is where the VAE runs (it may wait on the CPU between uses); tiles are sized
+        for that device."""
         self.vae = vae
+        compute = compute or self.device
         rate = int(vae.config.sampling_rate)
         overlap = DECODE_OVERLAP_FRAMES
-        chunk = decode_chunk_frames or vae_decode_chunk_frames(self.device)
+        chunk = decode_chunk_frames or vae_decode_chunk_frames(compute)
         while chunk <= 2 * overlap:
             overlap //= 2
         vae.enable_tiling()
         vae.tile_latent_min_length = chunk
         vae.tile_latent_overlap = overlap
-        vae.tile_sample_min_length = vae_encode_chunk_seconds(self.device) * rate
+        vae.tile_sample_min_length = vae_encode_chunk_seconds(compute) * rate
         vae.tile_sample_overlap = ENCODE_OVERLAP_SECONDS * rate
 
     @property

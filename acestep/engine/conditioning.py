@@ -22,10 +22,9 @@ import torch
 from acestep.engine.audio_io import SAMPLE_RATE, frames_for_seconds, seconds_to_frame
 from acestep.engine.codec import HOP, AudioCodec, pad_with, tile_frames
 from acestep.engine.request import GenerationRequest
-from acestep.engine.tasks import build_instruction, with_colon
+from acestep.engine.tasks import AUTO_DURATION_S, build_instruction, with_colon
 
 MIN_FRAMES = 128  # upstream's minimum sequence (5.12 s)
-AUTO_DURATION_S = 120.0
 REFERENCE_SECONDS = 30
 REFERENCE_WINDOW_SECONDS = 10
 REFERENCE_FRAMES = 750

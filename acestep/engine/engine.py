@@ -22,7 +22,9 @@ from acestep.engine.sampler import Condition, Guidance, denoise
 from acestep.engine.schedules import build_schedule
 from acestep.engine.seeds import generators, item_noise, resolve_seeds
 from acestep.engine.tasks import SOURCE_TASKS
-from acestep.memory import default_dtype, resolve_device
+from acestep.memory.devices import apply_vram_cap, default_dtype, resolve_device, total_gib
+from acestep.memory.limits import Limits
+from acestep.memory.residency import Residency, ResidencyPlan, plan_for, resident_plan
 
 ProgressCallback = Callable[[str, float], None]
 
@@ -35,13 +37,27 @@ class AceStep:
     """One loaded ACE-Step 1.5 model (DiT, condition encoder, text encoder, VAE)."""
 
     def __init__(
-        self, components: Components, paths: CheckpointPaths, device: torch.device, dtype: torch.dtype
+        self,
+        components: Components,
+        paths: CheckpointPaths,
+        device: torch.device,
+        dtype: torch.dtype,
+        plan: ResidencyPlan | None = None,
+        limits: Limits | None = None,
     ):
         self.components = components
         self.paths = paths
         self.device = device
         self.dtype = dtype
-        self.codec = AudioCodec(components.vae)
+        self.limits = limits
+        self.residency = Residency(components.modules(), plan or resident_plan(str(device)))
+        self.residency.settle()
+        self.codec = AudioCodec(components.vae, compute=device)
+        # Small tensors every stage needs, kept on the compute device so that their owner (the
+        # condition encoder) may wait on the CPU between uses.
+        encoder = components.condition_encoder
+        self._silence = encoder.silence_latent.detach().to(device)
+        self._null_embedding = encoder.null_condition_emb.detach().to(device)
 
     @classmethod
     def from_pretrained(
@@ -50,18 +66,31 @@ class AceStep:
         dit: str | None = None,
         device: str | torch.device = "auto",
         dtype: str | torch.dtype | None = None,
+        limits: Limits | None = None,
+        plan: ResidencyPlan | None = None,
     ) -> AceStep:
-        """Load an upstream ``checkpoints/`` root, one DiT folder, or a diffusers folder."""
+        """Load an upstream ``checkpoints/`` root, one DiT folder, or a diffusers folder.
+
+        ``limits`` default to this device's tier (with the ``ACESTEP_*`` overrides) and ``plan``
+        to the offload those limits imply; ``MAX_CUDA_VRAM`` caps this process's allocator.
+        """
         paths = resolve(path, dit)
         target = resolve_device(device)
         torch_dtype = default_dtype(target, dtype)
+        limits = limits or Limits.for_gpu(total_gib(target))
+        if limits.simulated:
+            apply_vram_cap(target, limits.gib)
+        plan = plan or plan_for(limits, str(target))
         started = time.perf_counter()
-        components = load_components(paths, target, torch_dtype)
+        # Weights land on the CPU first; the plan then moves to the GPU what stays there.
+        components = load_components(paths, torch.device("cpu"), torch_dtype)
+        engine = cls(components, paths, target, torch_dtype, plan, limits)
         logger.info(
-            f"loaded {paths.dit_name} ({paths.layout} layout, {paths.variant.name}) on {target} as "
-            f"{torch_dtype} in {time.perf_counter() - started:.1f} s"
+            f"loaded {paths.dit_name} ({paths.layout} layout, {paths.variant.name}) for {target} as "
+            f"{torch_dtype} in {time.perf_counter() - started:.1f} s; tier {limits.tier.name}, "
+            f"residency {engine.residency.as_dict()}"
         )
-        return cls(components, paths, target, torch_dtype)
+        return engine
 
     @property
     def variant(self):
@@ -69,7 +98,7 @@ class AceStep:
 
     @property
     def silence_latent(self) -> torch.Tensor:
-        return self.components.condition_encoder.silence_latent
+        return self._silence
 
     def check(self, request: GenerationRequest) -> None:
         """Model-dependent checks, before any tensor is allocated."""
@@ -93,6 +122,9 @@ class AceStep:
         progress: ProgressCallback | None = None,
     ) -> GenerationResult:
         self.check(request)
+        if self.limits is not None:
+            self.limits.check(request)
+        use = self.residency.use
         timings: dict[str, float] = {}
         started = clock = time.perf_counter()
 
@@ -114,8 +146,11 @@ class AceStep:
         lap("load_audio")
 
         report("conditioning", 0.0)
-        plan = self._plan(request, source)
-        refer = conditioning.reference_latents(self.codec, reference, self.silence_latent, self.dtype)
+        needs_codec = source is not None or bool(request.audio_code_string.strip())
+        with use(*(("vae", "condition_encoder") if needs_codec else ())):
+            plan = self._plan(request, source)
+        with use(*(("vae",) if reference is not None else ())):
+            refer = conditioning.reference_latents(self.codec, reference, self.silence_latent, self.dtype)
         lap("audio_encode")
         schedule, notes = build_schedule(
             self.variant, request.inference_steps, request.shift, request.timesteps
@@ -137,27 +172,29 @@ class AceStep:
             guidance = Guidance(
                 scale=request.guidance_scale,
                 interval=(request.cfg_interval_start, request.cfg_interval_end),
-                null_embedding=self.components.condition_encoder.null_condition_emb,
+                null_embedding=self._null_embedding,
             )
         lap("text_encode")
 
         noise = item_noise(
             generators(seeds, self.device), (plan.frames, self.codec.latent_dim), self.device, self.dtype
         )
-        latents = denoise(
-            self.components.transformer,
-            noise,
-            schedule,
-            condition,
-            guidance,
-            switch,
-            on_step=lambda done, total: report("diffusion", done / total),
-        )
+        with use("dit"):
+            latents = denoise(
+                self.components.transformer,
+                noise,
+                schedule,
+                condition,
+                guidance,
+                switch,
+                on_step=lambda done, total: report("diffusion", done / total),
+            )
         self._check_latents(latents)
         lap("dit")
 
         report("decode", 0.0)
-        audio = self.codec.decode(latents)
+        with use("vae"):
+            audio = self.codec.decode(latents)
         audio = self._fit_length(audio, plan)
         audio = audio_io.anti_clip(audio)
         lap("vae_decode")
@@ -214,20 +251,22 @@ class AceStep:
         self, request: GenerationRequest, plan: conditioning.TaskPlan, metas: str, refer: torch.Tensor
     ) -> Condition:
         comps = self.components
-        text = encode_text(
-            comps.text_encoder,
-            comps.tokenizer,
-            caption_prompt(plan.instruction, request.caption, metas),
-            lyric_prompt(request.vocal_language, request.lyrics_text),
-        )
-        states, _ = comps.condition_encoder(
-            text_hidden_states=text.text_hidden,
-            text_attention_mask=text.text_mask,
-            lyric_hidden_states=text.lyric_hidden,
-            lyric_attention_mask=text.lyric_mask,
-            refer_audio_acoustic_hidden_states_packed=refer,
-            refer_audio_order_mask=torch.zeros(1, dtype=torch.long, device=self.device),
-        )
+        with self.residency.use("text_encoder"):
+            text = encode_text(
+                comps.text_encoder,
+                comps.tokenizer,
+                caption_prompt(plan.instruction, request.caption, metas),
+                lyric_prompt(request.vocal_language, request.lyrics_text),
+            )
+        with self.residency.use("condition_encoder"):
+            states, _ = comps.condition_encoder(
+                text_hidden_states=text.text_hidden,
+                text_attention_mask=text.text_mask,
+                lyric_hidden_states=text.lyric_hidden,
+                lyric_attention_mask=text.lyric_mask,
+                refer_audio_acoustic_hidden_states_packed=refer,
+                refer_audio_order_mask=torch.zeros(1, dtype=torch.long, device=self.device),
+            )
         return Condition(encoder_hidden_states=states, context_latents=plan.context())
 
     @staticmethod
@@ -258,7 +297,10 @@ class AceStep:
                 )
             if request.enable_normalization:
                 wav = audio_io.peak_normalize(wav, request.normalization_db)
-            params = request.model_dump(mode="json") | {"seed": seed, "model": self.paths.dit_name}
+            params = request.model_dump(mode="json", exclude={"keep_alive"}) | {
+                "seed": seed,
+                "model": self.paths.dit_name,
+            }
             path = audio_io.save_audio(wav, output_dir, audio_io.file_stem(params), request.audio_format)
             items.append(
                 AudioItem(

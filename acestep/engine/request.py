@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 from acestep.engine.tasks import SOURCE_TASKS, TASK_TYPES, TRACK_NAMES
+from acestep.memory.keep_alive import parse_keep_alive
 
 MAX_DURATION_S = 600.0
 MAX_BATCH_SIZE = 8
@@ -78,6 +79,8 @@ class GenerationRequest(BaseModel):
     audio_format: str = "flac"
     enable_normalization: bool = True
     normalization_db: float = Field(-1.0, le=0.0, ge=-60.0)
+    # How long models stay loaded after this job (a duration, 0 or -1); the server may forbid it.
+    keep_alive: str | float | None = Field(None, validation_alias=_alias("keep_alive", "keepAlive"))
 
     @field_validator("src_audio", "reference_audio", mode="before")
     @classmethod
@@ -86,6 +89,14 @@ class GenerationRequest(BaseModel):
             return os.fspath(value)
         if isinstance(value, str) and not value.strip():
             return None
+        return value
+
+    @field_validator("keep_alive")
+    @classmethod
+    def _keep_alive(cls, value: str | float | None) -> str | float | None:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        parse_keep_alive(value)
         return value
 
     @field_validator("task_type")

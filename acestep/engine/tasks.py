@@ -7,6 +7,11 @@ TASK_TYPES = ("text2music", "repaint", "cover", "extract", "lego", "complete")
 # Tasks whose conditioning is built from source audio; cover may use audio codes instead.
 SOURCE_TASKS = frozenset({"repaint", "cover", "extract", "lego", "complete"})
 
+# Length generated when a request sets no duration and has no source to take it from.
+AUTO_DURATION_S = 120.0
+# The LM writes audio codes at 5 Hz; each code stands for five 25 Hz latent frames.
+CODES_PER_SECOND = 5
+
 TRACK_NAMES = (
     "woodwinds",
     "brass",

@@ -1,10 +1,5 @@
-"""Device policy: the only package that decides devices, dtypes and memory-dependent sizes."""
+"""Memory and device policy: the only package that decides devices, dtypes, tiers and residency.
 
-from acestep.memory.devices import (
-    default_dtype,
-    resolve_device,
-    vae_decode_chunk_frames,
-    vae_encode_chunk_seconds,
-)
-
-__all__ = ["default_dtype", "resolve_device", "vae_decode_chunk_frames", "vae_encode_chunk_seconds"]
+Importing this package does not import torch: the server process uses it to plan and validate,
+while only the GPU worker imports ``acestep.memory.devices`` and runs models.
+"""

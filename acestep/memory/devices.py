@@ -81,3 +81,45 @@ def vae_encode_chunk_seconds(device: torch.device) -> int:
         _, total = torch.cuda.mem_get_info(device)
         return 15 if total <= 8 * 2**30 else 30
     return 30
+
+
+def total_gib(device: torch.device) -> float | None:
+    """Total memory of a CUDA device in GiB (None for CPU and MPS: no VRAM tier applies there)."""
+    if device.type != "cuda":
+        return None
+    return torch.cuda.get_device_properties(device).total_memory / 2**30
+
+
+def apply_vram_cap(device: torch.device, cap_gib: float | None) -> float | None:
+    """Make ``MAX_CUDA_VRAM`` a real cap: this process's allocator refuses to grow past it.
+
+    Upstream only used the value to pick a tier, so a "4 GB" simulation still used 11 GB.
+    Returns the fraction set, or None when nothing was capped.
+    """
+    total = total_gib(device)
+    if total is None or cap_gib is None or cap_gib >= total:
+        return None
+    fraction = max(cap_gib / total, 0.01)
+    torch.cuda.set_per_process_memory_fraction(fraction, device)
+    return fraction
+
+
+class LocalTorchSource:
+    """GPU facts from torch in this process: for processes that run models themselves (the CLI,
+    the worker). A server process uses :mod:`acestep.memory.gpus` sources, which never touch CUDA."""
+
+    def gpus(self):
+        from acestep.memory.gpus import GpuInfo
+
+        out = []
+        if torch.cuda.is_available():
+            for index in range(torch.cuda.device_count()):
+                free, total = torch.cuda.mem_get_info(index)
+                props = torch.cuda.get_device_properties(index)
+                out.append(
+                    GpuInfo(index, props.name, int(total), int(total - free), (props.major, props.minor))
+                )
+        return out
+
+    def process_gpu_bytes(self, pid: int) -> int | None:
+        return None

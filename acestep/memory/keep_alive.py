@@ -1,0 +1,120 @@
+"""Keep-alive: how long loaded models stay after the last job before they are unloaded.
+
+``0`` unloads after every job, ``-1`` (any negative) never unloads, anything else is a duration
+(``300``, ``"90s"``, ``"5m"``, ``"1h30m"``). The server sets a default; a request may carry its own
+unless the operator forbids it. Time comes from an injected clock so the policy is testable.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from acestep.settings import parse_bool_setting
+
+NEVER = math.inf
+DEFAULT_KEEP_ALIVE = "5m"
+UNLOAD_LEVELS = ("park", "free")
+_PART = re.compile(r"(\d+(?:\.\d+)?)([hms]?)")
+_UNIT = {"h": 3600.0, "m": 60.0, "s": 1.0, "": 1.0}
+
+
+class KeepAliveError(ValueError):
+    pass
+
+
+def parse_keep_alive(value: str | float | int | None) -> float:
+    """Seconds to keep models loaded after a job; ``math.inf`` means never unload."""
+    if value is None:
+        raise KeepAliveError("keep_alive is empty")
+    if isinstance(value, bool):
+        raise KeepAliveError(f"keep_alive must be a duration, 0 or -1, got {value!r}")
+    if isinstance(value, int | float):
+        return NEVER if value < 0 else float(value)
+    text = str(value).strip().lower()
+    if text in ("never", "forever", "inf"):
+        return NEVER
+    try:
+        number = float(text)
+    except ValueError:
+        number = None
+    if number is not None:
+        return NEVER if number < 0 else number
+    parts = _PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text.replace(" ", ""):
+        raise KeepAliveError(
+            f"keep_alive {value!r} is not a duration; use seconds (300), '5m', '1h30m', 0 or -1"
+        )
+    return sum(float(n) * _UNIT[u] for n, u in parts)
+
+
+def describe(seconds: float) -> str:
+    if seconds == NEVER:
+        return "never (-1)"
+    if seconds == 0:
+        return "after each job (0)"
+    return f"{seconds:g} s"
+
+
+@dataclass(frozen=True)
+class KeepAlivePolicy:
+    default: float
+    allow_override: bool = True
+    idle_level: str = "free"  # what an expired keep-alive does: park or free
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> KeepAlivePolicy:
+        env = os.environ if env is None else env
+        default = parse_keep_alive(env.get("ACESTEP_KEEP_ALIVE") or DEFAULT_KEEP_ALIVE)
+        allow = parse_bool_setting("ACESTEP_KEEP_ALIVE_OVERRIDE", env.get("ACESTEP_KEEP_ALIVE_OVERRIDE"))
+        level = (env.get("ACESTEP_IDLE_UNLOAD") or "free").strip().lower()
+        if level not in UNLOAD_LEVELS:
+            raise ValueError(f"ACESTEP_IDLE_UNLOAD must be park or free, got {level!r}")
+        return cls(default=default, allow_override=allow is not False, idle_level=level)
+
+    def for_request(self, requested: str | float | None) -> float:
+        """The keep-alive a job leaves behind: its own when allowed, else the server default."""
+        if requested is None or (isinstance(requested, str) and not requested.strip()):
+            return self.default
+        if not self.allow_override:
+            raise KeepAliveError(
+                "this server does not accept a per-request keep_alive "
+                "(the operator set ACESTEP_KEEP_ALIVE_OVERRIDE=false); leave the field out"
+            )
+        return parse_keep_alive(requested)
+
+    def as_dict(self) -> dict:
+        return {
+            "default": describe(self.default),
+            "default_seconds": None if self.default == NEVER else self.default,
+            "allow_override": self.allow_override,
+            "idle_level": self.idle_level,
+        }
+
+
+class IdleTimer:
+    """The deadline after which idle models should unload. Not thread-safe: the job queue calls it
+    under the same lock that admits work, which is what makes "idle" a fact rather than a guess."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        self.deadline: float | None = None
+
+    def job_started(self) -> None:
+        self.deadline = None
+
+    def job_finished(self, keep_alive: float) -> None:
+        self.deadline = None if keep_alive == NEVER else self.clock() + keep_alive
+
+    def disarm(self) -> None:
+        self.deadline = None
+
+    def due(self) -> bool:
+        return self.deadline is not None and self.clock() >= self.deadline
+
+    def seconds_left(self) -> float | None:
+        return None if self.deadline is None else max(self.deadline - self.clock(), 0.0)

@@ -1,0 +1,137 @@
+"""Where each component lives: unloaded, in CPU RAM, or on the GPU, and the plan that decides it.
+
+The plan is data: for every component, where it waits between uses. A component whose idle place
+is the CPU is moved to the GPU only while it runs, so the lowest tiers hold one component on the
+GPU at a time (upstream's ``offload_to_cpu`` + ``offload_dit_to_cpu``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import Enum
+
+from acestep.memory.limits import Limits
+
+# The components a memory plan talks about, in the order a generation first uses them.
+COMPONENTS = ("lm", "text_encoder", "vae", "condition_encoder", "dit")
+
+# Engine modules behind each component (the LM is loaded by its own handler).
+MODULES: dict[str, tuple[str, ...]] = {
+    "lm": (),
+    "text_encoder": ("text_encoder",),
+    "vae": ("vae",),
+    "condition_encoder": ("condition_encoder", "audio_tokenizer", "audio_token_detokenizer"),
+    "dit": ("transformer",),
+}
+
+
+class Place(str, Enum):
+    UNLOADED = "unloaded"
+    CPU = "cpu"
+    GPU = "gpu"
+
+
+@dataclass(frozen=True)
+class ResidencyPlan:
+    """Where each component waits between uses; ``compute`` is the device that runs them."""
+
+    compute: str  # "cuda", "cuda:0", "mps" or "cpu"
+    idle: dict[str, Place]
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.compute != "cpu"
+
+    @property
+    def one_at_a_time(self) -> bool:
+        """Only the running component is on the GPU (the low-VRAM plan)."""
+        return self.on_gpu and all(place is Place.CPU for place in self.idle.values())
+
+    def as_dict(self) -> dict:
+        return {
+            "compute": self.compute,
+            "idle": {name: place.value for name, place in self.idle.items()},
+            "one_at_a_time": self.one_at_a_time,
+        }
+
+
+def plan_for(limits: Limits, compute: str) -> ResidencyPlan:
+    """The plan a tier's (possibly overridden) offload settings imply."""
+    if compute == "cpu":
+        return ResidencyPlan("cpu", dict.fromkeys(COMPONENTS, Place.CPU))
+    light = Place.CPU if limits.offload_to_cpu else Place.GPU
+    heavy = Place.CPU if limits.offload_dit_to_cpu else Place.GPU
+    idle = {"lm": light, "text_encoder": light, "vae": light, "condition_encoder": heavy, "dit": heavy}
+    return ResidencyPlan(compute, idle)
+
+
+def resident_plan(compute: str) -> ResidencyPlan:
+    """Everything stays on the compute device (no offload)."""
+    place = Place.CPU if compute == "cpu" else Place.GPU
+    return ResidencyPlan(compute, dict.fromkeys(COMPONENTS, place))
+
+
+class Residency:
+    """Moves a loaded engine's modules according to a plan. One job at a time uses it."""
+
+    def __init__(self, modules: dict, plan: ResidencyPlan):
+        import torch
+
+        self._torch = torch
+        self.modules = modules  # engine module name -> nn.Module
+        self.plan = plan
+        self.compute = torch.device(plan.compute)
+        self.state: dict[str, Place] = {name: self._observe(name) for name in COMPONENTS}
+
+    def _observe(self, component: str) -> Place:
+        for name in MODULES[component]:
+            module = self.modules.get(name)
+            if module is not None:
+                param = next(module.parameters(), None)
+                on_cpu = param is None or param.device.type == "cpu"
+                return Place.CPU if on_cpu else Place.GPU
+        return Place.UNLOADED
+
+    def _move(self, component: str, place: Place) -> None:
+        if self.state[component] in (place, Place.UNLOADED):
+            return
+        device = self.compute if place is Place.GPU else self._torch.device("cpu")
+        for name in MODULES[component]:
+            module = self.modules.get(name)
+            if module is not None:
+                self._torch.nn.Module.to(module, device=device)
+        self.state[component] = place
+
+    def settle(self) -> None:
+        """Put every loaded component where the plan keeps it between jobs (after load or wake)."""
+        for component in COMPONENTS:
+            self._move(component, self.plan.idle[component] if self.plan.on_gpu else Place.CPU)
+
+    @contextlib.contextmanager
+    def use(self, *components: str) -> Iterator[None]:
+        """Bring ``components`` to the compute device for the duration of the block."""
+        if not self.plan.on_gpu:
+            yield
+            return
+        for component in components:
+            self._move(component, Place.GPU)
+        try:
+            yield
+        finally:
+            offloaded = False
+            for component in components:
+                if self.plan.idle[component] is Place.CPU:
+                    self._move(component, Place.CPU)
+                    offloaded = True
+            if offloaded and self.compute.type == "cuda":
+                self._torch.cuda.empty_cache()
+
+    def park(self) -> None:
+        """Every component to CPU RAM (a fast wake: no disk read, no re-initialisation)."""
+        for component in COMPONENTS:
+            self._move(component, Place.CPU)
+
+    def as_dict(self) -> dict[str, str]:
+        return {name: place.value for name, place in self.state.items()}

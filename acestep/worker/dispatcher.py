@@ -1,0 +1,251 @@
+"""The dispatcher: one thread that feeds the runner jobs in FIFO order and applies keep-alive.
+
+Admission and idleness share one lock: ``submit`` appends under it, and the loop decides "idle,
+unload now" under it only when nothing is queued. An unload that wins the race simply runs before
+the new job, which then reloads; no job is ever dropped. Explicit load and unload commands run
+between jobs (after the running one), never during one.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from loguru import logger
+
+from acestep.engine.request import GenerationRequest, GenerationResult
+from acestep.memory.keep_alive import NEVER, IdleTimer, KeepAlivePolicy
+from acestep.memory.report import MemoryReport
+from acestep.worker.runner import JobError
+
+POLL_S = 0.5  # longest sleep between keep-alive checks (the clock may be a test's fake clock)
+
+
+class BusyError(RuntimeError):
+    """An unload was asked for while a job runs, and the server refuses rather than waits."""
+
+
+@dataclass
+class Job:
+    id: str
+    request: GenerationRequest
+    output_dir: str
+    keep_alive: float
+    state: str = "queued"  # queued | running | succeeded | failed
+    stage: str = "queued"
+    progress: float = 0.0
+    result: GenerationResult | None = None
+    error: str | None = None
+    error_kind: str | None = None
+    created: float = field(default_factory=time.time)
+    started: float | None = None
+    finished: float | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def fail(self, message: str, kind: str) -> None:
+        self.state, self.stage, self.error, self.error_kind = "failed", "failed", message, kind
+
+    def wait(self, timeout: float | None = None) -> Job:
+        if not self.done.wait(timeout):
+            raise TimeoutError(f"job {self.id} still {self.state} after {timeout} s")
+        return self
+
+
+@dataclass
+class _Command:
+    action: str  # load | park | free
+    future: Future
+    idle: bool = False
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        runner,
+        policy: KeepAlivePolicy,
+        clock: Callable[[], float] = time.monotonic,
+        refuse_unload_when_busy: bool = False,
+        on_report: Callable[[MemoryReport, str], None] | None = None,
+    ):
+        self.runner = runner
+        self.policy = policy
+        self.timer = IdleTimer(clock)
+        self.refuse_unload_when_busy = refuse_unload_when_busy
+        self.on_report = on_report or (lambda report, reason: None)
+        self._cond = threading.Condition()
+        self._jobs: deque[Job] = deque()
+        self._commands: deque[_Command] = deque()
+        self._running: Job | None = None
+        self._ids = itertools.count(1)
+        self._stopping = False
+        self.unloads: list[tuple[str, str]] = []  # (level, reason) of every unload, in order
+        self._thread = threading.Thread(target=self._loop, name="acestep-dispatcher", daemon=True)
+        self._thread.start()
+
+    # -- admission -----------------------------------------------------------------------
+
+    def submit(
+        self, request: GenerationRequest, output_dir: str | Path, keep_alive: float | None = None
+    ) -> Job:
+        """Queue a job; ``keep_alive`` (seconds) defaults to the request's own, then the server's."""
+        if keep_alive is None:
+            keep_alive = self.policy.for_request(request.keep_alive)
+        with self._cond:
+            if self._stopping:
+                raise RuntimeError("the dispatcher is shutting down")
+            ident = f"job-{next(self._ids)}"
+            job = Job(id=ident, request=request, output_dir=str(output_dir), keep_alive=keep_alive)
+            self._jobs.append(job)
+            self._cond.notify_all()
+        return job
+
+    def _command(self, action: str) -> Future:
+        future: Future = Future()
+        with self._cond:
+            if action != "load" and self.refuse_unload_when_busy and self._running is not None:
+                raise BusyError(
+                    f"a job ({self._running.id}) is running; unload refused "
+                    "(ACESTEP_UNLOAD_WHEN_BUSY=refuse). Retry when it has finished."
+                )
+            self._commands.append(_Command(action, future))
+            self._cond.notify_all()
+        return future
+
+    def unload(self, level: str = "free", timeout: float | None = None) -> MemoryReport:
+        """Unload after the running job (if any); returns the measured report."""
+        if level not in ("park", "free"):
+            raise ValueError(f"unload level must be park or free, got {level!r}")
+        return self._command(level).result(timeout)
+
+    def load(self, timeout: float | None = None) -> MemoryReport:
+        return self._command("load").result(timeout)
+
+    def wake(self) -> None:
+        """Re-check keep-alive now (after a test moves its fake clock)."""
+        with self._cond:
+            self._cond.notify_all()
+
+    # -- state -----------------------------------------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        with self._cond:
+            return self._running is not None or bool(self._jobs) or bool(self._commands)
+
+    def queue_depth(self) -> int:
+        with self._cond:
+            return len(self._jobs)
+
+    def status(self) -> dict:
+        with self._cond:
+            left = self.timer.seconds_left()
+            return {
+                "running": self._running.id if self._running else None,
+                "queued": len(self._jobs),
+                "unload_in_s": None if left is None else round(left, 3),
+                "unloads": len(self.unloads),
+            }
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def _next(self) -> Job | _Command | None:
+        """Under the lock: a command, a job, an idle unload, or None when stopping."""
+        while True:
+            if self._commands:
+                return self._commands.popleft()
+            if self._jobs:
+                job = self._jobs.popleft()
+                self._running = job
+                self.timer.job_started()
+                return job
+            if self._stopping:
+                return None
+            if self.timer.due():
+                self.timer.disarm()
+                if self._idle_unload_useful():
+                    return _Command(self.policy.idle_level, Future(), idle=True)
+                continue
+            left = self.timer.seconds_left()
+            self._cond.wait(POLL_S if left is None else min(max(left, 0.001), POLL_S))
+
+    def _idle_unload_useful(self) -> bool:
+        state = self.runner.state
+        return state == "ready" if self.policy.idle_level == "park" else state != "unloaded"
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                item = self._next()
+            if item is None:
+                return
+            if isinstance(item, Job):
+                self._run(item)
+            else:
+                self._control(item)
+
+    def _control(self, command: _Command) -> None:
+        reason = "keep-alive expired" if command.idle else "requested"
+        try:
+            if command.action == "load":
+                report = self.runner.load()
+            else:
+                report = self.runner.unload(command.action)
+                with self._cond:
+                    self.unloads.append((command.action, reason))
+            self.on_report(report, reason)
+            command.future.set_result(report)
+        except Exception as exc:
+            logger.error(f"{command.action} failed: {exc}")
+            command.future.set_exception(exc)
+
+    def _run(self, job: Job) -> None:
+        job.state, job.stage, job.started = "running", "starting", time.time()
+
+        def progress(stage: str, fraction: float) -> None:
+            job.stage, job.progress = stage, float(fraction)
+
+        try:
+            job.result = self.runner.generate(job.request, job.output_dir, progress)
+            job.state, job.progress, job.stage = "succeeded", 1.0, "done"
+        except JobError as exc:
+            job.fail(str(exc), exc.kind)
+            if exc.kind == "crash":
+                self._replace_worker()
+        except Exception as exc:  # a bug, not the user's input: keep the worker loop alive
+            traceback.print_exception(exc)
+            job.fail(f"internal error: {exc}", "internal")
+        job.finished = time.time()
+        with self._cond:
+            self._running = None
+            if not self._jobs:
+                self.timer.job_finished(job.keep_alive)
+            self._cond.notify_all()
+        job.done.set()
+
+    def _replace_worker(self) -> None:
+        restart = getattr(self.runner, "restart", None)
+        if restart is None:
+            return
+        try:
+            restart()
+        except Exception as exc:  # the next job will try again
+            logger.error(f"could not restart the GPU worker: {exc}")
+
+    def stop(self, unload: bool = True) -> None:
+        """Finish queued work, then stop the loop (and free the runner)."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join()
+        if unload:
+            self.runner.unload("free")
+
+
+__all__ = ["NEVER", "BusyError", "Dispatcher", "Job"]

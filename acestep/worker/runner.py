@@ -1,0 +1,212 @@
+"""``InProcessRunner``: one engine in this process, loaded on demand, parked or freed on request.
+
+This is what the GPU worker process runs, and what the CLI and tests use directly. It owns the
+engine's lifecycle (unloaded -> ready <-> parked) and turns a CUDA out-of-memory error into a
+failed job that has already given its memory back.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from acestep.engine.request import GenerationRequest, GenerationResult
+from acestep.memory.gpus import DeviceStatsSource
+from acestep.memory.report import MemoryReport, Stopwatch, release_cached, snapshot
+from acestep.memory.residency import COMPONENTS, Place
+
+Progress = Callable[[str, float], None]
+FAULT_KINDS = ("oom", "crash", "error")
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """What a runner loads; plain data so it can cross into the worker process as JSON."""
+
+    checkpoint: str
+    dit: str | None = None
+    device: str = "auto"
+    dtype: str | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class JobError(RuntimeError):
+    """A job that failed; ``kind`` is oom | input | limit | generation | crash | internal."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+def classify(exc: BaseException) -> JobError:
+    """A user-facing error for an exception raised by a job (no tracebacks in the message)."""
+    from acestep.checkpoints import CheckpointError
+    from acestep.engine.audio_io import AudioInputError
+    from acestep.engine.engine import GenerationError
+    from acestep.memory.limits import MemoryLimitError
+
+    if isinstance(exc, JobError):
+        return exc
+    if _is_oom(exc):
+        return JobError(
+            "oom",
+            f"the GPU ran out of memory ({exc}); the job's memory was released. Try a shorter "
+            "audio_duration or a smaller batch_size, or enable ACESTEP_OFFLOAD_TO_CPU / "
+            "ACESTEP_OFFLOAD_DIT_TO_CPU, or lower ACESTEP_MAX_DURATION for this GPU",
+        )
+    if isinstance(exc, MemoryLimitError):
+        return JobError("limit", str(exc))
+    if isinstance(exc, AudioInputError | ValueError):
+        return JobError("input", str(exc))
+    if isinstance(exc, GenerationError):
+        return JobError("generation", str(exc))
+    if isinstance(exc, CheckpointError):
+        return JobError("internal", f"the model could not be loaded: {exc}")
+    return JobError("internal", f"{type(exc).__name__}: {exc}")
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+class InProcessRunner:
+    """Loads ``spec`` on first use. Calls must not overlap (the dispatcher serialises them)."""
+
+    def __init__(
+        self,
+        spec: EngineSpec,
+        source: DeviceStatsSource | None = None,
+        limits=None,
+        plan=None,
+    ):
+        self.spec = spec
+        self.source = source
+        self.limits = limits
+        self.plan = plan
+        self.engine = None
+        self.parked = False
+        self._fault: tuple[str, str] | None = None
+        self._lock = threading.Lock()  # guards against misuse: overlapping calls are a bug
+
+    @property
+    def pid(self) -> int:
+        return os.getpid()
+
+    @property
+    def state(self) -> str:
+        if self.engine is None:
+            return "unloaded"
+        return "parked" if self.parked else "ready"
+
+    def residency(self) -> dict[str, str]:
+        if self.engine is None:
+            return dict.fromkeys(COMPONENTS, Place.UNLOADED.value)
+        return self.engine.residency.as_dict()
+
+    def load(self) -> MemoryReport:
+        """Load from disk (unloaded) or wake (parked); a ready engine is left as it is."""
+        with self._lock:
+            return self._load()
+
+    def _load(self) -> MemoryReport:
+        before, watch = snapshot(self.source), Stopwatch()
+        if self.engine is None:
+            from acestep.engine.engine import AceStep
+
+            self.engine = AceStep.from_pretrained(
+                self.spec.checkpoint,
+                dit=self.spec.dit,
+                device=self.spec.device,
+                dtype=self.spec.dtype,
+                limits=self.limits,
+                plan=self.plan,
+            )
+            action = "load"
+        elif self.parked:
+            self.engine.residency.settle()
+            action = "wake"
+        else:
+            action = "none"
+        self.parked = False
+        return MemoryReport(action, before, snapshot(self.source), watch.seconds, self.residency())
+
+    def unload(self, level: str) -> MemoryReport:
+        """``park``: weights to CPU RAM; ``free``: drop the weights and return every cached byte."""
+        if level not in ("park", "free"):
+            raise ValueError(f"unload level must be park or free, got {level!r}")
+        with self._lock:
+            before, watch = snapshot(self.source), Stopwatch()
+            if level == "park" and self.engine is not None:
+                self.engine.residency.park()
+                self.parked = True
+            elif level == "free":
+                self.engine = None
+                self.parked = False
+            release_cached()
+            return MemoryReport(level, before, snapshot(self.source), watch.seconds, self.residency())
+
+    def inject_fault(self, stage: str, kind: str) -> None:
+        """Test hook: the next job fails at its first progress report of ``stage``.
+
+        ``oom`` raises a CUDA out-of-memory error there (with the job's tensors alive, as a real
+        one would), ``crash`` ends the process at once, ``error`` raises a plain RuntimeError.
+        """
+        if kind not in FAULT_KINDS:
+            raise ValueError(f"fault kind must be one of {FAULT_KINDS}, got {kind!r}")
+        self._fault = (stage, kind)
+
+    def generate(
+        self, request: GenerationRequest, output_dir: str | Path, progress: Progress | None = None
+    ) -> GenerationResult:
+        with self._lock:
+            try:
+                self._load()
+                return self.engine.generate(request, output_dir, self._with_fault(progress))
+            except Exception as exc:
+                error = classify(exc)
+                if error.kind == "internal":
+                    traceback.print_exception(exc)
+                # The traceback's frames hold the job's tensors: clear them, and raise the job's
+                # error outside this block so it does not chain (and keep alive) the original.
+                traceback.clear_frames(exc.__traceback__)
+            if error.kind == "oom":
+                self._recover()
+            raise error
+
+    def _recover(self) -> None:
+        """After an OOM: back to the plan's resting placement, and every cached block returned."""
+        if self.engine is not None:
+            self.engine.residency.settle()
+        release_cached()
+
+    def _with_fault(self, progress: Progress | None) -> Progress:
+        report = progress or (lambda stage, fraction: None)
+        fault, self._fault = self._fault, None
+        if fault is None:
+            return report
+
+        def check(stage: str, fraction: float) -> None:
+            nonlocal fault
+            if fault is not None and stage == fault[0]:
+                kind, fault = fault[1], None
+                if kind == "crash":
+                    os._exit(70)
+                if kind == "oom":
+                    import torch
+
+                    raise torch.OutOfMemoryError(f"CUDA out of memory (injected at {stage})")
+                raise RuntimeError(f"injected failure at {stage}")
+            report(stage, fraction)
+
+        return check
+
+    def close(self) -> None:
+        self.unload("free")
