@@ -15,9 +15,9 @@ import soundfile as sf
 import torch
 
 from acestep import GenerationRequest
+from acestep.memory.gpus import StaticSource
 from acestep.memory.keep_alive import NEVER, KeepAlivePolicy
 from acestep.memory.manager import MemoryManager
-from acestep.memory.gpus import StaticSource
 from acestep.worker.dispatcher import BusyError, Dispatcher
 from acestep.worker.runner import EngineSpec, InProcessRunner, JobError
 
@@ -214,7 +214,9 @@ def test_submissions_racing_keep_alive_unloads_all_complete(runner, tmp_path):
 
 
 def test_manager_runs_jobs_in_process_and_reports(upstream_turbo, tmp_path):
-    mm = MemoryManager(source=StaticSource([]), env={"ACESTEP_KEEP_ALIVE": "-1", "ACESTEP_MAX_BATCH_SIZE": "2"})
+    mm = MemoryManager(
+        source=StaticSource([]), env={"ACESTEP_KEEP_ALIVE": "-1", "ACESTEP_MAX_BATCH_SIZE": "2"}
+    )
     with pytest.raises(RuntimeError, match="call MemoryManager.start"):
         mm.submit(request(), tmp_path)
     mm.start(EngineSpec(str(upstream_turbo), device="cpu"), in_process=True)

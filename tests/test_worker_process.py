@@ -121,7 +121,8 @@ def test_a_server_process_never_imports_torch_and_free_leaves_no_worker(upstream
 
         mm = MemoryManager(StaticSource([]), env={{"ACESTEP_KEEP_ALIVE": "-1"}})
         mm.start(EngineSpec({str(upstream_turbo)!r}, device="cpu"))
-        job = mm.submit(GenerationRequest(audio_duration=6, batch_size=1, seed=1), {str(tmp_path)!r}).wait(300)
+        request = GenerationRequest(audio_duration=6, batch_size=1, seed=1)
+        job = mm.submit(request, {str(tmp_path)!r}).wait(300)
         status = mm.get_status()
         free = mm.unload("free")
         print(json.dumps({{
@@ -133,7 +134,9 @@ def test_a_server_process_never_imports_torch_and_free_leaves_no_worker(upstream
         """
     )
     env = os.environ | {"ACESTEP_DEVICE": "cpu"}
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["state"] == "succeeded", out["error"]

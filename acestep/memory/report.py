@@ -27,6 +27,8 @@ class MemorySnapshot:
     process_gpu_bytes: int | None = None  # NVML: everything this process holds (context included)
     rss_bytes: int = 0  # host memory of the process (parked weights live here)
     pid: int = 0
+    peak_allocated_bytes: int = 0  # since the last reset_peak() (the start of the last job)
+    peak_reserved_bytes: int = 0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -87,20 +89,34 @@ def rss_bytes() -> int:
 
 
 def snapshot(source: DeviceStatsSource | None = None) -> MemorySnapshot:
-    allocated = reserved = 0
+    allocated = reserved = peak_allocated = peak_reserved = 0
     if _cuda_in_use():
         import torch
 
-        allocated = sum(torch.cuda.memory_allocated(i) for i in range(torch.cuda.device_count()))
-        reserved = sum(torch.cuda.memory_reserved(i) for i in range(torch.cuda.device_count()))
+        devices = range(torch.cuda.device_count())
+        allocated = sum(torch.cuda.memory_allocated(i) for i in devices)
+        reserved = sum(torch.cuda.memory_reserved(i) for i in devices)
+        peak_allocated = sum(torch.cuda.max_memory_allocated(i) for i in devices)
+        peak_reserved = sum(torch.cuda.max_memory_reserved(i) for i in devices)
     pid = os.getpid()
     return MemorySnapshot(
         allocated_bytes=int(allocated),
         reserved_bytes=int(reserved),
+        peak_allocated_bytes=int(peak_allocated),
+        peak_reserved_bytes=int(peak_reserved),
         process_gpu_bytes=source.process_gpu_bytes(pid) if source is not None else None,
         rss_bytes=rss_bytes(),
         pid=pid,
     )
+
+
+def reset_peak() -> None:
+    """Start a new peak-memory window (the runner calls it at the start of every job)."""
+    if _cuda_in_use():
+        import torch
+
+        for index in range(torch.cuda.device_count()):
+            torch.cuda.reset_peak_memory_stats(index)
 
 
 def malloc_trim() -> bool:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from acestep.engine.request import GenerationRequest, GenerationResult
 from acestep.memory.gpus import DeviceStatsSource
-from acestep.memory.report import MemoryReport, Stopwatch, release_cached, snapshot
+from acestep.memory.report import MemoryReport, Stopwatch, release_cached, reset_peak, snapshot
 from acestep.memory.residency import COMPONENTS, Place
 
 Progress = Callable[[str, float], None]
@@ -169,6 +169,7 @@ class InProcessRunner:
         with self._lock:
             try:
                 self._load()
+                reset_peak()
                 return self.engine.generate(request, output_dir, self._with_fault(progress))
             except Exception as exc:
                 error = classify(exc)
