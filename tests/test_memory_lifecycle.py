@@ -231,6 +231,11 @@ def test_manager_runs_jobs_in_process_and_reports(upstream_turbo, tmp_path):
         free = mm.unload("free")
         assert free["action"] == "free" and free["residency"]["dit"] == "unloaded"
         assert [r["action"] for r in mm.get_status()["last_reports"]] == ["load", "free"]
+        # A job after a free reloads, and that implicit load is measured and recorded too.
+        again = mm.submit(request(batch_size=2), tmp_path).wait(60)
+        assert again.state == "succeeded"
+        last = mm.get_status()["last_reports"][-1]
+        assert (last["action"], last["reason"]) == ("load", f"needed by {again.id}") and last["seconds"] > 0
         from acestep.memory.limits import MemoryLimitError
 
         with pytest.raises(MemoryLimitError, match="ACESTEP_MAX_BATCH_SIZE"):

@@ -98,14 +98,22 @@ def test_park_then_free_ends_the_worker_process(dispatcher, tmp_path):
     park = dispatcher.unload("park")
     assert park.action == "park" and runner.state == "parked" and runner.pid == pid
     assert park.before.pid == pid and park.after.rss_bytes > 0  # measured inside the worker
+    reports = []
+    dispatcher.on_report = lambda report, reason: reports.append((report.action, reason))
+    woken = dispatcher.submit(request(), tmp_path).wait(180)
+    assert woken.state == "succeeded" and reports == [("wake", f"needed by {woken.id}")]
+    assert runner.pid == pid  # a wake reuses the parked worker
     free = dispatcher.unload("free")
     assert free.action == "free" and free.note == f"worker process {pid} exited with code 0"
     assert free.before.pid == pid and free.before.rss_bytes > 0
     assert free.after.rss_bytes == 0 and free.after.reserved_bytes == 0
     assert runner.pid is None and not runner.alive and not process_exists(pid)
     assert set(runner.residency().values()) == {"unloaded"}
-    # The next job starts a fresh worker.
-    assert dispatcher.submit(request(), tmp_path).wait(180).state == "succeeded"
+    # The next job starts a fresh worker, and the load it needed comes back measured.
+    reports = []
+    dispatcher.on_report = lambda report, reason: reports.append((report.action, reason))
+    job = dispatcher.submit(request(), tmp_path).wait(180)
+    assert job.state == "succeeded" and reports == [("load", f"needed by {job.id}")]
     assert runner.pid not in (None, pid)
 
 

@@ -151,7 +151,8 @@ class ProbeSource:
             except (subprocess.SubprocessError, ValueError, IndexError, OSError):
                 rows = []
             self._cached = [
-                GpuInfo(**(row | {"compute_capability": tuple(row["compute_capability"])})) for row in rows
+                GpuInfo(**(row | {"compute_capability": tuple(row["compute_capability"] or ()) or None}))
+                for row in rows
             ]
         return list(self._cached)
 
@@ -201,23 +202,9 @@ def select_gpu(gpus: list[GpuInfo], choice: str | None) -> GpuInfo | None:
 
 def _probe() -> None:
     """Print every CUDA device as one JSON line (run in a subprocess by :class:`ProbeSource`)."""
-    import torch
+    from acestep.memory.devices import LocalTorchSource
 
-    rows = []
-    if torch.cuda.is_available():
-        for index in range(torch.cuda.device_count()):
-            free, total = torch.cuda.mem_get_info(index)
-            props = torch.cuda.get_device_properties(index)
-            rows.append(
-                {
-                    "index": index,
-                    "name": props.name,
-                    "total_bytes": int(total),
-                    "used_bytes": int(total - free),
-                    "compute_capability": [props.major, props.minor],
-                }
-            )
-    print(json.dumps(rows))
+    print(json.dumps([asdict(gpu) for gpu in LocalTorchSource().gpus()]))
 
 
 if __name__ == "__main__":

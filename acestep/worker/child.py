@@ -37,7 +37,8 @@ def _serve(runner, out: TextIO) -> None:
                     message["output_dir"],
                     lambda stage, fraction, ident=ident: send({"id": ident, "progress": [stage, fraction]}),
                 )
-                reply = result.model_dump(mode="json")
+                load = runner.take_job_load()
+                reply = {"result": result.model_dump(mode="json"), "load": load and load.as_dict()}
             elif op == "load":
                 reply = runner.load().as_dict()
             elif op == "unload":

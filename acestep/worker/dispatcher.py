@@ -214,6 +214,9 @@ class Dispatcher:
         try:
             job.result = self.runner.generate(job.request, job.output_dir, progress)
             job.state, job.progress, job.stage = "succeeded", 1.0, "done"
+            load = self.runner.take_job_load()
+            if load is not None:
+                self.on_report(load, f"needed by {job.id}")
         except JobError as exc:
             job.fail(str(exc), exc.kind)
             if exc.kind == "crash":

@@ -63,6 +63,7 @@ class ProcessRunner:
         self._state = "unloaded"
         self._residency = dict.fromkeys(COMPONENTS, Place.UNLOADED.value)
         self.starts = 0  # how many worker processes this runner has started
+        self._job_load: MemoryReport | None = None
         self._lock = threading.Lock()
 
     # -- process management -------------------------------------------------------------
@@ -203,8 +204,13 @@ class ProcessRunner:
                 output_dir=str(output_dir),
             )
             self._state = "ready"
+            self._job_load = MemoryReport.from_dict(reply["load"]) if reply["load"] else None
             self._residency = self._call("status")["residency"]
-            return GenerationResult.model_validate(reply)
+            return GenerationResult.model_validate(reply["result"])
+
+    def take_job_load(self) -> MemoryReport | None:
+        report, self._job_load = self._job_load, None
+        return report
 
     def status(self) -> dict:
         with self._lock:

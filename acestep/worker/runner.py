@@ -94,6 +94,7 @@ class InProcessRunner:
         self.engine = None
         self.parked = False
         self._fault: tuple[str, str] | None = None
+        self._job_load: MemoryReport | None = None  # the load or wake a job caused, if any
         self._lock = threading.Lock()  # guards against misuse: overlapping calls are a bug
 
     @property
@@ -168,7 +169,8 @@ class InProcessRunner:
     ) -> GenerationResult:
         with self._lock:
             try:
-                self._load()
+                loaded = self._load()
+                self._job_load = loaded if loaded.action != "none" else None
                 reset_peak()
                 return self.engine.generate(request, output_dir, self._with_fault(progress))
             except Exception as exc:
@@ -181,6 +183,11 @@ class InProcessRunner:
             if error.kind == "oom":
                 self._recover()
             raise error
+
+    def take_job_load(self) -> MemoryReport | None:
+        """The load or wake the last job needed (once), so implicit loads are measured too."""
+        report, self._job_load = self._job_load, None
+        return report
 
     def _recover(self) -> None:
         """After an OOM: back to the plan's resting placement, and every cached block returned."""
