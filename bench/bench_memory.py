@@ -139,7 +139,14 @@ def run_plan(name: str, checkpoint: Path, source_wav: Path, env: dict, args) -> 
     out["park"] = {"seconds": park["seconds"], "after": park["after"]}
     out["wake_from_park_s"] = manager.load()["seconds"]
     free = manager.unload("free")
-    out["free"] = {"seconds": free["seconds"], "before": free["before"], "after": free["after"]}
+    out["free"] = {
+        "seconds": free["seconds"],
+        "before": free["before"],
+        "after": free["after"],
+        "note": free["note"],  # the GPU's used memory after, against before the worker started
+        "gpu_used_before_worker_mib": mib(runner.baseline_gpu_used),
+        "gpu_used_after_free_mib": mib(free["after"]["gpu_used_bytes"]),
+    }
     started = time.perf_counter()
     manager.load()
     out["load_from_free_s"] = round(time.perf_counter() - started, 2)  # includes the process start

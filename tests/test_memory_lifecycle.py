@@ -148,15 +148,12 @@ def test_keep_alive_unloads_exactly_when_the_deadline_passes(runner, tmp_path):
 
 
 def test_unload_waits_for_the_running_job_or_is_refused(runner, tmp_path):
-    started = threading.Event()
-
     dispatcher = Dispatcher(runner, KeepAlivePolicy(default=NEVER))
     try:
         slow = request(inference_steps=20)
         runner.inject_fault("never-reported", "error")  # consumed by the next job, never fires
         job = dispatcher.submit(slow, tmp_path)
         wait_for(lambda: job.state == "running")
-        started.set()
         report = dispatcher.unload("park")
         assert job.done.is_set() and job.state == "succeeded"  # the unload ran after the job
         assert report.action == "park" and runner.state == "parked"
@@ -173,6 +170,15 @@ def test_unload_waits_for_the_running_job_or_is_refused(runner, tmp_path):
         assert refusing.unload("free").action == "free"
     finally:
         refusing.stop()
+
+
+def test_commands_after_shutdown_are_refused_not_left_hanging(runner, tmp_path):
+    dispatcher = Dispatcher(runner, KeepAlivePolicy(default=NEVER))
+    dispatcher.stop()
+    with pytest.raises(RuntimeError, match="shutting down"):
+        dispatcher.unload("free", timeout=5)
+    with pytest.raises(RuntimeError, match="shutting down"):
+        dispatcher.submit(request(), tmp_path)
 
 
 def test_submissions_racing_keep_alive_unloads_all_complete(runner, tmp_path):

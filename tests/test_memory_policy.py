@@ -318,3 +318,49 @@ def test_planning_never_imports_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_non_finite_keep_alive_is_refused():
+    for value in ("nan", float("nan"), "inf", float("-inf")):
+        with pytest.raises(KeepAliveError, match="finite"):
+            parse_keep_alive(value)
+    with pytest.raises(ValueError, match="finite"):
+        GenerationRequest(keep_alive="nan")
+
+
+def test_messages_say_what_decides_the_length():
+    codes = "".join(f"<|audio_code_{i}|>" for i in range(150))  # 30 s at 5 Hz
+    with pytest.raises(MemoryLimitError, match=r"the audio codes \(150 at 5 Hz\) is 30.0 s"):
+        manager(6, ACESTEP_MAX_DURATION="20").validate(
+            GenerationRequest(audio_code_string=codes, batch_size=1)
+        )
+    with pytest.raises(
+        MemoryLimitError, match=r"the default duration \(no audio_duration given\) is 120.0 s"
+    ):
+        manager(6, ACESTEP_MAX_DURATION="20").validate(GenerationRequest(batch_size=1))
+
+
+def test_oom_advice_suggests_only_what_is_not_already_on():
+    from acestep.worker.runner import oom_advice
+
+    assert "ACESTEP_OFFLOAD_TO_CPU=true" in oom_advice(manager(40).limits)
+    tier5 = oom_advice(manager(14.5).limits)
+    assert "ACESTEP_OFFLOAD_TO_CPU" not in tier5 and "ACESTEP_OFFLOAD_DIT_TO_CPU=true" in tier5
+    tier1 = oom_advice(manager(4).limits)
+    assert "OFFLOAD" not in tier1 and "shorter audio_duration" in tier1
+
+
+def test_worker_sees_the_chosen_gpu_by_uuid_and_nvml_honours_visibility(monkeypatch):
+    from acestep.memory.gpus import _visible_filter
+
+    gpus = [
+        GpuInfo(0, "a", 16 * GIB, 9 * GIB, uuid="GPU-aaa"),
+        GpuInfo(3, "b", 16 * GIB, 1 * GIB, uuid="GPU-bbb"),
+    ]
+    mm = MemoryManager(source=StaticSource(gpus), env={})
+    assert mm.gpu.index == 3 and mm.worker_env()["CUDA_VISIBLE_DEVICES"] == "GPU-bbb"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,GPU-aa")
+    visible = _visible_filter()
+    assert visible(3, "GPU-zzz") and visible(0, "GPU-aaa") and not visible(1, "GPU-ccc")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert _visible_filter() is None

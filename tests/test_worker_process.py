@@ -21,7 +21,13 @@ from acestep.worker.runner import EngineSpec
 
 
 def request(seed: int = 5, **fields) -> GenerationRequest:
-    base = {"caption": "worker", "audio_duration": 6.0, "batch_size": 1, "audio_format": "wav"}
+    base = {
+        "caption": "worker",
+        "audio_duration": 6.0,
+        "batch_size": 1,
+        "audio_format": "wav",
+        "inference_steps": 4,
+    }
     return GenerationRequest(**(base | fields), seed=seed)
 
 
@@ -38,8 +44,9 @@ def process_exists(pid: int) -> bool:
 
 
 @pytest.fixture
-def dispatcher(upstream_turbo):
-    runner = ProcessRunner(EngineSpec(str(upstream_turbo), device="cpu"), env={"ACESTEP_DEVICE": "cpu"})
+def dispatcher(upstream_base):
+    # The base model honours inference_steps, so a job can be made long enough to kill mid-way.
+    runner = ProcessRunner(EngineSpec(str(upstream_base), device="cpu"), env={"ACESTEP_DEVICE": "cpu"})
     dispatcher = Dispatcher(runner, KeepAlivePolicy(default=NEVER))
     yield dispatcher
     dispatcher.stop()
@@ -57,7 +64,7 @@ def test_jobs_run_in_a_separate_process_and_survive_a_killed_worker(dispatcher, 
     def kill_mid_job() -> bool:
         return job.stage == "diffusion"
 
-    job = dispatcher.submit(request(seed=6), tmp_path / "b")
+    job = dispatcher.submit(request(seed=6, inference_steps=200, audio_duration=30), tmp_path / "b")
     deadline = time.monotonic() + 120
     while not kill_mid_job():
         assert time.monotonic() < deadline and not job.done.is_set()
@@ -73,6 +80,17 @@ def test_jobs_run_in_a_separate_process_and_survive_a_killed_worker(dispatcher, 
     assert again.state == "succeeded", again.error
     # Samples, not bytes: a float WAV's PEAK chunk carries a timestamp.
     assert np.array_equal(samples(again), samples(first))
+
+
+def test_free_after_the_worker_died_idle_reports_it_and_starts_nothing(dispatcher, tmp_path):
+    runner = dispatcher.runner
+    assert dispatcher.submit(request(), tmp_path).wait(180).state == "succeeded"
+    pid, starts = runner.pid, runner.starts
+    runner.kill()
+    runner.proc.wait()
+    free = dispatcher.unload("free")
+    assert free.note == f"worker process {pid} was killed by SIGKILL"
+    assert runner.starts == starts and runner.pid is None and not process_exists(pid)
 
 
 def test_a_worker_that_exits_mid_job_fails_the_job_with_its_exit_code(dispatcher, tmp_path):

@@ -92,6 +92,18 @@ class AceStep:
         )
         return engine
 
+    def park(self) -> None:
+        """Every weight to CPU RAM, the small per-engine tensors included."""
+        self.residency.park()
+        self._silence = self._silence.cpu()
+        self._null_embedding = self._null_embedding.cpu()
+
+    def wake(self) -> None:
+        """Back to the plan's placement after :meth:`park` (or after a failed job)."""
+        self.residency.settle()
+        self._silence = self._silence.to(self.device)
+        self._null_embedding = self._null_embedding.to(self.device)
+
     @property
     def variant(self):
         return self.paths.variant

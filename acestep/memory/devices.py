@@ -56,14 +56,27 @@ def default_dtype(device: torch.device, requested: str | torch.dtype | None = No
     return torch.float32
 
 
+# The simulated GPU size set by apply_vram_cap (GiB), so memory-dependent sizes follow the cap.
+_vram_cap_gib: float | None = None
+CONTEXT_RESERVE_GIB = 0.5  # what the CUDA context itself takes on a real card of that size
+
+
+def memory_gib(device: torch.device) -> tuple[float, float]:
+    """(free, total) GiB of a CUDA device as this process may use it (the cap applied)."""
+    free, total = (v / 2**30 for v in torch.cuda.mem_get_info(device))
+    if _vram_cap_gib is not None and _vram_cap_gib < total:
+        used_here = torch.cuda.memory_reserved(device) / 2**30
+        return max(min(free, _vram_cap_gib - CONTEXT_RESERVE_GIB - used_here), 0.0), _vram_cap_gib
+    return free, total
+
+
 def vae_decode_chunk_frames(device: torch.device) -> int:
     """Latent frames per VAE decode tile: bounded peak memory, larger on bigger GPUs (upstream's table)."""
     override = os.environ.get("ACESTEP_VAE_DECODE_CHUNK_SIZE")
     if override:
         return max(int(override), 16)
     if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        gib = free / 2**30
+        gib, _ = memory_gib(device)
         return 512 if gib >= 24 else 384 if gib >= 16 else 256 if gib >= 12 else 128
     return 256
 
@@ -78,8 +91,8 @@ def vae_encode_chunk_seconds(device: torch.device) -> int:
     if override:
         return max(int(override), 5)
     if device.type == "cuda":
-        _, total = torch.cuda.mem_get_info(device)
-        return 15 if total <= 8 * 2**30 else 30
+        _, total = memory_gib(device)
+        return 15 if total <= 8 else 30
     return 30
 
 
@@ -96,11 +109,14 @@ def apply_vram_cap(device: torch.device, cap_gib: float | None) -> float | None:
     Upstream only used the value to pick a tier, so a "4 GB" simulation still used 11 GB.
     Returns the fraction set, or None when nothing was capped.
     """
+    global _vram_cap_gib
     total = total_gib(device)
     if total is None or cap_gib is None or cap_gib >= total:
         return None
-    fraction = max(cap_gib / total, 0.01)
+    # The allocator's share excludes the context a card of that size would also have to hold.
+    fraction = max((cap_gib - CONTEXT_RESERVE_GIB) / total, 0.01)
     torch.cuda.set_per_process_memory_fraction(fraction, device)
+    _vram_cap_gib = cap_gib
     return fraction
 
 
@@ -116,8 +132,17 @@ class LocalTorchSource:
             for index in range(torch.cuda.device_count()):
                 free, total = torch.cuda.mem_get_info(index)
                 props = torch.cuda.get_device_properties(index)
+                uuid = getattr(props, "uuid", None)
                 out.append(
-                    GpuInfo(index, props.name, int(total), int(total - free), (props.major, props.minor))
+                    GpuInfo(
+                        index,
+                        props.name,
+                        int(total),
+                        int(total - free),
+                        (props.major, props.minor),
+                        uuid=f"GPU-{uuid}" if uuid is not None else None,
+                        ordinal=index,
+                    )
                 )
         return out
 

@@ -21,13 +21,17 @@ GIB = 2**30
 
 @dataclass(frozen=True)
 class GpuInfo:
-    """One GPU as the driver sees it. ``index`` is the physical (PCI bus order) index."""
+    """One GPU. ``index`` is the source's own index (NVML: physical; torch: this process's
+    ordinal); ``uuid`` (``GPU-...``) names it for ``CUDA_VISIBLE_DEVICES`` in another process;
+    ``ordinal`` is its torch index in this process when known."""
 
     index: int
     name: str
     total_bytes: int
     used_bytes: int
     compute_capability: tuple[int, int] | None = None
+    uuid: str | None = None
+    ordinal: int | None = None
 
     @property
     def free_bytes(self) -> int:
@@ -92,8 +96,12 @@ class NvmlSource:
         import pynvml
 
         out = []
+        visible = _visible_filter()
         for index in range(pynvml.nvmlDeviceGetCount()):
             handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            uuid = _text(pynvml.nvmlDeviceGetUUID(handle))
+            if visible is not None and not visible(index, uuid):
+                continue  # NVML ignores CUDA_VISIBLE_DEVICES; honour it here
             memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
             name = pynvml.nvmlDeviceGetName(handle)
             try:
@@ -103,10 +111,11 @@ class NvmlSource:
             out.append(
                 GpuInfo(
                     index=index,
-                    name=name.decode() if isinstance(name, bytes) else str(name),
+                    name=_text(name),
                     total_bytes=int(memory.total),
                     used_bytes=int(memory.used),
                     compute_capability=capability,  # type: ignore[arg-type]
+                    uuid=uuid,
                 )
             )
         return out
@@ -124,8 +133,9 @@ class NvmlSource:
                         total += int(proc.usedGpuMemory or 0)
         except pynvml.NVMLError:
             return None
-        # Inside a container NVML reports host pids, so "not seen" may mean "cannot say".
-        return total if seen else 0
+        # "Not listed" is ambiguous (a process without a context, or host pids inside a
+        # container), so it is reported as unknown rather than as zero.
+        return total if seen else None
 
 
 class ProbeSource:
@@ -137,21 +147,27 @@ class ProbeSource:
 
     def gpus(self) -> list[GpuInfo]:
         if self._cached is None:
-            env = os.environ | {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
             try:
                 done = subprocess.run(
                     [sys.executable, "-m", "acestep.memory.gpus"],
                     capture_output=True,
                     text=True,
                     timeout=self._timeout,
-                    env=env,
                     check=True,
                 )
                 rows = json.loads(done.stdout.strip().splitlines()[-1])
             except (subprocess.SubprocessError, ValueError, IndexError, OSError):
                 rows = []
             self._cached = [
-                GpuInfo(**(row | {"compute_capability": tuple(row["compute_capability"] or ()) or None}))
+                GpuInfo(
+                    **(
+                        row
+                        | {
+                            "compute_capability": tuple(row["compute_capability"] or ()) or None,
+                            "ordinal": None,
+                        }
+                    )
+                )
                 for row in rows
             ]
         return list(self._cached)
@@ -168,15 +184,19 @@ def default_source() -> DeviceStatsSource:
         return ProbeSource()
 
 
-def _visible_indices() -> set[int] | None:
-    """Physical indices allowed by a numeric ``CUDA_VISIBLE_DEVICES`` (None = no restriction)."""
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _visible_filter():
+    """A predicate (index, uuid) for ``CUDA_VISIBLE_DEVICES`` (None = no restriction)."""
     value = os.environ.get("CUDA_VISIBLE_DEVICES")
     if value is None:
         return None
     parts = [p.strip() for p in value.split(",") if p.strip()]
-    if not all(p.isdigit() for p in parts):
-        return None  # UUID lists: NVML indices cannot be matched cheaply; do not filter
-    return {int(p) for p in parts}
+    return lambda index, uuid: any(
+        (p.isdigit() and int(p) == index) or (not p.isdigit() and uuid.startswith(p)) for p in parts
+    )
 
 
 def select_gpu(gpus: list[GpuInfo], choice: str | None) -> GpuInfo | None:
@@ -185,8 +205,7 @@ def select_gpu(gpus: list[GpuInfo], choice: str | None) -> GpuInfo | None:
     choice = (choice or "auto").strip().lower()
     if choice in ("cpu", "none", "-1"):
         return None
-    visible = _visible_indices()
-    candidates = [g for g in gpus if visible is None or g.index in visible]
+    candidates = list(gpus)  # sources already apply CUDA_VISIBLE_DEVICES
     if not candidates:
         return None
     if choice == "auto":

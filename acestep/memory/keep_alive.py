@@ -34,22 +34,29 @@ def parse_keep_alive(value: str | float | int | None) -> float:
     if isinstance(value, bool):
         raise KeepAliveError(f"keep_alive must be a duration, 0 or -1, got {value!r}")
     if isinstance(value, int | float):
-        return NEVER if value < 0 else float(value)
+        return _finite(value)
     text = str(value).strip().lower()
-    if text in ("never", "forever", "inf"):
+    if text in ("never", "forever"):
         return NEVER
     try:
         number = float(text)
     except ValueError:
         number = None
     if number is not None:
-        return NEVER if number < 0 else number
+        return _finite(number)
     parts = _PART.findall(text)
     if not parts or "".join(n + u for n, u in parts) != text.replace(" ", ""):
         raise KeepAliveError(
             f"keep_alive {value!r} is not a duration; use seconds (300), '5m', '1h30m', 0 or -1"
         )
     return sum(float(n) * _UNIT[u] for n, u in parts)
+
+
+def _finite(value: float) -> float:
+    """Negative means never; NaN and infinities are refused (a NaN deadline would never expire)."""
+    if math.isnan(value) or math.isinf(value):
+        raise KeepAliveError(f"keep_alive must be a finite number of seconds, 0 or -1, got {value!r}")
+    return NEVER if value < 0 else float(value)
 
 
 def describe(seconds: float) -> str:

@@ -122,13 +122,12 @@ class Limits:
     ) -> None:
         """Raise :class:`MemoryLimitError` if ``request`` does not fit; ``source_seconds`` is the source
         audio's length when the caller already knows it (otherwise the file header is read)."""
-        seconds = planned_seconds(request, source_seconds)
+        seconds, origin = planned_length(request, source_seconds)
         allowed = self.max_duration_lm if uses_lm else self.max_duration
         with_lm = "with the LM" if uses_lm else "without the LM"
         if seconds > allowed:
-            what = "audio_duration" if request.audio_duration > 0 else "the source audio"
             raise MemoryLimitError(
-                f"{what} is {seconds:.1f} s, over the {allowed:.0f} s maximum {with_lm} "
+                f"{origin} is {seconds:.1f} s, over the {allowed:.0f} s maximum {with_lm} "
                 f"({self._where('max_duration')}). Generate a shorter piece, or raise the limit with "
                 f"ACESTEP_MAX_DURATION={int(seconds) + 1} if you know the GPU can hold it.",
                 limit="max_duration",
@@ -187,16 +186,23 @@ class Limits:
 
 def planned_seconds(request: GenerationRequest, source_seconds: float | None = None) -> float:
     """How many seconds of audio the request will generate, known before anything is loaded."""
+    return planned_length(request, source_seconds)[0]
+
+
+def planned_length(request: GenerationRequest, source_seconds: float | None = None) -> tuple[float, str]:
+    """The generated length in seconds and what decides it (for messages)."""
     codes = len(_CODE.findall(request.audio_code_string))
     if codes:
-        return codes / CODES_PER_SECOND
+        return codes / CODES_PER_SECOND, f"the audio codes ({codes} at {CODES_PER_SECOND} Hz)"
     if request.effective_task in SOURCE_TASKS and request.src_audio:
         seconds = source_seconds if source_seconds is not None else _file_seconds(request.src_audio)
         if request.effective_task == "repaint":
             end = seconds if request.repainting_end <= 0 else max(request.repainting_end, seconds)
-            return end - min(request.repainting_start, 0.0)
-        return seconds
-    return request.audio_duration if request.audio_duration > 0 else AUTO_DURATION_S
+            return end - min(request.repainting_start, 0.0), "the repainted source audio"
+        return seconds, "the source audio"
+    if request.audio_duration > 0:
+        return request.audio_duration, "audio_duration"
+    return AUTO_DURATION_S, "the default duration (no audio_duration given)"
 
 
 def _file_seconds(path: str) -> float:

@@ -69,7 +69,7 @@ class MemoryManager:
             env["CUDA_VISIBLE_DEVICES"] = ""
         else:
             env["ACESTEP_DEVICE"] = "cuda"
-            env["CUDA_VISIBLE_DEVICES"] = str(self.gpu.index)
+            env["CUDA_VISIBLE_DEVICES"] = self.gpu.uuid or str(self.gpu.index)
         return env
 
     def banner(self) -> str:
@@ -105,13 +105,18 @@ class MemoryManager:
             if in_process:
                 from acestep.worker.runner import InProcessRunner
 
-                if self.gpu is not None and spec.device == "auto":
-                    spec = replace(spec, device=f"cuda:{self.gpu.index}")
+                if self.gpu is not None and self.gpu.ordinal is not None and spec.device == "auto":
+                    spec = replace(spec, device=f"cuda:{self.gpu.ordinal}")
                 runner = InProcessRunner(spec, source=self.source, limits=self.limits)
             else:
                 from acestep.worker.process import ProcessRunner
 
-                runner = ProcessRunner(spec, source=self.source, env=self.worker_env())
+                runner = ProcessRunner(
+                    spec,
+                    source=self.source,
+                    env=self.worker_env(),
+                    gpu_index=self.gpu.index if self.gpu else None,
+                )
             self.dispatcher = Dispatcher(
                 runner,
                 self.keep_alive,

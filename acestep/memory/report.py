@@ -29,6 +29,7 @@ class MemorySnapshot:
     pid: int = 0
     peak_allocated_bytes: int = 0  # since the last reset_peak() (the start of the last job)
     peak_reserved_bytes: int = 0
+    gpu_used_bytes: int | None = None  # the whole GPU's used memory (NVML), every process included
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -98,6 +98,10 @@ class Residency:
         if self.state[component] in (place, Place.UNLOADED):
             return
         device = self.compute if place is Place.GPU else self._torch.device("cpu")
+        if place is Place.GPU:
+            # Recorded first: a move that fails half way (out of memory) leaves some weights on
+            # the GPU, and recovery must still see the component there to move it back.
+            self.state[component] = place
         for name in MODULES[component]:
             module = self.modules.get(name)
             if module is not None:
@@ -115,9 +119,9 @@ class Residency:
         if not self.plan.on_gpu:
             yield
             return
-        for component in components:
-            self._move(component, Place.GPU)
         try:
+            for component in components:
+                self._move(component, Place.GPU)
             yield
         finally:
             offloaded = False

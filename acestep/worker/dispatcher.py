@@ -109,6 +109,8 @@ class Dispatcher:
     def _command(self, action: str) -> Future:
         future: Future = Future()
         with self._cond:
+            if self._stopping:
+                raise RuntimeError("the dispatcher is shutting down")
             if action != "load" and self.refuse_unload_when_busy and self._running is not None:
                 raise BusyError(
                     f"a job ({self._running.id}) is running; unload refused "
@@ -177,7 +179,10 @@ class Dispatcher:
 
     def _idle_unload_useful(self) -> bool:
         state = self.runner.state
-        return state == "ready" if self.policy.idle_level == "park" else state != "unloaded"
+        if self.policy.idle_level == "park":
+            return state == "ready"
+        # A live worker process with nothing loaded still holds a process (and maybe a context).
+        return state != "unloaded" or bool(getattr(self.runner, "alive", False))
 
     def _loop(self) -> None:
         while True:
@@ -199,7 +204,7 @@ class Dispatcher:
                 report = self.runner.unload(command.action)
                 with self._cond:
                     self.unloads.append((command.action, reason))
-            self.on_report(report, reason)
+            self._report(report, reason)
             command.future.set_result(report)
         except Exception as exc:
             logger.error(f"{command.action} failed: {exc}")
@@ -216,7 +221,7 @@ class Dispatcher:
             job.state, job.progress, job.stage = "succeeded", 1.0, "done"
             load = self.runner.take_job_load()
             if load is not None:
-                self.on_report(load, f"needed by {job.id}")
+                self._report(load, f"needed by {job.id}")
         except JobError as exc:
             job.fail(str(exc), exc.kind)
             if exc.kind == "crash":
@@ -231,6 +236,12 @@ class Dispatcher:
                 self.timer.job_finished(job.keep_alive)
             self._cond.notify_all()
         job.done.set()
+
+    def _report(self, report: MemoryReport, reason: str) -> None:
+        try:
+            self.on_report(report, reason)
+        except Exception as exc:  # a reporting bug must not fail a job or an unload
+            logger.error(f"memory report hook failed: {exc}")
 
     def _replace_worker(self) -> None:
         restart = getattr(self.runner, "restart", None)
@@ -247,6 +258,10 @@ class Dispatcher:
             self._stopping = True
             self._cond.notify_all()
         self._thread.join()
+        with self._cond:
+            leftovers, self._commands = list(self._commands), deque()
+        for command in leftovers:
+            command.future.set_exception(RuntimeError("the dispatcher shut down first"))
         if unload:
             self.runner.unload("free")
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -26,6 +28,8 @@ from acestep.memory.residency import COMPONENTS, Place
 from acestep.worker.runner import EngineSpec, JobError, Progress
 
 EXIT_TIMEOUT_S = 60.0
+START_TIMEOUT_S = float(os.environ.get("ACESTEP_WORKER_START_TIMEOUT", "600"))
+POLL_S = 1.0  # how often a blocked read checks that the worker is still alive
 
 
 class WorkerCrashed(JobError):
@@ -53,31 +57,39 @@ class ProcessRunner:
         spec: EngineSpec,
         source: DeviceStatsSource | None = None,
         env: Mapping[str, str] | None = None,
+        gpu_index: int | None = None,
     ):
         self.spec = spec
         self.source = source
+        self.gpu_index = gpu_index  # the source's index of the worker's GPU (device-level figures)
+        self.baseline_gpu_used: int | None = None  # the GPU's used bytes before the worker started
         self.env = dict(env or {})
         self.proc: subprocess.Popen | None = None
-        self._reader = None
+        self._fd: int | None = None  # our end of the answer pipe (raw: select and buffering agree)
+        self._buffer = b""
         self._ids = itertools.count(1)
         self._state = "unloaded"
         self._residency = dict.fromkeys(COMPONENTS, Place.UNLOADED.value)
         self.starts = 0  # how many worker processes this runner has started
         self._job_load: MemoryReport | None = None
+        self.last_exit_code: int | None = None
         self._lock = threading.Lock()
 
     # -- process management -------------------------------------------------------------
 
     @property
     def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None else None
+        proc = self.proc  # read once: the dispatcher thread may reap it meanwhile
+        return proc.pid if proc is not None else None
 
     @property
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        proc = self.proc
+        return proc is not None and proc.poll() is None
 
     def start(self) -> None:
         """Start a fresh worker process (models load on the first job or ``load``)."""
+        self.baseline_gpu_used = self._gpu_used()
         read_fd, write_fd = os.pipe()
         env = os.environ | self.env | {"PYTHONUNBUFFERED": "1"}
         command = [
@@ -95,13 +107,21 @@ class ProcessRunner:
             )
         finally:
             os.close(write_fd)
-        self._reader = os.fdopen(read_fd, "r")
+        self._fd, self._buffer = read_fd, b""
         self.starts += 1
         self._set_unloaded()
-        hello = self._read()
+        hello = self._read("while starting", timeout=START_TIMEOUT_S)
         if hello.get("event") != "ready":
             raise WorkerCrashed(f"the GPU worker did not start: {hello}")
         logger.info(f"GPU worker process {self.proc.pid} started")
+
+    def _gpu_used(self) -> int | None:
+        if self.source is None or self.gpu_index is None:
+            return None
+        for gpu in self.source.gpus():
+            if gpu.index == self.gpu_index:
+                return gpu.used_bytes
+        return None
 
     def _set_unloaded(self) -> None:
         self._state = "unloaded"
@@ -118,13 +138,15 @@ class ProcessRunner:
         code = None
         if self.proc is not None:
             code = self.proc.wait()
-            for stream in (self.proc.stdin, self._reader):
-                try:
-                    if stream is not None:
-                        stream.close()
-                except OSError:
-                    pass
-        self.proc, self._reader = None, None
+            self.last_exit_code = code
+            try:
+                if self.proc.stdin is not None:
+                    self.proc.stdin.close()
+            except OSError:
+                pass
+        if self._fd is not None:
+            os.close(self._fd)
+        self.proc, self._fd, self._buffer = None, None, b""
         self._set_unloaded()
         return code
 
@@ -144,25 +166,49 @@ class ProcessRunner:
 
     # -- messaging -------------------------------------------------------------------------
 
-    def _read(self) -> dict:
-        line = self._reader.readline() if self._reader is not None else ""
-        if not line:
-            pid = self.proc.pid if self.proc else None
-            code = self._reap()
-            raise WorkerCrashed(f"the GPU worker process {pid} {describe_exit(code)} during the job")
+    def _crashed(self, context: str) -> WorkerCrashed:
+        pid = self.pid
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()  # a worker we gave up on must not linger
+        code = self._reap()
+        return WorkerCrashed(f"the GPU worker process {pid} {describe_exit(code)} {context}")
+
+    def _read(self, context: str, timeout: float | None = None) -> dict:
+        """One message; a dead worker (even one whose pipe a stray child keeps open) or a timeout
+        raises :class:`WorkerCrashed`."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            if self._fd is None:
+                raise self._crashed(context)
+            ready, _, _ = select.select([self._fd], [], [], POLL_S)
+            if ready:
+                chunk = os.read(self._fd, 1 << 16)
+                if not chunk:
+                    raise self._crashed(context)
+                self._buffer += chunk
+                continue
+            if self.proc is None or self.proc.poll() is not None:
+                raise self._crashed(context)
+            if deadline is not None and time.monotonic() > deadline:
+                raise self._crashed(f"{context} (no answer in {timeout:.0f} s)")
+        line, _, self._buffer = self._buffer.partition(b"\n")
         return json.loads(line)
 
-    def _call(self, op: str, progress: Progress | None = None, **fields) -> dict:
-        self._ensure_started()
+    def _call(self, op: str, progress: Progress | None = None, start: bool = True, **fields) -> dict:
+        """Send one command and wait for its answer; ``start=False`` never starts a worker."""
+        if start:
+            self._ensure_started()
+        elif not self.alive:
+            raise WorkerCrashed("the GPU worker process is not running")
+        context = "during the job" if op == "generate" else f"during {op}"
         ident = next(self._ids)
         try:
             self.proc.stdin.write(json.dumps({"op": op, "id": ident, **fields}) + "\n")
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError):
-            pid, code = self.proc.pid, self._reap()
-            raise WorkerCrashed(f"the GPU worker process {pid} {describe_exit(code)}") from None
+            raise self._crashed(context) from None
         while True:
-            message = self._read()
+            message = self._read(context)
             if message.get("id") != ident:
                 continue
             if "progress" in message:
@@ -205,8 +251,12 @@ class ProcessRunner:
             )
             self._state = "ready"
             self._job_load = MemoryReport.from_dict(reply["load"]) if reply["load"] else None
-            self._residency = self._call("status")["residency"]
-            return GenerationResult.model_validate(reply["result"])
+            result = GenerationResult.model_validate(reply["result"])
+            try:
+                self._residency = self._call("status", start=False)["residency"]
+            except JobError as exc:  # the files are written: the job stands; the worker is reaped
+                logger.warning(f"worker status after a finished job failed: {exc}")
+            return result
 
     def take_job_load(self) -> MemoryReport | None:
         report, self._job_load = self._job_load, None
@@ -241,17 +291,26 @@ class ProcessRunner:
             return MemoryReport("free", MemorySnapshot(), MemorySnapshot(), watch.seconds, self.residency())
         pid = self.proc.pid
         before = MemorySnapshot(pid=pid)
-        if self.proc.poll() is None:
-            try:
-                before = MemorySnapshot(**self._call("status")["memory"])
-                self._call("exit")
-                self.proc.wait(timeout=EXIT_TIMEOUT_S)
-            except (JobError, subprocess.TimeoutExpired):
+        try:
+            before = MemorySnapshot(
+                **self._call("status", start=False)["memory"] | {"gpu_used_bytes": self._gpu_used()}
+            )
+            self._call("exit", start=False)
+            self.proc.wait(timeout=EXIT_TIMEOUT_S)
+        except (JobError, subprocess.TimeoutExpired):
+            if self.proc is not None and self.proc.poll() is None:
                 self.proc.kill()
-        code = self._reap()
+        code = self._reap() if self.proc is not None else None
+        if code is None:
+            code = self.last_exit_code
         gpu_after = self.source.process_gpu_bytes(pid) if self.source is not None else None
-        after = MemorySnapshot(pid=pid, process_gpu_bytes=gpu_after)
+        after = MemorySnapshot(pid=pid, process_gpu_bytes=gpu_after, gpu_used_bytes=self._gpu_used())
         note = f"worker process {pid} {describe_exit(code)}"
+        if after.gpu_used_bytes is not None and self.baseline_gpu_used is not None:
+            note += (
+                f"; GPU in use {after.gpu_used_bytes / 2**20:.0f} MiB, "
+                f"{self.baseline_gpu_used / 2**20:.0f} MiB before the worker started"
+            )
         return MemoryReport("free", before, after, watch.seconds, self.residency(), note)
 
     def close(self) -> None:

@@ -44,7 +44,18 @@ class JobError(RuntimeError):
         self.kind = kind
 
 
-def classify(exc: BaseException) -> JobError:
+def oom_advice(limits=None) -> str:
+    """What to change after an out-of-memory error, given what is already in force."""
+    steps = ["a shorter audio_duration or a smaller batch_size"]
+    if limits is None or not limits.offload_to_cpu:
+        steps.append("ACESTEP_OFFLOAD_TO_CPU=true")
+    elif not limits.offload_dit_to_cpu:
+        steps.append("ACESTEP_OFFLOAD_DIT_TO_CPU=true")
+    steps.append("a lower ACESTEP_MAX_DURATION for this GPU")
+    return "Try " + ", or ".join(steps)
+
+
+def classify(exc: BaseException, limits=None) -> JobError:
     """A user-facing error for an exception raised by a job (no tracebacks in the message)."""
     from acestep.checkpoints import CheckpointError
     from acestep.engine.audio_io import AudioInputError
@@ -55,10 +66,7 @@ def classify(exc: BaseException) -> JobError:
         return exc
     if _is_oom(exc):
         return JobError(
-            "oom",
-            f"the GPU ran out of memory ({exc}); the job's memory was released. Try a shorter "
-            "audio_duration or a smaller batch_size, or enable ACESTEP_OFFLOAD_TO_CPU / "
-            "ACESTEP_OFFLOAD_DIT_TO_CPU, or lower ACESTEP_MAX_DURATION for this GPU",
+            "oom", f"the GPU ran out of memory ({exc}); the job's memory was released. {oom_advice(limits)}"
         )
     if isinstance(exc, MemoryLimitError):
         return JobError("limit", str(exc))
@@ -132,7 +140,7 @@ class InProcessRunner:
             )
             action = "load"
         elif self.parked:
-            self.engine.residency.settle()
+            self.engine.wake()
             action = "wake"
         else:
             action = "none"
@@ -146,7 +154,7 @@ class InProcessRunner:
         with self._lock:
             before, watch = snapshot(self.source), Stopwatch()
             if level == "park" and self.engine is not None:
-                self.engine.residency.park()
+                self.engine.park()
                 self.parked = True
             elif level == "free":
                 self.engine = None
@@ -174,7 +182,7 @@ class InProcessRunner:
                 reset_peak()
                 return self.engine.generate(request, output_dir, self._with_fault(progress))
             except Exception as exc:
-                error = classify(exc)
+                error = classify(exc, self.engine.limits if self.engine is not None else self.limits)
                 if error.kind == "internal":
                     traceback.print_exception(exc)
                 # The traceback's frames hold the job's tensors: clear them, and raise the job's
@@ -192,7 +200,7 @@ class InProcessRunner:
     def _recover(self) -> None:
         """After an OOM: back to the plan's resting placement, and every cached block returned."""
         if self.engine is not None:
-            self.engine.residency.settle()
+            self.engine.wake()
         release_cached()
 
     def _with_fault(self, progress: Progress | None) -> Progress:
