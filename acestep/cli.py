@@ -265,9 +265,62 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
+def _api_parser() -> argparse.ArgumentParser:
+    import os
+
+    p = argparse.ArgumentParser(prog="acestep-api", description="ACE-Step 1.5 REST API (upstream-compatible)")
+    p.add_argument("--host", default=os.environ.get("ACESTEP_API_HOST", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(os.environ.get("ACESTEP_API_PORT", "8001")))
+    p.add_argument("--api-key", default=None, help="require this key (Bearer header or ai_token)")
+    p.add_argument("--checkpoint", default=None, help="checkpoints root (default: ACESTEP_CHECKPOINTS_DIR)")
+    p.add_argument("--config-path", "--dit", default=None, dest="dit", help="DiT folder name")
+    p.add_argument("--download-source", default=None, help="accepted for upstream compatibility")
+    p.add_argument("--init-llm", action="store_true", help="accepted; the 5Hz LM is not in this version")
+    p.add_argument("--lm-model-path", default=None, help="accepted; the 5Hz LM is not in this version")
+    p.add_argument("--keep-alive", default=None, help="server default keep-alive (ACESTEP_KEEP_ALIVE)")
+    p.add_argument("--device", default=None, help="auto, cpu or cuda (ACESTEP_DEVICE)")
+    _memory_flags(p)
+    return p
+
+
 def api_main(argv: list[str] | None = None) -> int:
-    print("acestep-api is not yet available in this version; use `acestep generate`.", file=sys.stderr)
-    return 2
+    import os
+
+    args = _api_parser().parse_args(argv)
+    try:
+        import uvicorn
+
+        from acestep.serving.app import create_app
+        from acestep.serving.config import ServerConfig, UnsafeBindError
+    except ImportError as exc:
+        print(
+            f"error: the REST server needs the api extra (pip install 'acestep[api]'): {exc}", file=sys.stderr
+        )
+        return 2
+    from acestep.checkpoints import CheckpointError
+
+    # The memory manager and the worker process read these settings from the environment.
+    os.environ.update({k: v for k, v in _memory_env(args).items() if k.startswith(("ACESTEP_", "MAX_CUDA"))})
+    if args.keep_alive is not None:
+        os.environ["ACESTEP_KEEP_ALIVE"] = args.keep_alive
+    if args.api_key:
+        os.environ["ACESTEP_API_KEY"] = args.api_key
+    if args.init_llm or args.lm_model_path:
+        print("warning: the 5Hz LM is not part of this version; serving the DiT alone", file=sys.stderr)
+    try:
+        config = ServerConfig.from_env(host=args.host, port=args.port, api_key=args.api_key, dit=args.dit)
+        if args.checkpoint:
+            config.checkpoint = args.checkpoint
+        config.check_bind()
+        app = create_app(config)
+    except UnsafeBindError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (CheckpointError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    uvicorn.run(app, host=config.host, port=config.port, log_level="info")
+    return 0
 
 
 def download_main(argv: list[str] | None = None) -> int:

@@ -267,9 +267,13 @@ def test_no_command_points_to_generate(capsys) -> None:
     assert "not yet available" in err and "acestep generate" in err
 
 
-def test_api_entry_not_yet_available(capsys) -> None:
-    assert cli.api_main([]) == 2
-    assert "not yet available" in capsys.readouterr().err
+def test_api_refuses_an_open_public_bind_and_a_missing_checkpoint(tmp_path: Path, capsys, monkeypatch):
+    monkeypatch.delenv("ACESTEP_API_KEY", raising=False)
+    monkeypatch.delenv("ACESTEP_AUTH", raising=False)
+    assert cli.api_main(["--host", "0.0.0.0", "--checkpoint", str(tmp_path)]) == 2
+    assert "without an API key" in capsys.readouterr().err
+    assert cli.api_main(["--checkpoint", str(tmp_path / "none")]) == 1
+    assert "does not exist" in capsys.readouterr().err
 
 
 def test_download_list(capsys) -> None:

@@ -1,8 +1,13 @@
-"""Checkpoint folders: upstream and diffusers layouts, strict loading, variants, download."""
+"""Checkpoint folders: upstream and diffusers layouts, strict loading, variants, download.
+
+Layouts and variants are torch-free (a server process resolves checkpoints without torch);
+the loading names import torch and diffusers only when first used.
+"""
 
 from acestep.checkpoints.layout import CheckpointError, CheckpointPaths, resolve
-from acestep.checkpoints.loading import OFFLOAD_ORDER, Components, load_components
 from acestep.checkpoints.variants import Variant, detect_variant
+
+_LOADING = ("OFFLOAD_ORDER", "Components", "load_components")
 
 __all__ = [
     "OFFLOAD_ORDER",
@@ -14,3 +19,11 @@ __all__ = [
     "load_components",
     "resolve",
 ]
+
+
+def __getattr__(name: str):
+    if name in _LOADING:
+        from acestep.checkpoints import loading
+
+        return getattr(loading, name)
+    raise AttributeError(f"module 'acestep.checkpoints' has no attribute {name!r}")

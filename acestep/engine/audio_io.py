@@ -14,6 +14,7 @@ import torchaudio.functional as AF
 
 SAMPLE_RATE = 48000
 MAX_INPUT_SECONDS = 600.0
+MIN_INPUT_SECONDS = 1.0  # shorter inputs are too short for the VAE's receptive field
 SILENCE_THRESHOLD = 1e-6
 SILENT_OUTPUT_LEVEL = 1e-5
 # soundfile container and subtype per request format (upstream: wav is float, flac 16-bit PCM).
@@ -44,6 +45,10 @@ def load_audio(path: str | Path, max_seconds: float = MAX_INPUT_SECONDS) -> torc
     if info.frames <= 0 or info.samplerate <= 0:
         raise AudioInputError(f"audio file {path.name} is empty")
     seconds = info.frames / info.samplerate
+    if seconds < MIN_INPUT_SECONDS:
+        raise AudioInputError(
+            f"audio file {path.name} is {seconds:.3f} s long; at least {MIN_INPUT_SECONDS:.0f} s is needed"
+        )
     if seconds > max_seconds:
         raise AudioInputError(
             f"audio file {path.name} is {seconds:.1f} s long; the limit is {max_seconds:.0f} s"

@@ -132,9 +132,17 @@ class MemoryManager:
             raise RuntimeError("no model is being served; call MemoryManager.start(spec) first")
         return self.dispatcher
 
-    def submit(self, request: GenerationRequest, output_dir: str | Path, uses_lm: bool = False):
+    def submit(
+        self,
+        request: GenerationRequest,
+        output_dir: str | Path,
+        uses_lm: bool = False,
+        job_id: str | None = None,
+        on_done: list | None = None,
+    ):
+        """Validate, then queue; returns the dispatcher's ``Job``."""
         keep_alive = self.validate(request, uses_lm=uses_lm)
-        return self._require_worker().submit(request, output_dir, keep_alive)
+        return self._require_worker().submit(request, output_dir, keep_alive, job_id=job_id, on_done=on_done)
 
     def unload(self, level: str = "free", timeout: float | None = None) -> dict:
         """Unload after the running job; the measured report (a no-op report when nothing runs)."""

@@ -48,6 +48,9 @@ class Job:
     started: float | None = None
     finished: float | None = None
     done: threading.Event = field(default_factory=threading.Event)
+    cancel_requested: bool = False
+    # Called once the job has ended (its files written or its failure recorded); e.g. upload cleanup.
+    on_done: list[Callable[[Job], None]] = field(default_factory=list)
 
     def fail(self, message: str, kind: str) -> None:
         self.state, self.stage, self.error, self.error_kind = "failed", "failed", message, kind
@@ -92,7 +95,12 @@ class Dispatcher:
     # -- admission -----------------------------------------------------------------------
 
     def submit(
-        self, request: GenerationRequest, output_dir: str | Path, keep_alive: float | None = None
+        self,
+        request: GenerationRequest,
+        output_dir: str | Path,
+        keep_alive: float | None = None,
+        job_id: str | None = None,
+        on_done: list[Callable[[Job], None]] | None = None,
     ) -> Job:
         """Queue a job; ``keep_alive`` (seconds) defaults to the request's own, then the server's."""
         if keep_alive is None:
@@ -100,8 +108,9 @@ class Dispatcher:
         with self._cond:
             if self._stopping:
                 raise RuntimeError("the dispatcher is shutting down")
-            ident = f"job-{next(self._ids)}"
+            ident = job_id or f"job-{next(self._ids)}"
             job = Job(id=ident, request=request, output_dir=str(output_dir), keep_alive=keep_alive)
+            job.on_done.extend(on_done or [])
             self._jobs.append(job)
             self._cond.notify_all()
         return job
@@ -144,6 +153,33 @@ class Dispatcher:
     def queue_depth(self) -> int:
         with self._cond:
             return len(self._jobs)
+
+    def position(self, job_id: str) -> int | None:
+        """1-based place in the queue (0 = running, None = not queued or running)."""
+        with self._cond:
+            if self._running is not None and self._running.id == job_id:
+                return 0
+            for index, job in enumerate(self._jobs, start=1):
+                if job.id == job_id:
+                    return index
+            return None
+
+    def cancel(self, job_id: str) -> str:
+        """``cancelled`` (was queued), ``cancelling`` (running: stops at its next progress report),
+        or ``unknown`` (not queued or running)."""
+        with self._cond:
+            for job in self._jobs:
+                if job.id == job_id:
+                    self._jobs.remove(job)
+                    break
+            else:
+                if self._running is not None and self._running.id == job_id:
+                    self._running.cancel_requested = True
+                    return "cancelling"
+                return "unknown"
+        job.fail("cancelled by request", "cancelled")
+        self._finish(job)
+        return "cancelled"
 
     def status(self) -> dict:
         with self._cond:
@@ -214,6 +250,8 @@ class Dispatcher:
         job.state, job.stage, job.started = "running", "starting", time.time()
 
         def progress(stage: str, fraction: float) -> None:
+            if job.cancel_requested:
+                raise JobError("cancelled", "cancelled by request")
             job.stage, job.progress = stage, float(fraction)
 
         try:
@@ -229,13 +267,21 @@ class Dispatcher:
         except Exception as exc:  # a bug, not the user's input: keep the worker loop alive
             traceback.print_exception(exc)
             job.fail(f"internal error: {exc}", "internal")
-        job.finished = time.time()
         with self._cond:
             self._running = None
             if not self._jobs:
                 self.timer.job_finished(job.keep_alive)
             self._cond.notify_all()
+        self._finish(job)
+
+    def _finish(self, job: Job) -> None:
+        job.finished = time.time()
         job.done.set()
+        for callback in job.on_done:
+            try:
+                callback(job)
+            except Exception as exc:  # cleanup hooks must not break the loop
+                logger.error(f"job {job.id} completion hook failed: {exc}")
 
     def _report(self, report: MemoryReport, reason: str) -> None:
         try:

@@ -213,7 +213,14 @@ class ProcessRunner:
                 continue
             if "progress" in message:
                 if progress is not None:
-                    progress(*message["progress"])
+                    try:
+                        progress(*message["progress"])
+                    except BaseException:
+                        # The caller gave up on this job (e.g. cancelled it) while the worker runs
+                        # it; the worker cannot be interrupted mid-command, so it is ended.
+                        self.kill()
+                        self._reap()
+                        raise
                 continue
             if message["ok"]:
                 return message["reply"]

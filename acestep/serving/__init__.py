@@ -1,0 +1,1 @@
+"""The REST server: FastAPI app, routes, job queue, uploads, auth."""

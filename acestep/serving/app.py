@@ -1,0 +1,72 @@
+"""The FastAPI app: one memory manager, one GPU worker, one job queue behind every route.
+
+``create_app(config)`` builds it; the lifespan starts the worker process and the queue and stops
+them again. Errors are 4xx/5xx with a ``detail`` that says what was wrong, never a traceback.
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from loguru import logger
+
+from acestep import __version__
+from acestep.checkpoints.layout import resolve
+from acestep.memory.manager import MemoryManager
+from acestep.serving.config import ServerConfig
+from acestep.serving.jobs import LocalJobQueue
+from acestep.worker.runner import EngineSpec
+
+
+def create_app(config: ServerConfig, manager: MemoryManager | None = None) -> FastAPI:
+    """``manager`` defaults to one built from the environment; its worker is started here."""
+    paths = resolve(config.checkpoint, config.dit)  # a wrong checkpoint fails at start, not per job
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        mm = manager or MemoryManager()
+        if mm.dispatcher is None:
+            mm.start(EngineSpec(config.checkpoint, dit=paths.dit_name), in_process=config.in_process_worker)
+        config.uploads_dir.mkdir(parents=True, exist_ok=True)
+        queue = LocalJobQueue(
+            mm, config.results_dir, config.queue_maxsize, config.result_ttl_s, config.cleanup_interval_s
+        )
+        app.state.manager, app.state.queue = mm, queue
+        logger.info(f"acestep-api serving {paths.dit_name} on http://{config.host}:{config.port}")
+        try:
+            yield
+        finally:
+            queue.close()
+            mm.close()
+
+    app = FastAPI(title="acestep", version=__version__, lifespan=lifespan)
+    app.state.config = config
+    app.state.model_name = paths.dit_name
+    app.state.variant = paths.variant
+    if config.cors_origins:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=config.cors_origins, allow_methods=["*"], allow_headers=["*"]
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        messages = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        return JSONResponse({"detail": "; ".join(messages)}, status_code=400)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, HTTPException):  # pragma: no cover - FastAPI routes these itself
+            raise exc
+        logger.exception(f"{request.method} {request.url.path} failed")
+        return JSONResponse({"detail": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
+
+    from acestep.serving import routes_admin, routes_compat, routes_lego
+
+    app.include_router(routes_compat.router)
+    app.include_router(routes_admin.router)
+    app.include_router(routes_lego.router)
+    return app

@@ -1,0 +1,44 @@
+"""API key checks: a Bearer header (or the bare key) or upstream's ``ai_token`` body field.
+
+When a key is configured every route but ``/health`` requires it; keys are compared in constant
+time (upstream used plain equality and skipped several routes).
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from fastapi import HTTPException, Request
+
+
+def _matches(given: str, key: str) -> bool:
+    return hmac.compare_digest(given.encode(), key.encode())
+
+
+def header_token(request: Request) -> str | None:
+    value = request.headers.get("authorization")
+    if not value:
+        return None
+    scheme, _, rest = value.partition(" ")
+    return rest.strip() if scheme.lower() == "bearer" and rest else value.strip()
+
+
+def check(request: Request, ai_token: str | None = None) -> None:
+    """Raise 401 unless the request carries the configured key (no key configured: open)."""
+    key = request.app.state.config.api_key
+    if not key:
+        return
+    if ai_token is not None:
+        if not _matches(str(ai_token), key):
+            raise HTTPException(401, "Invalid ai_token")
+        return
+    token = header_token(request)
+    if token is None:
+        raise HTTPException(401, "Missing ai_token or Authorization header")
+    if not _matches(token, key):
+        raise HTTPException(401, "Invalid API key")
+
+
+def require_key(request: Request) -> None:
+    """Dependency for routes without a body key."""
+    check(request)

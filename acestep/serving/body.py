@@ -1,0 +1,49 @@
+"""Reading a request body the way upstream clients send it: JSON, form, multipart or bare text."""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import parse_qsl
+
+from fastapi import HTTPException, Request
+from starlette.datastructures import UploadFile
+
+MAX_TEXT_BODY = 4 * 2**20  # non-file bodies larger than this are refused
+
+
+async def read_body(request: Request) -> tuple[dict, dict[str, UploadFile]]:
+    """Fields and uploaded files. Unsupported or malformed bodies are a 4xx with the reason."""
+    content_type = request.headers.get("content-type", "").lower()
+    if "multipart/form-data" in content_type or "application/x-www-form-urlencoded" in content_type:
+        try:
+            form = await request.form()
+        except Exception as exc:  # python-multipart raises several types for a broken body
+            raise HTTPException(400, f"malformed form body: {exc}") from None
+        fields: dict = {}
+        files: dict[str, UploadFile] = {}
+        for key, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                files[key] = value
+            else:
+                fields[key] = value
+        return fields, files
+    raw = await request.body()
+    if len(raw) > MAX_TEXT_BODY:
+        raise HTTPException(413, f"request body over {MAX_TEXT_BODY // 2**20} MiB")
+    text = raw.decode("utf-8", errors="replace").strip()
+    if "json" in content_type or text.startswith(("{", "[")):
+        if not text:
+            return {}, {}
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            hint = "" if "json" in content_type else " (send Content-Type: application/json)"
+            raise HTTPException(400, f"invalid JSON body: {exc}{hint}") from None
+        if not isinstance(data, dict):
+            raise HTTPException(400, "JSON payload must be an object")
+        return data, {}
+    if not text:
+        return {}, {}
+    if "=" in text:
+        return dict(parse_qsl(text, keep_blank_values=True)), {}
+    raise HTTPException(415, f"Unsupported Content-Type: {content_type or 'none'}; send JSON or a form")

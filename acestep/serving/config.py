@@ -1,0 +1,107 @@
+"""Server settings: upstream's ``ACESTEP_*`` names and ``acestep-api`` flags, read once at start."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from acestep import settings
+
+LOOPBACK_NAMES = ("localhost",)
+
+
+class UnsafeBindError(RuntimeError):
+    """Listening beyond loopback with no API key and auth not explicitly switched off."""
+
+
+def _project_root(env: Mapping[str, str]) -> Path:
+    root = env.get("ACESTEP_PROJECT_ROOT")
+    return Path(root).expanduser() if root else Path.cwd()
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    value = env.get(name)
+    if value is None or not value.strip():
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {value!r}") from None
+    if number < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {number}")
+    return number
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8001
+    api_key: str | None = None
+    auth_disabled: bool = False  # ACESTEP_AUTH=off: the operator's explicit "no key, any bind"
+    checkpoint: str = ""
+    dit: str | None = None
+    queue_maxsize: int = 200
+    results_dir: Path = field(default_factory=lambda: Path(".cache/acestep/tmp/api_audio"))
+    uploads_dir: Path = field(default_factory=lambda: Path(".cache/acestep/tmp/uploads"))
+    allowed_paths: list[Path] = field(default_factory=list)  # extra roots for server-side path fields
+    max_upload_bytes: int = 100 * 2**20
+    result_ttl_s: int = 86400  # finished records and their files are deleted after this (0 = keep)
+    cleanup_interval_s: int = 300
+    cors_origins: list[str] = field(default_factory=list)
+    in_process_worker: bool = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> ServerConfig:
+        env = os.environ if env is None else env
+        root = _project_root(env)
+        tmp_root = Path(env.get("ACESTEP_TMPDIR") or root / ".cache" / "acestep" / "tmp").expanduser()
+        upload_mb = _int(env, "ACESTEP_MAX_UPLOAD_MB", 100, minimum=1)
+        config = cls(
+            host=env.get("ACESTEP_API_HOST") or "127.0.0.1",
+            port=_int(env, "ACESTEP_API_PORT", 8001, minimum=0),
+            api_key=env.get("ACESTEP_API_KEY") or None,
+            auth_disabled=(env.get("ACESTEP_AUTH") or "").strip().lower() == "off",
+            checkpoint=str(settings.checkpoints_dir()),
+            dit=settings.dit_name(),
+            queue_maxsize=_int(env, "ACESTEP_QUEUE_MAXSIZE", 200, minimum=1),
+            results_dir=tmp_root / "api_audio",
+            uploads_dir=tmp_root / "uploads",
+            allowed_paths=[
+                Path(p).expanduser() for p in (env.get("ACESTEP_ALLOWED_PATHS") or "").split(os.pathsep) if p
+            ],
+            max_upload_bytes=upload_mb * 2**20,
+            result_ttl_s=_int(env, "ACESTEP_RESULT_TTL", 86400),
+            cleanup_interval_s=_int(env, "ACESTEP_CLEANUP_INTERVAL", 300, minimum=1),
+            cors_origins=[o.strip() for o in (env.get("ACESTEP_CORS_ORIGINS") or "").split(",") if o.strip()],
+            in_process_worker=(env.get("ACESTEP_WORKER") or "").lower() == "inprocess",
+        )
+        for key, value in overrides.items():
+            if value is not None:
+                setattr(config, key, value)
+        return config
+
+    @property
+    def input_roots(self) -> list[Path]:
+        """Where server-side input paths may point: uploads, results and the operator's extra roots."""
+        return [self.uploads_dir, self.results_dir, *self.allowed_paths]
+
+    def check_bind(self) -> None:
+        """Upstream served everything without auth on any address when no key was set (defect #4)."""
+        if self.api_key or self.auth_disabled or is_loopback(self.host):
+            return
+        raise UnsafeBindError(
+            f"refusing to listen on {self.host} without an API key: set ACESTEP_API_KEY (or --api-key), "
+            "or set ACESTEP_AUTH=off to serve without authentication on purpose"
+        )
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,55 @@
+"""Memory and job control: POST /unload, POST /v1/load, GET /v1/memory, POST /v1/cancel.
+
+Loads and unloads run on the GPU worker between jobs; the handlers wait for them in a thread so
+the event loop keeps serving.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from starlette.concurrency import run_in_threadpool
+
+from acestep.serving import auth
+from acestep.serving.body import read_body
+from acestep.serving.wire import envelope
+from acestep.worker.dispatcher import BusyError
+
+router = APIRouter(dependencies=[Depends(auth.require_key)])
+
+
+@router.post("/unload")
+async def unload(request: Request) -> dict:
+    """Body (optional): ``{"level": "park" | "free"}`` (default free). Returns the measured report."""
+    fields, _ = await read_body(request)
+    level = str(fields.get("level") or request.query_params.get("level") or "free").strip().lower()
+    if level not in ("park", "free"):
+        raise HTTPException(400, f"level must be park or free, got {level!r}")
+    try:
+        report = await run_in_threadpool(request.app.state.manager.unload, level)
+    except BusyError as exc:
+        raise HTTPException(409, str(exc)) from None
+    return envelope(report)
+
+
+@router.post("/v1/load")
+async def load(request: Request) -> dict:
+    """Warm the model up (after the running job); returns the measured load report."""
+    report = await run_in_threadpool(request.app.state.manager.load)
+    return envelope(report)
+
+
+@router.get("/v1/memory")
+async def memory(request: Request) -> dict:
+    return envelope(request.app.state.manager.get_status())
+
+
+@router.post("/v1/cancel")
+async def cancel(request: Request) -> dict:
+    fields, _ = await read_body(request)
+    task_id = str(fields.get("task_id") or "")
+    if not task_id:
+        raise HTTPException(400, "task_id is required")
+    outcome = request.app.state.queue.cancel(task_id)
+    if outcome == "unknown":
+        raise HTTPException(404, f"unknown task_id {task_id!r}")
+    return envelope({"task_id": task_id, "outcome": outcome})

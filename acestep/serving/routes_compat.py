@@ -1,0 +1,236 @@
+"""Upstream-compatible routes: /release_task, /query_result, /v1/audio, /health, /v1/models,
+/v1/stats, /format_input, /create_random_sample. Handlers queue work; they never touch the GPU."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import soundfile as sf
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import FileResponse
+from pydantic import ValidationError
+
+from acestep import __version__
+from acestep.engine.request import GenerationRequest
+from acestep.serving import auth
+from acestep.serving.body import read_body
+from acestep.serving.params import ParamError, parse_release_params, parse_task_id_list
+from acestep.serving.uploads import UploadError, confine, save_upload
+from acestep.serving.wire import envelope, query_entry
+
+router = APIRouter()
+
+UPLOAD_FIELDS = {
+    "src_audio": ("ctx_audio", "src_audio"),
+    "reference_audio": ("ref_audio", "reference_audio"),
+}
+MEDIA_TYPES = {".mp3": "audio/mpeg", ".wav": "audio/wav", ".flac": "audio/flac", ".ogg": "audio/ogg"}
+REST_DEFAULTS = {"audio_format": "mp3"}  # upstream's REST default (the Python API writes flac)
+EXAMPLES = (
+    {
+        "caption": "warm lo-fi hip hop, dusty piano, vinyl crackle",
+        "lyrics": "[Instrumental]",
+        "bpm": 84,
+        "duration": 60,
+        "keyscale": "D minor",
+        "language": "en",
+        "timesignature": "4",
+    },
+    {
+        "caption": "upbeat synth-pop, bright pads, four-on-the-floor",
+        "lyrics": "[verse]\nCity lights\n[chorus]\nTonight",
+        "bpm": 120,
+        "duration": 90,
+        "keyscale": "A major",
+        "language": "en",
+        "timesignature": "4",
+    },
+)
+GENERATION_REQUEST_SCHEMA = {
+    "requestBody": {
+        "content": {
+            "application/json": {"schema": GenerationRequest.model_json_schema(by_alias=False)},
+        }
+    }
+}
+
+
+def validation_message(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"]) or "request"
+        parts.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
+    return "; ".join(parts)
+
+
+async def build_request(
+    request: Request, fields: dict, files: dict
+) -> tuple[GenerationRequest, list[Path], list]:
+    """Turn parsed fields and uploads into a validated request; uploads are saved (and deleted
+    again if anything is wrong). Raises HTTPException with the reason."""
+    config = request.app.state.config
+    try:
+        params = parse_release_params(fields)
+    except ParamError as exc:
+        raise HTTPException(400, f"{exc.field}: {exc}") from None
+    if params.lm_features:
+        raise HTTPException(
+            400,
+            f"{', '.join(params.lm_features)} need the 5Hz LM, which this server does not run; "
+            "leave them out (or false) to generate with the DiT alone",
+        )
+    values = REST_DEFAULTS | params.fields
+    saved: list[Path] = []
+    try:
+        for field, names in UPLOAD_FIELDS.items():
+            upload = next((files[n] for n in names if n in files), None)
+            if upload is not None:
+                path = await save_upload(
+                    upload, config.uploads_dir, config.max_upload_bytes, prefix=f"{names[0]}_"
+                )
+                saved.append(path)
+                check_audio(path, names[0])
+                values[field] = str(path)
+            elif values.get(field):
+                values[field] = str(confine(values[field], config.input_roots, field))
+        try:
+            generation = GenerationRequest(**values)
+        except ValidationError as exc:
+            raise HTTPException(400, validation_message(exc)) from None
+    except UploadError as exc:
+        _discard(saved)
+        raise HTTPException(exc.status, str(exc)) from None
+    except HTTPException:
+        _discard(saved)
+        raise
+    warnings = list(params.ignored and [f"ignored (no effect here): {', '.join(params.ignored)}"])
+    loaded = request.app.state.model_name
+    if params.model and params.model != loaded:
+        warnings.append(f"model {params.model!r} is not loaded here; {loaded} was used")
+    return generation, saved, warnings
+
+
+def check_audio(path: Path, field: str) -> float:
+    """Read the upload's header now, so a broken or too-short file is a 4xx, not a failed job."""
+    from acestep.engine.audio_io import MAX_INPUT_SECONDS, MIN_INPUT_SECONDS
+
+    try:
+        info = sf.info(str(path))
+    except Exception as exc:  # soundfile raises several types for undecodable data
+        raise UploadError(415, f"{field}: the audio cannot be decoded ({exc})") from None
+    seconds = info.frames / info.samplerate if info.samplerate else 0.0
+    if seconds < MIN_INPUT_SECONDS:
+        raise UploadError(
+            400, f"{field}: the audio is {seconds:.3f} s long; at least {MIN_INPUT_SECONDS:.0f} s"
+        )
+    if seconds > MAX_INPUT_SECONDS:
+        raise UploadError(
+            400, f"{field}: the audio is {seconds:.1f} s long; the limit is {MAX_INPUT_SECONDS:.0f} s"
+        )
+    return seconds
+
+
+def _discard(paths: list[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
+
+
+def submit(request: Request, generation: GenerationRequest, saved: list[Path]):
+    """Queue, mapping refusals to 4xx; uploads are deleted if the job is not queued."""
+    from acestep.memory.keep_alive import KeepAliveError
+    from acestep.memory.limits import MemoryLimitError
+    from acestep.serving.jobs import QueueFull
+
+    try:
+        return request.app.state.queue.submit(generation, cleanup=saved)
+    except QueueFull as exc:
+        _discard(saved)
+        raise HTTPException(429, str(exc), headers={"Retry-After": str(exc.retry_after)}) from None
+    except (MemoryLimitError, KeepAliveError, ValueError) as exc:
+        _discard(saved)
+        raise HTTPException(400, str(exc)) from None
+
+
+@router.post("/release_task", openapi_extra=GENERATION_REQUEST_SCHEMA)
+async def release_task(request: Request) -> dict:
+    fields, files = await read_body(request)
+    token = fields.pop("ai_token", None)
+    auth.check(request, token)
+    generation, saved, warnings = await build_request(request, fields, files)
+    job = submit(request, generation, saved)
+    position = request.app.state.queue.position(job.id)
+    return envelope({"task_id": job.id, "status": "queued", "queue_position": position, "warnings": warnings})
+
+
+@router.post("/query_result")
+async def query_result(request: Request) -> dict:
+    fields, _ = await read_body(request)
+    auth.check(request, fields.pop("ai_token", None))
+    try:
+        ids = parse_task_id_list(fields.get("task_id_list", fields.get("task_ids")))
+    except ParamError as exc:
+        raise HTTPException(400, f"{exc.field}: {exc}") from None
+    queue = request.app.state.queue
+    return envelope([query_entry(task_id, queue.get(task_id), queue.position(task_id)) for task_id in ids])
+
+
+@router.get("/v1/audio", dependencies=[Depends(auth.require_key)])
+async def audio(request: Request, path: str) -> FileResponse:
+    results = request.app.state.config.results_dir
+    try:
+        file = confine(path, [results], "path")
+    except UploadError:
+        raise HTTPException(403, "Access denied: path outside allowed directory") from None
+    if not file.is_file():
+        raise HTTPException(404, "Audio file not found")
+    return FileResponse(file, media_type=MEDIA_TYPES.get(file.suffix.lower(), "application/octet-stream"))
+
+
+@router.get("/health")
+async def health(request: Request) -> dict:
+    runner = request.app.state.manager.dispatcher.runner
+    return envelope(
+        {
+            "status": "ok",
+            "service": "ACE-Step API",
+            "version": __version__,
+            "models_initialized": runner.state == "ready",
+            "model_state": runner.state,
+            "loaded_model": request.app.state.model_name,
+            "llm_initialized": False,
+            "loaded_lm_model": None,
+        }
+    )
+
+
+@router.get("/v1/models", dependencies=[Depends(auth.require_key)])
+async def models(request: Request) -> dict:
+    state = request.app.state
+    entry = {
+        "name": state.model_name,
+        "is_default": True,
+        "is_loaded": state.manager.dispatcher.runner.state == "ready",
+        "variant": state.variant.name,
+        "supported_task_types": sorted(state.variant.supported_tasks),
+    }
+    return envelope({"models": [entry], "default_model": state.model_name})
+
+
+@router.get("/v1/stats", dependencies=[Depends(auth.require_key)])
+async def stats(request: Request) -> dict:
+    return envelope(request.app.state.queue.stats())
+
+
+@router.post("/format_input")
+async def format_input(request: Request) -> dict:
+    fields, _ = await read_body(request)
+    auth.check(request, fields.pop("ai_token", None))
+    raise HTTPException(503, "format_input needs the 5Hz LM, which this server does not run")
+
+
+@router.post("/create_random_sample")
+async def create_random_sample(request: Request) -> dict:
+    fields, _ = await read_body(request)
+    auth.check(request, fields.pop("ai_token", None))
+    return envelope(dict(random.choice(EXAMPLES)))

@@ -1,0 +1,124 @@
+"""POST /lego for DAW clients: upload a track, get a stem that fits it back as audio (or URLs).
+
+The form follows the plugin's wrapper: ``audio_file``, ``track_type``, ``bpm``, optional
+``key_scale``, ``audio_duration`` (read from the file when omitted), ``batch_size``, ``caption``
+(a default per track), ``seed``, ``format``, ``keep_alive``; ``response=json`` for URLs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import soundfile as sf
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import FileResponse
+from pydantic import ValidationError
+
+from acestep.engine.request import GenerationRequest
+from acestep.engine.tasks import TRACK_NAMES
+from acestep.serving import auth
+from acestep.serving.body import read_body
+from acestep.serving.routes_compat import MEDIA_TYPES, _discard, check_audio, submit, validation_message
+from acestep.serving.uploads import UploadError, save_upload
+from acestep.serving.wire import audio_url, envelope, result_items
+
+router = APIRouter()
+
+DEFAULT_CAPTIONS = {
+    "vocals": "soulful indie vocalist, warm, wordless melody, expressive",
+    "backing_vocals": "background vocals, close harmony, wordless, warm",
+    "drums": "live acoustic drum kit, tight kick and snare, brushed hi-hats",
+}
+FORM_FIELDS = ("track_type", "bpm", "key_scale", "audio_duration", "batch_size", "caption", "seed", "format")
+TIMEOUT_S = float(os.environ.get("ACESTEP_GENERATION_TIMEOUT", "600"))
+FAILURE_STATUS = {"input": 422, "limit": 422, "generation": 422, "cancelled": 409, "oom": 507}
+
+
+def default_caption(track: str) -> str:
+    return DEFAULT_CAPTIONS.get(track, f"{track.replace('_', ' ')}, clean, well played, fits the mix")
+
+
+@router.post("/lego")
+async def lego(request: Request):
+    fields, files = await read_body(request)
+    auth.check(request, fields.pop("ai_token", None))
+    upload = files.get("audio_file")
+    if upload is None:
+        raise HTTPException(400, "audio_file is required (multipart upload of WAV, MP3 or FLAC)")
+    track = str(fields.get("track_type") or "").strip().lower()
+    if track not in TRACK_NAMES:
+        raise HTTPException(400, f"track_type must be one of {', '.join(TRACK_NAMES)}, got {track!r}")
+    if not str(fields.get("bpm") or "").strip():
+        raise HTTPException(400, "bpm is required (the tempo of the uploaded track)")
+    config = request.app.state.config
+    try:
+        path = await save_upload(upload, config.uploads_dir, config.max_upload_bytes, prefix="lego_")
+    except UploadError as exc:
+        raise HTTPException(exc.status, str(exc)) from None
+    try:
+        check_audio(path, "audio_file")
+    except UploadError as exc:
+        _discard([path])
+        raise HTTPException(exc.status, str(exc)) from None
+    try:
+        generation = _lego_request(request, fields, track, path)
+    except HTTPException:
+        _discard([path])
+        raise
+    job = submit(request, generation, [path])
+    waited = 0.0
+    while not job.done.is_set():
+        if waited > TIMEOUT_S:
+            request.app.state.queue.cancel(job.id)
+            raise HTTPException(504, f"Generation timeout after {TIMEOUT_S:.0f} s (task {job.id})")
+        await asyncio.sleep(0.05)
+        waited += 0.05
+    if job.state != "succeeded":
+        raise HTTPException(FAILURE_STATUS.get(job.error_kind, 500), f"lego failed: {job.error}")
+    if str(fields.get("response") or request.query_params.get("response") or "").lower() == "json":
+        return envelope(
+            {
+                "task_id": job.id,
+                "urls": [audio_url(p) for p in job.result.audio_paths],
+                "items": result_items(job),
+            }
+        )
+    first = Path(job.result.audio_paths[0])
+    return FileResponse(
+        first,
+        media_type=MEDIA_TYPES.get(first.suffix.lower(), "application/octet-stream"),
+        headers={"X-Task-Id": job.id, "X-Seed": str(job.result.seeds[0])},
+        filename=f"{track}{first.suffix}",
+    )
+
+
+def _lego_request(request: Request, fields: dict, track: str, source: Path) -> GenerationRequest:
+    values = {
+        "task_type": "lego",
+        "track_name": track,
+        "src_audio": str(source),
+        "caption": str(fields.get("caption") or "").strip() or default_caption(track),
+        "bpm": fields.get("bpm"),
+        "batch_size": fields.get("batch_size") or 1,
+        "audio_format": str(fields.get("format") or "wav").lower(),
+        "inference_steps": request.app.state.variant.default_steps,
+    }
+    if str(fields.get("key_scale") or "").strip():
+        values["key_scale"] = fields["key_scale"]
+    if str(fields.get("seed") or "").strip():
+        values["seed"] = fields["seed"]
+    if str(fields.get("keep_alive") or "").strip():
+        values["keep_alive"] = fields["keep_alive"]
+    duration = str(fields.get("audio_duration") or "").strip()
+    try:
+        values["audio_duration"] = float(duration) if duration else sf.info(str(source)).duration
+    except ValueError:
+        raise HTTPException(400, f"audio_duration must be a number of seconds, got {duration!r}") from None
+    except RuntimeError as exc:  # soundfile could not read the header after all
+        raise HTTPException(415, f"audio_file could not be read: {exc}") from None
+    try:
+        return GenerationRequest(**values)
+    except ValidationError as exc:
+        raise HTTPException(400, validation_message(exc)) from None

@@ -1,0 +1,100 @@
+"""Upstream's response shapes: the envelope, the integer job status and the result items.
+
+New fields (``error``, per-task ``progress``/``stage``) are added; existing ones keep their meaning.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from urllib.parse import quote
+
+from acestep.worker.dispatcher import Job
+
+WIRE_STATUS = {"queued": 0, "running": 0, "succeeded": 1, "failed": 2}
+ENV = "development"
+
+
+def envelope(data, code: int = 200, error: str | None = None) -> dict:
+    return {"data": data, "code": code, "error": error, "timestamp": int(time.time() * 1000), "extra": None}
+
+
+def audio_url(path: str) -> str:
+    return f"/v1/audio?path={quote(path, safe='')}"
+
+
+def _metas(job: Job) -> dict:
+    request, metas = job.request, (job.result.metas if job.result else {})
+    return {
+        "bpm": request.bpm if request.bpm is not None else "N/A",
+        "duration": metas.get("duration", request.audio_duration),
+        "genres": "N/A",
+        "keyscale": request.key_scale or "N/A",
+        "timesignature": request.time_signature or "N/A",
+        "prompt": request.caption,
+        "lyrics": request.lyrics,
+    }
+
+
+def result_items(job: Job) -> list[dict]:
+    """The items of ``result`` (upstream sends them as a JSON-encoded string)."""
+    base = {
+        "wave": "",
+        "create_time": int(job.created),
+        "env": ENV,
+        "progress": job.progress,
+        "stage": job.stage,
+    }
+    if job.state in ("queued", "running"):
+        return [base | {"file": "", "status": 0, "prompt": "", "lyrics": "", "metas": {}, "error": None}]
+    if job.state == "failed":
+        return [
+            base
+            | {"file": "", "status": 2, "progress": 0.0, "error": job.error, "error_kind": job.error_kind}
+        ]
+    result = job.result
+    seeds = ",".join(str(s) for s in result.seeds)
+    info = (
+        f"**{result.task_type}** on `{result.model}`; seeds {seeds}; {result.timings.get('total', 0):.2f} s"
+    )
+    common = base | {
+        "status": 1,
+        "prompt": job.request.caption,
+        "lyrics": job.request.lyrics,
+        "metas": _metas(job),
+        "generation_info": info,
+        "seed_value": seeds,
+        "lm_model": None,  # reported only when the LM ran (upstream always named one)
+        "dit_model": result.model,
+        "progress": 1.0,
+        "stage": "succeeded",
+        "error": None,
+    }
+    return [
+        common | {"file": audio_url(item.path), "seed": item.seed, "duration": item.duration}
+        for item in result.items
+    ]
+
+
+def query_entry(task_id: str, job: Job | None, position: int | None = None) -> dict:
+    if job is None:
+        # Upstream answered "queued, []" forever (defect #3).
+        return {
+            "task_id": task_id,
+            "status": 2,
+            "result": "[]",
+            "error": "unknown task_id: never submitted to this server, or its record has expired",
+            "progress_text": "",
+        }
+    progress_text = f"{job.stage} {job.progress * 100:.0f}%"
+    if job.state == "queued" and position:
+        progress_text = f"queued (position {position})"
+    return {
+        "task_id": task_id,
+        "status": WIRE_STATUS.get(job.state, 2),
+        "result": json.dumps(result_items(job)),
+        "progress_text": progress_text,
+        "progress": job.progress,
+        "stage": job.stage,
+        "error": job.error,
+    }

@@ -1,0 +1,106 @@
+"""A real ``acestep-api`` process on 127.0.0.1 for tests, and a small client for it."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+KEY = "test-key-123"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    def __init__(self, checkpoint: Path, workdir: Path, dit: str = "acestep-v15-base", **env: str):
+        self.port = free_port()
+        self.workdir = workdir
+        self.results = workdir / "tmp" / "api_audio"
+        self.log = workdir / "server.log"
+        environment = (
+            os.environ
+            | {
+                "ACESTEP_CHECKPOINTS_DIR": str(checkpoint),
+                "ACESTEP_CONFIG_PATH": dit,
+                "ACESTEP_DEVICE": "cpu",
+                "ACESTEP_TMPDIR": str(workdir / "tmp"),
+                "ACESTEP_KEEP_ALIVE": "-1",
+                "ACESTEP_API_KEY": KEY,
+                "NO_PROXY": "127.0.0.1,localhost",
+            }
+            | env
+        )
+        code = "from acestep.cli import api_main; raise SystemExit(api_main())"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code, "--host", "127.0.0.1", "--port", str(self.port)],
+            env=environment,
+            stdout=self.log.open("w"),
+            stderr=subprocess.STDOUT,
+        )
+        self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=120, trust_env=False)
+        self.auth = {"Authorization": f"Bearer {KEY}"}
+        deadline = time.monotonic() + 120
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log.read_text()[-3000:]}")
+            try:
+                if self.client.get("/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server did not start: {self.log.read_text()[-3000:]}")
+            time.sleep(0.2)
+
+    def post(self, path: str, **kwargs) -> httpx.Response:
+        headers = self.auth | kwargs.pop("headers", {})
+        return self.client.post(path, headers=headers, **kwargs)
+
+    def get(self, path: str, **kwargs) -> httpx.Response:
+        headers = self.auth | kwargs.pop("headers", {})
+        return self.client.get(path, headers=headers, **kwargs)
+
+    def release(self, **kwargs) -> str:
+        response = self.post("/release_task", **kwargs)
+        assert response.status_code == 200, response.text
+        return response.json()["data"]["task_id"]
+
+    def query(self, task_id: str) -> dict:
+        response = self.post("/query_result", json={"task_id_list": [task_id]})
+        assert response.status_code == 200, response.text
+        return response.json()["data"][0]
+
+    def wait(self, task_id: str, timeout: float = 300) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            entry = self.query(task_id)
+            if entry["status"] != 0:
+                entry["items"] = json.loads(entry["result"])
+                return entry
+            if time.monotonic() > deadline:
+                raise AssertionError(f"task {task_id} still running: {entry}")
+            time.sleep(0.1)
+
+    def download(self, url: str) -> bytes:
+        response = self.get(url)
+        assert response.status_code == 200, response.text
+        return response.content
+
+    def stop(self) -> None:
+        self.client.close()
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
