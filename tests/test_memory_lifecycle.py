@@ -172,6 +172,40 @@ def test_unload_waits_for_the_running_job_or_is_refused(runner, tmp_path):
         refusing.stop()
 
 
+def test_a_job_guard_wraps_each_job_and_can_refuse_it(runner, tmp_path):
+    """The hook the shared GPU token queue uses: entered before the GPU work, left after it."""
+    import contextlib
+
+    from acestep.worker.dispatcher import GuardError
+
+    events = []
+
+    @contextlib.contextmanager
+    def guard(job):
+        events.append(("enter", job.id, job.state))
+        try:
+            yield
+        finally:
+            events.append(("exit", job.id, job.result is not None))
+
+    dispatcher = Dispatcher(runner, KeepAlivePolicy(default=NEVER))
+    try:
+        dispatcher.job_guard = guard
+        job = dispatcher.submit(request(), tmp_path).wait(60)
+        assert job.state == "succeeded"
+        assert events == [("enter", job.id, "running"), ("exit", job.id, True)]
+
+        def refuse(job):
+            raise GuardError("the GPU queue at http://127.0.0.1:9 is unreachable")
+
+        dispatcher.job_guard = refuse
+        refused = dispatcher.submit(request(), tmp_path).wait(60)
+        assert (refused.state, refused.error_kind) == ("failed", "gpu_queue")
+        assert "unreachable" in refused.error
+    finally:
+        dispatcher.stop()
+
+
 def test_commands_after_shutdown_are_refused_not_left_hanging(runner, tmp_path):
     dispatcher = Dispatcher(runner, KeepAlivePolicy(default=NEVER))
     dispatcher.stop()

@@ -106,6 +106,14 @@ def test_cancel_and_unknown_ids(server):
     slow = {"prompt": "long", "audio_duration": 30, "inference_steps": 200, "batch_size": 1}
     running = server.release(json=slow)
     queued = server.release(json=slow | {"seed": 5})
+    # Progress is per task: the running one reports its own stage and fraction, the other its place.
+    deadline = time.monotonic() + 120
+    while (entry := server.query(running))["stage"] != "diffusion":
+        assert time.monotonic() < deadline and entry["status"] == 0, entry
+        time.sleep(0.05)
+    assert 0.0 <= entry["progress"] < 1.0 and entry["progress_text"].startswith("diffusion")
+    waiting = server.query(queued)
+    assert waiting["stage"] == "queued" and waiting["progress_text"] == "queued (position 1)"
     cancelled = server.post("/v1/cancel", json={"task_id": queued}).json()["data"]
     assert cancelled["outcome"] == "cancelled"
     entry = server.wait(queued)
@@ -129,7 +137,7 @@ def test_health_models_stats(server):
     assert "lego" in models["models"][0]["supported_task_types"]
     stats = server.get("/v1/stats").json()["data"]
     assert stats["queue_maxsize"] == 200 and stats["jobs"]["succeeded"] >= 1
-    assert server.post("/format_input", json={"prompt": "x"}).status_code == 503
+    assert server.post("/format_input", json={"prompt": "x"}).status_code == 400
     sample = server.post("/create_random_sample", json={}).json()["data"]
     assert {"caption", "bpm", "duration"} <= set(sample)
 

@@ -18,6 +18,7 @@ from acestep import __version__
 from acestep.checkpoints.layout import resolve
 from acestep.memory.manager import MemoryManager
 from acestep.serving.config import ServerConfig
+from acestep.serving.gpu_tokens import GpuTokenClient, GpuTokenSettings
 from acestep.serving.jobs import LocalJobQueue
 from acestep.worker.runner import EngineSpec
 
@@ -36,12 +37,21 @@ def create_app(config: ServerConfig, manager: MemoryManager | None = None) -> Fa
             mm, config.results_dir, config.queue_maxsize, config.result_ttl_s, config.cleanup_interval_s
         )
         app.state.manager, app.state.queue = mm, queue
+        tokens = GpuTokenSettings.from_env()
+        token_client = GpuTokenClient(tokens) if tokens else None
+        if token_client is not None:
+            mm.dispatcher.job_guard = lambda job: token_client.hold(
+                job.id, {"task_type": job.request.task_type}
+            )
+            logger.info(f"GPU token queue: {tokens.url} ({tokens.tokens} tokens a job)")
         logger.info(f"acestep-api serving {paths.dit_name} on http://{config.host}:{config.port}")
         try:
             yield
         finally:
             queue.close()
             mm.close()
+            if token_client is not None:
+                token_client.close()
 
     app = FastAPI(title="acestep", version=__version__, lifespan=lifespan)
     app.state.config = config

@@ -226,7 +226,8 @@ async def stats(request: Request) -> dict:
 async def format_input(request: Request) -> dict:
     fields, _ = await read_body(request)
     auth.check(request, fields.pop("ai_token", None))
-    raise HTTPException(503, "format_input needs the 5Hz LM, which this server does not run")
+    # A 4xx like release_task's refusal of LM features: the request asks for what is not configured.
+    raise HTTPException(400, "format_input needs the 5Hz LM, which this server does not run")
 
 
 @router.post("/create_random_sample")

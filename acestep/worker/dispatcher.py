@@ -15,6 +15,7 @@ import traceback
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,10 @@ from acestep.memory.report import MemoryReport
 from acestep.worker.runner import JobError
 
 POLL_S = 0.5  # longest sleep between keep-alive checks (the clock may be a test's fake clock)
+
+
+class GuardError(RuntimeError):
+    """A job guard refused to let the job run (the job fails with this message)."""
 
 
 class BusyError(RuntimeError):
@@ -82,6 +87,8 @@ class Dispatcher:
         self.timer = IdleTimer(clock)
         self.refuse_unload_when_busy = refuse_unload_when_busy
         self.on_report = on_report or (lambda report, reason: None)
+        # Wraps each job's GPU work (e.g. holding tokens of a shared GPU queue); None = nothing.
+        self.job_guard: Callable[[Job], AbstractContextManager] | None = None
         self._cond = threading.Condition()
         self._jobs: deque[Job] = deque()
         self._commands: deque[_Command] = deque()
@@ -255,7 +262,8 @@ class Dispatcher:
             job.stage, job.progress = stage, float(fraction)
 
         try:
-            job.result = self.runner.generate(job.request, job.output_dir, progress)
+            with self.job_guard(job) if self.job_guard else nullcontext():
+                job.result = self.runner.generate(job.request, job.output_dir, progress)
             job.state, job.progress, job.stage = "succeeded", 1.0, "done"
             load = self.runner.take_job_load()
             if load is not None:
@@ -264,6 +272,8 @@ class Dispatcher:
             job.fail(str(exc), exc.kind)
             if exc.kind == "crash":
                 self._replace_worker()
+        except GuardError as exc:  # e.g. the shared GPU queue is down or timed out
+            job.fail(str(exc), "gpu_queue")
         except Exception as exc:  # a bug, not the user's input: keep the worker loop alive
             traceback.print_exception(exc)
             job.fail(f"internal error: {exc}", "internal")
