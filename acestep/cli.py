@@ -266,11 +266,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _api_parser() -> argparse.ArgumentParser:
-    import os
 
     p = argparse.ArgumentParser(prog="acestep-api", description="ACE-Step 1.5 REST API (upstream-compatible)")
-    p.add_argument("--host", default=os.environ.get("ACESTEP_API_HOST", "127.0.0.1"))
-    p.add_argument("--port", type=int, default=int(os.environ.get("ACESTEP_API_PORT", "8001")))
+    p.add_argument("--host", default=None, help="default: ACESTEP_API_HOST or 127.0.0.1")
+    p.add_argument("--port", type=int, default=None, help="default: ACESTEP_API_PORT or 8001")
     p.add_argument("--api-key", default=None, help="require this key (Bearer header or ai_token)")
     p.add_argument("--checkpoint", default=None, help="checkpoints root (default: ACESTEP_CHECKPOINTS_DIR)")
     p.add_argument("--config-path", "--dit", default=None, dest="dit", help="DiT folder name")
@@ -298,7 +297,11 @@ def api_main(argv: list[str] | None = None) -> int:
         )
         return 2
     from acestep.checkpoints import CheckpointError
+    from acestep.serving.config import prepare_environment
 
+    prepare_environment()
+    if args.download_source and args.download_source != "auto":
+        os.environ["ACESTEP_DOWNLOAD_SOURCE"] = args.download_source
     # The memory manager and the worker process read these settings from the environment.
     os.environ.update({k: v for k, v in _memory_env(args).items() if k.startswith(("ACESTEP_", "MAX_CUDA"))})
     if args.keep_alive is not None:

@@ -270,6 +270,9 @@ def test_no_command_points_to_generate(capsys) -> None:
 def test_api_refuses_an_open_public_bind_and_a_missing_checkpoint(tmp_path: Path, capsys, monkeypatch):
     monkeypatch.delenv("ACESTEP_API_KEY", raising=False)
     monkeypatch.delenv("ACESTEP_AUTH", raising=False)
+    for name in ("TMPDIR", "TEMP", "TMP"):  # the server points temporary files at ACESTEP_TMPDIR
+        monkeypatch.setenv(name, str(tmp_path))
+    monkeypatch.setenv("ACESTEP_TMPDIR", str(tmp_path / "acestep-tmp"))
     assert cli.api_main(["--host", "0.0.0.0", "--checkpoint", str(tmp_path)]) == 2
     assert "without an API key" in capsys.readouterr().err
     assert cli.api_main(["--checkpoint", str(tmp_path / "none")]) == 1

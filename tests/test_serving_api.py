@@ -138,8 +138,12 @@ def test_health_models_stats(server):
     stats = server.get("/v1/stats").json()["data"]
     assert stats["queue_maxsize"] == 200 and stats["jobs"]["succeeded"] >= 1
     assert server.post("/format_input", json={"prompt": "x"}).status_code == 400
-    sample = server.post("/create_random_sample", json={}).json()["data"]
-    assert {"caption", "bpm", "duration"} <= set(sample)
+    simple = server.post("/create_random_sample", json={}).json()["data"]
+    assert set(simple) == {"description", "instrumental", "vocal_language"}  # upstream's default type
+    full = server.post("/create_random_sample", json={"sample_type": "text2music"}).json()["data"]
+    assert {"caption", "bpm", "duration", "keyscale"} <= set(full)
+    assert server.client.get("/openapi.json").status_code == 401  # the docs are behind the key too
+    assert "/lego" in server.get("/openapi.json").json()["paths"]
 
 
 def test_a_full_queue_answers_429_with_retry_after(upstream_base, tmp_path):

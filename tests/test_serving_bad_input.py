@@ -42,6 +42,7 @@ def detail(response) -> str:
         ),
         ({"json": {"task_type": "remix"}}, 400, "unknown task_type 'remix'"),
         ({"json": {"audio_duration": 10000}}, 400, "audio_duration"),
+        ({"json": {"audio_duration": -5}}, 400, "positive seconds, or -1"),
         ({"json": {"audio_duration": "long"}}, 400, "audio_duration"),
         ({"json": {"batch_size": 0}}, 400, "batch_size"),
         ({"json": {"batch_size": 64}}, 400, "batch_size"),
@@ -188,3 +189,39 @@ def test_the_server_still_serves_after_all_of_that(server):
     entry = server.wait(server.release(json={"prompt": "still here", "audio_duration": 6, "batch_size": 1}))
     assert entry["status"] == 1
     assert Path(server.log).exists() and "Traceback" not in server.log.read_text()
+
+
+def test_oversized_bodies_are_refused_before_they_are_read(server):
+    import socket
+
+    limit = 2 * 2**20 + 4 * 2**20  # two 1 MB uploads plus form slack, as the server computes it
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        head = (
+            f"POST /release_task HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {limit + 1}\r\nAuthorization: Bearer {KEY}\r\n\r\n"
+        )
+        sock.sendall(head.encode() + b"{")  # a declared giant body; the answer comes before it
+        answer = sock.recv(4096).decode()
+    assert answer.startswith("HTTP/1.1 413") and "request body over" in answer
+    streamed = server.post(  # no Content-Length (chunked): counted as it streams
+        "/release_task", content=iter([b"a" * 2**20] * 8), headers={"content-type": "application/json"}
+    )
+    assert streamed.status_code == 413
+
+
+def test_hostile_values_are_4xx_not_5xx(server):
+    deep = "[" * 100_000 + "]" * 100_000
+    assert (
+        server.post("/release_task", content=deep, headers={"content-type": "application/json"}).status_code
+        == 400
+    )
+    assert server.post("/release_task", json={"param_obj": deep}).status_code == 400
+    assert server.post("/query_result", json={"task_id_list": deep}).status_code == 400
+    lone = server.client.post(
+        "/query_result",
+        content='{"task_id_list": [], "ai_token": "\\ud800"}',
+        headers={"content-type": "application/json"},
+    )
+    assert lone.status_code == 401
+    long_name = server.results / ("a" * 300 + ".wav")
+    assert server.get("/v1/audio", params={"path": str(long_name)}).status_code == 404

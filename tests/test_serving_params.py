@@ -85,13 +85,8 @@ ALIASES: dict[str, tuple[list[str], Any, Check, Any]] = {
         _lm("constrained_decoding_debug"),
         True,
     ),
-    "use_cot_caption": (["cot_caption", "cot-caption"], "true", lambda p: p.lm_features, ["use_cot_caption"]),
-    "use_cot_language": (
-        ["cot_language", "cot-language"],
-        "y",
-        lambda p: p.lm_features,
-        ["use_cot_language"],
-    ),
+    "use_cot_caption": (["cot_caption", "cot-caption"], "true", _ignored("use_cot_caption"), True),
+    "use_cot_language": (["cot_language", "cot-language"], "y", _ignored("use_cot_language"), True),
     "is_format_caption": (["isFormatCaption"], "true", _ignored("is_format_caption"), True),
     "allow_lm_batch": (["allowLmBatch", "parallel_thinking"], "no", _lm("allow_lm_batch"), False),
 }
@@ -396,12 +391,10 @@ def test_upstream_defaults_do_not_ask_for_the_lm() -> None:
 
 def test_explicit_true_switches_ask_for_the_lm_in_a_fixed_order() -> None:
     body = {"use_cot_language": "true", "thinking": "true", "use_format": True, "cot_caption": "1"}
-    assert parse_release_params(body).lm_features == [
-        "thinking",
-        "use_format",
-        "use_cot_caption",
-        "use_cot_language",
-    ]
+    params = parse_release_params(body)
+    assert params.lm_features == ["thinking", "use_format"]
+    # Optional LM features never require the LM (upstream drops them when it has none).
+    assert {"use_cot_caption", "use_cot_language"} <= set(params.ignored)
 
 
 def test_a_non_empty_sample_query_means_sample_mode_once() -> None:

@@ -174,6 +174,11 @@ class GenerationRequest(BaseModel):
     def _duration(cls, value: float) -> float:
         if value > MAX_DURATION_S:
             raise ValueError(f"audio_duration must be at most {MAX_DURATION_S:.0f} s, got {value}")
+        if value < 0 and value != -1:
+            # -1 (and 0) mean "automatic", as upstream; other negatives are mistakes, not requests.
+            raise ValueError(f"audio_duration must be positive seconds, or -1 for automatic, got {value}")
+        if value != value:  # NaN
+            raise ValueError("audio_duration must be a number of seconds")
         return value
 
     @field_validator("audio_format")

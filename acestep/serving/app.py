@@ -20,6 +20,7 @@ from acestep.memory.manager import MemoryManager
 from acestep.serving.config import ServerConfig
 from acestep.serving.gpu_tokens import GpuTokenClient, GpuTokenSettings
 from acestep.serving.jobs import LocalJobQueue
+from acestep.serving.limits import BodyLimitMiddleware
 from acestep.worker.runner import EngineSpec
 
 
@@ -53,8 +54,14 @@ def create_app(config: ServerConfig, manager: MemoryManager | None = None) -> Fa
             if token_client is not None:
                 token_client.close()
 
-    app = FastAPI(title="acestep", version=__version__, lifespan=lifespan)
+    # With a key, the API docs are behind it too (every route but /health needs the key).
+    docs = {} if not config.api_key else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    app = FastAPI(title="acestep", version=__version__, lifespan=lifespan, **docs)
     app.state.config = config
+    # Two uploads at the limit plus form fields; anything larger is refused before it is read.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=2 * config.max_upload_bytes + 4 * 2**20)
+    if config.api_key:
+        _protected_docs(app)
     app.state.model_name = paths.dit_name
     app.state.variant = paths.variant
     if config.cors_origins:
@@ -80,3 +87,25 @@ def create_app(config: ServerConfig, manager: MemoryManager | None = None) -> Fa
     app.include_router(routes_admin.router)
     app.include_router(routes_lego.router)
     return app
+
+
+def _protected_docs(app: FastAPI) -> None:
+    """/openapi.json, /docs and /redoc behind the API key (send it as a Bearer header)."""
+    from fastapi import Depends
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+
+    from acestep.serving import auth
+
+    guard = [Depends(auth.require_key)]
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=guard)
+    async def openapi() -> dict:
+        return app.openapi()
+
+    @app.get("/docs", include_in_schema=False, dependencies=guard)
+    async def docs():
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="acestep API")
+
+    @app.get("/redoc", include_in_schema=False, dependencies=guard)
+    async def redoc():
+        return get_redoc_html(openapi_url="/openapi.json", title="acestep API")

@@ -12,7 +12,10 @@ from fastapi import HTTPException, Request
 
 
 def _matches(given: str, key: str) -> bool:
-    return hmac.compare_digest(given.encode(), key.encode())
+    try:
+        return hmac.compare_digest(given.encode(), key.encode())
+    except UnicodeEncodeError:  # e.g. a lone surrogate: cannot be the key
+        return False
 
 
 def header_token(request: Request) -> str | None:

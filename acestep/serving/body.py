@@ -16,7 +16,7 @@ async def read_body(request: Request) -> tuple[dict, dict[str, UploadFile]]:
     content_type = request.headers.get("content-type", "").lower()
     if "multipart/form-data" in content_type or "application/x-www-form-urlencoded" in content_type:
         try:
-            form = await request.form()
+            form = await request.form(max_files=4, max_fields=200)
         except Exception as exc:  # python-multipart raises several types for a broken body
             raise HTTPException(400, f"malformed form body: {exc}") from None
         fields: dict = {}
@@ -36,7 +36,7 @@ async def read_body(request: Request) -> tuple[dict, dict[str, UploadFile]]:
             return {}, {}
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as exc:
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
             hint = "" if "json" in content_type else " (send Content-Type: application/json)"
             raise HTTPException(400, f"invalid JSON body: {exc}{hint}") from None
         if not isinstance(data, dict):

@@ -105,3 +105,40 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def load_dotenv(path: Path) -> list[str]:
+    """Upstream's ``.env``: KEY=VALUE lines (``#`` comments, optional quotes), never overriding a
+    variable that is already set. Returns the names it set."""
+    if not path.is_file():
+        return []
+    added = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.removeprefix("export ").partition("=")
+        key, value = key.strip(), value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        if key and key not in os.environ:
+            os.environ[key] = value
+            added.append(key)
+    return added
+
+
+def prepare_environment() -> Path:
+    """Before the server starts: ``.env`` from the project root, and temporary files (including
+    the upload spool) under ``ACESTEP_TMPDIR`` (which wins over TMPDIR/TEMP/TMP, as upstream)."""
+    import tempfile
+
+    root = _project_root(os.environ)
+    load_dotenv(root / ".env")
+    explicit = os.environ.get("ACESTEP_TMPDIR")
+    tmp_root = Path(explicit or root / ".cache" / "acestep" / "tmp").expanduser()
+    tmp_root.mkdir(parents=True, exist_ok=True)
+    for name in ("TMPDIR", "TEMP", "TMP"):
+        if explicit or name not in os.environ:
+            os.environ[name] = str(tmp_root)
+    tempfile.tempdir = None  # forget a cached default so the new one is used
+    return tmp_root

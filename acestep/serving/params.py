@@ -197,6 +197,7 @@ def parse_release_params(raw: Mapping[str, Any]) -> ReleaseParams:
     features = _features(sent)
     lm_options = {s.name: sent[s.name] for s in (*LM_FEATURES, *LM_KNOBS) if s.name in sent}
     ignored = [s.name for s in NO_EFFECT if s.name in sent]
+    ignored += [name for name in OPTIONAL_LM if sent.get(name) is True]
     if not features:  # sampling knobs for an LM that will not run
         ignored += [s.name for s in LM_KNOBS if s.name in sent]
     ignored += [key for key in raw if key not in _KNOWN_KEYS]
@@ -215,7 +216,7 @@ def parse_task_id_list(value: Any) -> list[str]:
     if isinstance(value, str):
         try:
             value = json.loads(value)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             raise ParamError(
                 "task_id_list", 'task_id_list must be a JSON array of task ids, e.g. ["<task id>"]'
             ) from None
@@ -244,8 +245,10 @@ def _as_dict(name: str, value: Any) -> Mapping[str, Any]:
     if isinstance(value, str):
         try:
             value = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise ParamError(name, f"{name} is not valid JSON: {exc.msg}") from None
+        except (ValueError, RecursionError) as exc:
+            raise ParamError(
+                name, f"{name} is not valid JSON: {getattr(exc, 'msg', 'nested too deeply')}"
+            ) from None
     if not isinstance(value, Mapping):
         raise ParamError(name, f"{name} must be an object, got {type(value).__name__}")
     return value
@@ -373,7 +376,7 @@ def _to_timesteps(label: str, value: Any) -> list[float]:
         if text.startswith("["):
             try:
                 value = json.loads(text)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):
                 raise ParamError("timesteps", f"{label} is not a valid JSON list: {text!r}") from None
         else:
             value = [part for part in text.split(",") if part.strip()]
@@ -386,7 +389,7 @@ def _to_classes(label: str, value: Any) -> list[str] | str:
     if isinstance(value, str) and value.strip().startswith("["):
         try:
             value = json.loads(value)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             raise ParamError("track_classes", f"{label} is not a valid JSON list: {value!r}") from None
     if isinstance(value, str):
         return value
@@ -414,8 +417,13 @@ def _features(sent: dict[str, Any]) -> list[str]:
     features = [name for name in ("thinking", "sample_mode") if sent.get(name) is True]
     if "sample_mode" not in features and str(sent.get("sample_query") or "").strip():
         features.append("sample_mode")  # a non-empty query implies sample mode (upstream)
-    names = ("use_format", "analysis_only", "full_analysis_only", "use_cot_caption", "use_cot_language")
+    names = ("use_format", "analysis_only", "full_analysis_only")
     return features + [name for name in names if sent.get(name) is True]
+
+
+# Optional LM features: upstream drops them silently when no LM runs, and wrappers send them
+# (upstream's documented defaults are true), so they are listed as having no effect, not refused.
+OPTIONAL_LM = ("use_cot_caption", "use_cot_language")
 
 
 def _ai_token(raw: Mapping[str, Any]) -> str | None:

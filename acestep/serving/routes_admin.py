@@ -6,18 +6,26 @@ the event loop keeps serving.
 
 from __future__ import annotations
 
+import anyio
 from fastapi import APIRouter, Depends, HTTPException, Request
-from starlette.concurrency import run_in_threadpool
 
 from acestep.serving import auth
 from acestep.serving.body import read_body
+from acestep.serving.routes_compat import body_schema
 from acestep.serving.wire import envelope
 from acestep.worker.dispatcher import BusyError
 
 router = APIRouter(dependencies=[Depends(auth.require_key)])
+# Loads and unloads wait for the running job; their own small thread pool keeps many of them from
+# taking every worker thread (uploads and downloads need those).
+_WAITERS = anyio.CapacityLimiter(4)
 
 
-@router.post("/unload")
+async def _wait(function, *args):
+    return await anyio.to_thread.run_sync(function, *args, limiter=_WAITERS)
+
+
+@router.post("/unload", openapi_extra=body_schema({"level": {"type": "string", "enum": ["park", "free"]}}))
 async def unload(request: Request) -> dict:
     """Body (optional): ``{"level": "park" | "free"}`` (default free). Returns the measured report."""
     fields, _ = await read_body(request)
@@ -25,7 +33,7 @@ async def unload(request: Request) -> dict:
     if level not in ("park", "free"):
         raise HTTPException(400, f"level must be park or free, got {level!r}")
     try:
-        report = await run_in_threadpool(request.app.state.manager.unload, level)
+        report = await _wait(request.app.state.manager.unload, level)
     except BusyError as exc:
         raise HTTPException(409, str(exc)) from None
     return envelope(report)
@@ -34,7 +42,7 @@ async def unload(request: Request) -> dict:
 @router.post("/v1/load")
 async def load(request: Request) -> dict:
     """Warm the model up (after the running job); returns the measured load report."""
-    report = await run_in_threadpool(request.app.state.manager.load)
+    report = await _wait(request.app.state.manager.load)
     return envelope(report)
 
 
@@ -43,7 +51,7 @@ async def memory(request: Request) -> dict:
     return envelope(request.app.state.manager.get_status())
 
 
-@router.post("/v1/cancel")
+@router.post("/v1/cancel", openapi_extra=body_schema({"task_id": {"type": "string"}}, ["task_id"]))
 async def cancel(request: Request) -> dict:
     fields, _ = await read_body(request)
     task_id = str(fields.get("task_id") or "")

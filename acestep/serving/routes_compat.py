@@ -10,6 +10,7 @@ import soundfile as sf
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import FileResponse
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from acestep import __version__
 from acestep.engine.request import GenerationRequest
@@ -47,6 +48,14 @@ EXAMPLES = (
         "timesignature": "4",
     },
 )
+SIMPLE_EXAMPLES = (
+    {"description": "a calm piano piece for a rainy evening", "instrumental": True, "vocal_language": "en"},
+    {
+        "description": "an upbeat pop song about summer road trips",
+        "instrumental": False,
+        "vocal_language": "en",
+    },
+)
 GENERATION_REQUEST_SCHEMA = {
     "requestBody": {
         "content": {
@@ -54,6 +63,12 @@ GENERATION_REQUEST_SCHEMA = {
         }
     }
 }
+
+
+def body_schema(properties: dict, required: list[str] = (), content: str = "application/json") -> dict:
+    """An OpenAPI request body for routes that parse their own bodies (docs and fuzzing read it)."""
+    schema = {"type": "object", "properties": properties, "required": list(required)}
+    return {"requestBody": {"content": {content: {"schema": schema}}}}
 
 
 def validation_message(exc: ValidationError) -> str:
@@ -90,7 +105,7 @@ async def build_request(
                     upload, config.uploads_dir, config.max_upload_bytes, prefix=f"{names[0]}_"
                 )
                 saved.append(path)
-                check_audio(path, names[0])
+                await run_in_threadpool(check_audio, path, names[0])
                 values[field] = str(path)
             elif values.get(field):
                 values[field] = str(confine(values[field], config.input_roots, field))
@@ -163,7 +178,12 @@ async def release_task(request: Request) -> dict:
     return envelope({"task_id": job.id, "status": "queued", "queue_position": position, "warnings": warnings})
 
 
-@router.post("/query_result")
+@router.post(
+    "/query_result",
+    openapi_extra=body_schema(
+        {"task_id_list": {"type": "array", "items": {"type": "string"}}}, ["task_id_list"]
+    ),
+)
 async def query_result(request: Request) -> dict:
     fields, _ = await read_body(request)
     auth.check(request, fields.pop("ai_token", None))
@@ -182,7 +202,11 @@ async def audio(request: Request, path: str) -> FileResponse:
         file = confine(path, [results], "path")
     except UploadError:
         raise HTTPException(403, "Access denied: path outside allowed directory") from None
-    if not file.is_file():
+    try:
+        found = file.is_file()
+    except OSError:  # e.g. a name too long for the filesystem
+        found = False
+    if not found:
         raise HTTPException(404, "Audio file not found")
     return FileResponse(file, media_type=MEDIA_TYPES.get(file.suffix.lower(), "application/octet-stream"))
 
@@ -234,4 +258,6 @@ async def format_input(request: Request) -> dict:
 async def create_random_sample(request: Request) -> dict:
     fields, _ = await read_body(request)
     auth.check(request, fields.pop("ai_token", None))
+    if str(fields.get("sample_type") or "simple_mode") == "simple_mode":
+        return envelope(dict(random.choice(SIMPLE_EXAMPLES)))
     return envelope(dict(random.choice(EXAMPLES)))

@@ -9,18 +9,27 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 
 import soundfile as sf
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from acestep.engine.request import GenerationRequest
 from acestep.engine.tasks import TRACK_NAMES
 from acestep.serving import auth
 from acestep.serving.body import read_body
-from acestep.serving.routes_compat import MEDIA_TYPES, _discard, check_audio, submit, validation_message
+from acestep.serving.routes_compat import (
+    MEDIA_TYPES,
+    _discard,
+    body_schema,
+    check_audio,
+    submit,
+    validation_message,
+)
 from acestep.serving.uploads import UploadError, save_upload
 from acestep.serving.wire import audio_url, envelope, result_items
 
@@ -40,7 +49,25 @@ def default_caption(track: str) -> str:
     return DEFAULT_CAPTIONS.get(track, f"{track.replace('_', ' ')}, clean, well played, fits the mix")
 
 
-@router.post("/lego")
+LEGO_FORM = {
+    "audio_file": {"type": "string", "format": "binary"},
+    "track_type": {"type": "string", "enum": list(TRACK_NAMES)},
+    "bpm": {"type": "integer", "minimum": 30, "maximum": 300},
+    "key_scale": {"type": "string"},
+    "audio_duration": {"type": "number"},
+    "batch_size": {"type": "integer", "minimum": 1, "maximum": 8},
+    "caption": {"type": "string"},
+    "seed": {"type": "integer"},
+    "format": {"type": "string", "enum": ["wav", "wav32", "flac", "mp3"]},
+    "keep_alive": {"type": "string"},
+    "response": {"type": "string", "enum": ["audio", "json"]},
+}
+
+
+@router.post(
+    "/lego",
+    openapi_extra=body_schema(LEGO_FORM, ["audio_file", "track_type", "bpm"], "multipart/form-data"),
+)
 async def lego(request: Request):
     fields, files = await read_body(request)
     auth.check(request, fields.pop("ai_token", None))
@@ -58,7 +85,7 @@ async def lego(request: Request):
     except UploadError as exc:
         raise HTTPException(exc.status, str(exc)) from None
     try:
-        check_audio(path, "audio_file")
+        await run_in_threadpool(check_audio, path, "audio_file")
     except UploadError as exc:
         _discard([path])
         raise HTTPException(exc.status, str(exc)) from None
@@ -67,14 +94,17 @@ async def lego(request: Request):
     except HTTPException:
         _discard([path])
         raise
+    queue = request.app.state.queue
     job = submit(request, generation, [path])
-    waited = 0.0
-    while not job.done.is_set():
-        if waited > TIMEOUT_S:
-            request.app.state.queue.cancel(job.id)
+    deadline = time.monotonic() + TIMEOUT_S
+    while (job := queue.get(job.id) or job).state in ("queued", "running"):
+        if await request.is_disconnected():  # nobody will read the stem: free the GPU for others
+            queue.cancel(job.id)
+            raise HTTPException(499, "client disconnected; the job was cancelled")
+        if time.monotonic() > deadline:
+            queue.cancel(job.id)
             raise HTTPException(504, f"Generation timeout after {TIMEOUT_S:.0f} s (task {job.id})")
         await asyncio.sleep(0.05)
-        waited += 0.05
     if job.state != "succeeded":
         raise HTTPException(FAILURE_STATUS.get(job.error_kind, 500), f"lego failed: {job.error}")
     if str(fields.get("response") or request.query_params.get("response") or "").lower() == "json":

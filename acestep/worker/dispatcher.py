@@ -263,6 +263,8 @@ class Dispatcher:
 
         try:
             with self.job_guard(job) if self.job_guard else nullcontext():
+                if job.cancel_requested:  # cancelled while the guard waited (e.g. for GPU tokens)
+                    raise JobError("cancelled", "cancelled by request")
                 job.result = self.runner.generate(job.request, job.output_dir, progress)
             job.state, job.progress, job.stage = "succeeded", 1.0, "done"
             load = self.runner.take_job_load()
@@ -286,12 +288,13 @@ class Dispatcher:
 
     def _finish(self, job: Job) -> None:
         job.finished = time.time()
-        job.done.set()
+        # Hooks (e.g. deleting the uploads) run before waiters are woken, so they see them done.
         for callback in job.on_done:
             try:
                 callback(job)
             except Exception as exc:  # cleanup hooks must not break the loop
                 logger.error(f"job {job.id} completion hook failed: {exc}")
+        job.done.set()
 
     def _report(self, report: MemoryReport, reason: str) -> None:
         try:
@@ -309,10 +312,15 @@ class Dispatcher:
             logger.error(f"could not restart the GPU worker: {exc}")
 
     def stop(self, unload: bool = True) -> None:
-        """Finish queued work, then stop the loop (and free the runner)."""
+        """Let the running job finish, fail the queued ones ("shutting down"), stop the loop and
+        free the runner. A server stopping must not run hundreds of queued jobs first."""
         with self._cond:
             self._stopping = True
+            queued, self._jobs = list(self._jobs), deque()
             self._cond.notify_all()
+        for job in queued:
+            job.fail("the server is shutting down; submit the job again", "cancelled")
+            self._finish(job)
         self._thread.join()
         with self._cond:
             leftovers, self._commands = list(self._commands), deque()
