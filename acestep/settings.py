@@ -45,3 +45,17 @@ def parse_bool_setting(name: str, value: str | None) -> bool | None:
     if word in FALSE_WORDS:
         return False
     raise ValueError(f"{name} must be true/false/auto, got {value!r}")
+
+
+def env_int(env, name: str, default: int, minimum: int = 0) -> int:
+    """An integer setting: unset or blank = ``default``; anything else must parse and be >= minimum."""
+    value = (env.get(name) or "").strip()
+    if not value:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {value!r}") from None
+    if number < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {number}")
+    return number

@@ -12,7 +12,6 @@ and throughput with many concurrent clients.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import httpx
 import uvicorn
-from _common import git_commit
+from _common import git_commit, write_report
 
 from acestep.engine.request import GenerationRequest, GenerationResult
 from acestep.memory.gpus import StaticSource
@@ -141,9 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             "done_ms_p95": pct([r["done"] for r in results], 95),
         },
     }
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    write_report(report, args.json)
     return 0
 
 

@@ -18,7 +18,6 @@ encoder; the tokenizer is the tiny byte-level one, which only changes token ids)
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import threading
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import soundfile as sf
 import torch
-from _common import git_commit
+from _common import git_commit, write_report
 
 from acestep import GenerationRequest
 from acestep.memory.gpus import default_source
@@ -186,9 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             run_plan("MAX_CUDA_VRAM=4 (tier1)", root, source_wav, base_env | {"MAX_CUDA_VRAM": "4"}, args),
         ],
     }
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    write_report(report, args.json)
     return 0
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from acestep import settings
+from acestep.settings import env_int
 
 LOOPBACK_NAMES = ("localhost",)
 
@@ -20,19 +21,6 @@ class UnsafeBindError(RuntimeError):
 def _project_root(env: Mapping[str, str]) -> Path:
     root = env.get("ACESTEP_PROJECT_ROOT")
     return Path(root).expanduser() if root else Path.cwd()
-
-
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
-    value = env.get(name)
-    if value is None or not value.strip():
-        return default
-    try:
-        number = int(value)
-    except ValueError:
-        raise ValueError(f"{name} must be an integer, got {value!r}") from None
-    if number < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, got {number}")
-    return number
 
 
 @dataclass
@@ -58,23 +46,23 @@ class ServerConfig:
         env = os.environ if env is None else env
         root = _project_root(env)
         tmp_root = Path(env.get("ACESTEP_TMPDIR") or root / ".cache" / "acestep" / "tmp").expanduser()
-        upload_mb = _int(env, "ACESTEP_MAX_UPLOAD_MB", 100, minimum=1)
+        upload_mb = env_int(env, "ACESTEP_MAX_UPLOAD_MB", 100, minimum=1)
         config = cls(
             host=env.get("ACESTEP_API_HOST") or "127.0.0.1",
-            port=_int(env, "ACESTEP_API_PORT", 8001, minimum=0),
+            port=env_int(env, "ACESTEP_API_PORT", 8001, minimum=0),
             api_key=env.get("ACESTEP_API_KEY") or None,
             auth_disabled=(env.get("ACESTEP_AUTH") or "").strip().lower() == "off",
             checkpoint=str(settings.checkpoints_dir()),
             dit=settings.dit_name(),
-            queue_maxsize=_int(env, "ACESTEP_QUEUE_MAXSIZE", 200, minimum=1),
+            queue_maxsize=env_int(env, "ACESTEP_QUEUE_MAXSIZE", 200, minimum=1),
             results_dir=tmp_root / "api_audio",
             uploads_dir=tmp_root / "uploads",
             allowed_paths=[
                 Path(p).expanduser() for p in (env.get("ACESTEP_ALLOWED_PATHS") or "").split(os.pathsep) if p
             ],
             max_upload_bytes=upload_mb * 2**20,
-            result_ttl_s=_int(env, "ACESTEP_RESULT_TTL", 86400),
-            cleanup_interval_s=_int(env, "ACESTEP_CLEANUP_INTERVAL", 300, minimum=1),
+            result_ttl_s=env_int(env, "ACESTEP_RESULT_TTL", 86400),
+            cleanup_interval_s=env_int(env, "ACESTEP_CLEANUP_INTERVAL", 300, minimum=1),
             cors_origins=[o.strip() for o in (env.get("ACESTEP_CORS_ORIGINS") or "").split(",") if o.strip()],
             in_process_worker=(env.get("ACESTEP_WORKER") or "").lower() == "inprocess",
         )

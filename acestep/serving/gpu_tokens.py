@@ -28,6 +28,7 @@ from urllib.parse import quote
 import httpx
 from loguru import logger
 
+from acestep.settings import env_int
 from acestep.worker.dispatcher import GuardError
 
 # Statuses meaning "the claim is granted": `ready` still has to be marked started, `processing` already is.
@@ -47,19 +48,6 @@ class GpuTokenError(GuardError):
 
 class _Unavailable(Exception):
     """Internal: the queue did not answer (transport error or 5xx); fail_open decides what happens."""
-
-
-def _env_int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
-    value = (env.get(name) or "").strip()
-    if not value:
-        return default
-    try:
-        number = int(value)
-    except ValueError:
-        raise ValueError(f"{name} must be an integer, got {value!r}") from None
-    if number < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, got {number}")
-    return number
 
 
 def _env_seconds(env: Mapping[str, str], name: str, default: float) -> float:
@@ -114,7 +102,7 @@ class GpuTokenSettings:
             raise ValueError(f"ACESTEP_GPU_QUEUE_URL must start with http:// or https://, got {url!r}")
         return cls(
             url=url,
-            tokens=_env_int(env, "ACESTEP_GPU_QUEUE_TOKENS", cls.tokens, minimum=1),
+            tokens=env_int(env, "ACESTEP_GPU_QUEUE_TOKENS", cls.tokens, minimum=1),
             timeout_s=_env_seconds(env, "ACESTEP_GPU_QUEUE_TIMEOUT", cls.timeout_s),
             fail_open=_env_bool(env, "ACESTEP_GPU_QUEUE_FAIL_OPEN", cls.fail_open),
         )
