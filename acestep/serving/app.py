@@ -47,7 +47,11 @@ def create_app(config: ServerConfig, manager: MemoryManager | None = None) -> Fa
             logger.info(f"GPU token queue: {tokens.url} ({tokens.tokens} tokens a job)")
         logger.info(f"acestep-api serving {paths.dit_name} on http://{config.host}:{config.port}")
         try:
-            yield
+            if mcp_server is not None:
+                async with mcp_server.session_manager.run():
+                    yield
+            else:
+                yield
         finally:
             queue.close()
             mm.close()
@@ -62,6 +66,7 @@ def create_app(config: ServerConfig, manager: MemoryManager | None = None) -> Fa
     app.add_middleware(BodyLimitMiddleware, max_bytes=2 * config.max_upload_bytes + 4 * 2**20)
     if config.api_key:
         _protected_docs(app)
+    mcp_server = _mount_mcp(app, config)
     app.state.model_name = paths.dit_name
     app.state.variant = paths.variant
     if config.cors_origins:
@@ -109,3 +114,15 @@ def _protected_docs(app: FastAPI) -> None:
     @app.get("/redoc", include_in_schema=False, dependencies=guard)
     async def redoc():
         return get_redoc_html(openapi_url="/openapi.json", title="acestep API")
+
+
+def _mount_mcp(app: FastAPI, config: ServerConfig):
+    """The MCP tools at /mcp/ when the ``mcp`` package is installed (the ``mcp`` extra)."""
+    if not config.enable_mcp:
+        return None
+    try:
+        from acestep.mcp.mount import mount_mcp
+    except ImportError:
+        logger.info("MCP tools not mounted: install acestep[mcp]")
+        return None
+    return mount_mcp(app, config.api_key)

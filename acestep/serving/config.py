@@ -40,6 +40,7 @@ class ServerConfig:
     cleanup_interval_s: int = 300
     cors_origins: list[str] = field(default_factory=list)
     in_process_worker: bool = False
+    enable_mcp: bool = True  # mount the MCP tools at /mcp/ (ACESTEP_MCP=off to leave them out)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> ServerConfig:
@@ -65,6 +66,7 @@ class ServerConfig:
             cleanup_interval_s=env_int(env, "ACESTEP_CLEANUP_INTERVAL", 300, minimum=1),
             cors_origins=[o.strip() for o in (env.get("ACESTEP_CORS_ORIGINS") or "").split(",") if o.strip()],
             in_process_worker=(env.get("ACESTEP_WORKER") or "").lower() == "inprocess",
+            enable_mcp=(env.get("ACESTEP_MCP") or "on").strip().lower() not in ("0", "off", "false", "no"),
         )
         for key, value in overrides.items():
             if value is not None:

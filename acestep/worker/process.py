@@ -102,8 +102,10 @@ class ProcessRunner:
             json.dumps(self.spec.as_dict()),
         ]
         try:
+            # The worker's stdout goes to our stderr (fd 2): our stdout may carry a protocol
+            # (MCP over stdio) that a stray print in the worker must not corrupt.
             self.proc = subprocess.Popen(
-                command, stdin=subprocess.PIPE, pass_fds=(write_fd,), env=env, text=True
+                command, stdin=subprocess.PIPE, stdout=2, pass_fds=(write_fd,), env=env, text=True
             )
         finally:
             os.close(write_fd)

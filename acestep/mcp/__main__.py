@@ -1,0 +1,46 @@
+"""``acestep-mcp``: the MCP tools over stdio, with their own memory manager, worker and queue."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+class StandaloneBackend:
+    def __init__(self, queue, manager, config, default_steps: int):
+        self.queue, self.manager = queue, manager
+        self.input_roots: list[Path] = config.input_roots
+        self.uploads_dir: Path = config.uploads_dir
+        self.max_upload_bytes: int = config.max_upload_bytes
+        self.default_steps = default_steps
+
+
+def main(argv: list[str] | None = None) -> int:
+    from acestep.checkpoints import CheckpointError
+    from acestep.checkpoints.layout import resolve
+    from acestep.mcp.tools import build_server
+    from acestep.memory.manager import MemoryManager
+    from acestep.serving.config import ServerConfig, prepare_environment
+    from acestep.serving.jobs import LocalJobQueue
+    from acestep.worker.runner import EngineSpec
+
+    prepare_environment()
+    config = ServerConfig.from_env()
+    try:
+        paths = resolve(config.checkpoint, config.dit)
+    except CheckpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    manager = MemoryManager()
+    manager.start(EngineSpec(config.checkpoint, dit=paths.dit_name), in_process=config.in_process_worker)
+    queue = LocalJobQueue(manager, config.results_dir, config.queue_maxsize, config.result_ttl_s)
+    try:
+        build_server(StandaloneBackend(queue, manager, config, paths.variant.default_steps)).run("stdio")
+    finally:
+        queue.close()
+        manager.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,71 @@
+"""Mounting the MCP tools on the REST app at ``/mcp`` (streamable HTTP), behind the API key."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from acestep.mcp.tools import build_server
+
+
+class AppBackend:
+    """The REST app's queue and manager, read when a tool runs (they exist once the app started)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    @property
+    def queue(self):
+        return self.app.state.queue
+
+    @property
+    def manager(self):
+        return self.app.state.manager
+
+    @property
+    def input_roots(self) -> list[Path]:
+        return self.app.state.config.input_roots
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.app.state.config.uploads_dir
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return self.app.state.config.max_upload_bytes
+
+    @property
+    def default_steps(self) -> int:
+        return self.app.state.variant.default_steps
+
+
+class KeyGuard:
+    """Refuse MCP requests without the API key (Bearer or bare header), as every other route."""
+
+    def __init__(self, app: ASGIApp, key: str | None):
+        self.app, self.key = app, key
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.key and scope["type"] == "http":
+            from acestep.serving.auth import _matches
+
+            header = dict(scope.get("headers", [])).get(b"authorization", b"").decode("latin-1").strip()
+            scheme, _, rest = header.partition(" ")
+            token = rest.strip() if scheme.lower() == "bearer" and rest else header
+            if not token or not _matches(token, self.key):
+                body = json.dumps({"detail": "Invalid API key" if token else "Missing Authorization header"})
+                await send({"type": "http.response.start", "status": 401,
+                            "headers": [(b"content-type", b"application/json")]})  # fmt: skip
+                await send({"type": "http.response.body", "body": body.encode()})
+                return
+        await self.app(scope, receive, send)
+
+
+def mount_mcp(app, api_key: str | None):
+    """Mount the tools at ``/mcp/``; returns the MCP server, whose session manager the app's
+    lifespan must run."""
+    server = build_server(AppBackend(app), streamable_http_path="/")
+    app.mount("/mcp", KeyGuard(server.streamable_http_app(), api_key))
+    return server

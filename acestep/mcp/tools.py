@@ -1,0 +1,211 @@
+"""MCP tools over the same job queue and memory manager as the REST API.
+
+``generate_music``, ``lego_stem``, ``get_status``, ``unload_model`` and ``load_model``. Results come
+back as file paths (in the JSON summary) and as embedded audio resources, so a client on another
+host gets the audio itself. Tools queue work and wait for it; they never touch the GPU.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Protocol
+
+import anyio
+import soundfile as sf
+from mcp.server.fastmcp import FastMCP
+from mcp.server.fastmcp.exceptions import ToolError
+from mcp.server.transport_security import TransportSecuritySettings
+from mcp.types import BlobResourceContents, EmbeddedResource, TextContent
+from pydantic import ValidationError
+
+from acestep.engine.request import GenerationRequest
+from acestep.engine.tasks import TRACK_NAMES
+from acestep.serving.routes_compat import MEDIA_TYPES
+from acestep.serving.routes_lego import default_caption
+from acestep.serving.uploads import UploadError, confine, sniff_audio
+
+TIMEOUT_S = 600.0
+
+
+class Backend(Protocol):
+    """What the tools need: the REST app's state, or a standalone server's own."""
+
+    queue: object
+    manager: object
+    input_roots: list[Path]
+    uploads_dir: Path
+    max_upload_bytes: int
+    default_steps: int
+
+
+def _request(values: dict) -> GenerationRequest:
+    try:
+        return GenerationRequest(**{k: v for k, v in values.items() if v is not None})
+    except ValidationError as exc:
+        messages = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise ToolError("; ".join(m.replace("Value error, ", "") for m in messages)) from None
+
+
+async def _run(backend: Backend, request: GenerationRequest, cleanup: list[Path]) -> list:
+    from acestep.memory.keep_alive import KeepAliveError
+    from acestep.memory.limits import MemoryLimitError
+    from acestep.serving.jobs import QueueFull
+
+    try:
+        job = backend.queue.submit(request, cleanup=cleanup)
+    except (QueueFull, MemoryLimitError, KeepAliveError, ValueError) as exc:
+        for path in cleanup:
+            path.unlink(missing_ok=True)
+        raise ToolError(str(exc)) from None
+    deadline = time.monotonic() + TIMEOUT_S
+    while (job := backend.queue.get(job.id) or job).state in ("queued", "running"):
+        if time.monotonic() > deadline:
+            backend.queue.cancel(job.id)
+            raise ToolError(f"generation timed out after {TIMEOUT_S:.0f} s (task {job.id})")
+        await asyncio.sleep(0.05)
+    if job.state != "succeeded":
+        raise ToolError(f"generation failed: {job.error}")
+    result = job.result
+    summary = {
+        "task_id": job.id,
+        "files": result.audio_paths,
+        "seeds": result.seeds,
+        "durations": [item.duration for item in result.items],
+        "model": result.model,
+    }
+    content: list = [TextContent(type="text", text=json.dumps(summary))]
+    for path in map(Path, result.audio_paths):
+        blob = base64.b64encode(await anyio.Path(path).read_bytes()).decode()
+        resource = BlobResourceContents(
+            uri=path.resolve().as_uri(), mimeType=MEDIA_TYPES.get(path.suffix, "audio/wav"), blob=blob
+        )
+        content.append(EmbeddedResource(type="resource", resource=resource))
+    return content
+
+
+def _source(backend: Backend, audio_path: str | None, audio_base64: str | None) -> tuple[Path, list[Path]]:
+    """The source audio: a server path inside the allowed directories, or uploaded as base64."""
+    if bool(audio_path) == bool(audio_base64):
+        raise ToolError("give exactly one of audio_path (a file on the server) or audio_base64")
+    if audio_path:
+        try:
+            path = confine(audio_path, backend.input_roots, "audio_path")
+        except UploadError as exc:
+            raise ToolError(str(exc)) from None
+        if not path.is_file():
+            raise ToolError(f"audio_path: no such file {audio_path}")
+        return path, []
+    try:
+        data = base64.b64decode(audio_base64, validate=True)
+    except ValueError:
+        raise ToolError("audio_base64 is not valid base64") from None
+    if len(data) > backend.max_upload_bytes:
+        raise ToolError(f"audio_base64 is over the {backend.max_upload_bytes // 2**20} MB upload limit")
+    kind = sniff_audio(data[:12])
+    if kind is None:
+        raise ToolError("audio_base64 is not WAV, FLAC, MP3 or OGG audio")
+    backend.uploads_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=backend.uploads_dir, suffix=f".{kind}", delete=False) as handle:
+        handle.write(data)
+    return Path(handle.name), [Path(handle.name)]
+
+
+def build_server(backend: Backend, streamable_http_path: str = "/mcp") -> FastMCP:
+    # The API key (checked in front of the HTTP app) is the protection; the Host check would
+    # refuse clients that reach a container through its published port.
+    security = TransportSecuritySettings(enable_dns_rebinding_protection=False)
+    server = FastMCP(
+        "acestep",
+        instructions="ACE-Step 1.5 music generation: songs from a caption, stems (lego) that fit a track.",
+        streamable_http_path=streamable_http_path,
+        stateless_http=True,
+        transport_security=security,
+    )
+
+    @server.tool()
+    async def generate_music(
+        caption: str,
+        lyrics: str = "",
+        duration: float = 30.0,
+        seed: int | None = None,
+        batch_size: int = 1,
+        audio_format: str = "wav",
+        inference_steps: int | None = None,
+    ) -> list:
+        """Generate music from a caption (and optional lyrics). Returns the files and their audio."""
+        request = _request(
+            {
+                "caption": caption,
+                "lyrics": lyrics,
+                "audio_duration": duration,
+                "seed": seed,
+                "batch_size": batch_size,
+                "audio_format": audio_format,
+                "inference_steps": inference_steps,
+            }
+        )
+        return await _run(backend, request, [])
+
+    @server.tool()
+    async def lego_stem(
+        track_type: str,
+        bpm: int,
+        audio_path: str | None = None,
+        audio_base64: str | None = None,
+        key_scale: str | None = None,
+        caption: str | None = None,
+        seed: int | None = None,
+        batch_size: int = 1,
+        audio_format: str = "wav",
+    ) -> list:
+        """Generate a stem (e.g. vocals, drums) that fits the given track; as long as the track."""
+        track = track_type.strip().lower()
+        if track not in TRACK_NAMES:
+            raise ToolError(f"track_type must be one of {', '.join(TRACK_NAMES)}")
+        source, cleanup = _source(backend, audio_path, audio_base64)
+        try:
+            seconds = sf.info(str(source)).duration
+        except Exception as exc:  # soundfile raises several types
+            for path in cleanup:
+                path.unlink(missing_ok=True)
+            raise ToolError(f"the source audio cannot be read: {exc}") from None
+        request = _request(
+            {
+                "task_type": "lego",
+                "track_name": track,
+                "src_audio": str(source),
+                "caption": caption or default_caption(track),
+                "bpm": bpm,
+                "key_scale": key_scale,
+                "seed": seed,
+                "batch_size": batch_size,
+                "audio_format": audio_format,
+                "audio_duration": seconds,
+                "inference_steps": backend.default_steps,
+            }
+        )
+        return await _run(backend, request, cleanup)
+
+    @server.tool()
+    async def get_status() -> dict:
+        """Memory tier, limits, residency and the job queue's state."""
+        return backend.manager.get_status() | {"queue": backend.queue.stats()}
+
+    @server.tool()
+    async def unload_model(level: str = "free") -> dict:
+        """Unload the model after the running job: park (to CPU RAM) or free (GPU back to zero)."""
+        if level not in ("park", "free"):
+            raise ToolError("level must be park or free")
+        return await anyio.to_thread.run_sync(backend.manager.unload, level)
+
+    @server.tool()
+    async def load_model() -> dict:
+        """Load (or wake) the model now, so the next job starts at once."""
+        return await anyio.to_thread.run_sync(backend.manager.load)
+
+    return server
