@@ -248,8 +248,40 @@ def run_memory(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bool_string(value: str) -> bool:
+    """Upstream's bool-string flags: true iff true, 1 or yes."""
+    return value.strip().lower() in ("true", "1", "yes")
+
+
+def _ui_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--server-name", "--server_name", default="127.0.0.1", dest="server_name")
+    p.add_argument("--share", action="store_true", help="accepted; sharing links need the internet")
+    p.add_argument("--debug", action="store_true")
+    p.add_argument("--language", default="en", choices=("en", "pt", "nl", "zh"))
+    p.add_argument("--allowed-path", action="append", default=[], dest="allowed_path")
+    p.add_argument("--init_service", "--init-service", type=_bool_string, default=False, dest="init_service")
+    p.add_argument("--service_mode", type=_bool_string, default=False)
+    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--config_path", "--config-path", default=None, dest="config_path")
+    p.add_argument("--device", default=None)
+    p.add_argument("--init_llm", type=_bool_string, default=None)
+    p.add_argument("--lm_model_path", default=None)
+    p.add_argument("--backend", default=None)
+    p.add_argument("--use_flash_attention", type=_bool_string, default=None)
+    p.add_argument("--offload_to_cpu", type=_bool_string, default=None)
+    p.add_argument("--offload_dit_to_cpu", type=_bool_string, default=None)
+    p.add_argument("--download-source", default=None)
+    p.add_argument("--enable-api", action="store_true", help="serve the REST API on the same port")
+    p.add_argument("--auth-username", default=None)
+    p.add_argument("--auth-password", default=None)
+    p.add_argument("--api-key", default=None, help="protects the REST API and the UI (password)")
+    p.add_argument("--keep-alive", default=None)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="acestep", description="ACE-Step 1.5 music generation")
+    parser = argparse.ArgumentParser(prog="acestep", description="ACE-Step 1.5 music generation (Gradio UI)")
+    _ui_flags(parser)
     sub = parser.add_subparsers(dest="command")
     _generate_parser(sub)
     _memory_parser(sub)
@@ -258,11 +290,71 @@ def main(argv: list[str] | None = None) -> int:
         return run_generate(args)
     if args.command == "memory":
         return run_memory(args)
-    print(
-        "The Gradio UI is not yet available in this version; use `acestep generate` (see --help).",
-        file=sys.stderr,
+    return run_ui(args)
+
+
+def run_ui(args: argparse.Namespace) -> int:
+    """The Gradio UI, with the REST API on the same server and port when --enable-api."""
+    import os
+
+    try:
+        import gradio as gr
+        import uvicorn
+
+        from acestep.serving.app import create_app
+        from acestep.serving.config import ServerConfig, UnsafeBindError, prepare_environment
+        from acestep.ui.app import build_ui
+    except ImportError as exc:
+        print(f"error: the UI needs the ui extra (pip install 'acestep[ui]'): {exc}", file=sys.stderr)
+        return 2
+    from acestep.checkpoints import CheckpointError
+    from acestep.serving.auth import _matches
+
+    prepare_environment()
+    overrides = {
+        "ACESTEP_OFFLOAD_TO_CPU": args.offload_to_cpu,
+        "ACESTEP_OFFLOAD_DIT_TO_CPU": args.offload_dit_to_cpu,
+    }
+    for name, value in overrides.items():
+        if value is not None:
+            os.environ[name] = "true" if value else "false"
+    if args.device:
+        os.environ["ACESTEP_DEVICE"] = args.device
+    if args.keep_alive is not None:
+        os.environ["ACESTEP_KEEP_ALIVE"] = args.keep_alive
+    if args.init_llm or args.lm_model_path:
+        print("warning: the 5Hz LM is not part of this version; serving the DiT alone", file=sys.stderr)
+    if args.share:
+        print("warning: --share needs the internet; serving locally only", file=sys.stderr)
+    key = args.api_key or os.environ.get("ACESTEP_API_KEY") or None
+    try:
+        config = ServerConfig.from_env(
+            host=args.server_name, port=args.port, api_key=key, dit=args.config_path
+        )
+        if args.checkpoint:
+            config.checkpoint = args.checkpoint
+        config.allowed_paths += [Path(p) for p in args.allowed_path]
+        config.preload = bool(args.init_service or args.service_mode)
+        config.check_bind()
+        app = create_app(config, include_api=args.enable_api)
+    except UnsafeBindError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (CheckpointError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.auth_username and args.auth_password:
+        auth = (args.auth_username, args.auth_password)
+    elif key:
+        auth = lambda username, password: _matches(password, key)  # noqa: E731 - any user, the key
+    else:
+        auth = None
+    blocks = build_ui(app.state, args.language)
+    app = gr.mount_gradio_app(
+        app, blocks, path="/", auth=auth, allowed_paths=[str(config.results_dir)], footer_links=[]
     )
-    return 2
+    uvicorn.run(app, host=config.host, port=config.port, log_level="info")
+    return 0
 
 
 def _api_parser() -> argparse.ArgumentParser:

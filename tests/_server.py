@@ -22,7 +22,9 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, checkpoint: Path, workdir: Path, dit: str = "acestep-v15-base", **env: str):
+    def __init__(
+        self, checkpoint: Path, workdir: Path, dit: str = "acestep-v15-base", ui: bool = False, **env: str
+    ):
         self.port = free_port()
         self.workdir = workdir
         self.results = workdir / "tmp" / "api_audio"
@@ -40,9 +42,14 @@ class Server:
             }
             | env
         )
-        code = "from acestep.cli import api_main; raise SystemExit(api_main())"
+        if ui:  # the Gradio UI with the REST API on the same port (`acestep --enable-api`)
+            code = "from acestep.cli import main; raise SystemExit(main())"
+            args = ["--server-name", "127.0.0.1", "--port", str(self.port), "--enable-api"]
+        else:
+            code = "from acestep.cli import api_main; raise SystemExit(api_main())"
+            args = ["--host", "127.0.0.1", "--port", str(self.port)]
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", code, "--host", "127.0.0.1", "--port", str(self.port)],
+            [sys.executable, "-c", code, *args],
             env=environment,
             stdout=self.log.open("w"),
             stderr=subprocess.STDOUT,

@@ -261,10 +261,16 @@ def test_config_path_env_picks_the_dit(upstream_base: Path, tmp_path: Path, caps
     assert [item["seed"] for item in result["items"]] == [5]
 
 
-def test_no_command_points_to_generate(capsys) -> None:
-    assert cli.main([]) == 2
-    err = capsys.readouterr().err
-    assert "not yet available" in err and "acestep generate" in err
+def test_ui_refuses_a_missing_checkpoint_and_an_open_public_bind(tmp_path: Path, capsys, monkeypatch):
+    monkeypatch.delenv("ACESTEP_API_KEY", raising=False)
+    monkeypatch.delenv("ACESTEP_AUTH", raising=False)
+    for name in ("TMPDIR", "TEMP", "TMP"):
+        monkeypatch.setenv(name, str(tmp_path))
+    monkeypatch.setenv("ACESTEP_TMPDIR", str(tmp_path / "acestep-tmp"))
+    assert cli.main(["--checkpoint", str(tmp_path / "none")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert cli.main(["--server-name", "0.0.0.0", "--checkpoint", str(tmp_path)]) == 2
+    assert "without an API key" in capsys.readouterr().err
 
 
 def test_api_refuses_an_open_public_bind_and_a_missing_checkpoint(tmp_path: Path, capsys, monkeypatch):

@@ -24,8 +24,11 @@ from acestep.serving.limits import BodyLimitMiddleware
 from acestep.worker.runner import EngineSpec
 
 
-def create_app(config: ServerConfig, manager: MemoryManager | None = None) -> FastAPI:
-    """``manager`` defaults to one built from the environment; its worker is started here."""
+def create_app(
+    config: ServerConfig, manager: MemoryManager | None = None, include_api: bool = True
+) -> FastAPI:
+    """``manager`` defaults to one built from the environment; its worker is started here.
+    ``include_api=False`` keeps only /health (the UI alone, without ``--enable-api``)."""
     paths = resolve(config.checkpoint, config.dit)  # a wrong checkpoint fails at start, not per job
 
     @asynccontextmanager
@@ -38,6 +41,8 @@ def create_app(config: ServerConfig, manager: MemoryManager | None = None) -> Fa
             mm, config.results_dir, config.queue_maxsize, config.result_ttl_s, config.cleanup_interval_s
         )
         app.state.manager, app.state.queue = mm, queue
+        if config.preload:
+            mm.dispatcher.request_load()  # runs on the worker; the server answers meanwhile
         tokens = GpuTokenSettings.from_env()
         token_client = GpuTokenClient(tokens) if tokens else None
         if token_client is not None:
@@ -66,7 +71,7 @@ def create_app(config: ServerConfig, manager: MemoryManager | None = None) -> Fa
     app.add_middleware(BodyLimitMiddleware, max_bytes=2 * config.max_upload_bytes + 4 * 2**20)
     if config.api_key:
         _protected_docs(app)
-    mcp_server = _mount_mcp(app, config)
+    mcp_server = _mount_mcp(app, config) if include_api else None
     app.state.model_name = paths.dit_name
     app.state.variant = paths.variant
     if config.cors_origins:
@@ -88,9 +93,12 @@ def create_app(config: ServerConfig, manager: MemoryManager | None = None) -> Fa
 
     from acestep.serving import routes_admin, routes_compat, routes_lego
 
-    app.include_router(routes_compat.router)
-    app.include_router(routes_admin.router)
-    app.include_router(routes_lego.router)
+    if include_api:
+        app.include_router(routes_compat.router)
+        app.include_router(routes_admin.router)
+        app.include_router(routes_lego.router)
+    else:
+        app.add_api_route("/health", routes_compat.health, methods=["GET"])
     return app
 
 

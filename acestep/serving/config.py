@@ -40,6 +40,7 @@ class ServerConfig:
     cleanup_interval_s: int = 300
     cors_origins: list[str] = field(default_factory=list)
     in_process_worker: bool = False
+    preload: bool = False  # load the model at start (upstream's --init_service), without waiting
     enable_mcp: bool = True  # mount the MCP tools at /mcp/ (ACESTEP_MCP=off to leave them out)
 
     @classmethod

@@ -145,6 +145,10 @@ class Dispatcher:
     def load(self, timeout: float | None = None) -> MemoryReport:
         return self._command("load").result(timeout)
 
+    def request_load(self) -> Future:
+        """Queue a load without waiting for it (warm-up at start)."""
+        return self._command("load")
+
     def wake(self) -> None:
         """Re-check keep-alive now (after a test moves its fake clock)."""
         with self._cond:

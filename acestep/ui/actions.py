@@ -1,0 +1,106 @@
+"""What the UI's buttons do: queue a job and follow it, or ask the memory manager. Never the GPU.
+
+Each action is an async generator, so the browser sees progress while the job runs and the
+server's event loop stays free for other sessions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import uuid
+from pathlib import Path
+
+import anyio
+import gradio as gr
+from pydantic import ValidationError
+
+from acestep.engine.request import GenerationRequest
+from acestep.serving.uploads import sniff_audio
+
+MAX_OUTPUTS = 2  # audio players shown per job (batch items beyond are in the file list)
+
+
+def _request(values: dict) -> GenerationRequest:
+    try:
+        return GenerationRequest(**{k: v for k, v in values.items() if v is not None})
+    except ValidationError as exc:
+        messages = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise gr.Error("; ".join(m.replace("Value error, ", "") for m in messages)) from None
+
+
+def stage_upload(state, path: str | None, text: dict) -> Path:
+    """Copy an uploaded file into the server's uploads directory (where job inputs may live)."""
+    if not path:
+        raise gr.Error(text["need_source"])
+    source = Path(path)
+    with source.open("rb") as handle:
+        kind = sniff_audio(handle.read(12))
+    if kind is None:
+        raise gr.Error("the uploaded file is not WAV, FLAC, MP3 or OGG audio")
+    config = state.config
+    if source.stat().st_size > config.max_upload_bytes:
+        raise gr.Error(f"the uploaded file is over {config.max_upload_bytes // 2**20} MB")
+    config.uploads_dir.mkdir(parents=True, exist_ok=True)
+    target = config.uploads_dir / f"ui_{uuid.uuid4().hex}.{kind}"
+    shutil.copyfile(source, target)
+    return target
+
+
+async def follow(state, request: GenerationRequest, cleanup: list[Path], text: dict, progress: gr.Progress):
+    """Submit and yield (status text, audio paths, file paths) until the job ends."""
+    from acestep.memory.keep_alive import KeepAliveError
+    from acestep.memory.limits import MemoryLimitError
+    from acestep.serving.jobs import QueueFull
+
+    try:
+        job = state.queue.submit(request, cleanup=cleanup)
+    except (QueueFull, MemoryLimitError, KeepAliveError, ValueError) as exc:
+        for path in cleanup:
+            path.unlink(missing_ok=True)
+        raise gr.Error(str(exc)) from None
+    last = None
+    while (job := state.queue.get(job.id) or job).state in ("queued", "running"):
+        if job.state == "queued":
+            position = state.queue.position(job.id)
+            line = f"{text['queued']} ({position})" if position else text["queued"]
+        else:
+            line = f"{job.stage} {job.progress * 100:.0f}%"
+        progress(job.progress, desc=job.stage)
+        if line != last:
+            last = line
+            yield line, *([None] * MAX_OUTPUTS), None
+        await asyncio.sleep(0.1)
+    if job.state != "succeeded":
+        raise gr.Error(f"{text['failed']}: {job.error}")
+    paths = job.result.audio_paths
+    players = [paths[i] if i < len(paths) else None for i in range(MAX_OUTPUTS)]
+    summary = (
+        f"{text['done']}: seeds {', '.join(map(str, job.result.seeds))} ({job.result.timings['total']:.1f} s)"
+    )
+    yield summary, *players, paths
+
+
+def memory_text(state, text: dict) -> str:
+    status = state.manager.get_status()
+    worker = status["worker"] or {}
+    lines = [
+        f"**{text['state']}:** {worker.get('state', 'unloaded')}",
+        f"**tier:** {status['tier']} · **device:** {status['device']}",
+        "**residency:** " + ", ".join(f"{k} {v}" for k, v in (status["residency"] or {}).items()),
+    ]
+    if status["last_reports"]:
+        report = status["last_reports"][-1]
+        lines.append(f"**last:** {report['action']} ({report['reason']}) in {report['seconds']:.2f} s")
+    return "\n\n".join(lines) + "\n\n```json\n" + json.dumps(status["limits"], indent=1) + "\n```"
+
+
+async def memory_action(state, action: str, text: dict) -> str:
+    if action == "free":
+        await anyio.to_thread.run_sync(state.manager.unload, "free")
+    elif action == "park":
+        await anyio.to_thread.run_sync(state.manager.unload, "park")
+    elif action == "load":
+        await anyio.to_thread.run_sync(state.manager.load)
+    return memory_text(state, text)

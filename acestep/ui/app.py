@@ -1,0 +1,167 @@
+"""The Gradio UI: Generate, Lego / Stems, Memory and Settings tabs over the shared job queue."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from acestep.engine.tasks import TRACK_NAMES
+from acestep.memory.keep_alive import KeepAlivePolicy
+from acestep.serving.routes_lego import default_caption
+from acestep.ui import actions
+from acestep.ui.i18n import strings
+
+UI_TASKS = ("text2music", "cover", "repaint")
+FORMATS = ("wav", "flac", "mp3", "wav32")
+
+
+def build_ui(state, language: str = "en") -> gr.Blocks:
+    """``state`` is the server's app state (config, queue, manager, model name, variant)."""
+    text = strings(language)
+    with gr.Blocks(title=text["title"]) as blocks:
+        gr.Markdown(f"## {text['title']} · `{state.model_name}` ({state.variant.name})")
+        fmt = gr.Dropdown(
+            list(FORMATS), value="wav", label=text["format"], render=False, elem_id="settings-format"
+        )
+        with gr.Tab(text["tab_generate"], elem_id="tab-generate"):
+            _generate_tab(state, text, fmt)
+        with gr.Tab(text["tab_lego"], elem_id="tab-lego"):
+            _lego_tab(state, text, fmt)
+        with gr.Tab(text["tab_memory"], elem_id="tab-memory") as memory_tab:
+            status, show = _memory_tab(state, text)
+        memory_tab.select(show, None, status)
+        with gr.Tab(text["tab_settings"], elem_id="tab-settings"):
+            gr.Markdown(f"**{text['model']}:** `{state.model_name}` · **{text['language']}:** {language}")
+            keep = KeepAlivePolicy.from_env().as_dict()["default"]  # the manager starts with the server
+            gr.Markdown(f"**{text['keep_alive']}:** {keep} (ACESTEP_KEEP_ALIVE)")
+            fmt.render()
+    return blocks
+
+
+def _outputs(text: dict, prefix: str) -> list:
+    status = gr.Textbox(label=text["progress"], interactive=False, elem_id=f"{prefix}-progress")
+    players = [
+        gr.Audio(
+            label=f"{text['results']} {i + 1}",
+            type="filepath",
+            interactive=False,
+            elem_id=f"{prefix}-audio-{i}",
+        )
+        for i in range(actions.MAX_OUTPUTS)
+    ]
+    files = gr.File(
+        label=text["results"], file_count="multiple", interactive=False, elem_id=f"{prefix}-files"
+    )
+    return [status, *players, files]
+
+
+def _steps(value: float, default: int) -> int:
+    return int(value) if value and value > 0 else default
+
+
+def _generate_tab(state, text: dict, fmt) -> None:
+    with gr.Row():
+        task = gr.Dropdown(list(UI_TASKS), value="text2music", label=text["task"], elem_id="gen-task")
+        duration = gr.Number(value=30, label=text["duration"], elem_id="gen-duration")
+        seed = gr.Number(value=-1, precision=0, label=text["seed"], elem_id="gen-seed")
+        batch = gr.Slider(1, 4, value=1, step=1, label=text["batch"])
+        steps = gr.Number(value=0, precision=0, label=text["steps"])
+    caption = gr.Textbox(label=text["caption"], lines=2, elem_id="gen-caption")
+    lyrics = gr.Textbox(label=text["lyrics"], lines=4)
+    with gr.Row():
+        source = gr.Audio(label=text["source"], type="filepath", sources=["upload"], elem_id="gen-source")
+        start = gr.Number(value=0, label=text["region_start"])
+        end = gr.Number(value=-1, label=text["region_end"])
+        strength = gr.Slider(0, 1, value=1, step=0.05, label=text["cover_strength"])
+    run = gr.Button(text["generate"], variant="primary", elem_id="gen-run")
+    outputs = _outputs(text, "gen")
+
+    async def generate(task, duration, seed, batch, steps, caption, lyrics, source, start, end, strength, fmt,
+                       progress=gr.Progress()):  # fmt: skip
+        cleanup = [actions.stage_upload(state, source, text)] if task != "text2music" else []
+        values = {
+            "task_type": task,
+            "caption": caption,
+            "lyrics": lyrics,
+            "audio_duration": duration,
+            "seed": int(seed),
+            "batch_size": int(batch),
+            "inference_steps": _steps(steps, state.variant.default_steps),
+            "audio_format": fmt,
+            "src_audio": str(cleanup[0]) if cleanup else None,
+        }
+        if task == "repaint":
+            values |= {"repainting_start": start, "repainting_end": end}
+        if task == "cover":
+            values["audio_cover_strength"] = strength
+        async for update in actions.follow(state, actions._request(values), cleanup, text, progress):
+            yield update
+
+    inputs = [task, duration, seed, batch, steps, caption, lyrics, source, start, end, strength, fmt]
+    run.click(generate, inputs, outputs, concurrency_limit=None)
+
+
+def _lego_tab(state, text: dict, fmt) -> None:
+    with gr.Row():
+        source = gr.Audio(label=text["source"], type="filepath", sources=["upload"], elem_id="lego-source")
+        with gr.Column():
+            track = gr.Dropdown(list(TRACK_NAMES), value="vocals", label=text["track"], elem_id="lego-track")
+            bpm = gr.Number(value=120, precision=0, label=text["bpm"], elem_id="lego-bpm")
+            key = gr.Textbox(label=text["key"], elem_id="lego-key")
+    caption = gr.Textbox(value=default_caption("vocals"), label=text["caption"], elem_id="lego-caption")
+    with gr.Row():
+        batch = gr.Slider(1, 2, value=1, step=1, label=text["batch"], elem_id="lego-batch")
+        seed = gr.Number(value=-1, precision=0, label=text["seed"], elem_id="lego-seed")
+        steps = gr.Number(value=0, precision=0, label=text["steps"], elem_id="lego-steps")
+    run = gr.Button(text["lego_run"], variant="primary", elem_id="lego-run")
+    outputs = _outputs(text, "lego")
+    track.change(default_caption, track, caption)  # a caption preset per track
+
+    async def lego(source, track, bpm, key, caption, batch, seed, steps, fmt, progress=gr.Progress()):
+        staged = actions.stage_upload(state, source, text)
+        values = {
+            "task_type": "lego",
+            "track_name": track,
+            "src_audio": str(staged),
+            "caption": caption or default_caption(track),
+            "bpm": int(bpm) if bpm else None,
+            "key_scale": key.strip() or None,
+            "batch_size": int(batch),
+            "seed": int(seed),
+            "inference_steps": _steps(steps, state.variant.default_steps),
+            "audio_format": fmt,
+        }
+        try:
+            request = actions._request(values)
+        except gr.Error:
+            staged.unlink(missing_ok=True)
+            raise
+        async for update in actions.follow(state, request, [staged], text, progress):
+            yield update
+
+    run.click(
+        lego, [source, track, bpm, key, caption, batch, seed, steps, fmt], outputs, concurrency_limit=None
+    )
+
+
+def _memory_tab(state, text: dict):
+    status = gr.Markdown(elem_id="memory-status")
+    with gr.Row():
+        refresh = gr.Button(text["refresh"], elem_id="memory-refresh")
+        load = gr.Button(text["load"], elem_id="memory-load")
+        park = gr.Button(text["park"], elem_id="memory-park")
+        free = gr.Button(text["free"], variant="stop", elem_id="memory-free")
+
+    async def show():
+        return actions.memory_text(state, text)
+
+    def action(name: str):
+        async def run():
+            return await actions.memory_action(state, name, text)
+
+        return run
+
+    refresh.click(show, None, status)
+    load.click(action("load"), None, status, concurrency_limit=None)
+    park.click(action("park"), None, status, concurrency_limit=None)
+    free.click(action("free"), None, status, concurrency_limit=None)
+    return status, show
