@@ -301,13 +301,11 @@ def run_ui(args: argparse.Namespace) -> int:
         import gradio as gr
         import uvicorn
 
-        from acestep.serving.app import create_app
-        from acestep.serving.config import ServerConfig, UnsafeBindError, prepare_environment
+        from acestep.serving.config import prepare_environment
         from acestep.ui.app import build_ui
     except ImportError as exc:
         print(f"error: the UI needs the ui extra (pip install 'acestep[ui]'): {exc}", file=sys.stderr)
         return 2
-    from acestep.checkpoints import CheckpointError
     from acestep.serving.auth import _matches
 
     prepare_environment()
@@ -327,22 +325,16 @@ def run_ui(args: argparse.Namespace) -> int:
     if args.share:
         print("warning: --share needs the internet; serving locally only", file=sys.stderr)
     key = args.api_key or os.environ.get("ACESTEP_API_KEY") or None
-    try:
-        config = ServerConfig.from_env(
-            host=args.server_name, port=args.port, api_key=key, dit=args.config_path
-        )
-        if args.checkpoint:
-            config.checkpoint = args.checkpoint
-        config.allowed_paths += [Path(p) for p in args.allowed_path]
-        config.preload = bool(args.init_service or args.service_mode)
-        config.check_bind()
-        app = create_app(config, include_api=args.enable_api)
-    except UnsafeBindError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (CheckpointError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    built = _server_app(
+        dict(host=args.server_name, port=args.port, api_key=key, dit=args.config_path),
+        args.checkpoint,
+        include_api=args.enable_api,
+        allowed=[Path(p) for p in args.allowed_path],
+        preload=bool(args.init_service or args.service_mode),
+    )
+    if isinstance(built, int):
+        return built
+    config, app = built
     if args.auth_username and args.auth_password:
         auth = (args.auth_username, args.auth_password)
     elif key:
@@ -379,16 +371,13 @@ def api_main(argv: list[str] | None = None) -> int:
 
     args = _api_parser().parse_args(argv)
     try:
+        import fastapi  # noqa: F401 - the api extra is what this command needs
         import uvicorn
-
-        from acestep.serving.app import create_app
-        from acestep.serving.config import ServerConfig, UnsafeBindError
     except ImportError as exc:
         print(
             f"error: the REST server needs the api extra (pip install 'acestep[api]'): {exc}", file=sys.stderr
         )
         return 2
-    from acestep.checkpoints import CheckpointError
     from acestep.serving.config import prepare_environment
 
     prepare_environment()
@@ -402,20 +391,37 @@ def api_main(argv: list[str] | None = None) -> int:
         os.environ["ACESTEP_API_KEY"] = args.api_key
     if args.init_llm or args.lm_model_path:
         print("warning: the 5Hz LM is not part of this version; serving the DiT alone", file=sys.stderr)
+    built = _server_app(
+        dict(host=args.host, port=args.port, api_key=args.api_key, dit=args.dit), args.checkpoint
+    )
+    if isinstance(built, int):
+        return built
+    config, app = built
+    uvicorn.run(app, host=config.host, port=config.port, log_level="info")
+    return 0
+
+
+def _server_app(overrides: dict, checkpoint: str | None, include_api: bool = True, allowed=(), preload=False):
+    """The server's config and app, or an exit code after printing why (2: unsafe bind, 1: bad
+    checkpoint or setting)."""
+    from acestep.checkpoints import CheckpointError
+    from acestep.serving.app import create_app
+    from acestep.serving.config import ServerConfig, UnsafeBindError
+
     try:
-        config = ServerConfig.from_env(host=args.host, port=args.port, api_key=args.api_key, dit=args.dit)
-        if args.checkpoint:
-            config.checkpoint = args.checkpoint
+        config = ServerConfig.from_env(**overrides)
+        if checkpoint:
+            config.checkpoint = checkpoint
+        config.allowed_paths += list(allowed)
+        config.preload = preload
         config.check_bind()
-        app = create_app(config)
+        return config, create_app(config, include_api=include_api)
     except UnsafeBindError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (CheckpointError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    uvicorn.run(app, host=config.host, port=config.port, log_level="info")
-    return 0
 
 
 def download_main(argv: list[str] | None = None) -> int:
