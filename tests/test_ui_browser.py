@@ -119,3 +119,19 @@ def test_interface_languages_come_from_files():
         assert set(table) == set(english)
         if language != "en":
             assert table["tab_memory"] != english["tab_memory"]
+
+
+def test_the_api_key_protects_the_ui_and_the_api(upstream_base, tmp_path):
+    from _server import KEY
+
+    server = Server(upstream_base, tmp_path, ui=True)  # ACESTEP_API_KEY=KEY
+    try:
+        client = server.client
+        assert client.get("/v1/memory").status_code == 401
+        assert server.get("/v1/memory").status_code == 200
+        assert client.get("/config").status_code == 401  # the UI's own state needs a login
+        assert client.post("/login", data={"username": "me", "password": "wrong"}).status_code in (400, 401)
+        assert client.post("/login", data={"username": "me", "password": KEY}).status_code == 200
+        assert client.get("/config").status_code == 200  # the session cookie now opens it
+    finally:
+        server.stop()
