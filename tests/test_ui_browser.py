@@ -78,7 +78,9 @@ def test_lego_from_an_upload_then_free(ui):
     assert len(percents) >= 2, seen  # the progress moved while the job ran
     player = page.locator("#lego-audio-0 .waveform-container")
     assert player.count() == 1  # a player, not just a link
-    assert page.locator("#lego-audio-0 #duration").inner_text() == f"0:{int(SOURCE_SECONDS):02d}"
+    # The player reads the file's length once it has loaded it (asynchronously).
+    expected = f"0:{int(SOURCE_SECONDS):02d}"
+    page.locator("#lego-audio-0 #duration").filter(has_text=expected).wait_for(timeout=60_000)
     response = page.request.get(url if url.startswith("http") else base + url)
     assert response.ok
     audio, rate = sf.read(io.BytesIO(response.body()))
