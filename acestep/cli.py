@@ -306,7 +306,7 @@ def run_ui(args: argparse.Namespace) -> int:
     except ImportError as exc:
         print(f"error: the UI needs the ui extra (pip install 'acestep[ui]'): {exc}", file=sys.stderr)
         return 2
-    from acestep.serving.auth import _matches
+    from acestep.serving.auth import keys_match
 
     prepare_environment()
     overrides = {
@@ -338,7 +338,7 @@ def run_ui(args: argparse.Namespace) -> int:
     if args.auth_username and args.auth_password:
         auth = (args.auth_username, args.auth_password)
     elif key:
-        auth = lambda username, password: _matches(password, key)  # noqa: E731 - any user, the key
+        auth = lambda username, password: keys_match(password, key)  # noqa: E731 - any user, the key
     else:
         auth = None
     blocks = build_ui(app.state, args.language)

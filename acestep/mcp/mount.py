@@ -49,12 +49,11 @@ class KeyGuard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.key and scope["type"] == "http":
-            from acestep.serving.auth import _matches
+            from acestep.serving.auth import keys_match, token_from_header
 
-            header = dict(scope.get("headers", [])).get(b"authorization", b"").decode("latin-1").strip()
-            scheme, _, rest = header.partition(" ")
-            token = rest.strip() if scheme.lower() == "bearer" and rest else header
-            if not token or not _matches(token, self.key):
+            header = dict(scope.get("headers", [])).get(b"authorization", b"").decode("latin-1")
+            token = token_from_header(header)
+            if not token or not keys_match(token, self.key):
                 body = json.dumps({"detail": "Invalid API key" if token else "Missing Authorization header"})
                 await send({"type": "http.response.start", "status": 401,
                             "headers": [(b"content-type", b"application/json")]})  # fmt: skip

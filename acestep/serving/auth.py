@@ -11,19 +11,25 @@ import hmac
 from fastapi import HTTPException, Request
 
 
-def _matches(given: str, key: str) -> bool:
+def keys_match(given: str, key: str) -> bool:
+    """Constant-time comparison of a presented key with the configured one."""
     try:
         return hmac.compare_digest(given.encode(), key.encode())
     except UnicodeEncodeError:  # e.g. a lone surrogate: cannot be the key
         return False
 
 
-def header_token(request: Request) -> str | None:
-    value = request.headers.get("authorization")
+def token_from_header(value: str | None) -> str | None:
+    """The key in an Authorization header: ``Bearer <key>`` or the bare key."""
+    value = (value or "").strip()
     if not value:
         return None
     scheme, _, rest = value.partition(" ")
-    return rest.strip() if scheme.lower() == "bearer" and rest else value.strip()
+    return rest.strip() if scheme.lower() == "bearer" and rest else value
+
+
+def header_token(request: Request) -> str | None:
+    return token_from_header(request.headers.get("authorization"))
 
 
 def check(request: Request, ai_token: str | None = None) -> None:
@@ -32,13 +38,13 @@ def check(request: Request, ai_token: str | None = None) -> None:
     if not key:
         return
     if ai_token is not None:
-        if not _matches(str(ai_token), key):
+        if not keys_match(str(ai_token), key):
             raise HTTPException(401, "Invalid ai_token")
         return
     token = header_token(request)
     if token is None:
         raise HTTPException(401, "Missing ai_token or Authorization header")
-    if not _matches(token, key):
+    if not keys_match(token, key):
         raise HTTPException(401, "Invalid API key")
 
 
