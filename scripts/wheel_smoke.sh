@@ -3,12 +3,41 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
-work=$(mktemp -d)
+# Inside the checkout, so that the torch files below can be hard links (same filesystem).
+work=$(mktemp -d -p "$PWD" .wheel-smoke.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 rm -rf dist
 "$VENV/bin/python" -m build --wheel --outdir dist . >/dev/null
 python3 -m venv "$work/venv"
-"$work/venv/bin/python" -m pip install -q torch==2.14.1 torchaudio==2.11.0
+# The torch stack (torch, torchaudio, triton, CUDA libraries: ~6 GB) is hard-linked from $VENV, not
+# installed a second time: CI machines can be short of disk. Everything else comes from the wheel's
+# own dependency list. Where links are impossible, pip installs torch as setup.sh does.
+site_of() { "$1/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'; }
+"$VENV/bin/python" - "$(site_of "$VENV")" "$(site_of "$work/venv")" <<'PY' \
+  || "$work/venv/bin/python" -m pip install -q torch==2.14.1 torchaudio==2.11.0
+import os
+import re
+import sys
+from importlib.metadata import distributions
+
+source, target = sys.argv[1], sys.argv[2]
+heavy = re.compile(r"^(torch|torchaudio|triton|cuda[-_].*|nvidia[-_](?!ml[-_]py).*)$", re.I)
+linked = 0
+for dist in distributions(path=[source]):
+    if not heavy.match(dist.metadata["Name"]):
+        continue
+    for entry in dist.files or []:
+        src = os.path.normpath(os.path.join(source, entry))
+        if not src.startswith(source + os.sep) or not os.path.isfile(src):
+            continue  # console scripts and other files outside site-packages
+        dst = os.path.join(target, os.path.relpath(src, source))
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        os.link(src, dst)
+        linked += 1
+if not linked:
+    sys.exit("no torch installation to link")
+print(f"wheel smoke: linked {linked} torch-stack files from {source}")
+PY
 "$work/venv/bin/python" -m pip install -q dist/acestep-*.whl
 cd "$work"
 "$work/venv/bin/python" - <<'PY'

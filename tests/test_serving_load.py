@@ -29,10 +29,10 @@ def test_300_concurrent_jobs_with_random_unloads(upstream_base, tmp_path):
         def submit(index: int) -> str:
             if index % 10 == 0:  # every tenth job is a lego with an upload
                 fields = {"task_type": "lego", "track_name": "drums", "seed": str(index), "batch_size": "1",
-                          "inference_steps": "2", "audio_format": "wav"}  # fmt: skip
+                          "inference_steps": "2", "audio_format": "flac"}  # fmt: skip
                 return srv.release(data=fields, files={"ctx_audio": ("s.wav", source, "audio/wav")})
             body = {"prompt": f"job {index}", "audio_duration": 6, "seed": index, "batch_size": 1,
-                    "inference_steps": 2, "audio_format": "wav"}  # fmt: skip
+                    "inference_steps": 2, "audio_format": "flac"}  # fmt: skip
             return srv.release(json=body)
 
         stop = threading.Event()
