@@ -220,3 +220,86 @@ def synthetic_audio(
     mono = 0.5 * tone + 0.3 * beat + 0.01 * rng.standard_normal(t.shape)
     out = np.stack([mono * (1.0 - 0.2 * c) for c in range(channels)], axis=1)
     return out.astype(np.float32)
+
+
+# The 5 Hz LM's chat template, ChatML as Qwen3 renders it (no tools, no thinking switch).
+TINY_LM_CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+LM_AUDIO_CODE_TOKENS = 65535  # <|audio_code_0|> .. <|audio_code_65534|>, as the shipped tokenizer
+
+
+def _tiny_lm_tokenizer(audio_codes: int):
+    from tokenizers import AddedToken, Tokenizer, decoders, models
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {ch: i for i, ch in enumerate(sorted(ByteLevel.alphabet()))}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens(list(SPECIAL_TOKENS))
+    plain = [AddedToken(t, special=False, normalized=False) for t in ("<think>", "</think>")]
+    plain += [AddedToken(f"<|audio_code_{n}|>", special=False, normalized=False) for n in range(audio_codes)]
+    backend.add_tokens(plain)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        model_max_length=131072,
+    )
+    tokenizer.chat_template = TINY_LM_CHAT_TEMPLATE
+    return tokenizer
+
+
+def tiny_lm_config(vocab_size: int, eos_token_id: int, pad_token_id: int) -> dict:
+    """A Qwen3 causal-LM ``config.json`` at tiny size (the real ones are 0.6B, 1.7B and 4B)."""
+    return {
+        "architectures": ["Qwen3ForCausalLM"],
+        "model_type": "qwen3",
+        "vocab_size": vocab_size,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 8,
+        "max_position_embeddings": 8192,
+        "rope_theta": 1000000.0,
+        "rms_norm_eps": 1e-6,
+        "tie_word_embeddings": True,
+        "eos_token_id": eos_token_id,
+        "pad_token_id": pad_token_id,
+        "torch_dtype": "float32",
+    }
+
+
+def make_tiny_lm(
+    path: str | Path, size: str = "1.7B", seed: int = 0, audio_codes: int = LM_AUDIO_CODE_TOKENS
+) -> Path:
+    """Write a tiny random 5 Hz LM folder and return it.
+
+    ``path`` is a checkpoints root (the LM lands in ``acestep-5Hz-lm-<size>/``, beside the folders
+    :func:`make_tiny_checkpoint` writes) or a folder already named ``acestep-5Hz-lm-*``. The
+    tokenizer holds ``<think>``, ``</think>`` and ``audio_codes`` code tokens (the shipped one has
+    65,535, of which 0..63999 are valid) and a ChatML chat template. Same seed, same bytes.
+    """
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    path = Path(path)
+    folder = path if path.name.startswith("acestep-5Hz-lm-") else path / f"acestep-5Hz-lm-{size}"
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = _tiny_lm_tokenizer(audio_codes)
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    config = Qwen3Config(**tiny_lm_config(len(tokenizer), eos, pad))
+    with torch.inference_mode(False):
+        model = Qwen3ForCausalLM(config)
+        _fill_random(model, torch.Generator().manual_seed(seed))
+    model.eval()
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -88,3 +88,28 @@ def engine_diffusers_base(diffusers_base: Path):
 @pytest.fixture(scope="session")
 def engine_diffusers_turbo(diffusers_turbo: Path):
     return _engine(diffusers_turbo)
+
+
+@pytest.fixture(scope="session")
+def lm_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An upstream root with ``acestep-v15-base`` and a tiny ``acestep-5Hz-lm-1.7B`` (seed 0)."""
+    from acestep.testing import make_tiny_lm
+
+    root = _build(tmp_path_factory, "upstream", "base")
+    make_tiny_lm(root, size="1.7B", seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def lm_limits():
+    """CPU limits with the LM switched on (the cpu tier leaves it off by default)."""
+    from acestep.memory.limits import Limits
+
+    return Limits.for_gpu(None, {"ACESTEP_INIT_LLM": "true"})
+
+
+@pytest.fixture(scope="session")
+def engine_with_lm(lm_checkpoint: Path, lm_limits):
+    from acestep import AceStep
+
+    return AceStep.from_pretrained(lm_checkpoint, device="cpu", limits=lm_limits)

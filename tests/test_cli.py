@@ -1,6 +1,6 @@
 """The console scripts: ``acestep generate`` run for real in a subprocess, plus the other entry points.
 
-``python -m acestep.cli`` is the ``acestep`` script (``acestep.cli:main`` behind a ``__main__`` guard),
+``python -m acestep.cli`` (``acestep/cli/__main__.py``) is the ``acestep`` script (``acestep.cli:main``),
 so these tests do not depend on the venv's ``bin/acestep`` being installed.
 """
 

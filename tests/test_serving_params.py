@@ -14,7 +14,13 @@ from typing import Any
 import pytest
 
 from acestep import GenerationRequest
-from acestep.serving.params import ParamError, ReleaseParams, parse_release_params, parse_task_id_list
+from acestep.serving.params import (
+    ParamError,
+    ReleaseParams,
+    lm_fields,
+    parse_release_params,
+    parse_task_id_list,
+)
 
 Check = Callable[[ReleaseParams], Any]
 
@@ -393,8 +399,20 @@ def test_explicit_true_switches_ask_for_the_lm_in_a_fixed_order() -> None:
     body = {"use_cot_language": "true", "thinking": "true", "use_format": True, "cot_caption": "1"}
     params = parse_release_params(body)
     assert params.lm_features == ["thinking", "use_format"]
-    # Optional LM features never require the LM (upstream drops them when it has none).
-    assert {"use_cot_caption", "use_cot_language"} <= set(params.ignored)
+    # With an LM feature the optional switches shape the run (they are not "ignored")...
+    assert not {"use_cot_caption", "use_cot_language"} & set(params.ignored)
+    assert lm_fields(params.lm_options) | {"use_cot_caption": True} == lm_fields(params.lm_options)
+    # ...alone they run nothing, and say so.
+    alone = parse_release_params({"use_cot_language": "true", "cot_caption": "1"})
+    assert alone.lm_features == [] and {"use_cot_caption", "use_cot_language"} <= set(alone.ignored)
+
+
+def test_lm_options_become_request_fields_with_rest_defaults() -> None:
+    params = parse_release_params({"thinking": True, "lm_top_p": 1.5, "lm_temperature": "0.5"})
+    fields = lm_fields(params.lm_options)
+    assert fields["thinking"] is True and fields["lm_temperature"] == 0.5
+    assert fields["lm_cfg_scale"] == 2.5  # upstream's REST default (the library's is 2.0)
+    assert fields["lm_top_p"] == 1.0  # >= 1 means off
 
 
 def test_a_non_empty_sample_query_means_sample_mode_once() -> None:

@@ -14,8 +14,10 @@ import torch
 from loguru import logger
 
 from acestep.checkpoints import CheckpointPaths, Components, load_components, resolve
+from acestep.checkpoints.lm_folders import LmNotAvailable, find_lm_folder
 from acestep.engine import audio_io, conditioning
 from acestep.engine.codec import AudioCodec
+from acestep.engine.lm_stage import LmStage
 from acestep.engine.prompts import caption_prompt, encode_text, lyric_prompt, metas_string
 from acestep.engine.request import AudioItem, GenerationRequest, GenerationResult
 from acestep.engine.sampler import Condition, Guidance, denoise
@@ -44,6 +46,7 @@ class AceStep:
         dtype: torch.dtype,
         plan: ResidencyPlan | None = None,
         limits: Limits | None = None,
+        lm_folder: Path | None = None,
     ):
         self.components = components
         self.paths = paths
@@ -53,6 +56,7 @@ class AceStep:
         self.residency = Residency(components.modules(), plan or resident_plan(str(device)))
         self.residency.settle()
         self.codec = AudioCodec(components.vae, compute=device)
+        self.lm = LmStage(lm_folder, device, limits.max_duration_lm if limits is not None else 600)
         # Small tensors every stage needs, kept on the compute device so that their owner (the
         # condition encoder) may wait on the CPU between uses.
         encoder = components.condition_encoder
@@ -68,13 +72,23 @@ class AceStep:
         dtype: str | torch.dtype | None = None,
         limits: Limits | None = None,
         plan: ResidencyPlan | None = None,
+        lm: str | Path | None = None,
     ) -> AceStep:
         """Load an upstream ``checkpoints/`` root, one DiT folder, or a diffusers folder.
 
         ``limits`` default to this device's tier (with the ``ACESTEP_*`` overrides) and ``plan``
         to the offload those limits imply; ``MAX_CUDA_VRAM`` caps this process's allocator.
+        ``lm`` names the 5 Hz LM folder (default: ``ACESTEP_LM_MODEL_PATH``, else the first
+        ``acestep-5Hz-lm-*`` in the checkpoints root); it loads when a request first needs it.
         """
         paths = resolve(path, dit)
+        try:
+            lm_folder = find_lm_folder(paths.root, lm)
+        except LmNotAvailable as exc:
+            if lm not in (None, ""):
+                raise
+            logger.warning(f"{exc}; requests that need the LM will be refused")
+            lm_folder = None
         target = resolve_device(device)
         torch_dtype = default_dtype(target, dtype)
         limits = limits or Limits.for_gpu(total_gib(target))
@@ -84,7 +98,7 @@ class AceStep:
         started = time.perf_counter()
         # Weights land on the CPU first; the plan then moves to the GPU what stays there.
         components = load_components(paths, torch.device("cpu"), torch_dtype)
-        engine = cls(components, paths, target, torch_dtype, plan, limits)
+        engine = cls(components, paths, target, torch_dtype, plan, limits, lm_folder)
         logger.info(
             f"loaded {paths.dit_name} ({paths.layout} layout, {paths.variant.name}) for {target} as "
             f"{torch_dtype} in {time.perf_counter() - started:.1f} s; tier {limits.tier.name}, "
@@ -120,7 +134,14 @@ class AceStep:
                 f"task {task!r} needs a base or SFT model; {self.paths.dit_name} is a {self.variant.name} "
                 f"model (it supports {', '.join(sorted(self.variant.supported_tasks))})"
             )
-        uses_fsq = task == "cover" or bool(request.audio_code_string.strip())
+        self.lm.require(request)
+        if request.uses_lm and self.limits is not None:
+            self.limits.check_lm(self.lm.name)
+        uses_fsq = (
+            task == "cover"
+            or bool(request.audio_code_string.strip())
+            or (request.thinking and request.task_type == "text2music")
+        )
         if uses_fsq and self.components.audio_tokenizer is None:
             raise ValueError(
                 f"{self.paths.dit_name} has no audio tokenizer/detokenizer, "
@@ -132,10 +153,15 @@ class AceStep:
         request: GenerationRequest,
         output_dir: str | Path,
         progress: ProgressCallback | None = None,
+        lm_only: bool = False,
     ) -> GenerationResult:
+        """Generate audio files into ``output_dir``; ``lm_only`` stops after the LM and returns its
+        completed inputs (caption, lyrics, metadata) with no audio (``/format_input``)."""
+        if lm_only and not request.uses_lm:
+            raise ValueError("an LM-only job needs thinking, sample_mode or use_format")
         self.check(request)
         if self.limits is not None:
-            self.limits.check(request)
+            self.limits.check(request, uses_lm=request.uses_lm)
         use = self.residency.use
         timings: dict[str, float] = {}
         started = clock = time.perf_counter()
@@ -148,6 +174,12 @@ class AceStep:
 
         report = progress or (lambda stage, fraction: None)
         seeds = resolve_seeds(request.seed, request.batch_size, request.wants_random_seed)
+        song = None
+        if request.uses_lm:
+            request, song = self._think(request, seeds, report)
+            lap("lm")
+            if lm_only:
+                return self._lm_result(request, song, timings)
         uses_source = request.effective_task in SOURCE_TASKS and not request.audio_code_string.strip()
         source = audio_io.load_audio(request.src_audio) if uses_source else None
         reference = audio_io.load_audio(request.reference_audio) if request.reference_audio else None
@@ -158,16 +190,18 @@ class AceStep:
         lap("load_audio")
 
         report("conditioning", 0.0)
-        needs_codec = source is not None or bool(request.audio_code_string.strip())
+        needs_codec = (
+            source is not None or bool(request.audio_code_string.strip()) or bool(song and song.codes)
+        )
         with use(*(("vae", "condition_encoder") if needs_codec else ())):
-            plan = self._plan(request, source)
+            plan = self._plan(request, source, song.codes if song else None)
         with use(*(("vae",) if reference is not None else ())):
             refer = conditioning.reference_latents(self.codec, reference, self.silence_latent, self.dtype)
         lap("audio_encode")
         schedule, notes = build_schedule(
             self.variant, request.inference_steps, request.shift, request.timesteps
         )
-        warnings = plan.notes + notes
+        warnings = plan.notes + notes + (song.notes if song else [])
         for note in warnings:
             logger.info(note)
         metas = metas_string(request.bpm, request.time_signature, request.key_scale, plan.metas_duration_s)
@@ -227,27 +261,57 @@ class AceStep:
                 "time_signature": request.time_signature,
                 "duration": plan.target_samples / audio_io.SAMPLE_RATE,
                 "caption": request.caption,
+                "vocal_language": request.vocal_language,
                 "instruction": plan.instruction,
                 "steps": len(schedule),
                 "timesteps": schedule,
+                **(self.lm.metas_of(song) if song else {}),
             },
             timings=timings,
             warnings=warnings,
         )
 
-    def _plan(self, request: GenerationRequest, source: torch.Tensor | None) -> conditioning.TaskPlan:
+    def _think(self, request: GenerationRequest, seeds: list[int], report: ProgressCallback):
+        """Run the LM (loading it on first use) and return the request it completes."""
+        report("lm", 0.0)
+        request, song = self.lm.think(request, seeds, self.residency)
+        if self.limits is not None:
+            self.limits.check(request, uses_lm=True)  # the LM may have chosen the duration
+        return request, song
+
+    def _lm_result(self, request: GenerationRequest, song, timings: dict[str, float]) -> GenerationResult:
+        """An LM-only job's result: the completed inputs, no audio."""
+        return GenerationResult(
+            items=[],
+            sample_rate=audio_io.SAMPLE_RATE,
+            task_type=request.task_type,
+            model=self.paths.dit_name,
+            variant=self.variant.name,
+            metas=self.lm.inputs_of(request) | self.lm.metas_of(song),
+            timings=timings,
+            warnings=song.notes,
+        )
+
+    def _plan(
+        self, request: GenerationRequest, source: torch.Tensor | None, item_codes: list[str] | None = None
+    ) -> conditioning.TaskPlan:
         silence = self.silence_latent
         comps = self.components
+        if item_codes:
+            # The LM wrote one code string per item, all of the same length (the target duration).
+            plans = [
+                self._codes_plan(request.model_copy(update={"audio_code_string": codes}), codes)
+                for codes in item_codes
+            ]
+            plans[0].src_latents = torch.cat([p.src_latents for p in plans])
+            return plans[0]
         if request.audio_code_string.strip():
             codes = conditioning.parse_audio_codes(
                 request.audio_code_string, comps.audio_tokenizer.quantizer.codebook_size
             )
             if not codes:
                 raise ValueError("audio_code_string holds no <|audio_code_N|> tokens")
-            hints = conditioning.decode_codes(
-                codes, comps.audio_tokenizer, comps.audio_token_detokenizer, self.dtype
-            )
-            return conditioning.plan_from_codes(request, hints, silence)
+            return self._codes_plan(request, request.audio_code_string)
         if source is None:
             return conditioning.plan_text2music(request, silence)
 
@@ -257,6 +321,14 @@ class AceStep:
             )
 
         return conditioning.plan_from_source(request, self.codec, source, silence, self.dtype, fsq)
+
+    def _codes_plan(self, request: GenerationRequest, code_string: str) -> conditioning.TaskPlan:
+        comps = self.components
+        codes = conditioning.parse_audio_codes(code_string, comps.audio_tokenizer.quantizer.codebook_size)
+        hints = conditioning.decode_codes(
+            codes, comps.audio_tokenizer, comps.audio_token_detokenizer, self.dtype
+        )
+        return conditioning.plan_from_codes(request, hints, self.silence_latent)
 
     @torch.inference_mode()
     def _condition(

@@ -32,6 +32,7 @@ VOCAL_LANGUAGES = frozenset(
     "ro ru sa sk sr sv sw ta te th tl tr uk ur vi yue zh unknown".split()
 )
 INSTRUMENTAL_LYRICS = "[Instrumental]"
+LM_SKIP_TASKS = frozenset({"cover", "repaint"})  # the LM never runs for these (upstream)
 
 
 def _alias(*names: str) -> AliasChoices:
@@ -79,6 +80,21 @@ class GenerationRequest(BaseModel):
     audio_format: str = "flac"
     enable_normalization: bool = True
     normalization_db: float = Field(-1.0, le=0.0, ge=-60.0)
+    # The 5 Hz LM (spec lm.md). thinking, sample_mode/sample_query and use_format run it; the
+    # use_cot_* switches (upstream's defaults, true) only shape a run that one of those asked for.
+    thinking: bool = False
+    use_cot_caption: bool = Field(True, validation_alias=_alias("use_cot_caption", "cot_caption"))
+    use_cot_language: bool = Field(True, validation_alias=_alias("use_cot_language", "cot_language"))
+    use_cot_metas: bool = Field(True, validation_alias=_alias("use_cot_metas", "cot_metas"))
+    sample_mode: bool = False
+    sample_query: str = Field("", max_length=4096)
+    use_format: bool = False
+    lm_temperature: float = Field(0.85, ge=0.0, le=5.0)
+    lm_cfg_scale: float = Field(2.0, ge=0.0, le=10.0)
+    lm_top_k: int = Field(0, ge=0, le=100000)
+    lm_top_p: float = Field(0.9, gt=0.0, le=1.0)
+    lm_repetition_penalty: float = Field(1.0, gt=0.0, le=10.0)
+    lm_negative_prompt: str = Field("NO USER INPUT", max_length=4096)
     # How long models stay loaded after this job (a duration, 0 or -1); the server may forbid it.
     keep_alive: str | float | None = Field(None, validation_alias=_alias("keep_alive", "keepAlive"))
 
@@ -245,6 +261,15 @@ class GenerationRequest(BaseModel):
         if self.task_type == "text2music" and self.audio_code_string.strip():
             return "cover"
         return self.task_type
+
+    @property
+    def uses_lm(self) -> bool:
+        """Whether this job runs the 5 Hz LM: only when thinking, sample mode or format asks
+        (never because of a default: upstream's true ``use_cot_*`` ran it silently), and never
+        for cover or repaint (upstream's skip set)."""
+        if self.task_type in LM_SKIP_TASKS:
+            return False
+        return self.thinking or self.sample_mode or bool(self.sample_query.strip()) or self.use_format
 
     @property
     def wants_random_seed(self) -> bool:

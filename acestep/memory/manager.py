@@ -49,15 +49,19 @@ class MemoryManager:
             raise ValueError(f"ACESTEP_UNLOAD_WHEN_BUSY must be wait or refuse, got {busy!r}")
         self.refuse_unload_when_busy = busy == "refuse"
         self.dispatcher = None
+        self.lm_name: str | None = None  # the LM folder the worker will load, when known
         self.reports: deque[dict] = deque(maxlen=REPORTS_KEPT)
         self._lock = threading.Lock()
 
     # -- policy --------------------------------------------------------------------------
 
-    def validate(self, request: GenerationRequest, uses_lm: bool = False) -> float:
+    def validate(self, request: GenerationRequest, uses_lm: bool | None = None) -> float:
         """Refuse what cannot fit (``MemoryLimitError``) or a forbidden keep-alive (``KeepAliveError``);
         returns the keep-alive in seconds that the job will leave behind."""
+        uses_lm = request.uses_lm if uses_lm is None else uses_lm
         self.limits.check(request, uses_lm=uses_lm)
+        if uses_lm and self.lm_name:
+            self.limits.check_lm(self.lm_name)
         return self.keep_alive.for_request(request.keep_alive)
 
     def worker_env(self) -> dict[str, str]:
@@ -136,13 +140,16 @@ class MemoryManager:
         self,
         request: GenerationRequest,
         output_dir: str | Path,
-        uses_lm: bool = False,
+        uses_lm: bool | None = None,
         job_id: str | None = None,
         on_done: list | None = None,
+        lm_only: bool = False,
     ):
         """Validate, then queue; returns the dispatcher's ``Job``."""
         keep_alive = self.validate(request, uses_lm=uses_lm)
-        return self._require_worker().submit(request, output_dir, keep_alive, job_id=job_id, on_done=on_done)
+        return self._require_worker().submit(
+            request, output_dir, keep_alive, job_id=job_id, on_done=on_done, lm_only=lm_only
+        )
 
     def unload(self, level: str = "free", timeout: float | None = None) -> dict:
         """Unload after the running job; the measured report (a no-op report when nothing runs)."""

@@ -17,9 +17,9 @@ from acestep.memory.limits import Limits
 # The components a memory plan talks about, in the order a generation first uses them.
 COMPONENTS = ("lm", "text_encoder", "vae", "condition_encoder", "dit")
 
-# Engine modules behind each component (the LM is loaded by its own handler).
+# Engine modules behind each component (the LM is attached when a request first needs it).
 MODULES: dict[str, tuple[str, ...]] = {
-    "lm": (),
+    "lm": ("lm",),
     "text_encoder": ("text_encoder",),
     "vae": ("vae",),
     "condition_encoder": ("condition_encoder", "audio_tokenizer", "audio_token_detokenizer"),
@@ -107,6 +107,13 @@ class Residency:
             if module is not None:
                 self._torch.nn.Module.to(module, device=device)
         self.state[component] = place
+
+    def attach(self, component: str, module) -> None:
+        """Add a module loaded after start-up (the LM) and put it where the plan keeps it."""
+        (name,) = MODULES[component]
+        self.modules[name] = module
+        self.state[component] = self._observe(component)
+        self._move(component, self.plan.idle[component] if self.plan.on_gpu else Place.CPU)
 
     def settle(self) -> None:
         """Put every loaded component where the plan keeps it between jobs (after load or wake)."""

@@ -34,6 +34,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         mm = manager or MemoryManager()
+        mm.lm_name = app.state.lm_name
         if mm.dispatcher is None:
             mm.start(EngineSpec(config.checkpoint, dit=paths.dit_name), in_process=config.in_process_worker)
         config.uploads_dir.mkdir(parents=True, exist_ok=True)
@@ -73,6 +74,7 @@ def create_app(
         _protected_docs(app)
     mcp_server = _mount_mcp(app, config) if include_api else None
     app.state.model_name = paths.dit_name
+    app.state.lm_name, app.state.lm_missing = _lm_of(paths.root)
     app.state.variant = paths.variant
     if config.cors_origins:
         app.add_middleware(
@@ -91,10 +93,11 @@ def create_app(
         logger.exception(f"{request.method} {request.url.path} failed")
         return JSONResponse({"detail": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
 
-    from acestep.serving import routes_admin, routes_compat, routes_lego
+    from acestep.serving import routes_admin, routes_compat, routes_lego, routes_lm
 
     if include_api:
         app.include_router(routes_compat.router)
+        app.include_router(routes_lm.router)
         app.include_router(routes_admin.router)
         app.include_router(routes_lego.router)
     else:
@@ -134,3 +137,17 @@ def _mount_mcp(app: FastAPI, config: ServerConfig):
         logger.info("MCP tools not mounted: install acestep[mcp]")
         return None
     return mount_mcp(app, config.api_key)
+
+
+def _lm_of(root) -> tuple[str | None, str]:
+    """The LM this server's worker will use (its name), or why there is none."""
+    from acestep.checkpoints.lm_folders import LmNotAvailable, find_lm_folder
+
+    try:
+        folder = find_lm_folder(root)
+    except LmNotAvailable as exc:
+        return None, str(exc)
+    if folder is None:
+        hint = "download one with: acestep-download --model acestep-5Hz-lm-1.7B"
+        return None, f"no acestep-5Hz-lm-* folder in {root}; {hint}"
+    return folder.name, ""

@@ -34,7 +34,11 @@ class QueueFull(RuntimeError):
 
 class JobQueue(Protocol):
     def submit(
-        self, request: GenerationRequest, uses_lm: bool = False, cleanup: Iterable[Path] = ()
+        self,
+        request: GenerationRequest,
+        uses_lm: bool | None = None,
+        cleanup: Iterable[Path] = (),
+        lm_only: bool = False,
     ) -> Job: ...
     def get(self, task_id: str) -> Job | None: ...
     def position(self, task_id: str) -> int | None: ...
@@ -90,8 +94,15 @@ class LocalJobQueue:
         with self._lock:
             return sum(self._durations) / len(self._durations) if self._durations else 0.0
 
-    def submit(self, request: GenerationRequest, uses_lm: bool = False, cleanup: Iterable[Path] = ()) -> Job:
-        """Queue a validated job; ``cleanup`` files (uploads) are deleted when it ends."""
+    def submit(
+        self,
+        request: GenerationRequest,
+        uses_lm: bool | None = None,
+        cleanup: Iterable[Path] = (),
+        lm_only: bool = False,
+    ) -> Job:
+        """Queue a validated job; ``cleanup`` files (uploads) are deleted when it ends; ``lm_only``
+        jobs stop after the LM (``/format_input``)."""
         task_id = str(uuid.uuid4())
         inputs = list(cleanup)
         with self._lock:
@@ -105,6 +116,7 @@ class LocalJobQueue:
                 uses_lm=uses_lm,
                 job_id=task_id,
                 on_done=[lambda job: _remove(inputs), self._record],
+                lm_only=lm_only,
             )
             self._jobs[task_id] = job
         return job

@@ -197,8 +197,8 @@ def parse_release_params(raw: Mapping[str, Any]) -> ReleaseParams:
     features = _features(sent)
     lm_options = {s.name: sent[s.name] for s in (*LM_FEATURES, *LM_KNOBS) if s.name in sent}
     ignored = [s.name for s in NO_EFFECT if s.name in sent]
-    ignored += [name for name in OPTIONAL_LM if sent.get(name) is True]
-    if not features:  # sampling knobs for an LM that will not run
+    if not features:  # switches and sampling knobs for an LM that will not run
+        ignored += [name for name in OPTIONAL_LM if sent.get(name) is True]
         ignored += [s.name for s in LM_KNOBS if s.name in sent]
     ignored += [key for key in raw if key not in _KNOWN_KEYS]
     return ReleaseParams(
@@ -421,8 +421,9 @@ def _features(sent: dict[str, Any]) -> list[str]:
     return features + [name for name in names if sent.get(name) is True]
 
 
-# Optional LM features: upstream drops them silently when no LM runs, and wrappers send them
-# (upstream's documented defaults are true), so they are listed as having no effect, not refused.
+# Optional LM features: they shape an LM run that thinking, sample mode or format asked for; alone
+# they run nothing (upstream's defaults are true and wrappers send them), so they are reported as
+# having no effect rather than refused.
 OPTIONAL_LM = ("use_cot_caption", "use_cot_language")
 
 
@@ -433,3 +434,41 @@ def _ai_token(raw: Mapping[str, Any]) -> str | None:
     if not isinstance(token, str):
         raise ParamError("ai_token", "ai_token must be a string")
     return token.strip()
+
+
+# LM values that become GenerationRequest fields (the rest only steer which LM or backend).
+_LM_REQUEST_FIELDS = (
+    "thinking",
+    "sample_mode",
+    "sample_query",
+    "use_format",
+    "use_cot_caption",
+    "use_cot_language",
+    "lm_temperature",
+    "lm_cfg_scale",
+    "lm_top_k",
+    "lm_top_p",
+    "lm_repetition_penalty",
+    "lm_negative_prompt",
+)
+REST_LM_DEFAULTS = {"lm_cfg_scale": 2.5}  # upstream's /release_task default (the library uses 2.0)
+
+
+def lm_fields(options: dict[str, Any]) -> dict[str, Any]:
+    """The request fields the caller's LM options set (REST defaults first)."""
+    fields = dict(REST_LM_DEFAULTS)
+    fields.update({name: options[name] for name in _LM_REQUEST_FIELDS if options.get(name) is not None})
+    if isinstance(fields.get("lm_top_p"), float) and fields["lm_top_p"] >= 1.0:
+        fields["lm_top_p"] = 1.0  # upstream turns top-p off at >= 1
+    return fields
+
+
+def lm_warnings(options: dict[str, Any], uses_lm: bool) -> list[str]:
+    """Say what LM options did not do (never a silent backend or model switch)."""
+    notes = []
+    backend = str(options.get("lm_backend") or "").strip().lower()
+    if uses_lm and backend and backend != "pt":
+        notes.append(f"lm_backend {backend!r}: this server runs the LM with transformers (pt)")
+    if uses_lm and options.get("constrained_decoding") is False:
+        notes.append("constrained_decoding false: metadata is always constrained here")
+    return notes

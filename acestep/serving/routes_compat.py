@@ -1,5 +1,5 @@
 """Upstream-compatible routes: /release_task, /query_result, /v1/audio, /health, /v1/models,
-/v1/stats, /format_input, /create_random_sample. Handlers queue work; they never touch the GPU."""
+/v1/stats, /create_random_sample (/format_input: routes_lm). Handlers queue work, never touch the GPU."""
 
 from __future__ import annotations
 
@@ -16,7 +16,13 @@ from acestep import __version__
 from acestep.engine.request import GenerationRequest
 from acestep.serving import auth
 from acestep.serving.body import read_body
-from acestep.serving.params import ParamError, parse_release_params, parse_task_id_list
+from acestep.serving.params import (
+    ParamError,
+    lm_fields,
+    lm_warnings,
+    parse_release_params,
+    parse_task_id_list,
+)
 from acestep.serving.uploads import UploadError, confine, save_upload
 from acestep.serving.wire import envelope, query_entry
 
@@ -89,13 +95,12 @@ async def build_request(
         params = parse_release_params(fields)
     except ParamError as exc:
         raise HTTPException(400, f"{exc.field}: {exc}") from None
-    if params.lm_features:
+    unsupported = [name for name in ("analysis_only", "full_analysis_only") if name in params.lm_features]
+    if unsupported:
         raise HTTPException(
-            400,
-            f"{', '.join(params.lm_features)} need the 5Hz LM, which this server does not run; "
-            "leave them out (or false) to generate with the DiT alone",
+            400, f"{', '.join(unsupported)} (audio understanding) is not supported in this version"
         )
-    values = REST_DEFAULTS | params.fields
+    values = REST_DEFAULTS | lm_fields(params.lm_options) | params.fields
     saved: list[Path] = []
     try:
         for field, names in UPLOAD_FIELDS.items():
@@ -113,6 +118,12 @@ async def build_request(
             generation = GenerationRequest(**values)
         except ValidationError as exc:
             raise HTTPException(400, validation_message(exc)) from None
+        if generation.uses_lm and request.app.state.lm_name is None:
+            raise HTTPException(
+                400,
+                f"{', '.join(params.lm_features)} need the 5Hz LM, and this server has none: "
+                f"{request.app.state.lm_missing}; or leave them out to generate with the DiT alone",
+            )
     except UploadError as exc:
         _discard(saved)
         raise HTTPException(exc.status, str(exc)) from None
@@ -120,6 +131,7 @@ async def build_request(
         _discard(saved)
         raise
     warnings = list(params.ignored and [f"ignored (no effect here): {', '.join(params.ignored)}"])
+    warnings += lm_warnings(params.lm_options, generation.uses_lm)
     loaded = request.app.state.model_name
     if params.model and params.model != loaded:
         warnings.append(f"model {params.model!r} is not loaded here; {loaded} was used")
@@ -151,14 +163,14 @@ def _discard(paths: list[Path]) -> None:
         path.unlink(missing_ok=True)
 
 
-def submit(request: Request, generation: GenerationRequest, saved: list[Path]):
+def submit(request: Request, generation: GenerationRequest, saved: list[Path], lm_only: bool = False):
     """Queue, mapping refusals to 4xx; uploads are deleted if the job is not queued."""
     from acestep.memory.keep_alive import KeepAliveError
     from acestep.memory.limits import MemoryLimitError
     from acestep.serving.jobs import QueueFull
 
     try:
-        return request.app.state.queue.submit(generation, cleanup=saved)
+        return request.app.state.queue.submit(generation, cleanup=saved, lm_only=lm_only)
     except QueueFull as exc:
         _discard(saved)
         raise HTTPException(429, str(exc), headers={"Retry-After": str(exc.retry_after)}) from None
@@ -222,8 +234,8 @@ async def health(request: Request) -> dict:
             "models_initialized": runner.state == "ready",
             "model_state": runner.state,
             "loaded_model": request.app.state.model_name,
-            "llm_initialized": False,
-            "loaded_lm_model": None,
+            "llm_initialized": request.app.state.lm_name is not None,
+            "loaded_lm_model": request.app.state.lm_name,
         }
     )
 
@@ -244,14 +256,6 @@ async def models(request: Request) -> dict:
 @router.get("/v1/stats", dependencies=[Depends(auth.require_key)])
 async def stats(request: Request) -> dict:
     return envelope(request.app.state.queue.stats())
-
-
-@router.post("/format_input")
-async def format_input(request: Request) -> dict:
-    fields, _ = await read_body(request)
-    auth.check(request, fields.pop("ai_token", None))
-    # A 4xx like release_task's refusal of LM features: the request asks for what is not configured.
-    raise HTTPException(400, "format_input needs the 5Hz LM, which this server does not run")
 
 
 @router.post("/create_random_sample")

@@ -24,13 +24,15 @@ def audio_url(path: str) -> str:
 
 
 def _metas(job: Job) -> dict:
+    """Final values (the LM may have filled bpm, key, time signature, duration and caption)."""
     request, metas = job.request, (job.result.metas if job.result else {})
+    bpm = metas.get("bpm") or request.bpm
     return {
-        "bpm": request.bpm if request.bpm is not None else "N/A",
+        "bpm": bpm if bpm is not None else "N/A",
         "duration": metas.get("duration", request.audio_duration),
         "genres": "N/A",
-        "keyscale": request.key_scale or "N/A",
-        "timesignature": request.time_signature or "N/A",
+        "keyscale": metas.get("key_scale") or request.key_scale or "N/A",
+        "timesignature": metas.get("time_signature") or request.time_signature or "N/A",
         "prompt": request.caption,
         "lyrics": request.lyrics,
     }
@@ -59,12 +61,12 @@ def result_items(job: Job) -> list[dict]:
     )
     common = base | {
         "status": 1,
-        "prompt": job.request.caption,
+        "prompt": result.metas.get("caption", job.request.caption),
         "lyrics": job.request.lyrics,
         "metas": _metas(job),
         "generation_info": info,
         "seed_value": seeds,
-        "lm_model": None,  # reported only when the LM ran (upstream always named one)
+        "lm_model": result.metas.get("lm_model"),  # only when the LM ran (upstream always named one)
         "dit_model": result.model,
         "progress": 1.0,
         "stage": "succeeded",

@@ -36,6 +36,7 @@ def _serve(runner, out: TextIO) -> None:
                     request,
                     message["output_dir"],
                     lambda stage, fraction, ident=ident: send({"id": ident, "progress": [stage, fraction]}),
+                    lm_only=bool(message.get("lm_only")),
                 )
                 load = runner.take_job_load()
                 reply = {"result": result.model_dump(mode="json"), "load": load and load.as_dict()}

@@ -43,6 +43,7 @@ class Job:
     request: GenerationRequest
     output_dir: str
     keep_alive: float
+    lm_only: bool = False  # stop after the LM (/format_input): a result with metas and no audio
     state: str = "queued"  # queued | running | succeeded | failed
     stage: str = "queued"
     progress: float = 0.0
@@ -108,6 +109,7 @@ class Dispatcher:
         keep_alive: float | None = None,
         job_id: str | None = None,
         on_done: list[Callable[[Job], None]] | None = None,
+        lm_only: bool = False,
     ) -> Job:
         """Queue a job; ``keep_alive`` (seconds) defaults to the request's own, then the server's."""
         if keep_alive is None:
@@ -116,7 +118,9 @@ class Dispatcher:
             if self._stopping:
                 raise RuntimeError("the dispatcher is shutting down")
             ident = job_id or f"job-{next(self._ids)}"
-            job = Job(id=ident, request=request, output_dir=str(output_dir), keep_alive=keep_alive)
+            job = Job(
+                id=ident, request=request, output_dir=str(output_dir), keep_alive=keep_alive, lm_only=lm_only
+            )
             job.on_done.extend(on_done or [])
             self._jobs.append(job)
             self._cond.notify_all()
@@ -269,7 +273,7 @@ class Dispatcher:
             with self.job_guard(job) if self.job_guard else nullcontext():
                 if job.cancel_requested:  # cancelled while the guard waited (e.g. for GPU tokens)
                     raise JobError("cancelled", "cancelled by request")
-                job.result = self.runner.generate(job.request, job.output_dir, progress)
+                job.result = self.runner.generate(job.request, job.output_dir, progress, lm_only=job.lm_only)
             job.state, job.progress, job.stage = "succeeded", 1.0, "done"
             load = self.runner.take_job_load()
             if load is not None:

@@ -249,7 +249,11 @@ class ProcessRunner:
             return report
 
     def generate(
-        self, request: GenerationRequest, output_dir: str | Path, progress: Progress | None = None
+        self,
+        request: GenerationRequest,
+        output_dir: str | Path,
+        progress: Progress | None = None,
+        lm_only: bool = False,
     ) -> GenerationResult:
         with self._lock:
             reply = self._call(
@@ -257,6 +261,7 @@ class ProcessRunner:
                 progress,
                 request=request.model_dump(mode="json", exclude_unset=True),  # keeps "seed given" facts
                 output_dir=str(output_dir),
+                lm_only=lm_only,
             )
             self._state = "ready"
             self._job_load = MemoryReport.from_dict(reply["load"]) if reply["load"] else None

@@ -31,6 +31,7 @@ class EngineSpec:
     dit: str | None = None
     device: str = "auto"
     dtype: str | None = None
+    lm: str | None = None  # LM folder (path or name); None: ACESTEP_LM_MODEL_PATH, else the first found
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -137,6 +138,7 @@ class InProcessRunner:
                 dtype=self.spec.dtype,
                 limits=self.limits,
                 plan=self.plan,
+                lm=self.spec.lm,
             )
             action = "load"
         elif self.parked:
@@ -173,14 +175,18 @@ class InProcessRunner:
         self._fault = (stage, kind)
 
     def generate(
-        self, request: GenerationRequest, output_dir: str | Path, progress: Progress | None = None
+        self,
+        request: GenerationRequest,
+        output_dir: str | Path,
+        progress: Progress | None = None,
+        lm_only: bool = False,
     ) -> GenerationResult:
         with self._lock:
             try:
                 loaded = self._load()
                 self._job_load = loaded if loaded.action != "none" else None
                 reset_peak()
-                return self.engine.generate(request, output_dir, self._with_fault(progress))
+                return self.engine.generate(request, output_dir, self._with_fault(progress), lm_only=lm_only)
             except Exception as exc:
                 error = classify(exc, self.engine.limits if self.engine is not None else self.limits)
                 if error.kind == "internal":

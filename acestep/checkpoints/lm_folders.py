@@ -1,0 +1,39 @@
+"""Where the 5 Hz LM folder is: an explicit path or name, ``ACESTEP_LM_MODEL_PATH``, or the first
+``acestep-5Hz-lm-*`` in the checkpoints root. Torch-free, so the server can answer without a worker."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+LM_PREFIX = "acestep-5Hz-lm-"
+
+
+class LmNotAvailable(ValueError):
+    """A request needs the LM, and none is configured or found; the message says how to add one."""
+
+
+def find_lm_folder(
+    root: Path, lm: str | Path | None = None, env: dict[str, str] | None = None
+) -> Path | None:
+    """The LM folder: ``lm`` (a path or a folder name under ``root``), else ``ACESTEP_LM_MODEL_PATH``,
+    else the alphabetically first ``acestep-5Hz-lm-*`` under ``root`` (upstream's UI default)."""
+    env = os.environ if env is None else env
+    wanted = lm if lm not in (None, "") else env.get("ACESTEP_LM_MODEL_PATH", "").strip() or None
+    if wanted is not None:
+        direct = Path(wanted).expanduser()
+        for candidate in (direct, root / str(wanted)):
+            if (candidate / "config.json").is_file():
+                return candidate
+        present = sorted(p.name for p in root.glob(f"{LM_PREFIX}*")) if root.is_dir() else []
+        raise LmNotAvailable(
+            f"LM {wanted} not found (looked for {direct} and {root / str(wanted)}); "
+            f"LM folders under {root}: {', '.join(present) or 'none'}; "
+            "download one with: acestep-download --model acestep-5Hz-lm-1.7B"
+        )
+    found = (
+        sorted(p for p in root.glob(f"{LM_PREFIX}*") if (p / "config.json").is_file())
+        if root.is_dir()
+        else []
+    )
+    return found[0] if found else None

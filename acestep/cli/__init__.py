@@ -1,0 +1,54 @@
+"""Console scripts: ``acestep`` (``acestep generate``), ``acestep-api``, ``acestep-download``.
+
+``main`` dispatches ``acestep``'s subcommands; each command lives in its own module, and every name
+this package had as a single module is still importable from here.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from acestep.cli.api import _api_parser as _api_parser
+from acestep.cli.api import api_main
+from acestep.cli.demo import DEMO_NOTICE
+from acestep.cli.demo import _demo_inputs as _demo_inputs
+from acestep.cli.download import download_main
+from acestep.cli.generate import REQUEST_ARGS, run_generate
+from acestep.cli.generate import _generate_parser as _generate_parser
+from acestep.cli.memory import _memory_parser as _memory_parser
+from acestep.cli.memory import run_memory
+from acestep.cli.memory_flags import MEMORY_FLAGS
+from acestep.cli.memory_flags import _bool_flag as _bool_flag
+from acestep.cli.memory_flags import _memory_env as _memory_env
+from acestep.cli.memory_flags import _memory_flags as _memory_flags
+from acestep.cli.memory_flags import _memory_manager as _memory_manager
+from acestep.cli.server import _server_app as _server_app
+from acestep.cli.ui import _bool_string as _bool_string
+from acestep.cli.ui import _ui_flags as _ui_flags
+from acestep.cli.ui import run_ui
+
+__all__ = [
+    "DEMO_NOTICE",
+    "MEMORY_FLAGS",
+    "REQUEST_ARGS",
+    "api_main",
+    "download_main",
+    "main",
+    "run_generate",
+    "run_memory",
+    "run_ui",
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="acestep", description="ACE-Step 1.5 music generation (Gradio UI)")
+    _ui_flags(parser)
+    sub = parser.add_subparsers(dest="command")
+    _generate_parser(sub)
+    _memory_parser(sub)
+    args = parser.parse_args(argv)
+    if args.command == "generate":
+        return run_generate(args)
+    if args.command == "memory":
+        return run_memory(args)
+    return run_ui(args)

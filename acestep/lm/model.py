@@ -1,0 +1,211 @@
+"""``LanguageModel``: one loaded 5 Hz LM folder (tokenizer, Qwen3 causal LM) and how it decodes.
+
+Loading is safe (safetensors only, no remote code). Decoding is eager by default on every
+device; ``ACESTEP_LM_COMPILE=1`` asks for the fast path (a static KV cache and a compiled,
+CUDA-graph-captured decode step), which is tried once inside :func:`guarded_capture` and
+abandoned for the process on any failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from loguru import logger
+
+from acestep.lm.capture import guarded_capture
+from acestep.lm.decoder import Forward, decode, eager_forward
+from acestep.lm.sampling import SamplingParams
+from acestep.lm.vocab import LmVocab
+
+MAX_MODEL_LEN = 4096
+CAPTURE_NAME = "5Hz LM fast path"
+
+
+class LmLoadError(RuntimeError):
+    """An LM folder cannot be loaded; the message says what is wrong with it."""
+
+
+@dataclass
+class LmRun:
+    token_ids: list[int]
+    text: str
+    seconds: float
+
+    @property
+    def tokens_per_second(self) -> float:
+        return len(self.token_ids) / self.seconds if self.seconds > 0 else 0.0
+
+
+def compile_requested(env: dict[str, str] | None = None) -> bool:
+    value = (env if env is not None else os.environ).get("ACESTEP_LM_COMPILE", "").strip().lower()
+    return value in ("1", "true", "yes", "on")
+
+
+def check_folder(folder: Path) -> dict:
+    """The folder's config, after checking it is a Qwen3 causal LM with safetensors weights."""
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise LmLoadError(f"{folder} is not an LM folder (no config.json)")
+    config = json.loads(config_file.read_text())
+    if config.get("model_type") != "qwen3":
+        raise LmLoadError(f"{folder.name} is a {config.get('model_type')!r} model; the 5Hz LM is qwen3")
+    if not any(folder.glob("*.safetensors")):
+        raise LmLoadError(f"{folder.name} has no .safetensors weights (pickled weights are not loaded)")
+    return config
+
+
+class LanguageModel:
+    """A loaded LM. ``model`` is the module the memory plan moves; decoding runs where it is."""
+
+    def __init__(self, folder: Path, tokenizer, model: torch.nn.Module):
+        self.folder = folder
+        self.name = folder.name
+        self.tokenizer = tokenizer
+        self.model = model
+        self.vocab = LmVocab.from_tokenizer(tokenizer)
+        positions = getattr(model.config, "max_position_embeddings", MAX_MODEL_LEN) or MAX_MODEL_LEN
+        self.max_model_len = min(MAX_MODEL_LEN, int(positions))
+        self._tables = None
+        self.max_duration = 600  # the CoT's duration domain; the engine lowers it to its tier's limit
+        self._fast: Forward | None = None
+        self.fast_path = "off"  # off | on | failed
+
+    @classmethod
+    def load(cls, folder: str | Path, dtype: torch.dtype = torch.float32) -> LanguageModel:
+        """Load to the CPU (the memory plan places it); no ``trust_remote_code``, no pickle."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        folder = Path(folder)
+        check_folder(folder)
+        started = time.perf_counter()
+        tokenizer = AutoTokenizer.from_pretrained(folder, use_fast=True)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, use_safetensors=True)
+        model.eval()
+        lm = cls(folder, tokenizer, model)
+        logger.info(f"loaded LM {folder.name} as {dtype} in {time.perf_counter() - started:.1f} s")
+        return lm
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def tables(self):
+        if self._tables is None:
+            from acestep.lm.constraints import ConstraintTables
+
+            self._tables = ConstraintTables.build(self.tokenizer, self.vocab, max_duration=self.max_duration)
+        return self._tables
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def run(
+        self,
+        prompt: str,
+        uncond_prompt: str | None,
+        constraint,
+        params: SamplingParams,
+        seed: int,
+        max_new_tokens: int,
+    ) -> LmRun:
+        """Decode after ``prompt``; ``uncond_prompt`` adds the CFG row when ``params`` use CFG.
+
+        The draw uses a CPU generator seeded with ``seed``: same prompt, seed and settings on the
+        same device give the same tokens, and torch's global RNG is never read or advanced.
+        """
+        rows = [self.encode(prompt)]
+        if uncond_prompt is not None and params.uses_cfg:
+            rows.append(self.encode(uncond_prompt))
+        budget = self.max_model_len - 64 - max(len(r) for r in rows)
+        if budget <= 0:
+            raise ValueError(f"the LM prompt is {len(rows[0])} tokens, too long for {self.max_model_len}")
+        started = time.perf_counter()
+        forward, cache = self._forward_and_cache(len(rows))
+        tokens = decode(
+            forward,
+            cache,
+            rows,
+            constraint,
+            params,
+            torch.Generator().manual_seed(int(seed)),
+            min(max_new_tokens, budget),
+            self.vocab.eos_id,
+            self.vocab.pad_id,
+            self.device,
+        )
+        text = self.tokenizer.decode(tokens, skip_special_tokens=False)
+        return LmRun(tokens, text, time.perf_counter() - started)
+
+    # -- the optional fast path -------------------------------------------------------------
+
+    def _forward_and_cache(self, rows: int) -> tuple[Forward, object]:
+        from transformers import DynamicCache, StaticCache
+
+        if self._fast is not None and self.device.type == "cuda":
+            return self._fast, StaticCache(config=self.model.config, max_cache_len=self.max_model_len)
+        return eager_forward(self.model), DynamicCache(config=self.model.config)
+
+    def try_fast_path(self) -> bool:
+        """Compile and capture the decode step once; on failure stay eager (RNG untouched)."""
+        if self.fast_path != "off":
+            return self.fast_path == "on"
+        fast = guarded_capture(CAPTURE_NAME, self._capture)
+        self._fast = fast
+        self.fast_path = "on" if fast is not None else "failed"
+        return fast is not None
+
+    def _capture(self) -> Forward:
+        if self.device.type != "cuda":
+            raise RuntimeError(f"the fast path needs the LM on a CUDA device, it is on {self.device}")
+        forward = static_forward(self.model, self.max_model_len)
+        # Warm-up decodes compile the step and record its graphs; they draw nothing at random.
+        from transformers import StaticCache
+
+        for _ in range(3):
+            cache = StaticCache(config=self.model.config, max_cache_len=self.max_model_len)
+            decode_warmup(forward, cache, self.vocab.pad_id, self.device)
+        torch.cuda.synchronize()
+        return forward
+
+
+def static_forward(model: torch.nn.Module, max_len: int) -> Forward:
+    """Prefill eager; single-token steps through one compiled function of fixed shapes."""
+    compiled = torch.compile(model.forward, mode="reduce-overhead", dynamic=False, fullgraph=False)
+
+    def forward(input_ids, attention_mask, position_ids, cache):
+        step = input_ids.shape[1] == 1
+        full = torch.zeros(
+            attention_mask.shape[0], max_len, dtype=attention_mask.dtype, device=attention_mask.device
+        )
+        full[:, : attention_mask.shape[1]] = attention_mask
+        length = attention_mask.shape[1]
+        cache_position = torch.arange(length - input_ids.shape[1], length, device=input_ids.device)
+        call = compiled if step else model.forward
+        out = call(
+            input_ids=input_ids,
+            attention_mask=full,
+            position_ids=position_ids,
+            past_key_values=cache,
+            cache_position=cache_position,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return out.logits[:, -1, :].clone(), cache
+
+    return forward
+
+
+def decode_warmup(forward: Forward, cache: object, pad_id: int, device: torch.device) -> None:
+    ids = torch.full((2, 8), pad_id, dtype=torch.long, device=device)
+    mask = torch.ones_like(ids)
+    positions = torch.arange(8, device=device).expand(2, -1)
+    forward(ids, mask, positions, cache)
+    for step in range(3):
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        forward(ids[:, :1], mask, positions[:, -1:] + 1 + step, cache)

@@ -1,0 +1,92 @@
+"""``POST /format_input``: the LM rewrites a caption and lyrics and fills in the metadata.
+
+Synchronous for the caller, but the work is an ordinary queued job (``lm_only``): it waits its
+turn, passes the memory checks, and runs in the worker; this handler never touches the GPU.
+"""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import APIRouter, HTTPException, Request
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from acestep.engine.request import GenerationRequest
+from acestep.serving import auth
+from acestep.serving.body import read_body
+from acestep.serving.routes_compat import body_schema, submit, validation_message
+from acestep.serving.wire import envelope
+
+router = APIRouter()
+FORMAT_TIMEOUT_S = 600.0
+# param_obj keys (upstream's names) -> request fields
+PARAM_FIELDS = {
+    "duration": "audio_duration",
+    "bpm": "bpm",
+    "key": "key_scale",
+    "key_scale": "key_scale",
+    "keyscale": "key_scale",
+    "time_signature": "time_signature",
+    "timesignature": "time_signature",
+    "language": "vocal_language",
+    "vocal_language": "vocal_language",
+}
+FORMAT_SCHEMA = body_schema(
+    {
+        "prompt": {"type": "string"},
+        "lyrics": {"type": "string"},
+        "temperature": {"type": "number"},
+        "param_obj": {"type": "object"},
+        "time_signature": {"type": "string"},
+    }
+)
+
+
+def format_request(fields: dict) -> GenerationRequest:
+    """The LM-only request behind a /format_input body; HTTPException 400 with the reason."""
+    params = fields.get("param_obj") or {}
+    if isinstance(params, str):
+        try:
+            params = json.loads(params) if params.strip() else {}
+        except ValueError:
+            raise HTTPException(400, "param_obj must be a JSON object") from None
+    if not isinstance(params, dict):
+        raise HTTPException(400, "param_obj must be a JSON object")
+    values: dict = {
+        "use_format": True,
+        "caption": fields.get("prompt") or "",
+        "lyrics": fields.get("lyrics") or "",
+    }
+    if fields.get("temperature") not in (None, ""):
+        values["lm_temperature"] = fields["temperature"]
+    if fields.get("time_signature") not in (None, ""):
+        values["time_signature"] = fields["time_signature"]
+    for key, field in PARAM_FIELDS.items():
+        if params.get(key) not in (None, ""):
+            values[field] = params[key]
+    try:
+        return GenerationRequest(**values)
+    except ValidationError as exc:
+        raise HTTPException(400, validation_message(exc)) from None
+
+
+@router.post("/format_input", openapi_extra=FORMAT_SCHEMA)
+async def format_input(request: Request) -> dict:
+    fields, _ = await read_body(request)
+    auth.check(request, fields.pop("ai_token", None))
+    state = request.app.state
+    if state.lm_name is None:
+        # 400 like /release_task's refusal (upstream: 503): the request asks for what is not configured.
+        raise HTTPException(400, f"LLM not initialized: {state.lm_missing}")
+    job = submit(request, format_request(fields), [], lm_only=True)
+    try:
+        await run_in_threadpool(job.wait, FORMAT_TIMEOUT_S)
+    except TimeoutError:
+        raise HTTPException(504, f"format_input did not finish in {FORMAT_TIMEOUT_S:.0f} s") from None
+    if job.state != "succeeded":
+        status = 400 if job.error_kind in ("input", "limit") else 500
+        raise HTTPException(status, f"format_input failed: {job.error}")
+    metas = job.result.metas
+    names = ("caption", "lyrics", "bpm", "key_scale", "time_signature", "duration", "vocal_language")
+    return envelope({name: metas.get(name) for name in names})
