@@ -92,6 +92,7 @@ def measure(size: str, args, tokenizer) -> dict:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     lm = build(size, device, dtype, tokenizer)
     write_codes(lm, 4, 0)  # warm-up (kernels, allocator)
+    _, first = write_codes(lm, 1, 7)  # prefill + one step: separates the prompt's cost
     tokens, seconds = write_codes(lm, args.codes, 7)
     again, _ = write_codes(lm, args.codes, 7)
     row = {
@@ -100,6 +101,8 @@ def measure(size: str, args, tokenizer) -> dict:
         "codes": len(tokens),
         "eager_seconds": round(seconds, 3),
         "eager_tokens_per_s": round(len(tokens) / seconds, 1),
+        "eager_prefill_seconds": round(first, 3),
+        "eager_decode_tokens_per_s": round((len(tokens) - 1) / max(seconds - first, 1e-9), 1),
         "same_seed_same_codes": tokens == again,
     }
     if args.compile and device.type == "cuda":

@@ -412,7 +412,7 @@ def test_lm_options_become_request_fields_with_rest_defaults() -> None:
     fields = lm_fields(params.lm_options)
     assert fields["thinking"] is True and fields["lm_temperature"] == 0.5
     assert fields["lm_cfg_scale"] == 2.5  # upstream's REST default (the library's is 2.0)
-    assert fields["lm_top_p"] == 1.0  # >= 1 means off
+    assert fields["lm_top_p"] == 0.9  # upstream's /release_task: >= 1 becomes the default
 
 
 def test_a_non_empty_sample_query_means_sample_mode_once() -> None:

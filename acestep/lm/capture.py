@@ -39,13 +39,16 @@ def _saved_states() -> tuple[torch.Tensor, list[torch.Tensor] | None]:
 
 def _restore(states: tuple[torch.Tensor, list[torch.Tensor] | None]) -> None:
     cpu, cuda = states
+    torch.set_rng_state(cpu)
     if cuda is not None:
         try:
             torch.cuda.synchronize()
         except RuntimeError as exc:  # a failed capture can leave an error pending on the stream
             logger.warning(f"CUDA synchronise after a failed capture reported: {exc}")
-        torch.cuda.set_rng_state_all(cuda)
-    torch.set_rng_state(cpu)
+        try:
+            torch.cuda.set_rng_state_all(cuda)
+        except RuntimeError as exc:  # never let the restore itself fail the load or the job
+            logger.error(f"could not restore the CUDA RNG state after graph capture: {exc}")
 
 
 def _disturb_and_fail(message: str) -> None:

@@ -8,6 +8,7 @@ metadata block, the audio codes after it, or the free text of the understanding 
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -254,6 +255,10 @@ class CotConstraint:
             # The phase-2 prompt puts a newline after </think>; keep the model on that layout.
             steps += [_Step("force", (newline,)), _Step("codes")]
         return steps
+
+    def clone(self) -> CotConstraint:
+        """A copy of this state that shares the read-only tables (a retry starts from here)."""
+        return copy.deepcopy(self, {id(self._t): self._t})
 
     @property
     def finished(self) -> bool:

@@ -51,7 +51,10 @@ def check_folder(folder: Path) -> dict:
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise LmLoadError(f"{folder} is not an LM folder (no config.json)")
-    config = json.loads(config_file.read_text())
+    try:
+        config = json.loads(config_file.read_text())
+    except ValueError as exc:
+        raise LmLoadError(f"{config_file} is not valid JSON: {exc}") from exc
     if config.get("model_type") != "qwen3":
         raise LmLoadError(f"{folder.name} is a {config.get('model_type')!r} model; the 5Hz LM is qwen3")
     if not any(folder.glob("*.safetensors")):
@@ -73,6 +76,7 @@ class LanguageModel:
         self._tables = None
         self.max_duration = 600  # the CoT's duration domain; the engine lowers it to its tier's limit
         self._fast: Forward | None = None
+        self._caches: dict[int, object] = {}  # the fast path's static KV caches, by row count
         self.fast_path = "off"  # off | on | failed
 
     @classmethod
@@ -83,10 +87,13 @@ class LanguageModel:
         folder = Path(folder)
         check_folder(folder)
         started = time.perf_counter()
-        tokenizer = AutoTokenizer.from_pretrained(folder, use_fast=True)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, use_safetensors=True)
-        model.eval()
-        lm = cls(folder, tokenizer, model)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder, use_fast=True)
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, use_safetensors=True)
+            model.eval()
+            lm = cls(folder, tokenizer, model)
+        except (OSError, ValueError) as exc:  # a broken folder is the server's fault, not the request's
+            raise LmLoadError(f"cannot load the LM {folder.name}: {exc}") from exc
         logger.info(f"loaded LM {folder.name} as {dtype} in {time.perf_counter() - started:.1f} s")
         return lm
 
@@ -99,7 +106,12 @@ class LanguageModel:
         if self._tables is None:
             from acestep.lm.constraints import ConstraintTables
 
-            self._tables = ConstraintTables.build(self.tokenizer, self.vocab, max_duration=self.max_duration)
+            try:
+                self._tables = ConstraintTables.build(
+                    self.tokenizer, self.vocab, max_duration=self.max_duration
+                )
+            except ValueError as exc:  # the tokenizer cannot express the CoT: a broken LM folder
+                raise LmLoadError(f"the LM tokenizer of {self.name} cannot be constrained: {exc}") from exc
         return self._tables
 
     def encode(self, text: str) -> list[int]:
@@ -126,73 +138,93 @@ class LanguageModel:
         if budget <= 0:
             raise ValueError(f"the LM prompt is {len(rows[0])} tokens, too long for {self.max_model_len}")
         started = time.perf_counter()
-        forward, cache = self._forward_and_cache(len(rows))
-        tokens = decode(
-            forward,
-            cache,
-            rows,
-            constraint,
-            params,
-            torch.Generator().manual_seed(int(seed)),
-            min(max_new_tokens, budget),
-            self.vocab.eos_id,
-            self.vocab.pad_id,
-            self.device,
-        )
+
+        def attempt(forward: Forward, cache: object, fsm) -> list[int]:
+            generator = torch.Generator().manual_seed(int(seed))  # a fresh one per attempt
+            limit = min(max_new_tokens, budget)
+            return decode(forward, cache, rows, fsm, params, generator, limit, *self._ids, self.device)
+
+        tokens = None
+        if self._fast is not None and self.device.type == "cuda":
+            # A failed fast attempt must not leave the FSM advanced (its tables are shared, not copied).
+            snapshot = constraint.clone() if constraint is not None else None
+            # Graphs may be re-recorded here (a moved model, a new shape): still inside the guard.
+            cache = self._caches[len(rows)]
+            cache.reset()
+            tokens = guarded_capture(CAPTURE_NAME, lambda: attempt(self._fast, cache, constraint))
+            if tokens is None:
+                self._drop_fast()
+                constraint = snapshot
+        if tokens is None:
+            from transformers import DynamicCache
+
+            tokens = attempt(eager_forward(self.model), DynamicCache(config=self.model.config), constraint)
         text = self.tokenizer.decode(tokens, skip_special_tokens=False)
         return LmRun(tokens, text, time.perf_counter() - started)
 
+    @property
+    def _ids(self) -> tuple[int, int]:
+        return self.vocab.eos_id, self.vocab.pad_id
+
     # -- the optional fast path -------------------------------------------------------------
-
-    def _forward_and_cache(self, rows: int) -> tuple[Forward, object]:
-        from transformers import DynamicCache, StaticCache
-
-        if self._fast is not None and self.device.type == "cuda":
-            return self._fast, StaticCache(config=self.model.config, max_cache_len=self.max_model_len)
-        return eager_forward(self.model), DynamicCache(config=self.model.config)
 
     def try_fast_path(self) -> bool:
         """Compile and capture the decode step once; on failure stay eager (RNG untouched)."""
         if self.fast_path != "off":
             return self.fast_path == "on"
         fast = guarded_capture(CAPTURE_NAME, self._capture)
-        self._fast = fast
-        self.fast_path = "on" if fast is not None else "failed"
+        if fast is None:
+            self._drop_fast()
+        else:
+            self._fast = fast
+            self.fast_path = "on"
         return fast is not None
+
+    def _drop_fast(self) -> None:
+        """Eager for the rest of the process: partial graphs, their pool and the caches go."""
+        self._fast, self._caches, self.fast_path = None, {}, "failed"
+        try:
+            torch.compiler.reset()
+        except Exception as exc:  # resetting compile state is best effort
+            logger.warning(f"torch.compiler.reset after a failed capture: {exc}")
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.empty_cache()
 
     def _capture(self) -> Forward:
         if self.device.type != "cuda":
             raise RuntimeError(f"the fast path needs the LM on a CUDA device, it is on {self.device}")
-        forward = static_forward(self.model, self.max_model_len)
-        # Warm-up decodes compile the step and record its graphs; they draw nothing at random.
         from transformers import StaticCache
 
-        for _ in range(3):
-            cache = StaticCache(config=self.model.config, max_cache_len=self.max_model_len)
-            decode_warmup(forward, cache, self.vocab.pad_id, self.device)
+        forward = static_forward(self.model, self.max_model_len)
+        # One cache per row count (1: no CFG; 2: CFG), kept for the process: a new cache per run
+        # would move its addresses and re-record the graphs on every request.
+        self._caches = {
+            rows: StaticCache(config=self.model.config, max_cache_len=self.max_model_len) for rows in (1, 2)
+        }
+        for rows, cache in self._caches.items():
+            for _ in range(3):  # compile, then record the graphs; nothing here draws at random
+                cache.reset()
+                decode_warmup(forward, cache, rows, self.vocab.pad_id, self.device)
         torch.cuda.synchronize()
         return forward
 
 
 def static_forward(model: torch.nn.Module, max_len: int) -> Forward:
-    """Prefill eager; single-token steps through one compiled function of fixed shapes."""
+    """Prefill eager; single-token steps through one compiled function of fixed shapes (the mask
+    is always ``max_len`` wide; the static cache tracks its own write position)."""
     compiled = torch.compile(model.forward, mode="reduce-overhead", dynamic=False, fullgraph=False)
 
     def forward(input_ids, attention_mask, position_ids, cache):
-        step = input_ids.shape[1] == 1
         full = torch.zeros(
             attention_mask.shape[0], max_len, dtype=attention_mask.dtype, device=attention_mask.device
         )
         full[:, : attention_mask.shape[1]] = attention_mask
-        length = attention_mask.shape[1]
-        cache_position = torch.arange(length - input_ids.shape[1], length, device=input_ids.device)
-        call = compiled if step else model.forward
+        call = compiled if input_ids.shape[1] == 1 else model.forward
         out = call(
             input_ids=input_ids,
             attention_mask=full,
             position_ids=position_ids,
             past_key_values=cache,
-            cache_position=cache_position,
             use_cache=True,
             logits_to_keep=1,
         )
@@ -201,10 +233,10 @@ def static_forward(model: torch.nn.Module, max_len: int) -> Forward:
     return forward
 
 
-def decode_warmup(forward: Forward, cache: object, pad_id: int, device: torch.device) -> None:
-    ids = torch.full((2, 8), pad_id, dtype=torch.long, device=device)
+def decode_warmup(forward: Forward, cache: object, rows: int, pad_id: int, device: torch.device) -> None:
+    ids = torch.full((rows, 8), pad_id, dtype=torch.long, device=device)
     mask = torch.ones_like(ids)
-    positions = torch.arange(8, device=device).expand(2, -1)
+    positions = torch.arange(8, device=device).expand(rows, -1)
     forward(ids, mask, positions, cache)
     for step in range(3):
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)

@@ -24,6 +24,7 @@ from acestep.lm.model import LanguageModel
 from acestep.lm.sampling import SamplingParams
 
 COT_TOKEN_BUDGET = 1024  # bpm..timesignature with a 512-token caption fits well inside
+COT_ALLOWANCE = 48  # tokens of the phase-2 CoT beyond its caption, for the early budget check
 TEXT_TOKEN_BUDGET = 2048  # sample / format: a CoT plus lyrics
 MIN_DURATION_S, MAX_DURATION_S = 10, 600
 
@@ -69,7 +70,7 @@ def plan_song(lm: LanguageModel, request: GenerationRequest, seeds: list[int]) -
     plan = SongPlan()
     caption, lyrics = request.caption, request.lyrics_text
     text_params = sampling_of(request, cfg=False)
-    lm_metas: dict = {}
+    rewritten: dict = {}  # metadata written by sample mode / format (the LM's, not the user's)
 
     def timed(name: str, run):
         started = time.perf_counter()
@@ -81,26 +82,34 @@ def plan_song(lm: LanguageModel, request: GenerationRequest, seeds: list[int]) -
     if request.sample_mode or request.sample_query.strip():
         prompt = prompts.sample_prompt(lm.tokenizer, request.sample_query, request.instrumental)
         out = parse_output(timed("lm_sample", lambda: _free_text(lm, prompt, text_params, seeds[0])).text)
-        lm_metas.update(out.metas)
+        rewritten.update(out.metas)
         caption = str(out.metas.get("caption") or caption)
         lyrics = out.lyrics or (INSTRUMENTAL_LYRICS if request.instrumental else lyrics)
         plan.updates.update(caption=caption, lyrics=lyrics)
     if request.use_format:
         prompt = prompts.format_prompt(lm.tokenizer, caption, lyrics)
         out = parse_output(timed("lm_format", lambda: _free_text(lm, prompt, text_params, seeds[0])).text)
-        lm_metas.update(out.metas)
+        rewritten.update(out.metas)
         caption = str(out.metas.get("caption") or caption)
         lyrics = out.lyrics or lyrics
         plan.updates.update(caption=caption, lyrics=lyrics)
 
-    given = user_metas(request)
-    wants_metas = request.use_cot_metas and len(given) < 4
-    if wants_metas or request.use_cot_caption or request.use_cot_language:
+    wants_codes = request.thinking and not request.audio_code_string.strip()
+    if wants_codes and request.task_type == "text2music" and request.audio_duration > 0:
+        _check_budget(lm, request.audio_duration, prompts.phase1_prompt(lm.tokenizer, caption, lyrics))
+    # Values the user gave, then those sample/format wrote, are forced into the CoT, not regenerated.
+    forced = user_metas(request)
+    for key, value in user_metas_from(metas_for_dit(rewritten)).items():
+        forced.setdefault(key, value)
+    cot_caption = request.use_cot_caption and not rewritten.get("caption")
+    cot: dict = {}
+    needs_cot = (request.use_cot_metas and len(forced) < 4) or cot_caption or request.use_cot_language
+    if request.thinking and needs_cot:  # phase 1 runs for thinking only; sample/format wrote a CoT already
         constraint = CotConstraint(
             lm.tables,
             phase="cot",
-            user_metas=given,
-            use_caption=request.use_cot_caption,
+            user_metas=forced,
+            use_caption=cot_caption,
             use_language=request.use_cot_language,
         )
         run = timed(
@@ -114,31 +123,64 @@ def plan_song(lm: LanguageModel, request: GenerationRequest, seeds: list[int]) -
                 COT_TOKEN_BUDGET,
             ),
         )
-        lm_metas.update(parse_output(run.text).metas)
-    plan.lm_metas = dict(lm_metas)
+        cot = parse_output(run.text).metas
+    plan.lm_metas = rewritten | cot
+    _merge(request, plan, metas_for_dit(rewritten), metas_for_dit(cot))
 
-    found = metas_for_dit(lm_metas)
-    fill = {"bpm": request.bpm, "key_scale": request.key_scale, "time_signature": request.time_signature}
-    for name, current in fill.items():
-        if not current and name in found:
-            plan.updates[name] = found[name]
-    if request.audio_duration <= 0 and "audio_duration" in found:
-        plan.updates["audio_duration"] = float(found["audio_duration"])
-    if request.use_cot_caption and "caption" in found:
-        plan.updates["caption"] = caption = found["caption"]
-    if request.use_cot_language and request.vocal_language == "unknown" and "vocal_language" in found:
-        # Upstream read a key the parser never writes, so the LM's language never reached the DiT.
-        plan.updates["vocal_language"] = found["vocal_language"]
-
-    if request.thinking and not request.audio_code_string.strip():
+    if wants_codes:
         if request.task_type != "text2music":
             # Codes replace the source (cover); lego, extract and complete must keep theirs.
             plan.notes.append(
                 f"{request.task_type} keeps its source audio: the LM wrote metadata but no audio codes"
             )
         else:
-            _write_codes(lm, request, seeds, caption, lyrics, plan)
+            cot_caption_text = str(cot["caption"]) if cot.get("caption") else None
+            _write_codes(lm, request, seeds, caption, lyrics, cot_caption_text, plan)
     return plan
+
+
+def user_metas_from(found: dict) -> dict[str, str]:
+    """Request-field metadata (``metas_for_dit`` output) spelled as the CoT spells it."""
+    names = {"bpm": "bpm", "key_scale": "keyscale", "time_signature": "timesignature"}
+    metas = {cot: str(found[field]) for field, cot in names.items() if field in found}
+    if "audio_duration" in found:
+        metas["duration"] = str(int(found["audio_duration"]))
+    return metas
+
+
+def _merge(request: GenerationRequest, plan: SongPlan, rewritten: dict, cot: dict) -> None:
+    """User values win; then sample/format's; then phase 1's (bpm, key, time signature and duration
+    only with ``use_cot_metas``, the caption with ``use_cot_caption``, the language with
+    ``use_cot_language``)."""
+    filled = rewritten | (
+        {k: v for k, v in cot.items() if k not in rewritten} if request.use_cot_metas else {}
+    )
+    given = {"bpm": request.bpm, "key_scale": request.key_scale, "time_signature": request.time_signature}
+    for name, current in given.items():
+        if not current and name in filled:
+            plan.updates[name] = filled[name]
+    if request.audio_duration <= 0 and "audio_duration" in filled:
+        plan.updates["audio_duration"] = float(filled["audio_duration"])
+    if request.use_cot_caption and "caption" in cot:
+        plan.updates["caption"] = cot["caption"]
+    if request.vocal_language == "unknown":
+        # Upstream read a key the parser never writes, so the LM's language never reached the DiT.
+        language = cot.get("vocal_language") if request.use_cot_language else None
+        language = language or rewritten.get("vocal_language")
+        if language:
+            plan.updates["vocal_language"] = language
+
+
+def _check_budget(lm: LanguageModel, duration: float, prompt: str, allowance: int = COT_ALLOWANCE) -> None:
+    """Refuse before decoding when the codes cannot fit the LM's context after the prompt
+    (``allowance``: tokens the prompt will still grow by, the phase-2 CoT)."""
+    target = max(int(duration * CODES_PER_SECOND), 1)
+    room = lm.max_model_len - 64 - len(lm.encode(prompt)) - allowance
+    if target + 8 > room:
+        raise ValueError(
+            f"{duration:.0f} s needs {target} audio codes, but the LM's {lm.max_model_len}-token context "
+            f"holds about {max(room, 0)} after this caption and lyrics; shorten the duration or the lyrics"
+        )
 
 
 def _free_text(lm: LanguageModel, prompt: str, params: SamplingParams, seed: int):
@@ -147,24 +189,33 @@ def _free_text(lm: LanguageModel, prompt: str, params: SamplingParams, seed: int
 
 
 def _write_codes(
-    lm: LanguageModel, request: GenerationRequest, seeds: list[int], caption: str, lyrics: str, plan: SongPlan
+    lm: LanguageModel,
+    request: GenerationRequest,
+    seeds: list[int],
+    caption: str,
+    lyrics: str,
+    cot_caption: str | None,
+    plan: SongPlan,
 ) -> None:
     duration = plan.updates.get("audio_duration", request.audio_duration)
     if duration <= 0:
         duration = AUTO_DURATION_S
         plan.notes.append(f"no duration from the user or the LM: writing codes for {AUTO_DURATION_S:.0f} s")
     target = max(int(duration * CODES_PER_SECOND), 1)
+    language = plan.updates.get("vocal_language", request.vocal_language)
     cot_metas = {
         "bpm": plan.updates.get("bpm", request.bpm),
-        "caption": caption,
+        "caption": cot_caption,  # only what phase 1 wrote (absent with use_cot_caption off)
         "duration": int(duration),
         "keyscale": plan.updates.get("key_scale", request.key_scale),
-        "language": plan.updates.get("vocal_language", request.vocal_language),
+        "language": language if language != "unknown" else None,
         "timesignature": plan.updates.get("time_signature", request.time_signature),
     }
     plan.cot = serialize_cot(cot_metas)
+    # The same user turn as phase 1 (the caption and lyrics the user, or sample/format, gave).
     prompt = prompts.phase2_prompt(lm.tokenizer, caption, lyrics, plan.cot)
     uncond = prompts.unconditional_prompt(lm.tokenizer, lyrics, request.lm_negative_prompt, plan.cot)
+    _check_budget(lm, duration, prompt, allowance=0)
     params = sampling_of(request)
     codes: list[str] = []
     started = time.perf_counter()

@@ -118,6 +118,7 @@ LM_FEATURES = (
     _Spec("full_analysis_only", "bool", ("fullAnalysisOnly",)),
     _Spec("use_cot_caption", "bool", ("cot_caption", "cot-caption")),
     _Spec("use_cot_language", "bool", ("cot_language", "cot-language")),
+    _Spec("use_cot_metas", "bool", ("cot_metas", "cot-metas")),
 )
 LM_KNOBS = (
     _Spec("lm_temperature", "float"),
@@ -424,7 +425,7 @@ def _features(sent: dict[str, Any]) -> list[str]:
 # Optional LM features: they shape an LM run that thinking, sample mode or format asked for; alone
 # they run nothing (upstream's defaults are true and wrappers send them), so they are reported as
 # having no effect rather than refused.
-OPTIONAL_LM = ("use_cot_caption", "use_cot_language")
+OPTIONAL_LM = ("use_cot_caption", "use_cot_language", "use_cot_metas")
 
 
 def _ai_token(raw: Mapping[str, Any]) -> str | None:
@@ -444,6 +445,7 @@ _LM_REQUEST_FIELDS = (
     "use_format",
     "use_cot_caption",
     "use_cot_language",
+    "use_cot_metas",
     "lm_temperature",
     "lm_cfg_scale",
     "lm_top_k",
@@ -458,17 +460,25 @@ def lm_fields(options: dict[str, Any]) -> dict[str, Any]:
     """The request fields the caller's LM options set (REST defaults first)."""
     fields = dict(REST_LM_DEFAULTS)
     fields.update({name: options[name] for name in _LM_REQUEST_FIELDS if options.get(name) is not None})
-    if isinstance(fields.get("lm_top_p"), float) and fields["lm_top_p"] >= 1.0:
-        fields["lm_top_p"] = 1.0  # upstream turns top-p off at >= 1
+    if isinstance(fields.get("lm_top_p"), int | float) and fields["lm_top_p"] >= 1.0:
+        fields["lm_top_p"] = 0.9  # upstream's /release_task maps top-p >= 1 to its default
     return fields
 
 
-def lm_warnings(options: dict[str, Any], uses_lm: bool) -> list[str]:
+def lm_warnings(options: dict[str, Any], uses_lm: bool, lm_name: str | None = None) -> list[str]:
     """Say what LM options did not do (never a silent backend or model switch)."""
+    if not uses_lm:
+        return []
     notes = []
     backend = str(options.get("lm_backend") or "").strip().lower()
-    if uses_lm and backend and backend != "pt":
+    if backend and backend != "pt":
         notes.append(f"lm_backend {backend!r}: this server runs the LM with transformers (pt)")
-    if uses_lm and options.get("constrained_decoding") is False:
+    wanted = str(options.get("lm_model_path") or "").strip()
+    if wanted and lm_name and wanted.rstrip("/").rsplit("/", 1)[-1] != lm_name:
+        notes.append(f"lm_model_path {wanted!r} is not loaded here; {lm_name} was used")
+    if options.get("constrained_decoding") is False:
         notes.append("constrained_decoding false: metadata is always constrained here")
+    for name in ("constrained_decoding_debug", "allow_lm_batch"):
+        if options.get(name) is not None:
+            notes.append(f"{name}: no effect here (items are decoded one by one, each from its own seed)")
     return notes

@@ -131,7 +131,7 @@ async def build_request(
         _discard(saved)
         raise
     warnings = list(params.ignored and [f"ignored (no effect here): {', '.join(params.ignored)}"])
-    warnings += lm_warnings(params.lm_options, generation.uses_lm)
+    warnings += lm_warnings(params.lm_options, generation.uses_lm, request.app.state.lm_name)
     loaded = request.app.state.model_name
     if params.model and params.model != loaded:
         warnings.append(f"model {params.model!r} is not loaded here; {loaded} was used")

@@ -83,6 +83,7 @@ async def format_input(request: Request) -> dict:
     try:
         await run_in_threadpool(job.wait, FORMAT_TIMEOUT_S)
     except TimeoutError:
+        state.queue.cancel(job.id)  # nobody waits for it any more
         raise HTTPException(504, f"format_input did not finish in {FORMAT_TIMEOUT_S:.0f} s") from None
     if job.state != "succeeded":
         status = 400 if job.error_kind in ("input", "limit") else 500
