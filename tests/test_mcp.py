@@ -77,6 +77,12 @@ def test_stdio(upstream_base, tmp_path):
                 "lego_stem", {"track_type": "drums", "bpm": 90, "audio_path": "/etc/passwd"}
             )
             assert outside.isError and "outside the allowed directories" in outside.content[0].text
+            # No LM folder here: the worker refuses thinking before any tensor, as a tool error.
+            thinking = await session.call_tool(
+                "generate_music", {"caption": "x", "thinking": True, "duration": 2, "inference_steps": 1}
+            )
+            assert thinking.isError and "needs the 5Hz LM" in thinking.content[0].text
+            assert "acestep-download" in thinking.content[0].text
 
     asyncio.run(asyncio.wait_for(run(), 600))
 

@@ -37,3 +37,17 @@ def find_lm_folder(
         else []
     )
     return found[0] if found else None
+
+
+def lm_availability(root: Path, env: dict[str, str] | None = None) -> tuple[str | None, str]:
+    """(the LM folder name a worker on ``root`` will use, or None; and if None, why and how to fix)."""
+    try:
+        folder = find_lm_folder(root, env=env)
+    except LmNotAvailable as exc:
+        return None, str(exc)
+    if folder is None:
+        return (
+            None,
+            f"no {LM_PREFIX}* folder in {root}; download one with: acestep-download --model {LM_PREFIX}1.7B",
+        )
+    return folder.name, ""

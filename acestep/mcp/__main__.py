@@ -7,8 +7,9 @@ from pathlib import Path
 
 
 class StandaloneBackend:
-    def __init__(self, queue, manager, config, default_steps: int):
+    def __init__(self, queue, manager, config, default_steps: int, lm: tuple[str | None, str] = (None, "")):
         self.queue, self.manager = queue, manager
+        self.lm_name, self.lm_missing = lm
         self.input_roots: list[Path] = config.input_roots
         self.uploads_dir: Path = config.uploads_dir
         self.max_upload_bytes: int = config.max_upload_bytes
@@ -18,6 +19,7 @@ class StandaloneBackend:
 def main(argv: list[str] | None = None) -> int:
     from acestep.checkpoints import CheckpointError
     from acestep.checkpoints.layout import resolve
+    from acestep.checkpoints.lm_folders import lm_availability
     from acestep.mcp.tools import build_server
     from acestep.memory.manager import MemoryManager
     from acestep.serving.config import ServerConfig, prepare_environment
@@ -31,11 +33,13 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    lm = lm_availability(paths.root)
     manager = MemoryManager()
+    manager.lm_name = lm[0]
     manager.start(EngineSpec(config.checkpoint, dit=paths.dit_name), in_process=config.in_process_worker)
     queue = LocalJobQueue(manager, config.results_dir, config.queue_maxsize, config.result_ttl_s)
     try:
-        build_server(StandaloneBackend(queue, manager, config, paths.variant.default_steps)).run("stdio")
+        build_server(StandaloneBackend(queue, manager, config, paths.variant.default_steps, lm)).run("stdio")
     finally:
         queue.close()
         manager.close()

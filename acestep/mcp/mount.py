@@ -25,6 +25,14 @@ class AppBackend:
         return self.app.state.manager
 
     @property
+    def lm_name(self) -> str | None:
+        return self.app.state.lm_name
+
+    @property
+    def lm_missing(self) -> str:
+        return self.app.state.lm_missing
+
+    @property
     def input_roots(self) -> list[Path]:
         return self.app.state.config.input_roots
 

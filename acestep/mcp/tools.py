@@ -30,6 +30,12 @@ from acestep.serving.routes_lego import default_caption
 from acestep.serving.uploads import UploadError, confine, sniff_audio
 
 TIMEOUT_S = 600.0
+# What a result says about the LM's plan: the model, what it wrote, the values the DiT then used
+# and each item's audio codes.
+LM_RESULT_KEYS = (
+    "lm_model", "lm_metas", "bpm", "key_scale", "time_signature", "duration", "caption",
+    "vocal_language", "audio_codes",
+)  # fmt: skip
 
 
 class Backend(Protocol):
@@ -78,6 +84,8 @@ async def _run(backend: Backend, request: GenerationRequest, cleanup: list[Path]
         "durations": [item.duration for item in result.items],
         "model": result.model,
     }
+    if result.metas.get("lm_model"):  # only when the LM ran
+        summary |= {key: result.metas.get(key) for key in LM_RESULT_KEYS}
     content: list = [TextContent(type="text", text=json.dumps(summary))]
     for path in map(Path, result.audio_paths):
         blob = base64.b64encode(await anyio.Path(path).read_bytes()).decode()
@@ -86,6 +94,24 @@ async def _run(backend: Backend, request: GenerationRequest, cleanup: list[Path]
         )
         content.append(EmbeddedResource(type="resource", resource=resource))
     return content
+
+
+def _lm_of(backend: Backend) -> tuple[str | None, str] | None:
+    """(the LM's name or None, why there is none) as the server knows it before any job; None for a
+    backend that cannot tell (its worker then refuses the job with the same advice)."""
+    if not hasattr(backend, "lm_name"):
+        return None
+    return backend.lm_name, getattr(backend, "lm_missing", "")
+
+
+def _require_lm(backend: Backend, request: GenerationRequest) -> None:
+    """Refuse an LM request on a server without an LM before it is queued, as the REST API does."""
+    known = _lm_of(backend)
+    if request.uses_lm and known is not None and known[0] is None:
+        raise ToolError(
+            f"thinking needs the 5Hz LM, and this server has none: {known[1]}; "
+            "or leave thinking out to generate with the DiT alone"
+        )
 
 
 def _source(backend: Backend, audio_path: str | None, audio_base64: str | None) -> tuple[Path, list[Path]]:
@@ -136,8 +162,16 @@ def build_server(backend: Backend, streamable_http_path: str = "/mcp") -> FastMC
         batch_size: int = 1,
         audio_format: str = "wav",
         inference_steps: int | None = None,
+        thinking: bool = False,
+        use_cot_caption: bool | None = None,
+        use_cot_language: bool | None = None,
     ) -> list:
-        """Generate music from a caption (and optional lyrics). Returns the files and their audio."""
+        """Generate music from a caption (and optional lyrics). Returns the files and their audio.
+
+        ``thinking`` lets the 5 Hz LM plan the song first (bpm, key, time signature, duration, and
+        the audio codes the DiT follows); ``use_cot_caption`` / ``use_cot_language`` (default true)
+        let it replace the caption and the vocal language. The result then names ``lm_model`` and
+        carries what the LM settled on."""
         request = _request(
             {
                 "caption": caption,
@@ -147,8 +181,12 @@ def build_server(backend: Backend, streamable_http_path: str = "/mcp") -> FastMC
                 "batch_size": batch_size,
                 "audio_format": audio_format,
                 "inference_steps": inference_steps,
+                "thinking": thinking,
+                "use_cot_caption": use_cot_caption,
+                "use_cot_language": use_cot_language,
             }
         )
+        _require_lm(backend, request)
         return await _run(backend, request, [])
 
     @server.tool()

@@ -16,6 +16,7 @@ from loguru import logger
 
 from acestep import __version__
 from acestep.checkpoints.layout import resolve
+from acestep.checkpoints.lm_folders import lm_availability
 from acestep.memory.manager import MemoryManager
 from acestep.serving.config import ServerConfig
 from acestep.serving.gpu_tokens import GpuTokenClient, GpuTokenSettings
@@ -74,7 +75,7 @@ def create_app(
         _protected_docs(app)
     mcp_server = _mount_mcp(app, config) if include_api else None
     app.state.model_name = paths.dit_name
-    app.state.lm_name, app.state.lm_missing = _lm_of(paths.root)
+    app.state.lm_name, app.state.lm_missing = lm_availability(paths.root)
     app.state.variant = paths.variant
     if config.cors_origins:
         app.add_middleware(
@@ -137,17 +138,3 @@ def _mount_mcp(app: FastAPI, config: ServerConfig):
         logger.info("MCP tools not mounted: install acestep[mcp]")
         return None
     return mount_mcp(app, config.api_key)
-
-
-def _lm_of(root) -> tuple[str | None, str]:
-    """The LM this server's worker will use (its name), or why there is none."""
-    from acestep.checkpoints.lm_folders import LmNotAvailable, find_lm_folder
-
-    try:
-        folder = find_lm_folder(root)
-    except LmNotAvailable as exc:
-        return None, str(exc)
-    if folder is None:
-        hint = "download one with: acestep-download --model acestep-5Hz-lm-1.7B"
-        return None, f"no acestep-5Hz-lm-* folder in {root}; {hint}"
-    return folder.name, ""

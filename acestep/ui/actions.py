@@ -20,6 +20,8 @@ from acestep.engine.request import GenerationRequest
 from acestep.serving.uploads import sniff_audio
 
 MAX_OUTPUTS = 2  # audio players shown per job (batch items beyond are in the file list)
+CAPTION_SHOWN = 200  # characters of the LM's caption in the status line
+TIME_SIGNATURE_NAMES = {"2": "2/4", "3": "3/4", "4": "4/4", "6": "6/8"}  # the request stores the beats
 
 
 def _request(values: dict) -> GenerationRequest:
@@ -55,6 +57,8 @@ async def follow(state, request: GenerationRequest, cleanup: list[Path], text: d
     from acestep.serving.jobs import QueueFull
 
     try:
+        if request.uses_lm and state.lm_name is None:  # refused here, not by a failed job
+            raise ValueError(f"{text['lm_unavailable']}: {state.lm_missing}")
         job = state.queue.submit(request, cleanup=cleanup)
     except (QueueFull, MemoryLimitError, KeepAliveError, ValueError) as exc:
         for path in cleanup:
@@ -79,7 +83,33 @@ async def follow(state, request: GenerationRequest, cleanup: list[Path], text: d
     summary = (
         f"{text['done']}: seeds {', '.join(map(str, job.result.seeds))} ({job.result.timings['total']:.1f} s)"
     )
+    if job.result.metas.get("lm_model"):
+        summary += "\n" + lm_summary(job.result.metas, text)
     yield summary, *players, paths
+
+
+def lm_summary(metas: dict, text: dict) -> str:
+    """One line: what the LM settled on (the values the DiT used) and how many codes it wrote."""
+    from acestep.lm.cot import CODE_TOKEN_RE
+
+    signature = metas.get("time_signature")
+    parts = {
+        "bpm": metas.get("bpm"),
+        "lm_key": metas.get("key_scale"),
+        "lm_time_signature": TIME_SIGNATURE_NAMES.get(signature, signature),
+        "lm_duration": f"{metas['duration']:g} s" if metas.get("duration") else None,
+        "lm_codes": ", ".join(
+            str(len(CODE_TOKEN_RE.findall(c or ""))) for c in metas.get("audio_codes") or []
+        ),
+        "caption": _clip(metas.get("caption") or "", CAPTION_SHOWN),
+    }
+    shown = " · ".join(f"{text[name]}: {value}" for name, value in parts.items() if value)
+    return f"{text['lm_settled']} ({metas['lm_model']}): {shown}"
+
+
+def _clip(value: str, limit: int) -> str:
+    value = " ".join(value.split())
+    return value if len(value) <= limit else value[: limit - 1] + "…"
 
 
 def memory_text(state, text: dict) -> str:

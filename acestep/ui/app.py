@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import gradio as gr
 
+from acestep.engine.request import GenerationRequest
 from acestep.engine.tasks import TRACK_NAMES
 from acestep.memory.keep_alive import KeepAlivePolicy
 from acestep.serving.routes_lego import default_caption
@@ -12,6 +15,13 @@ from acestep.ui.i18n import strings
 
 UI_TASKS = ("text2music", "cover", "repaint")
 FORMATS = ("wav", "flac", "mp3", "wav32")
+# The LM accordion's controls, in the order the Generate handler receives them.
+LM_FIELDS = (
+    "thinking", "use_cot_caption", "use_cot_language", "sample_query", "use_format",
+    "lm_temperature", "lm_cfg_scale", "lm_top_p",
+)  # fmt: skip
+MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]<>#|])")
+SLIDER_STEPS = {"lm_temperature": 0.05, "lm_cfg_scale": 0.1, "lm_top_p": 0.01}
 
 
 def build_ui(state, language: str = "en") -> gr.Blocks:
@@ -58,13 +68,57 @@ def _steps(value: float, default: int) -> int:
     return int(value) if value and value > 0 else default
 
 
+def _slider(name: str, text: dict, interactive: bool) -> gr.Slider:
+    """A slider over one of the request's LM fields, with its default and its valid range."""
+    field, step = GenerationRequest.model_fields[name], SLIDER_STEPS[name]
+    low = high = None
+    for bound in field.metadata:  # annotated_types Ge, Gt (the least value above it) and Le
+        if hasattr(bound, "ge"):
+            low = bound.ge
+        elif hasattr(bound, "gt"):
+            low = bound.gt + step
+        elif hasattr(bound, "le"):
+            high = bound.le
+    return gr.Slider(
+        low, high, value=field.default, step=step, label=text[name], interactive=interactive,
+        elem_id=f"gen-{name.replace('_', '-')}",
+    )  # fmt: skip
+
+
+def _lm_accordion(state, text: dict) -> list:
+    """The 5 Hz LM's settings, in ``LM_FIELDS`` order; inert, with the reason, without an LM."""
+    ready = state.lm_name is not None
+    defaults = {name: GenerationRequest.model_fields[name].default for name in LM_FIELDS}
+    with gr.Accordion(text["lm_title"], open=False, elem_id="gen-lm"):
+        if ready:
+            gr.Markdown(f"**{text['lm_model']}:** `{state.lm_name}`", elem_id="gen-lm-status")
+        else:
+            reason = MARKDOWN_SPECIALS.sub(r"\\\1", state.lm_missing)  # paths and globs read as written
+            gr.Markdown(f"**{text['lm_unavailable']}:** {reason}", elem_id="gen-lm-status")
+        with gr.Row():
+            boxes = {
+                name: gr.Checkbox(
+                    defaults[name],
+                    label=text[name],
+                    interactive=ready,
+                    elem_id=f"gen-{name.replace('use_', '').replace('_', '-')}",
+                )
+                for name in ("thinking", "use_cot_caption", "use_cot_language", "use_format")
+            }
+        query = gr.Textbox(label=text["sample_query"], interactive=ready, elem_id="gen-sample-query")
+        with gr.Row():
+            sliders = {name: _slider(name, text, ready) for name in SLIDER_STEPS}
+    controls = boxes | sliders | {"sample_query": query}
+    return [controls[name] for name in LM_FIELDS]
+
+
 def _generate_tab(state, text: dict, fmt) -> None:
     with gr.Row():
         task = gr.Dropdown(list(UI_TASKS), value="text2music", label=text["task"], elem_id="gen-task")
         duration = gr.Number(value=30, label=text["duration"], elem_id="gen-duration")
         seed = gr.Number(value=-1, precision=0, label=text["seed"], elem_id="gen-seed")
-        batch = gr.Slider(1, 4, value=1, step=1, label=text["batch"])
-        steps = gr.Number(value=0, precision=0, label=text["steps"])
+        batch = gr.Slider(1, 4, value=1, step=1, label=text["batch"], elem_id="gen-batch")
+        steps = gr.Number(value=0, precision=0, label=text["steps"], elem_id="gen-steps")
     caption = gr.Textbox(label=text["caption"], lines=2, elem_id="gen-caption")
     lyrics = gr.Textbox(label=text["lyrics"], lines=4)
     with gr.Row():
@@ -72,11 +126,12 @@ def _generate_tab(state, text: dict, fmt) -> None:
         start = gr.Number(value=0, label=text["region_start"])
         end = gr.Number(value=-1, label=text["region_end"])
         strength = gr.Slider(0, 1, value=1, step=0.05, label=text["cover_strength"])
+    lm_controls = _lm_accordion(state, text)
     run = gr.Button(text["generate"], variant="primary", elem_id="gen-run")
     outputs = _outputs(text, "gen")
 
     async def generate(task, duration, seed, batch, steps, caption, lyrics, source, start, end, strength, fmt,
-                       progress=gr.Progress()):  # fmt: skip
+                       *lm, progress=gr.Progress()):  # fmt: skip
         cleanup = [actions.stage_upload(state, source, text)] if task != "text2music" else []
         values = {
             "task_type": task,
@@ -89,6 +144,7 @@ def _generate_tab(state, text: dict, fmt) -> None:
             "audio_format": fmt,
             "src_audio": str(cleanup[0]) if cleanup else None,
         }
+        values |= dict(zip(LM_FIELDS, lm, strict=True))  # without an LM, follow() refuses what needs it
         if task == "repaint":
             values |= {"repainting_start": start, "repainting_end": end}
         if task == "cover":
@@ -97,6 +153,7 @@ def _generate_tab(state, text: dict, fmt) -> None:
             yield update
 
     inputs = [task, duration, seed, batch, steps, caption, lyrics, source, start, end, strength, fmt]
+    inputs += lm_controls
     run.click(generate, inputs, outputs, concurrency_limit=None)
 
 
