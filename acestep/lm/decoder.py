@@ -26,17 +26,22 @@ class Constraint:
     def clone(self) -> Constraint: ...
 
 
+def last_logits(call, input_ids, attention_mask, position_ids, cache) -> tuple[torch.Tensor, object]:
+    """One causal-LM call (``model`` or a compiled ``model.forward``): the last position's logits."""
+    out = call(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,  # the prefill needs the last position only, not [rows, L, V]
+    )
+    return out.logits[:, -1, :], out.past_key_values
+
+
 def eager_forward(model: torch.nn.Module) -> Forward:
     def forward(input_ids, attention_mask, position_ids, cache):
-        out = model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,  # the prefill needs the last position only, not [rows, L, V]
-        )
-        return out.logits[:, -1, :], out.past_key_values
+        return last_logits(model, input_ids, attention_mask, position_ids, cache)
 
     return forward
 

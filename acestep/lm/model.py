@@ -18,7 +18,7 @@ import torch
 from loguru import logger
 
 from acestep.lm.capture import guarded_capture
-from acestep.lm.decoder import Forward, decode, eager_forward
+from acestep.lm.decoder import Forward, decode, eager_forward, last_logits
 from acestep.lm.sampling import SamplingParams
 from acestep.lm.vocab import LmVocab
 
@@ -220,15 +220,8 @@ def static_forward(model: torch.nn.Module, max_len: int) -> Forward:
         )
         full[:, : attention_mask.shape[1]] = attention_mask
         call = compiled if input_ids.shape[1] == 1 else model.forward
-        out = call(
-            input_ids=input_ids,
-            attention_mask=full,
-            position_ids=position_ids,
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        return out.logits[:, -1, :].clone(), cache
+        logits, _ = last_logits(call, input_ids, full, position_ids, cache)
+        return logits.clone(), cache  # the graph's output buffer is reused by the next replay
 
     return forward
 

@@ -60,25 +60,29 @@ def guided(cond: torch.Tensor, uncond: torch.Tensor | None, scale: float) -> tor
 
 
 def penalise_repeats(logits: torch.Tensor, generated: Sequence[int], penalty: float) -> torch.Tensor:
-    """HF-style: a generated token's positive logit is divided by the penalty, a negative one multiplied."""
+    """transformers' repetition penalty over the generated tokens only (positive logits divided,
+    negative ones multiplied)."""
     if penalty == 1.0 or not generated:
         return logits
-    ids = torch.tensor(sorted(set(generated)), device=logits.device)
-    picked = logits[ids]
-    logits = logits.clone()
-    logits[ids] = torch.where(picked > 0, picked / penalty, picked * penalty)
-    return logits
+    from transformers import RepetitionPenaltyLogitsProcessor
+
+    ids = torch.tensor([list(generated)], device=logits.device)
+    return RepetitionPenaltyLogitsProcessor(penalty)(ids, logits.unsqueeze(0).clone())[0]
 
 
 def keep_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
     if k <= 0 or k >= logits.shape[-1]:
         return logits
-    threshold = torch.topk(logits, k).values[-1]
-    return logits.masked_fill(logits < threshold, -math.inf)
+    from transformers import TopKLogitsWarper
+
+    return TopKLogitsWarper(k)(None, logits.unsqueeze(0))[0]
 
 
 def keep_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
-    """Keep the smallest set of most likely tokens whose probability reaches ``p`` (at least one)."""
+    """Keep the smallest set of most likely tokens whose probability reaches ``p`` (at least one).
+
+    transformers' ``TopPLogitsWarper`` gives the same result but sorts the whole vocabulary (217k)
+    every step; the constraints usually leave a handful allowed, so only those are sorted here."""
     if p >= 1.0:
         return logits
     # Only the tokens still allowed take part (constraints often leave a handful of 150k).
