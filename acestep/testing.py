@@ -76,16 +76,23 @@ def tiny_vae_config() -> dict:
     }
 
 
-def _tiny_tokenizer():
+def _byte_level_backend():
+    """A byte-level BPE with no merges (every byte one token) and the Qwen special tokens."""
     from tokenizers import Tokenizer, decoders, models
     from tokenizers.pre_tokenizers import ByteLevel
-    from transformers import PreTrainedTokenizerFast
 
     vocab = {ch: i for i, ch in enumerate(sorted(ByteLevel.alphabet()))}
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     backend.pre_tokenizer = ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     backend.add_special_tokens(list(SPECIAL_TOKENS))
+    return backend
+
+
+def _tiny_tokenizer():
+    from transformers import PreTrainedTokenizerFast
+
+    backend = _byte_level_backend()
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
         eos_token="<|endoftext|>",
@@ -233,15 +240,10 @@ LM_AUDIO_CODE_TOKENS = 65535  # <|audio_code_0|> .. <|audio_code_65534|>, as the
 
 
 def _tiny_lm_tokenizer(audio_codes: int):
-    from tokenizers import AddedToken, Tokenizer, decoders, models
-    from tokenizers.pre_tokenizers import ByteLevel
+    from tokenizers import AddedToken
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {ch: i for i, ch in enumerate(sorted(ByteLevel.alphabet()))}
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    backend.pre_tokenizer = ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    backend.add_special_tokens(list(SPECIAL_TOKENS))
+    backend = _byte_level_backend()
     plain = [AddedToken(t, special=False, normalized=False) for t in ("<think>", "</think>")]
     plain += [AddedToken(f"<|audio_code_{n}|>", special=False, normalized=False) for n in range(audio_codes)]
     backend.add_tokens(plain)
