@@ -3,7 +3,8 @@ options of an LM run, and how they become request fields (spec serving.md sectio
 
 from __future__ import annotations
 
-from acestep.serving.params import lm_fields, lm_warnings, parse_release_params
+from acestep.serving.lm_params import lm_fields, lm_warnings
+from acestep.serving.params import parse_release_params
 
 
 def test_upstream_defaults_do_not_ask_for_the_lm() -> None:

@@ -16,13 +16,8 @@ from acestep import __version__
 from acestep.engine.request import GenerationRequest
 from acestep.serving import auth
 from acestep.serving.body import read_body
-from acestep.serving.params import (
-    ParamError,
-    lm_fields,
-    lm_warnings,
-    parse_release_params,
-    parse_task_id_list,
-)
+from acestep.serving.lm_params import lm_fields, lm_warnings
+from acestep.serving.params import ParamError, parse_release_params, parse_task_id_list
 from acestep.serving.uploads import UploadError, confine, save_upload
 from acestep.serving.wire import envelope, query_entry
 
