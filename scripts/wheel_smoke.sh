@@ -9,19 +9,19 @@ trap 'rm -rf "$work"' EXIT
 rm -rf dist
 "$VENV/bin/python" -m build --wheel --outdir dist . >/dev/null
 python3 -m venv "$work/venv"
-# The torch stack (torch, torchaudio, triton, CUDA libraries: ~6 GB) is hard-linked from $VENV, not
+# The torch stack (torch, triton, CUDA libraries: ~6 GB) is hard-linked from $VENV, not
 # installed a second time: CI machines can be short of disk. Everything else comes from the wheel's
 # own dependency list. Where links are impossible, pip installs torch as setup.sh does.
 site_of() { "$1/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'; }
 "$VENV/bin/python" - "$(site_of "$VENV")" "$(site_of "$work/venv")" <<'PY' \
-  || "$work/venv/bin/python" -m pip install -q torch==2.14.1 torchaudio==2.11.0
+  || "$work/venv/bin/python" -m pip install -q torch==2.14.1
 import os
 import re
 import sys
 from importlib.metadata import distributions
 
 source, target = sys.argv[1], sys.argv[2]
-heavy = re.compile(r"^(torch|torchaudio|triton|cuda[-_].*|nvidia[-_](?!ml[-_]py).*)$", re.I)
+heavy = re.compile(r"^(torch|triton|cuda[-_].*|nvidia[-_](?!ml[-_]py).*)$", re.I)
 linked = 0
 for dist in distributions(path=[source]):
     if not heavy.match(dist.metadata["Name"]):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -188,6 +191,32 @@ def test_mono_and_other_rates_are_converted(engine_upstream_base, tmp_path):
         inference_steps=2,
     )
     assert audio.shape == (1, 2, 5 * 48000)
+
+
+@pytest.mark.parametrize("rate", [8000, 22050, 44100, 96000])
+def test_resampling_keeps_pitch_and_level(rate, tmp_path):
+    """A 1 kHz tone at any input rate is a 1 kHz tone at 48 kHz, at the same level."""
+    seconds = 2.0
+    t = np.arange(int(seconds * rate)) / rate
+    path = tmp_path / f"tone_{rate}.wav"
+    sf.write(path, (0.5 * np.sin(2 * np.pi * 1000.0 * t)).astype(np.float32), rate)
+    wav = load_audio(path).numpy()
+    assert wav.shape == (2, int(seconds * 48000)) and wav.dtype == np.float32
+    middle = wav[0, 4800:-4800]  # away from the filter's edges
+    spectrum = np.abs(np.fft.rfft(middle * np.hanning(middle.size)))
+    peak_hz = np.argmax(spectrum) * 48000 / middle.size
+    assert abs(peak_hz - 1000.0) < 2.0
+    assert abs(np.sqrt(np.mean(middle**2)) - 0.5 / np.sqrt(2)) < 0.01
+
+
+def test_audio_io_does_not_need_torchaudio():
+    """torchaudio's extension breaks on any torch build but its own; acestep must import without it."""
+    code = (
+        "import sys; sys.modules['torchaudio'] = None\n"  # any import of it now raises ImportError
+        "import acestep.engine.audio_io, acestep.engine.engine\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
 
 
 def test_long_audio_decodes_in_tiles(engine_upstream_turbo, tmp_path):

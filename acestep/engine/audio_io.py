@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
-import torchaudio.functional as AF
+from scipy.signal import resample_poly
 
 SAMPLE_RATE = 48000
 MAX_INPUT_SECONDS = 600.0
@@ -66,8 +66,19 @@ def load_audio(path: str | Path, max_seconds: float = MAX_INPUT_SECONDS) -> torc
         wav = wav.repeat(2, 1)
     wav = wav[:2]
     if rate != SAMPLE_RATE:
-        wav = AF.resample(wav, rate, SAMPLE_RATE)
+        wav = resample(wav, rate, SAMPLE_RATE)
     return wav.clamp(-1.0, 1.0).contiguous()
+
+
+def resample(wav: torch.Tensor, rate: int, target: int = SAMPLE_RATE) -> torch.Tensor:
+    """Polyphase resampling (scipy, Kaiser-windowed FIR) of [channels, samples] to ``target`` Hz.
+
+    scipy rather than torchaudio: torchaudio's compiled extension must match the installed torch
+    build exactly, and a mismatch breaks ``import acestep`` (see patches/0026).
+    """
+    step = math.gcd(int(rate), int(target))
+    out = resample_poly(wav.numpy(), target // step, int(rate) // step, axis=-1)
+    return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
 
 
 def is_silent(wav: torch.Tensor) -> bool:
