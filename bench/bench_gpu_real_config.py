@@ -43,7 +43,7 @@ from acestep.engine.codec import AudioCodec
 from acestep.engine.sampler import Condition, Guidance, denoise
 from acestep.engine.schedules import build_schedule
 from acestep.engine.seeds import generators, item_noise
-from acestep.memory.devices import default_dtype
+from acestep.memory.precision import default_dtype
 from acestep.testing import tiny_dit_config
 
 REPO = Path(__file__).resolve().parent.parent

@@ -24,8 +24,9 @@ from acestep.engine.sampler import Condition, Guidance, denoise
 from acestep.engine.schedules import build_schedule
 from acestep.engine.seeds import generators, item_noise, resolve_seeds
 from acestep.engine.tasks import SOURCE_TASKS
-from acestep.memory.devices import apply_vram_cap, default_dtype, resolve_device, total_gib
+from acestep.memory.devices import apply_vram_cap, resolve_device, total_gib
 from acestep.memory.limits import Limits
+from acestep.memory.precision import apply_attention, default_dtype
 from acestep.memory.residency import Residency, ResidencyPlan, plan_for, resident_plan
 
 ProgressCallback = Callable[[str, float], None]
@@ -98,11 +99,12 @@ class AceStep:
         started = time.perf_counter()
         # Weights land on the CPU first; the plan then moves to the GPU what stays there.
         components = load_components(paths, torch.device("cpu"), torch_dtype)
+        attention = apply_attention(components)
         engine = cls(components, paths, target, torch_dtype, plan, limits, lm_folder)
         logger.info(
             f"loaded {paths.dit_name} ({paths.layout} layout, {paths.variant.name}) for {target} as "
-            f"{torch_dtype} in {time.perf_counter() - started:.1f} s; tier {limits.tier.name}, "
-            f"residency {engine.residency.as_dict()}"
+            f"{torch_dtype} ({attention} attention) in {time.perf_counter() - started:.1f} s; "
+            f"tier {limits.tier.name}, residency {engine.residency.as_dict()}"
         )
         return engine
 

@@ -1,19 +1,10 @@
-"""Which device and dtype to run on, and sizes that depend on the device's memory."""
+"""Which device to run on, and sizes that depend on the device's memory."""
 
 from __future__ import annotations
 
 import os
 
 import torch
-
-_DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-}
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -33,27 +24,6 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {choice!r} was asked for, but CUDA is not available")
     return resolved
-
-
-def default_dtype(device: torch.device, requested: str | torch.dtype | None = None) -> torch.dtype:
-    """bf16 on CUDA from compute capability 8.0, fp32 below it and on CPU, fp16 on MPS.
-
-    Pre-Ampere GPUs (T4, CC 7.5) get fp32: fp16 there turns any lyrics into NaN latents
-    (upstream issue #1243), and they have no bf16.
-    """
-    if isinstance(requested, torch.dtype):
-        return requested
-    if requested:
-        try:
-            return _DTYPES[requested.lower()]
-        except KeyError as exc:
-            raise ValueError(f"unknown dtype {requested!r}; use one of {', '.join(_DTYPES)}") from exc
-    if device.type == "cuda":
-        major, _ = torch.cuda.get_device_capability(device)
-        return torch.bfloat16 if major >= 8 else torch.float32
-    if device.type == "mps":
-        return torch.float16
-    return torch.float32
 
 
 # The simulated GPU size set by apply_vram_cap (GiB), so memory-dependent sizes follow the cap.

@@ -8,10 +8,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from loguru import logger
+
 from acestep import settings
+from acestep.memory.precision import validate_settings
 from acestep.settings import env_int
 
 LOOPBACK_NAMES = ("localhost",)
+LM_BACKENDS = ("pt", "vllm", "mlx")
 
 
 class UnsafeBindError(RuntimeError):
@@ -46,6 +50,8 @@ class ServerConfig:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> ServerConfig:
         env = os.environ if env is None else env
+        validate_settings(env)  # the worker's precision settings: a typo stops the start
+        _check_lm_backend(env.get("ACESTEP_LM_BACKEND"))
         root = _project_root(env)
         tmp_root = Path(env.get("ACESTEP_TMPDIR") or root / ".cache" / "acestep" / "tmp").expanduser()
         upload_mb = env_int(env, "ACESTEP_MAX_UPLOAD_MB", 100, minimum=1)
@@ -57,7 +63,8 @@ class ServerConfig:
             checkpoint=str(settings.checkpoints_dir()),
             dit=settings.dit_name(),
             queue_maxsize=env_int(env, "ACESTEP_QUEUE_MAXSIZE", 200, minimum=1),
-            results_dir=tmp_root / "api_audio",
+            # ACESTEP_OUTPUT_DIR: where generated audio is kept (the Docker images' outputs volume).
+            results_dir=Path(env.get("ACESTEP_OUTPUT_DIR") or tmp_root / "api_audio").expanduser(),
             uploads_dir=tmp_root / "uploads",
             allowed_paths=[
                 Path(p).expanduser() for p in (env.get("ACESTEP_ALLOWED_PATHS") or "").split(os.pathsep) if p
@@ -87,6 +94,16 @@ class ServerConfig:
             f"refusing to listen on {self.host} without an API key: set ACESTEP_API_KEY (or --api-key), "
             "or set ACESTEP_AUTH=off to serve without authentication on purpose"
         )
+
+
+def _check_lm_backend(value: str | None) -> None:
+    """Upstream's ``ACESTEP_LM_BACKEND``: the LM always runs on transformers (pt) here; an existing
+    ``.env`` asking for vllm or mlx still starts, with a warning that says so."""
+    backend = (value or "pt").strip().lower()
+    if backend not in LM_BACKENDS:
+        raise ValueError(f"ACESTEP_LM_BACKEND must be one of {', '.join(LM_BACKENDS)}, got {value!r}")
+    if backend != "pt":
+        logger.warning(f"ACESTEP_LM_BACKEND={backend}: the 5 Hz LM runs on transformers (pt) in acestep")
 
 
 def is_loopback(host: str) -> bool:
