@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -35,6 +36,12 @@ def _ui_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--offload_dit_to_cpu", type=_bool_string, default=None)
     p.add_argument("--download-source", default=None)
     p.add_argument("--enable-api", action="store_true", help="serve the REST API on the same port")
+    p.add_argument(
+        "--api-port",
+        type=int,
+        default=None,
+        help="with --enable-api, also serve on this port (the Docker images: UI 7860, API 8001)",
+    )
     p.add_argument("--auth-username", default=None)
     p.add_argument("--auth-password", default=None)
     p.add_argument("--api-key", default=None, help="protects the REST API and the UI (password)")
@@ -43,9 +50,11 @@ def _ui_flags(p: argparse.ArgumentParser) -> None:
 
 def run_ui(args: argparse.Namespace) -> int:
     """The Gradio UI, with the REST API on the same server and port when --enable-api."""
+    if args.api_port and not args.enable_api:
+        print("error: --api-port needs --enable-api (the REST API on a second port)", file=sys.stderr)
+        return 2
     try:
         import gradio as gr
-        import uvicorn
 
         from acestep.serving.config import prepare_environment
         from acestep.ui.app import build_ui
@@ -95,5 +104,30 @@ def run_ui(args: argparse.Namespace) -> int:
     app = gr.mount_gradio_app(
         app, blocks, path="/", auth=auth, allowed_paths=[str(config.results_dir)], footer_links=[]
     )
-    uvicorn.run(app, host=config.host, port=config.port, log_level="info")
+    ports = [config.port] + ([args.api_port] if args.api_port and args.api_port != config.port else [])
+    serve(app, config.host, ports)
     return 0
+
+
+def serve(app, host: str, ports: list[int]) -> None:
+    """One server, one app, one worker, listening on every port in ``ports``."""
+    import uvicorn
+
+    if len(ports) == 1:
+        uvicorn.run(app, host=host, port=ports[0], log_level="info")
+        return
+    sockets = [_listening_socket(host, port) for port in ports]
+    uvicorn.Server(uvicorn.Config(app, host=host, log_level="info")).run(sockets=sockets)
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise SystemExit(f"error: cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.set_inheritable(True)
+    return sock
