@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from acestep.checkpoints.layout import DEFAULT_DIT, TEXT_ENCODER_DIR, VAE_DIR
+from acestep.checkpoints.lm_folders import LM_PREFIX, LmNotAvailable, find_lm_folder
+
 MAIN_REPO = "ACE-Step/Ace-Step1.5"
 # The main repo fills the root with the turbo DiT, the VAE, the text encoder and the 1.7B LM.
 MAIN_REPO_FOLDERS = ("acestep-v15-turbo", "vae", "Qwen3-Embedding-0.6B", "acestep-5Hz-lm-1.7B")
@@ -29,10 +32,36 @@ def repo_for(model: str) -> tuple[str, str | None]:
 
 
 def download(model: str, checkpoints_dir: str | Path, token: str | None = None) -> Path:
+    """Fetch ``model`` into the root; a folder of the main repo fetches just that folder."""
     from huggingface_hub import snapshot_download
 
     repo_id, folder = repo_for(model)
     target = Path(checkpoints_dir) / folder if folder else Path(checkpoints_dir)
     target.mkdir(parents=True, exist_ok=True)
-    snapshot_download(repo_id=repo_id, local_dir=str(target), token=token)
+    only = [f"{model}/*"] if model in MAIN_REPO_FOLDERS else None
+    snapshot_download(repo_id=repo_id, local_dir=str(target), token=token, allow_patterns=only)
     return target
+
+
+def missing_models(
+    root: str | Path, dit: str | None = None, lm: str | None = None, with_lm: bool = False
+) -> list[str]:
+    """The models a server with these settings needs and ``root`` lacks, in download order.
+
+    A diffusers-layout folder is never fetched (it is built or copied whole). A folder counts as
+    present when it has its ``config.json``.
+    """
+    root = Path(root).expanduser()
+    wanted: list[str] = []
+    if not (root / "model_index.json").is_file():
+        for name in (dit or DEFAULT_DIT, VAE_DIR, TEXT_ENCODER_DIR):  # model names are folder names
+            if not (root / name / "config.json").is_file():
+                wanted.append(name)
+    if with_lm:
+        try:
+            found = find_lm_folder(root, lm, env={})
+        except LmNotAvailable:
+            found = None
+        if found is None:
+            wanted.append(Path(lm).name if lm else f"{LM_PREFIX}1.7B")
+    return wanted
