@@ -7,13 +7,17 @@ if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
 # torch first, pinned, so that no dependency resolves another multi-GB torch build.
-"$VENV/bin/python" -m pip install -q torch==2.14.1 torchaudio==2.11.0
+"$VENV/bin/python" -m pip install -q torch==2.14.1
 "$VENV/bin/python" -m pip install -q -e ".[dev]"
-# The browser tests drive Debian's Chromium (no browser download by Playwright).
-if ! command -v chromium >/dev/null 2>&1; then
+# Debian packages the tests use: Chromium for the browser tests (no browser download by
+# Playwright), docker-compose to validate docker/compose.yaml (it needs no Docker engine for that).
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" = "0" ]; then
-    apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null
+    apt-get update -q >/dev/null && apt-get install -y -q "${missing[@]}" >/dev/null
   else
-    echo "note: install Debian's chromium for the browser tests (apt-get install chromium)" >&2
+    echo "note: install Debian's ${missing[*]} for the tests (apt-get install ${missing[*]})" >&2
   fi
 fi

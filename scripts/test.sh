@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install (idempotent) and run the test suite. Extra arguments go to pytest.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 bash scripts/setup.sh || exit 1
 VENV=${VENV:-.venv}
 "$VENV/bin/python" -m pytest -q "$@"

@@ -56,18 +56,7 @@ class Server:
         )
         self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=120, trust_env=False)
         self.auth = {"Authorization": f"Bearer {KEY}"}
-        deadline = time.monotonic() + 120
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.log.read_text()[-3000:]}")
-            try:
-                if self.client.get("/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server did not start: {self.log.read_text()[-3000:]}")
-            time.sleep(0.2)
+        wait_for_health(self.proc, self.port, self.log)
 
     def post(self, path: str, **kwargs) -> httpx.Response:
         headers = self.auth | kwargs.pop("headers", {})
@@ -105,9 +94,29 @@ class Server:
 
     def stop(self) -> None:
         self.client.close()
-        self.proc.terminate()
+        stop_process(self.proc)
+
+
+def wait_for_health(proc: subprocess.Popen, port: int, log: Path, timeout: float = 120) -> None:
+    """Until GET /health on 127.0.0.1:port answers 200; the log's tail if the process exits first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited ({proc.returncode}): {log.read_text()[-3000:]}")
         try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=5, trust_env=False).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no /health on port {port}: {log.read_text()[-3000:]}")
+        time.sleep(0.2)
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The images' entrypoint: settings, folders, models, then the server (docs/deployment.md).
+#
+#   (no arguments, or flags)  acestep --server-name 0.0.0.0 --port 7860 --enable-api --api-port 8001 FLAGS
+#                             (ACESTEP_SERVE=api: acestep-api --host 0.0.0.0 --port 8001 FLAGS)
+#   acestep-api | acestep-mcp | acestep | acestep-download ...   that command instead
+#   anything else             run as given (a shell, python, ...)
+#
+# ACESTEP_DOWNLOAD_ON_START=false skips the first-run download of missing models.
+set -euo pipefail
+
+# The target's settings (baked into the image) fill in what docker/compose did not set.
+TARGET_ENV="${ACESTEP_TARGET_ENV:-/etc/acestep/target.env}"
+if [[ -f "$TARGET_ENV" ]]; then
+    while IFS= read -r line || [[ -n "$line" ]]; do
+        [[ "$line" =~ ^[[:space:]]*(#|$) ]] && continue
+        name="${line%%=*}"
+        value="${line#*=}"
+        [[ "$name" =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || continue
+        if [[ -z "${!name+set}" ]]; then
+            export "$name=$value"
+        fi
+    done < "$TARGET_ENV"
+fi
+
+root="${ACESTEP_PROJECT_ROOT:-/app}"
+folders=(
+    "${ACESTEP_CHECKPOINTS_DIR:-$root/checkpoints}"
+    "${ACESTEP_OUTPUT_DIR:-$root/outputs}"
+    "$root/lora_output" "$root/training_data"
+    "${ACESTEP_TMPDIR:-$root/cache/tmp}"
+    "${HF_HOME:-$root/cache/huggingface}"
+    "${TRITON_CACHE_DIR:-$root/cache/triton}"
+    "${TORCHINDUCTOR_CACHE_DIR:-$root/cache/torchinductor}"
+)
+for folder in "${folders[@]}"; do
+    if ! mkdir -p "$folder" 2> /dev/null || [[ ! -w "$folder" ]]; then
+        echo "error: $folder is not writable by uid $(id -u); on the host: sudo chown -R $(id -u):$(id -g) <the mounted folder>" >&2
+        exit 1
+    fi
+done
+
+serve_ui=(acestep --server-name 0.0.0.0 --port "${ACESTEP_UI_PORT:-7860}" --enable-api
+          --api-port "${ACESTEP_API_PORT:-8001}")
+serve_api=(acestep-api --host 0.0.0.0 --port "${ACESTEP_API_PORT:-8001}")
+if [[ $# -eq 0 || "$1" == -* ]]; then
+    case "${ACESTEP_SERVE:-ui}" in
+        ui) set -- "${serve_ui[@]}" "$@" ;;
+        api) set -- "${serve_api[@]}" "$@" ;;
+        *) echo "error: ACESTEP_SERVE must be ui or api, got '${ACESTEP_SERVE}'" >&2; exit 2 ;;
+    esac
+fi
+
+case "$1" in
+    acestep | acestep-api | acestep-mcp)
+        if [[ "${ACESTEP_DOWNLOAD_ON_START:-true}" != "false" ]]; then
+            acestep-download --missing || {
+                echo "error: the models are not in ${ACESTEP_CHECKPOINTS_DIR:-$root/checkpoints} and could not be downloaded;" \
+                     "mount a checkpoints folder there, or let the container reach huggingface.co" >&2
+                exit 1
+            }
+        fi
+        ;;
+esac
+exec "$@"
