@@ -24,14 +24,15 @@ if [[ -f "$TARGET_ENV" ]]; then
 fi
 
 root="${ACESTEP_PROJECT_ROOT:-/app}"
+checkpoints="${ACESTEP_CHECKPOINTS_DIR:-$root/checkpoints}"
 folders=(
-    "${ACESTEP_CHECKPOINTS_DIR:-$root/checkpoints}"
     "${ACESTEP_OUTPUT_DIR:-$root/outputs}"
     "$root/lora_output" "$root/training_data"
     "${ACESTEP_TMPDIR:-$root/cache/tmp}"
     "${HF_HOME:-$root/cache/huggingface}"
     "${TRITON_CACHE_DIR:-$root/cache/triton}"
     "${TORCHINDUCTOR_CACHE_DIR:-$root/cache/torchinductor}"
+    "${HOME:-$root/cache/home}"
 )
 for folder in "${folders[@]}"; do
     if ! mkdir -p "$folder" 2> /dev/null || [[ ! -w "$folder" ]]; then
@@ -39,6 +40,23 @@ for folder in "${folders[@]}"; do
         exit 1
     fi
 done
+# The models may be a read-only mount (a shared model store): only a download needs to write there.
+mkdir -p "$checkpoints" 2> /dev/null || [[ -d "$checkpoints" ]] || {
+    echo "error: $checkpoints does not exist and cannot be created" >&2
+    exit 1
+}
+
+# Without an API key the server only starts when told that is safe (ACESTEP_AUTH=off). Compose
+# publishes on ACESTEP_PUBLISH_HOST: when that is a loopback address nobody else can reach the
+# ports, so no key is needed; published anywhere else, the server refuses to start without one.
+if [[ -z "${ACESTEP_API_KEY:-}" && -z "${ACESTEP_AUTH:-}" ]]; then
+    case "${ACESTEP_PUBLISH_HOST:-}" in
+        127.* | localhost | ::1)
+            export ACESTEP_AUTH=off
+            echo "note: no ACESTEP_API_KEY; serving without authentication (published on ${ACESTEP_PUBLISH_HOST} only)" >&2
+            ;;
+    esac
+fi
 
 serve_ui=(acestep --server-name 0.0.0.0 --port "${ACESTEP_UI_PORT:-7860}" --enable-api
           --api-port "${ACESTEP_API_PORT:-8001}")
@@ -54,8 +72,9 @@ fi
 case "$1" in
     acestep | acestep-api | acestep-mcp)
         if [[ "${ACESTEP_DOWNLOAD_ON_START:-true}" != "false" ]]; then
-            acestep-download --missing || {
-                echo "error: the models are not in ${ACESTEP_CHECKPOINTS_DIR:-$root/checkpoints} and could not be downloaded;" \
+            # stderr: for acestep-mcp, stdout is the MCP stdio channel.
+            acestep-download --missing >&2 || {
+                echo "error: the models are not in $checkpoints and could not be downloaded;" \
                      "mount a checkpoints folder there, or let the container reach huggingface.co" >&2
                 exit 1
             }

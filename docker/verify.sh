@@ -7,13 +7,16 @@
 #
 #   bash docker/verify.sh [t4|4090|spark]            (default 4090)
 #
-# Settings: ACESTEP_GPU_DEVICE (host GPU index, default 0), ACESTEP_DATA_DIR (the folders to mount,
-# default the repository root: checkpoints/ must hold the models or they are downloaded on first
-# start), VERIFY_SKIP_BUILD=1 to test an image already built as acestep:TARGET.
+# Settings: ACESTEP_GPU_DEVICE (host GPU index, default 0), ACESTEP_DATA_DIR (the folders to mount;
+# default the repository root, a relative path is taken from there: checkpoints/ must hold the
+# models or they are downloaded on first start), VERIFY_SKIP_BUILD=1 to test an image already
+# built as acestep:TARGET. The t4 target keeps its keep-alive 0, and the check requires the worker
+# to be gone right after the job; the others are freed by the explicit POST /unload.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TARGET=${1:-4090}
 GPU=${ACESTEP_GPU_DEVICE:-0}
+mkdir -p "${ACESTEP_DATA_DIR:-.}"
 DATA=$(cd "${ACESTEP_DATA_DIR:-.}" && pwd)
 IMAGE=acestep:$TARGET
 NAME=acestep-verify-$TARGET
@@ -23,8 +26,8 @@ fail() { echo "FAILED: $*" >&2; exit 1; }
 trap 'docker rm -f "$NAME" > /dev/null 2>&1 || true' EXIT
 
 case "$TARGET" in
-    t4) task=lego ;;
-    4090 | spark) task=text2music ;;
+    t4) task=lego after_job=(--expect-free-after-job) ;;
+    4090 | spark) task=text2music after_job=() ;;
     *) fail "target must be t4, 4090 or spark" ;;
 esac
 platform=()
@@ -53,7 +56,7 @@ echo "$visible"
 step "4. start and /health"
 mkdir -p "$DATA"/{checkpoints,outputs,lora_output,training_data,cache}
 docker run -d --name "$NAME" --gpus "device=$GPU" --env-file "docker/env/$TARGET.env" \
-    -e ACESTEP_GPU_DEVICE=0 -e ACESTEP_API_KEY="$KEY" -e ACESTEP_KEEP_ALIVE=-1 \
+    -e ACESTEP_GPU_DEVICE=0 -e ACESTEP_API_KEY="$KEY" \
     --user "$(id -u):$(id -g)" \
     -v "$DATA/checkpoints:/app/checkpoints" -v "$DATA/outputs:/app/outputs" \
     -v "$DATA/lora_output:/app/lora_output" -v "$DATA/training_data:/app/training_data" \
@@ -62,9 +65,9 @@ port=$(docker port "$NAME" 8001/tcp | head -n 1 | sed 's/.*://')
 audio_files() { find "$DATA/outputs" -type f \( -name '*.wav' -o -name '*.flac' -o -name '*.mp3' \) | wc -l; }
 before=$(audio_files)
 
-step "5-6. one short $task job, then POST /unload (level free)"
+step "5-6. one short $task job, then the memory given back (keep-alive 0 on t4, POST /unload)"
 python3 docker/check_job.py --url "http://127.0.0.1:$port" --key "$KEY" --task "$task" --seconds 30 \
-    --health-timeout 1800 > "$DATA/outputs/verify-$TARGET.json" \
+    --health-timeout 1800 "${after_job[@]}" > "$DATA/outputs/verify-$TARGET.json" \
     || { docker logs --tail 60 "$NAME"; fail "the job did not complete"; }
 python3 - "$DATA/outputs/verify-$TARGET.json" <<'PY'
 import json

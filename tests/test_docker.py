@@ -133,7 +133,11 @@ def test_compose_service_per_target(target):
     assert service["build"]["dockerfile"] == "docker/Dockerfile"
     assert Path(service["build"]["context"]) == ROOT
     assert service["restart"] == "unless-stopped"
-    assert ports(service) == {("127.0.0.1", "8500", "7860"), ("127.0.0.1", "8501", "8001")}
+    expected = {("127.0.0.1", "8501", "8001")}  # the API (with /lego) on every target
+    if target != "t4":  # the T4 image has no UI, so no UI port is taken on the shared host
+        expected.add(("127.0.0.1", "8500", "7860"))
+    assert ports(service) == expected
+    assert service["init"] is True
     mounts = volumes(service)
     assert set(mounts) == {"checkpoints", "outputs", "lora_output", "training_data", "cache"}
     assert all(source.parent == ROOT for source in mounts.values())  # upstream's checkpoints/ layout
@@ -141,6 +145,8 @@ def test_compose_service_per_target(target):
     assert gpu["driver"] == "nvidia" and gpu["capabilities"] == ["gpu"] and gpu["device_ids"] == ["0"]
     environment = service["environment"]
     assert environment["NVIDIA_VISIBLE_DEVICES"] == "0" and environment["ACESTEP_GPU_DEVICE"] == "0"
+    # No key by default: the entrypoint allows that only because the ports are on loopback.
+    assert environment["ACESTEP_PUBLISH_HOST"] == "127.0.0.1" and not environment["ACESTEP_AUTH"]
     # The env file reaches the container, with compose's own settings on top.
     for name, value in read_env(target).items():
         if name != "ACESTEP_GPU_DEVICE":
@@ -155,8 +161,10 @@ def test_compose_gpu_choice_selects_one_device():
         text=True,
         env={"PATH": CLEAN_PATH, "ACESTEP_GPU_DEVICE": "2", "ACESTEP_PUBLISH_HOST": "0.0.0.0"},
     )
+    assert done.returncode == 0, done.stderr
     service = yaml.safe_load(done.stdout)["services"]["acestep-4090"]
     assert service["environment"]["NVIDIA_VISIBLE_DEVICES"] == "2"
+    assert service["environment"]["ACESTEP_PUBLISH_HOST"] == "0.0.0.0"  # the entrypoint then needs a key
     assert service["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"] == ["2"]
     assert service["environment"]["ACESTEP_GPU_DEVICE"] == "0"  # the only GPU the container sees
     assert {host for host, _, _ in ports(service)} == {"0.0.0.0"}

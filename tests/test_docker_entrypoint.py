@@ -126,8 +126,9 @@ def test_missing_models_that_cannot_be_downloaded_stop_the_start(tmp_path, upstr
     env = entry_env(tmp_path, "4090", upstream_turbo, ACESTEP_API_PORT=str(free_port()))
     done = subprocess.run(["bash", ENTRYPOINT], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
-    assert "downloading acestep-5Hz-lm-4B" in done.stdout
+    assert "downloading acestep-5Hz-lm-4B" in done.stderr
     assert "could not be downloaded" in done.stderr and str(upstream_turbo) in done.stderr
+    assert done.stdout == ""  # stdout stays clean: it is acestep-mcp's stdio channel
 
 
 def test_download_step_can_be_skipped_and_commands_overridden(tmp_path, upstream_turbo):
@@ -142,6 +143,26 @@ def test_download_step_can_be_skipped_and_commands_overridden(tmp_path, upstream
     assert done.returncode == 0, done.stderr
     assert "acestep-5Hz-lm-4B" in done.stdout.splitlines()
     assert "downloading" not in done.stdout
+
+
+def test_without_a_key_only_loopback_publishing_may_serve(tmp_path, upstream_base):
+    api = free_port()
+    env = entry_env(tmp_path, "t4", upstream_base, ACESTEP_API_PORT=str(api), ACESTEP_PUBLISH_HOST="0.0.0.0")
+    del env["ACESTEP_API_KEY"]
+    done = subprocess.run(["bash", ENTRYPOINT], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "refusing to listen on 0.0.0.0 without an API key" in done.stderr
+    env["ACESTEP_PUBLISH_HOST"] = "127.0.0.1"
+    server = Entrypoint(env, tmp_path / "server.log")
+    try:
+        server.wait_port(api)
+        memory = httpx.get(f"http://127.0.0.1:{api}/v1/memory", timeout=30, trust_env=False)
+        assert memory.status_code == 200  # no key needed
+    finally:
+        server.stop()
+    assert (
+        "serving without authentication (published on 127.0.0.1 only)"
+        in (tmp_path / "server.log").read_text()
+    )
 
 
 def test_bad_serve_mode_is_refused(tmp_path, upstream_turbo):

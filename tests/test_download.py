@@ -1,17 +1,19 @@
 """What ``acestep-download --missing`` (the Docker images' first start) would fetch, in both layouts.
 
 No hub here: a download that is needed fails offline (HF_HUB_OFFLINE=1), and the test checks the
-failure is reported as such; everything before the network call is real.
+failure is reported as such; everything before the network call is real. One test replaces
+``snapshot_download`` to see what would be asked of the hub.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import pytest
 
-from acestep.checkpoints.download import missing_models, repo_for
+from acestep.checkpoints.download import download, missing_models, repo_for
 from acestep.cli import download_main
 from acestep.testing import make_tiny_lm
 
@@ -42,9 +44,41 @@ def test_each_missing_part_is_named(upstream_base: Path, tmp_path: Path):
     assert missing_models(root, "acestep-v15-base", None, with_lm=True) == ["vae"]  # any LM found
 
 
-def test_main_repo_folders_fetch_only_themselves():
+def test_an_interrupted_download_counts_as_missing(upstream_base: Path, tmp_path: Path):
+    """snapshot_download writes config.json before the weights; a restart must fetch (resume) again."""
+    root = tmp_path / "checkpoints"
+    shutil.copytree(upstream_base, root)
+    (root / "vae" / "diffusion_pytorch_model.safetensors").unlink()
+    (root / "acestep-v15-base" / "silence_latent.pt").unlink()
+    assert missing_models(root, "acestep-v15-base") == ["acestep-v15-base", "vae"]
+    lm = make_tiny_lm(root / "acestep-5Hz-lm-4B")
+    (lm / "model.safetensors").rename(lm / "model-00001-of-00002.safetensors")
+    shards = {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}
+    (lm / "model.safetensors.index.json").write_text(json.dumps({"weight_map": shards}))
+    assert "acestep-5Hz-lm-4B" in missing_models(root, "acestep-v15-base", "acestep-5Hz-lm-4B", with_lm=True)
+    (lm / "model-00002-of-00002.safetensors").write_bytes(b"")
+    assert "acestep-5Hz-lm-4B" not in missing_models(
+        root, "acestep-v15-base", "acestep-5Hz-lm-4B", with_lm=True
+    )
+
+
+def test_main_repo_folders_fetch_only_themselves(tmp_path: Path, monkeypatch):
+    import huggingface_hub
+
+    calls = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda **kwargs: calls.append(kwargs))
+    download("vae", tmp_path)
+    download("main", tmp_path)
+    download("acestep-v15-base", tmp_path)
+    assert [(c["repo_id"], c["allow_patterns"]) for c in calls] == [
+        ("ACE-Step/Ace-Step1.5", ["vae/*"]),
+        ("ACE-Step/Ace-Step1.5", None),
+        ("ACE-Step/acestep-v15-base", None),
+    ]
+    assert calls[0]["local_dir"] == str(tmp_path) and calls[2]["local_dir"] == str(
+        tmp_path / "acestep-v15-base"
+    )
     assert repo_for("vae") == ("ACE-Step/Ace-Step1.5", None)
-    assert repo_for("acestep-v15-base") == ("ACE-Step/acestep-v15-base", "acestep-v15-base")
 
 
 def test_cli_missing_with_everything_present(upstream_base: Path, monkeypatch, capsys):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from acestep.checkpoints.layout import DEFAULT_DIT, TEXT_ENCODER_DIR, VAE_DIR
@@ -49,19 +50,34 @@ def missing_models(
     """The models a server with these settings needs and ``root`` lacks, in download order.
 
     A diffusers-layout folder is never fetched (it is built or copied whole). A folder counts as
-    present when it has its ``config.json``.
+    present when it is complete: an interrupted download leaves ``config.json`` without weights,
+    and fetching again resumes it.
     """
     root = Path(root).expanduser()
     wanted: list[str] = []
     if not (root / "model_index.json").is_file():
-        for name in (dit or DEFAULT_DIT, VAE_DIR, TEXT_ENCODER_DIR):  # model names are folder names
-            if not (root / name / "config.json").is_file():
+        dit = dit or DEFAULT_DIT
+        for name in (dit, VAE_DIR, TEXT_ENCODER_DIR):  # model names are folder names
+            extra = ("silence_latent.pt",) if name == dit else ()
+            if not is_complete(root / name, extra):
                 wanted.append(name)
     if with_lm:
         try:
             found = find_lm_folder(root, lm, env={})
         except LmNotAvailable:
             found = None
-        if found is None:
-            wanted.append(Path(lm).name if lm else f"{LM_PREFIX}1.7B")
+        if found is None or not is_complete(found):
+            wanted.append(found.name if found is not None else Path(lm).name if lm else f"{LM_PREFIX}1.7B")
     return wanted
+
+
+def is_complete(folder: Path, extra: tuple[str, ...] = ()) -> bool:
+    """``config.json``, the weights (every shard a ``*.safetensors.index.json`` names) and ``extra``."""
+    if not (folder / "config.json").is_file() or not all((folder / name).is_file() for name in extra):
+        return False
+    shards: set[str] = set()
+    for index in folder.glob("*.safetensors.index.json"):
+        shards |= set(json.loads(index.read_text()).get("weight_map", {}).values())
+    if shards:
+        return all((folder / shard).is_file() for shard in shards)
+    return any(folder.glob("*.safetensors"))

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 from pathlib import Path
 
 from acestep.cli.server import _server_app
+from acestep.serving.listen import serve
 
 
 def _bool_string(value: str) -> bool:
@@ -107,27 +107,3 @@ def run_ui(args: argparse.Namespace) -> int:
     ports = [config.port] + ([args.api_port] if args.api_port and args.api_port != config.port else [])
     serve(app, config.host, ports)
     return 0
-
-
-def serve(app, host: str, ports: list[int]) -> None:
-    """One server, one app, one worker, listening on every port in ``ports``."""
-    import uvicorn
-
-    if len(ports) == 1:
-        uvicorn.run(app, host=host, port=ports[0], log_level="info")
-        return
-    sockets = [_listening_socket(host, port) for port in ports]
-    uvicorn.Server(uvicorn.Config(app, host=host, log_level="info")).run(sockets=sockets)
-
-
-def _listening_socket(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise SystemExit(f"error: cannot listen on {host}:{port}: {exc.strerror}") from None
-    sock.set_inheritable(True)
-    return sock
