@@ -12,10 +12,10 @@ from loguru import logger
 
 from acestep import settings
 from acestep.memory.precision import validate_settings
+from acestep.serving.params import LM_BACKENDS
 from acestep.settings import env_int
 
 LOOPBACK_NAMES = ("localhost",)
-LM_BACKENDS = ("pt", "vllm", "mlx")
 
 
 class UnsafeBindError(RuntimeError):
