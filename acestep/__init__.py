@@ -13,7 +13,7 @@ __version__ = "0.1.0.dev0"
 
 _EXPORTS = {
     "AceStep": "acestep.engine.engine",
-    "GenerationError": "acestep.engine.engine",
+    "GenerationError": "acestep.engine.output",
     "AudioItem": "acestep.engine.request",
     "GenerationRequest": "acestep.engine.request",
     "GenerationResult": "acestep.engine.request",

@@ -230,11 +230,16 @@ def test_env_file_needs_only_what_the_target_installs(target):
 
 
 def test_t4_policy(tmp_path):
-    """Base model, no LM, fp32, one component on the GPU, batch 1, nothing held between jobs."""
+    """Base model, no LM, fp16-mixed, one component on the GPU, batch 1, nothing held between jobs."""
     mm = manager("t4")
     status = mm.get_status()
     assert status["tier"] == "tier5"
-    assert status["precision"] == {"dtype": "float32", "attention": "sdpa"}
+    assert status["precision"] == {
+        "dtype": "fp16-mixed",
+        "attention": "sdpa",
+        "rope": "fp32",
+        "fast_dit": "off",
+    }
     assert mm.limits.offload_to_cpu and mm.limits.offload_dit_to_cpu and not mm.limits.lm_enabled
     plan = mm.plan.as_dict()
     assert plan["compute"] == "cuda" and plan["one_at_a_time"]
@@ -255,7 +260,8 @@ def test_full_stack_policy(target):
     """Turbo DiT + the 4B LM, all on the GPU, bf16; the Spark frees rather than parks (unified memory)."""
     mm = manager(target)
     env = read_env(target)
-    assert mm.get_status()["precision"] == {"dtype": "bfloat16", "attention": "sdpa"}
+    precision = mm.get_status()["precision"]
+    assert precision == {"dtype": "bfloat16", "attention": "sdpa", "rope": "fp32", "fast_dit": "off"}
     assert mm.limits.lm_enabled and not mm.limits.offload_to_cpu and not mm.limits.offload_dit_to_cpu
     assert lm_size_of(env["ACESTEP_LM_MODEL_PATH"]) in mm.limits.tier.lm_sizes
     mm.limits.check_lm(env["ACESTEP_LM_MODEL_PATH"])

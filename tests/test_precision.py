@@ -35,11 +35,12 @@ def manager_for(gpu: str, **env) -> MemoryManager:
 
 
 @pytest.mark.parametrize(
-    ("gpu", "expected"), [("t4", "float32"), ("4090", "bfloat16"), ("h100", "bfloat16"), ("gb10", "bfloat16")]
+    ("gpu", "expected"),
+    [("t4", "fp16-mixed"), ("4090", "bfloat16"), ("h100", "bfloat16"), ("gb10", "bfloat16")],
 )
 def test_each_gpu_gets_its_dtype(gpu, expected):
     status = manager_for(gpu).get_status()
-    assert status["precision"] == {"dtype": expected, "attention": "sdpa"}
+    assert status["precision"] == {"dtype": expected, "attention": "sdpa", "rope": "fp32", "fast_dit": "off"}
 
 
 def test_cpu_and_mps_defaults():

@@ -27,6 +27,8 @@ from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase, Qwe
 
 from acestep.checkpoints import convert
 from acestep.checkpoints.layout import CheckpointError, CheckpointPaths, find_weights, read_json
+from acestep.memory.mixed import apply_plan
+from acestep.memory.precision import PrecisionPlan
 
 # The order components run in, declared once; offload and memory planning read it.
 OFFLOAD_ORDER = (
@@ -231,8 +233,14 @@ def _load_vae(folder: Path) -> AutoencoderOobleck:
     return vae
 
 
-def load_components(paths: CheckpointPaths, device: torch.device, dtype: torch.dtype) -> Components:
-    """Load every network of a resolved checkpoint onto ``device`` in ``dtype`` (VAE included)."""
+def load_components(
+    paths: CheckpointPaths, device: torch.device, precision: PrecisionPlan | torch.dtype
+) -> Components:
+    """Load every network of a resolved checkpoint onto ``device``, stored as ``precision`` says
+    (a plain dtype: everything in it; a plan: its dtype, with its float32 parts kept in float32)."""
+    if isinstance(precision, torch.dtype):
+        name = str(precision).removeprefix("torch.")
+        precision = PrecisionPlan(name, name)
     dit = _load_upstream_dit(paths) if paths.layout == "upstream" else _load_diffusers_dit(paths)
     tokenizer = AutoTokenizer.from_pretrained(str(paths.tokenizer_dir))
     components = Components(
@@ -241,7 +249,9 @@ def load_components(paths: CheckpointPaths, device: torch.device, dtype: torch.d
         vae=_load_vae(paths.vae_dir),
         **dit,
     )
-    for module in components.modules().values():
+    modules = components.modules()
+    for module in modules.values():
         # nn.Module.to directly: diffusers' ModelMixin.to warns on every dtype cast.
-        torch.nn.Module.to(module, device=device, dtype=dtype).eval().requires_grad_(False)
+        torch.nn.Module.to(module, device=device).eval().requires_grad_(False)
+    apply_plan(modules, precision)
     return components

@@ -17,23 +17,23 @@ from acestep.checkpoints import CheckpointPaths, Components, load_components, re
 from acestep.checkpoints.lm_folders import LmNotAvailable, find_lm_folder
 from acestep.engine import audio_io, conditioning
 from acestep.engine.codec import AudioCodec
+from acestep.engine.fast_dit import DitRunner, fast_mode
 from acestep.engine.lm_stage import LmStage
+from acestep.engine.output import GenerationError as GenerationError  # re-exported: a public name
+from acestep.engine.output import check_latents, fit_length, save_items
 from acestep.engine.prompts import caption_prompt, encode_text, lyric_prompt, metas_string
-from acestep.engine.request import AudioItem, GenerationRequest, GenerationResult
+from acestep.engine.request import GenerationRequest, GenerationResult
 from acestep.engine.sampler import Condition, Guidance, denoise
 from acestep.engine.schedules import build_schedule
 from acestep.engine.seeds import generators, item_noise, resolve_seeds
 from acestep.engine.tasks import SOURCE_TASKS
 from acestep.memory.devices import apply_vram_cap, resolve_device, total_gib
 from acestep.memory.limits import Limits
-from acestep.memory.precision import apply_attention, default_dtype
-from acestep.memory.residency import Residency, ResidencyPlan, plan_for, resident_plan
+from acestep.memory.mixed import use_rope_mode
+from acestep.memory.precision import PrecisionPlan, apply_attention, precision_plan
+from acestep.memory.residency import Place, Residency, ResidencyPlan, plan_for, resident_plan
 
 ProgressCallback = Callable[[str, float], None]
-
-
-class GenerationError(RuntimeError):
-    """Generation ran but produced unusable output (NaN, all-zero or silent audio)."""
 
 
 class AceStep:
@@ -48,15 +48,25 @@ class AceStep:
         plan: ResidencyPlan | None = None,
         limits: Limits | None = None,
         lm_folder: Path | None = None,
+        fast: str = "off",
+        precision: PrecisionPlan | None = None,
     ):
+        """``components`` are already stored as ``precision`` says (default: all in ``dtype``);
+        ``fast`` is the DiT path (``off`` | ``compile`` | ``graphs``, see ``engine/fast_dit.py``)."""
         self.components = components
         self.paths = paths
         self.device = device
         self.dtype = dtype
+        name = str(dtype).removeprefix("torch.")
+        self.precision = precision or PrecisionPlan(name, name)
         self.limits = limits
         self.residency = Residency(components.modules(), plan or resident_plan(str(device)))
         self.residency.settle()
+        self.dit = DitRunner(components.transformer, fast)
+        # Captured graphs point at the DiT's weights: only worth it while they stay put.
+        self.dit.graphs_allowed = self.residency.plan.idle["dit"] is not Place.CPU
         self.codec = AudioCodec(components.vae, compute=device)
+        self.codec.fast.enabled = fast != "off"
         self.lm = LmStage(lm_folder, device, limits.max_duration_lm if limits is not None else 600)
         # Small tensors every stage needs, kept on the compute device so that their owner (the
         # condition encoder) may wait on the CPU between uses.
@@ -74,6 +84,7 @@ class AceStep:
         limits: Limits | None = None,
         plan: ResidencyPlan | None = None,
         lm: str | Path | None = None,
+        fast: str | None = None,
     ) -> AceStep:
         """Load an upstream ``checkpoints/`` root, one DiT folder, or a diffusers folder.
 
@@ -81,6 +92,8 @@ class AceStep:
         to the offload those limits imply; ``MAX_CUDA_VRAM`` caps this process's allocator.
         ``lm`` names the 5 Hz LM folder (default: ``ACESTEP_LM_MODEL_PATH``, else the first
         ``acestep-5Hz-lm-*`` in the checkpoints root); it loads when a request first needs it.
+        ``dtype`` is a dtype or a policy name (``fp16-mixed``; default ``ACESTEP_DTYPE``, then the
+        per-GPU policy) and ``fast`` the DiT path (default ``ACESTEP_DIT_FAST``, else ``off``).
         """
         paths = resolve(path, dit)
         try:
@@ -91,25 +104,31 @@ class AceStep:
             logger.warning(f"{exc}; requests that need the LM will be refused")
             lm_folder = None
         target = resolve_device(device)
-        torch_dtype = default_dtype(target, dtype)
+        precision = precision_plan(target, dtype)
+        fast = fast_mode() if fast is None else fast
+        use_rope_mode(precision.rope)
         limits = limits or Limits.for_gpu(total_gib(target))
         if limits.simulated:
             apply_vram_cap(target, limits.gib)
         plan = plan or plan_for(limits, str(target))
         started = time.perf_counter()
         # Weights land on the CPU first; the plan then moves to the GPU what stays there.
-        components = load_components(paths, torch.device("cpu"), torch_dtype)
+        components = load_components(paths, torch.device("cpu"), precision)
         attention = apply_attention(components)
-        engine = cls(components, paths, target, torch_dtype, plan, limits, lm_folder)
+        engine = cls(
+            components, paths, target, precision.torch_dtype, plan, limits, lm_folder, fast, precision
+        )
         logger.info(
             f"loaded {paths.dit_name} ({paths.layout} layout, {paths.variant.name}) for {target} as "
-            f"{torch_dtype} ({attention} attention) in {time.perf_counter() - started:.1f} s; "
+            f"{precision.name} ({attention} attention, fast DiT {fast}) in "
+            f"{time.perf_counter() - started:.1f} s; "
             f"tier {limits.tier.name}, residency {engine.residency.as_dict()}"
         )
         return engine
 
     def park(self) -> None:
         """Every weight to CPU RAM, the small per-engine tensors included."""
+        self.dit.reset()
         self.residency.park()
         self._silence = self._silence.cpu()
         self._null_embedding = self._null_embedding.cpu()
@@ -229,7 +248,7 @@ class AceStep:
         )
         with use("dit"):
             latents = denoise(
-                self.components.transformer,
+                self.dit,
                 noise,
                 schedule,
                 condition,
@@ -237,17 +256,17 @@ class AceStep:
                 switch,
                 on_step=lambda done, total: report("diffusion", done / total),
             )
-        self._check_latents(latents)
+        check_latents(latents, self.precision.name)
         lap("dit")
 
         report("decode", 0.0)
         with use("vae"):
             audio = self.codec.decode(latents)
-        audio = self._fit_length(audio, plan)
+        audio = fit_length(audio, plan)
         audio = audio_io.anti_clip(audio)
         lap("vae_decode")
 
-        items = self._save(request, audio, seeds, plan, output_dir)
+        items = save_items(request, audio, seeds, plan, output_dir, self.paths.dit_name)
         lap("save")
         timings["total"] = round(time.perf_counter() - started, 4)
         report("done", 1.0)
@@ -354,47 +373,3 @@ class AceStep:
                 refer_audio_order_mask=torch.zeros(1, dtype=torch.long, device=self.device),
             )
         return Condition(encoder_hidden_states=states, context_latents=plan.context())
-
-    @staticmethod
-    def _check_latents(latents: torch.Tensor) -> None:
-        if not torch.isfinite(latents).all():
-            raise GenerationError("generation produced NaN or infinite latents")
-        if not latents.abs().amax().item():
-            raise GenerationError("generation produced all-zero latents")
-
-    @staticmethod
-    def _fit_length(audio: torch.Tensor, plan: conditioning.TaskPlan) -> torch.Tensor:
-        """Return exactly the target's samples (a stem lines up with its source sample for sample)."""
-        samples = plan.target_samples
-        if audio.shape[-1] >= samples:
-            audio = audio[..., :samples]
-        else:
-            audio = torch.nn.functional.pad(audio, (0, samples - audio.shape[-1]))
-        if plan.window is not None:
-            audio = audio * conditioning.window_envelope(plan.window, samples)
-        return audio
-
-    def _save(self, request, audio, seeds, plan, output_dir) -> list[AudioItem]:
-        items = []
-        for index, (wav, seed) in enumerate(zip(audio, seeds, strict=True)):
-            if audio_io.output_is_silent(wav):
-                raise GenerationError(
-                    f"item {index} (seed {seed}) came out silent; try another seed or check the inputs"
-                )
-            if request.enable_normalization:
-                wav = audio_io.peak_normalize(wav, request.normalization_db)
-            params = request.model_dump(mode="json", exclude={"keep_alive"}) | {
-                "seed": seed,
-                "model": self.paths.dit_name,
-            }
-            path = audio_io.save_audio(wav, output_dir, audio_io.file_stem(params), request.audio_format)
-            items.append(
-                AudioItem(
-                    path=str(path),
-                    seed=seed,
-                    sample_rate=audio_io.SAMPLE_RATE,
-                    duration=wav.shape[-1] / audio_io.SAMPLE_RATE,
-                    peak=float(wav.abs().max()),
-                )
-            )
-        return items

@@ -47,6 +47,8 @@ def vae_decode_chunk_frames(device: torch.device) -> int:
         return max(int(override), 16)
     if device.type == "cuda":
         gib, _ = memory_gib(device)
+        if gib >= 48:  # data-centre cards: 120 s in one tile, no overlap computed twice
+            return 3072
         return 512 if gib >= 24 else 384 if gib >= 16 else 256 if gib >= 12 else 128
     return 256
 

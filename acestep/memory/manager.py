@@ -22,7 +22,7 @@ from acestep.engine.request import GenerationRequest
 from acestep.memory.gpus import DeviceStatsSource, GpuInfo, default_source, select_gpu
 from acestep.memory.keep_alive import KeepAlivePolicy
 from acestep.memory.limits import Limits
-from acestep.memory.precision import attention_backend, planned_dtype
+from acestep.memory.precision import attention_backend, fast_mode, planned_dtype, rope_mode
 from acestep.memory.report import MemoryReport
 from acestep.memory.residency import ResidencyPlan, plan_for
 
@@ -52,6 +52,8 @@ class MemoryManager:
         capability = self.gpu.compute_capability[0] if self.gpu and self.gpu.compute_capability else None
         self.dtype = planned_dtype("cuda" if self.gpu else "cpu", capability, self.env.get("ACESTEP_DTYPE"))
         self.attention = attention_backend(self.env)
+        self.fast = fast_mode(self.env)
+        self.rope = rope_mode(self.env)
         self.dispatcher = None
         self.lm_name: str | None = None  # the LM folder the worker will load, when known
         self.reports: deque[dict] = deque(maxlen=REPORTS_KEPT)
@@ -192,7 +194,12 @@ class MemoryManager:
             "plan": self.plan.as_dict(),
             "keep_alive": self.keep_alive.as_dict(),
             "unload_when_busy": "refuse" if self.refuse_unload_when_busy else "wait",
-            "precision": {"dtype": self.dtype, "attention": self.attention},
+            "precision": {
+                "dtype": self.dtype,
+                "attention": self.attention,
+                "rope": self.rope,
+                "fast_dit": self.fast,
+            },
             "worker": None,
             "residency": None,
             "last_reports": list(self.reports),

@@ -1,0 +1,1 @@
+"""Benchmarks for the acestep distribution (``python -m bench``)."""

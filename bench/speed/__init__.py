@@ -1,0 +1,1 @@
+"""Speed benchmarks: the runner and the Markdown/SVG report."""
