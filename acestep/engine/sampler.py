@@ -38,9 +38,10 @@ class Guidance:
 
 
 def _batched(cond: Condition, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    # Contiguous once per generation: a stride-0 batch makes every step's projections slower.
     return (
-        cond.encoder_hidden_states.expand(batch, -1, -1),
-        cond.context_latents.expand(batch, -1, -1),
+        cond.encoder_hidden_states.expand(batch, -1, -1).contiguous(),
+        cond.context_latents.expand(batch, -1, -1).contiguous(),
     )
 
 

@@ -64,7 +64,8 @@ def _sync(device: torch.device) -> None:
 
 
 def _measure(device, call, runs: int) -> dict:
-    """Warm-up once, then ``runs`` timed calls; ``call(clock)`` returns (latents or None, finite)."""
+    """Warm-up once, then ``runs`` timed calls; ``call(clock)`` returns (latents or None, finite,
+    seconds of file reading/writing to leave out of the wall time)."""
     clock = StageClock(device)
     started = time.perf_counter()
     call(clock)
@@ -76,9 +77,10 @@ def _measure(device, call, runs: int) -> dict:
     for _ in range(runs):
         clock.reset()
         started = time.perf_counter()
-        latents, ok = call(clock)
+        latents, ok, file_io = call(clock)
         _sync(device)
-        walls.append(time.perf_counter() - started)
+        walls.append(time.perf_counter() - started - file_io)
+        clock.totals["file_io"] += file_io
         stage_runs.append(clock.summary())
         finite = finite and ok
     stages = {key: statistics.median(run[key] for run in stage_runs) for key in stage_runs[0]}
@@ -114,7 +116,7 @@ def _stock(models, request: GenerationRequest, source: torch.Tensor | None, runs
                 output_type="pt",
                 **extra,
             ).audios
-        return None, bool(torch.isfinite(audio).all())
+        return None, bool(torch.isfinite(audio).all()), 0.0
 
     return _measure(device, call, runs)
 
@@ -136,12 +138,18 @@ def _acestep(models, request: GenerationRequest, fast: str, runs: int, out: Path
         engine.dit.clock = clock
         with clock.watch(models.components, dit_hook=False):
             try:
-                engine.generate(request, out)
+                result = engine.generate(request, out)
             except Exception as exc:  # NaN latents or silent output: a finding, not a crash
                 if "NaN" not in str(exc) and "silent" not in str(exc):
                     raise
-                return None, False
-        return captured[0], True
+                return None, False, 0.0
+        # Reading the source file and writing WAVs are not generation: the stock pipeline gets a
+        # tensor and returns one.
+        return (
+            torch.cat(captured),
+            True,
+            result.timings.get("save", 0.0) + result.timings.get("load_audio", 0.0),
+        )
 
     result = _measure(models.device, call, runs)
     result["fast_active"] = engine.dit.runner.active
@@ -168,7 +176,8 @@ def _release(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-        torch.cuda.set_per_process_memory_fraction(1.0, device)  # the T4 run's cap ends with it
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        torch.cuda.set_per_process_memory_fraction(1.0, index)  # the T4 run's cap ends with it
 
 
 def _relative(a: torch.Tensor | None, b: torch.Tensor | None) -> float | None:

@@ -78,7 +78,7 @@ class StageClock:
                 handle.remove()
 
     def summary(self) -> dict[str, float]:
-        out = {stage: self.totals.get(stage, 0.0) for stage in STAGES}
+        out = {stage: self.totals.get(stage, 0.0) for stage in (*STAGES, "file_io")}
         if self.steps:
             out |= {
                 "dit": sum(self.steps),
