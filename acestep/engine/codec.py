@@ -61,7 +61,8 @@ class AudioCodec:
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """[B, frames, C] -> float32 [B, 2, frames * 1920] on the CPU; items one at a time, or a
         few together where free memory allows it (``vae_decode_items``)."""
-        group = vae_decode_items(self.device, latents.shape[1], self.vae.dtype)
+        # The compiled decoder gets one item at a time: batch 1 stays one graph for every length.
+        group = 1 if self.fast.enabled else vae_decode_items(self.device, latents.shape[1], self.vae.dtype)
         out = []
         for items in latents.split(group):
             z = items.transpose(1, 2).to(device=self.device, dtype=self.vae.dtype)

@@ -57,14 +57,14 @@ def vae_decode_items(device: torch.device, frames: int, dtype: torch.dtype) -> i
     """Items decoded together: one, unless free memory holds several (data-centre cards).
 
     Measured on an H100 in bf16: ~2.5 MiB of decoder activations per latent frame and item; 3 MiB
-    is budgeted (6 in fp32), against half of the free memory.
+    is budgeted (6 in fp32), against 60 % of the free memory.
     """
     if device.type != "cuda":
         return 1
     per_frame_mib = 6 if dtype == torch.float32 else 3
     per_item_gib = min(frames, vae_decode_chunk_frames(device)) * per_frame_mib / 1024
     free, _ = memory_gib(device)
-    return max(int(free * 0.5 // max(per_item_gib, 1e-3)), 1)
+    return max(int(free * 0.6 // max(per_item_gib, 1e-3)), 1)
 
 
 def vae_encode_chunk_seconds(device: torch.device) -> int:
@@ -106,6 +106,15 @@ def apply_vram_cap(device: torch.device, cap_gib: float | None) -> float | None:
     torch.cuda.set_per_process_memory_fraction(fraction, index)
     _vram_cap_gib = cap_gib
     return fraction
+
+
+def clear_vram_cap(device: torch.device) -> None:
+    """Lift :func:`apply_vram_cap` (the allocator may use the whole card again)."""
+    global _vram_cap_gib
+    if _vram_cap_gib is not None and device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        torch.cuda.set_per_process_memory_fraction(1.0, index)
+    _vram_cap_gib = None
 
 
 class LocalTorchSource:

@@ -238,8 +238,12 @@ def _summary_row(key: CaseKey, doc: dict | None) -> list[str]:
     else:
         rtf = DASH
     if key[1] == "lego":
-        peak_num = peak if _is_number(peak) else None
-        memory = _goal(eager, peak_num, peak_num is not None and peak_num <= MEMORY_GOAL_MIB)
+        # The memory goal is the T4 deployment's: judged on its plan when that variant ran.
+        t4 = _find_run(doc, "acestep-t4")
+        judged = t4 if t4 and "error" not in t4 else eager
+        peak_num = judged.get("peak_allocated_mib") if judged and "error" not in judged else None
+        peak_num = peak_num if _is_number(peak_num) else None
+        memory = _goal(judged, peak_num, peak_num is not None and peak_num <= MEMORY_GOAL_MIB)
     else:
         memory = "n/a"
     # Goals are judged on the printed (2-decimal) speed-up so a "1.30x" never reads as "not met".
@@ -275,7 +279,8 @@ def markdown(results: list[dict]) -> str:
     lines += [
         "",
         "Speed-up = diffusers wall time / this wall time (medians, same case and machine). "
-        f"≤ 8 GiB: eager acestep peak allocated memory ≤ {MEMORY_GOAL_MIB} MiB (lego cases). "
+        f"≤ 8 GiB: peak allocated memory ≤ {MEMORY_GOAL_MIB} MiB (lego cases) of acestep-t4 (the T4 "
+        "deployment: fp16-mixed, 16 GB cap, one component on the GPU at a time), else of eager acestep. "
         f"≥ 1.3x: acestep-fast speed-up ≥ {FAST_GOAL:.2f}x.",
         "",
         f'"never slower" allows 3 % for timing noise: met when the eager acestep speed-up is '

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from acestep import GenerationRequest
+from acestep.memory.devices import clear_vram_cap
 from acestep.memory.precision import plan_named
 from acestep.testing import synthetic_audio
 
@@ -176,8 +177,7 @@ def _release(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        torch.cuda.set_per_process_memory_fraction(1.0, index)  # the T4 run's cap ends with it
+        clear_vram_cap(device)  # the T4 run's 16 GB cap ends with it
 
 
 def _relative(a: torch.Tensor | None, b: torch.Tensor | None) -> float | None:
