@@ -32,12 +32,17 @@ CONTEXT_RESERVE_GIB = 0.5  # what the CUDA context itself takes on a real card o
 
 
 def memory_gib(device: torch.device) -> tuple[float, float]:
-    """(free, total) GiB of a CUDA device as this process may use it (the cap applied)."""
+    """(free, total) GiB of a CUDA device as this process may use it (the cap applied).
+
+    Free includes blocks this process's allocator has cached but not handed out: after one big job
+    the driver reports little free memory that is in fact ours to reuse.
+    """
     free, total = (v / 2**30 for v in torch.cuda.mem_get_info(device))
+    allocated = torch.cuda.memory_allocated(device) / 2**30
+    cached = torch.cuda.memory_reserved(device) / 2**30 - allocated
     if _vram_cap_gib is not None and _vram_cap_gib < total:
-        used_here = torch.cuda.memory_reserved(device) / 2**30
-        return max(min(free, _vram_cap_gib - CONTEXT_RESERVE_GIB - used_here), 0.0), _vram_cap_gib
-    return free, total
+        return max(min(free + cached, _vram_cap_gib - CONTEXT_RESERVE_GIB - allocated), 0.0), _vram_cap_gib
+    return free + cached, total
 
 
 def vae_decode_chunk_frames(device: torch.device) -> int:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from acestep.memory.limits import Limits
+from acestep.memory.transfer import HostCopies, pinning_enabled
 
 # The components a memory plan talks about, in the order a generation first uses them.
 COMPONENTS = ("lm", "text_encoder", "vae", "condition_encoder", "dit")
@@ -83,6 +84,8 @@ class Residency:
         self.modules = modules  # engine module name -> nn.Module
         self.plan = plan
         self.compute = torch.device(plan.compute)
+        # Pinned host buffers for the GPU <-> RAM moves (see memory/transfer.py).
+        self.host = HostCopies(pin=True) if self.compute.type == "cuda" and pinning_enabled() else None
         self.state: dict[str, Place] = {name: self._observe(name) for name in COMPONENTS}
 
     def _observe(self, component: str) -> Place:
@@ -104,8 +107,14 @@ class Residency:
             self.state[component] = place
         for name in MODULES[component]:
             module = self.modules.get(name)
-            if module is not None:
+            if module is None:
+                continue
+            if self.host is None:
                 self._torch.nn.Module.to(module, device=device)
+            elif place is Place.GPU:
+                self.host.to_device(module, device)
+            else:
+                self.host.to_host(name, module)
         self.state[component] = place
 
     def attach(self, component: str, module) -> None:
