@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from enum import Enum
 
 from acestep.memory.limits import Limits
-from acestep.memory.transfer import HostCopies, pinning_enabled
 
 # The components a memory plan talks about, in the order a generation first uses them.
 COMPONENTS = ("lm", "text_encoder", "vae", "condition_encoder", "dit")
@@ -85,6 +84,8 @@ class Residency:
         self.plan = plan
         self.compute = torch.device(plan.compute)
         # Pinned host buffers for the GPU <-> RAM moves (see memory/transfer.py).
+        from acestep.memory.transfer import HostCopies, pinning_enabled  # torch: not at planning time
+
         self.host = HostCopies(pin=True) if self.compute.type == "cuda" and pinning_enabled() else None
         self.state: dict[str, Place] = {name: self._observe(name) for name in COMPONENTS}
 
