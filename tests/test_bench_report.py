@@ -349,3 +349,20 @@ def test_cli_subprocess(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert summary(result.stdout, TURBO_1)["acestep-fast vs diffusers"] == "1.60x"
     assert bars((tmp_path / "speed.svg").read_text())
+
+
+def test_rows_merged_from_another_commit_say_so() -> None:
+    merged = run("acestep-fast", 1.0, commit="0ld0ld0")
+    checks = {"fast_vs_eager_rel_err": 0.01, "fast_vs_eager_tolerance": 0.05, "commit": "0ld0ld0"}
+    text = report.markdown([document([run("diffusers", 2.0), merged], checks=checks)])
+    assert cells(text, "acestep-fast (commit 0ld0ld0)")[5] == "2.00x"
+    assert "compiled vs eager (commit 0ld0ld0): relative L2 difference 0.0100" in text
+
+
+def test_the_lego_memory_goal_is_judged_on_the_t4_plan_when_it_ran() -> None:
+    lego = {"config": "2b-base", "task": "lego", "seconds": 120.0, "steps": 50}
+    runs = [run("diffusers", 4.0), run("acestep", 4.0, peak_allocated_mib=14000.0)]
+    eager_only = report.markdown([document(runs, **lego)])
+    assert summary(eager_only, LEGO_1)["≤ 8 GiB (lego)"] == "not met"
+    t4 = run("acestep-t4", 6.0, precision="fp16-mixed", peak_allocated_mib=8150.0)
+    assert summary(report.markdown([document([*runs, t4], **lego)]), LEGO_1)["≤ 8 GiB (lego)"] == "met"

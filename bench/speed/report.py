@@ -200,7 +200,10 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _run_row(doc: dict, run: dict) -> list[str]:
-    head = [str(run["impl"]), str(run.get("precision", DASH)), str(run.get("fast", DASH))]
+    impl = str(run["impl"])
+    if run.get("commit") and run["commit"] != doc.get("commit"):  # merged from an earlier run
+        impl += f" (commit {run['commit']})"
+    head = [impl, str(run.get("precision", DASH)), str(run.get("fast", DASH))]
     if "error" in run:
         message = " ".join(str(run["error"]).split())[:60]
         return [*head, f"failed: {message}"] + [DASH] * 9
@@ -267,7 +270,10 @@ def _case_section(key: CaseKey, doc: dict) -> list[str]:
         tol = checks.get("fast_vs_eager_tolerance")
         verdict = "within tolerance" if _is_number(tol) and err <= tol else "OUTSIDE tolerance"
         detail = f" (tolerance {tol:g}) — {verdict}" if _is_number(tol) else " (no tolerance given)"
-        lines += ["", f"compiled vs eager: relative L2 difference {err:.4f}{detail}"]
+        origin = (
+            f" (commit {checks['commit']})" if checks.get("commit") not in (None, doc.get("commit")) else ""
+        )
+        lines += ["", f"compiled vs eager{origin}: relative L2 difference {err:.4f}{detail}"]
     return lines + [""]
 
 

@@ -1,0 +1,58 @@
+"""``python -m bench run`` end to end on the tiny networks (CPU), and its report."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _bench(*args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "bench", *args],
+        cwd=ROOT,
+        env=os.environ | env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_a_cpu_run_writes_every_variant_and_the_report_reads_it(tmp_path):
+    out = tmp_path / "tiny.json"
+    args = ["--config", "tiny-turbo", "--device", "cpu", "--seconds", "10", "--runs", "1"]
+    done = _bench(
+        "run", *args, "--fast", "compile", "--t4", "--out", str(out), ACESTEP_DIT_COMPILE_BACKEND="aot_eager"
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    assert doc["kind"] == "speed" and doc["case"]["steps"] == 8 and doc["case"]["batch"] == 1
+    runs = {run["impl"]: run for run in doc["runs"]}
+    assert set(runs) == {"acestep-t4", "diffusers", "acestep", "acestep-fast"}
+    assert (
+        runs["acestep-t4"]["precision"] == "fp16-mixed" and runs["acestep-fast"]["fast_active"] == "compile"
+    )
+    for run in runs.values():
+        assert run["finite"] and run["wall_s"] > 0 and run["rtf"] == run["wall_s"] / 10.0
+        assert run["stages"]["dit_steps"] == 8.0 and run["stages"]["vae_decode"] > 0
+    # aot_eager runs the same kernels as eager: the compiled path must match it exactly.
+    assert doc["checks"]["fast_vs_eager_rel_err"] == 0.0
+    report = _bench("report", str(tmp_path), "--out-svg", str(tmp_path / "plot.svg"))
+    assert report.returncode == 0, report.stderr
+    assert "| acestep-fast | bfloat16 | compile |" in report.stdout
+    assert "#### tiny-turbo text2music, 10 s, 8 steps, batch 1" in report.stdout
+    assert (tmp_path / "plot.svg").read_text().count('class="bar"') == 4
+
+
+def test_bad_requests_are_refused_with_a_reason():
+    done = _bench("run", "--config", "2b-turbo", "--task", "lego")
+    assert done.returncode == 2 and "lego needs a base model" in done.stderr
+    done = _bench("frobnicate")
+    assert done.returncode == 2 and "usage: python -m bench {run,report}" in done.stderr
+    if not __import__("torch").cuda.is_available():
+        done = _bench("run", "--config", "tiny-turbo", "--device", "cuda")
+        assert done.returncode == 2 and "CUDA is not available" in done.stderr
