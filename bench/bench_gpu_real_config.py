@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 from _common import git_commit
 from diffusers import AutoencoderOobleck
+from speed.models import DIT_2B, VAE
 
 from acestep import GenerationRequest
 from acestep.checkpoints import convert, detect_variant
@@ -51,37 +52,10 @@ DEFAULT_JSON = REPO / "bench" / "results" / "gpu_real_config.json"
 FRAMES_PER_SECOND = 25
 SAMPLE_RATE = 48000
 
-# shared/spec/checkpoints.md section 5, the 2B column (turbo, base and SFT share it).
-REAL_2B = {
-    "hidden_size": 2048,
-    "intermediate_size": 6144,
-    "num_hidden_layers": 24,
-    "layer_types": ["sliding_attention", "full_attention"] * 12,
-    "num_attention_heads": 16,
-    "num_key_value_heads": 8,
-    "head_dim": 128,
-    "use_sliding_window": True,
-    "sliding_window": 128,
-    "in_channels": 192,
-    "audio_acoustic_hidden_dim": 64,
-    "text_hidden_dim": 1024,
-    "timbre_hidden_dim": 64,
-    "num_lyric_encoder_hidden_layers": 8,
-    "num_timbre_encoder_hidden_layers": 4,
-    "num_attention_pooler_hidden_layers": 2,
-    "fsq_dim": 2048,
-    "dtype": "bfloat16",
-}
-# Section 9: AutoencoderOobleck defaults plus these values.
-REAL_VAE = {
-    "encoder_hidden_size": 128,
-    "downsampling_ratios": [2, 4, 4, 6, 10],
-    "channel_multiples": [1, 2, 4, 8, 16],
-    "decoder_channels": 128,
-    "decoder_input_channels": 64,
-    "audio_channels": 2,
-    "sampling_rate": SAMPLE_RATE,
-}
+# shared/spec/checkpoints.md section 5 (the 2B column) and section 9 (the VAE), shared with the
+# ``python -m bench run`` suite.
+REAL_2B = DIT_2B | {"dtype": "bfloat16"}
+REAL_VAE = VAE
 # Parameter counts of the real checkpoints (spec sections 5 and 9: 677 tensors, 337 MB bf16 VAE).
 SPEC_PARAMS = {
     "dit_total": 2_393_872_518,

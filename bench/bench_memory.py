@@ -27,6 +27,7 @@ from pathlib import Path
 import soundfile as sf
 import torch
 from _common import git_commit, write_report
+from speed.models import TEXT_ENCODER as QWEN3_EMBEDDING_06B
 
 from acestep import GenerationRequest
 from acestep.memory.gpus import default_source
@@ -36,17 +37,6 @@ from acestep.worker.runner import EngineSpec
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_JSON = REPO / "bench" / "results" / "memory.json"
-QWEN3_EMBEDDING_06B = {
-    "hidden_size": 1024,
-    "intermediate_size": 3072,
-    "num_hidden_layers": 28,
-    "num_attention_heads": 16,
-    "num_key_value_heads": 8,
-    "head_dim": 128,
-    "vocab_size": 151669,
-    "max_position_embeddings": 32768,
-    "rope_theta": 1000000.0,
-}
 
 
 def write_real_checkpoint(root: Path) -> Path:

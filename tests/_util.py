@@ -9,6 +9,14 @@ import soundfile as sf
 
 from acestep import AceStep, GenerationRequest, GenerationResult
 
+# (name as NVML reports it, total GiB, compute capability): the targets' GPUs, simulated.
+TARGET_GPUS = {
+    "t4": ("Tesla T4", 15, (7, 5)),
+    "4090": ("NVIDIA GeForce RTX 4090", 24, (8, 9)),
+    "h100": ("NVIDIA H100 80GB HBM3", 80, (9, 0)),
+    "gb10": ("NVIDIA GB10", 120, (12, 1)),
+}
+
 
 def generate(engine: AceStep, out: Path, **fields) -> tuple[GenerationResult, np.ndarray]:
     """Run one request; return the result and the audio of every item as [B, channels, samples]."""

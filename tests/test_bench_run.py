@@ -8,6 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
+from acestep.memory.precision import plan_named
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -56,3 +61,21 @@ def test_bad_requests_are_refused_with_a_reason():
     if not __import__("torch").cuda.is_available():
         done = _bench("run", "--config", "tiny-turbo", "--device", "cuda")
         assert done.returncode == 2 and "CUDA is not available" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("config", "dit_total", "transformer"),
+    [("2b-turbo", 2_393_872_518, 1_575_458_880), ("xl-turbo", 4_987_310_726, None)],
+)
+def test_the_real_configurations_match_the_spec(config, dit_total, transformer):
+    """Built on the meta device (no memory): shared/spec/checkpoints.md section 5's counts."""
+    from bench.speed import models
+
+    built = models.build(config, torch.device("meta"), plan_named("bfloat16"))
+    counts = models.parameter_count(built)
+    dit = ("transformer", "condition_encoder", "audio_tokenizer", "audio_token_detokenizer")
+    assert sum(counts[name] for name in dit) == dit_total
+    assert counts["vae"] == 168_695_426
+    if transformer is not None:
+        assert counts["transformer"] == transformer
+    assert built.components.transformer.dtype == torch.bfloat16

@@ -97,3 +97,21 @@ def test_the_setting_picks_the_path(upstream_turbo, monkeypatch):
     monkeypatch.setenv("ACESTEP_DIT_FAST", "warp")
     with pytest.raises(ValueError, match="ACESTEP_DIT_FAST"):
         AceStep.from_pretrained(upstream_turbo, device="cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
+def test_cuda_graphs_replay_within_tolerance_and_survive_park(upstream_turbo, tmp_path):
+    request = {"caption": "x", "lyrics": "la la", "audio_duration": 8.0, "seed": 11, "batch_size": 2}
+    eager = AceStep.from_pretrained(upstream_turbo, device="cuda", dtype="float32")
+    fast = AceStep.from_pretrained(upstream_turbo, device="cuda", dtype="float32", fast="graphs")
+    _, a = generate(eager, tmp_path / "a", **request)
+    before = torch.cuda.get_rng_state()
+    _, b = generate(fast, tmp_path / "b", **request)
+    assert torch.equal(torch.cuda.get_rng_state(), before)
+    assert fast.dit.active == "graphs" and fast.dit._graphs
+    assert np.linalg.norm(b - a) / np.linalg.norm(a) < 1e-3  # fp32 tolerance (docs/performance.md)
+    fast.park()
+    assert not fast.dit._graphs
+    fast.wake()
+    _, c = generate(fast, tmp_path / "c", **request)
+    np.testing.assert_allclose(c, b, rtol=0, atol=1e-5)

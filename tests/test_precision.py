@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _util import generate
+from _util import TARGET_GPUS, generate
 
 from acestep import AceStep
 from acestep.memory.gpus import GpuInfo, StaticSource
@@ -20,13 +20,7 @@ from acestep.memory.precision import (
 from acestep.serving.config import ServerConfig
 
 GIB = 2**30
-# (name, total GiB, compute capability): the targets' GPUs as the memory manager sees them.
-GPUS = {
-    "t4": ("Tesla T4", 15, (7, 5)),
-    "4090": ("NVIDIA GeForce RTX 4090", 24, (8, 9)),
-    "h100": ("NVIDIA H100", 80, (9, 0)),
-    "gb10": ("NVIDIA GB10", 120, (12, 1)),
-}
+GPUS = TARGET_GPUS
 
 
 def manager_for(gpu: str, **env) -> MemoryManager:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _util import generate
+from _util import TARGET_GPUS, generate
 from safetensors.torch import load_file, save_file
 
 from acestep import AceStep, GenerationError
@@ -18,13 +18,6 @@ from acestep.memory.mixed import upstream_rotary_freqs, use_rope_mode
 from acestep.memory.precision import FLOAT32_PARTS, plan_named, planned_dtype, rope_mode, validate_settings
 
 GIB = 2**30
-# The targets' GPUs as NVML reports them: name, GiB, compute capability.
-SIMULATED = {
-    "t4": ("Tesla T4", 15, (7, 5)),
-    "4090": ("NVIDIA GeForce RTX 4090", 24, (8, 9)),
-    "h100": ("NVIDIA H100 80GB HBM3", 80, (9, 0)),
-    "gb10": ("NVIDIA GB10", 120, (12, 1)),
-}
 LONG_LYRICS = "[verse]\n" + "\n".join(["we ride the night until the morning light"] * 40)  # ~1,700 tokens
 
 
@@ -38,7 +31,7 @@ LONG_LYRICS = "[verse]\n" + "\n".join(["we ride the night until the morning ligh
     ],
 )
 def test_each_simulated_gpu_gets_its_policy(gpu, policy, dtype, float32_parts):
-    name, gib, capability = SIMULATED[gpu]
+    name, gib, capability = TARGET_GPUS[gpu]
     manager = MemoryManager(StaticSource([GpuInfo(0, name, gib * GIB, 0, capability)]), env={})
     assert manager.get_status()["precision"]["dtype"] == policy
     plan = plan_named(planned_dtype("cuda", capability[0], None))
@@ -88,34 +81,33 @@ def _relative(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
-def test_long_lyrics_in_fp16_mixed_match_float32(upstream_turbo, tmp_path):
+def _float32_and_mixed(root: Path, out: Path) -> tuple[np.ndarray, np.ndarray]:
     request = {"caption": "pop", "lyrics": LONG_LYRICS, "audio_duration": 8.0, "seed": 3, "batch_size": 1}
     _, reference = generate(
-        AceStep.from_pretrained(upstream_turbo, device="cpu", dtype="float32"), tmp_path / "a", **request
+        AceStep.from_pretrained(root, device="cpu", dtype="float32"), out / "f32", **request
     )
     _, mixed = generate(
-        AceStep.from_pretrained(upstream_turbo, device="cpu", dtype="fp16-mixed"), tmp_path / "b", **request
+        AceStep.from_pretrained(root, device="cpu", dtype="fp16-mixed"), out / "mixed", **request
     )
     assert np.isfinite(mixed).all()
+    return reference, mixed
+
+
+def test_long_lyrics_in_fp16_mixed_match_float32(upstream_turbo, tmp_path):
+    reference, mixed = _float32_and_mixed(upstream_turbo, tmp_path)
     # fp16 rounding through 8 random-weight steps and an fp16 VAE: measured 0.11 here.
     assert _relative(mixed, reference) < 0.25
 
 
 def test_fp16_overflow_in_the_lyric_encoder_is_contained_by_fp16_mixed(upstream_turbo, tmp_path):
     hot = _hot_checkpoint(upstream_turbo, tmp_path / "hot", 60000.0)
-    request = {"caption": "pop", "lyrics": LONG_LYRICS, "audio_duration": 8.0, "seed": 3, "batch_size": 1}
     plain = AceStep.from_pretrained(hot, device="cpu", dtype="float16")
+    request = {"caption": "pop", "lyrics": LONG_LYRICS, "audio_duration": 8.0, "seed": 3, "batch_size": 1}
     with pytest.raises(
         GenerationError, match="NaN or infinite latents in plain float16; ACESTEP_DTYPE=fp16-mixed"
     ):
         generate(plain, tmp_path / "plain", **request)
-    _, reference = generate(
-        AceStep.from_pretrained(hot, device="cpu", dtype="float32"), tmp_path / "f32", **request
-    )
-    _, mixed = generate(
-        AceStep.from_pretrained(hot, device="cpu", dtype="fp16-mixed"), tmp_path / "mixed", **request
-    )
-    assert np.isfinite(mixed).all()
+    reference, mixed = _float32_and_mixed(hot, tmp_path)
     assert _relative(mixed, reference) < 0.25
 
 

@@ -12,7 +12,7 @@ import torch
 from diffusers import AutoencoderOobleck
 
 from acestep.engine.fast_dit import FastDecoder
-from acestep.memory.devices import vae_decode_chunk_frames, vae_decode_items, vae_encode_chunk_seconds
+from acestep.memory.devices import vae_decode_chunk_frames, vae_encode_chunk_seconds
 
 HOP = 1920
 ENCODE_OVERLAP_SECONDS = 2
@@ -59,13 +59,15 @@ class AudioCodec:
 
     @torch.inference_mode()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """[B, frames, C] -> float32 [B, 2, frames * 1920] on the CPU; items one at a time, or a
-        few together where free memory allows it (``vae_decode_items``)."""
-        # The compiled decoder gets one item at a time: batch 1 stays one graph for every length.
-        group = 1 if self.fast.enabled else vae_decode_items(self.device, latents.shape[1], self.vae.dtype)
+        """[B, frames, C] -> float32 [B, 2, frames * 1920] on the CPU, one item at a time.
+
+        One at a time: an item's audio must not depend on what it was decoded beside (kernels may
+        round differently at another batch size), and the peak stays one item's. With the large
+        tiles of big cards this is as fast as stock diffusers' batched decode (BENCHMARKS.md).
+        """
         out = []
-        for items in latents.split(group):
-            z = items.transpose(1, 2).to(device=self.device, dtype=self.vae.dtype)
+        for item in latents.split(1):
+            z = item.transpose(1, 2).to(device=self.device, dtype=self.vae.dtype)
             out.append(self.fast.run(lambda z=z: self.vae.decode(z).sample).float().cpu())
         return torch.cat(out)
 

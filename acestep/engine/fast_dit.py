@@ -28,7 +28,10 @@ from acestep.memory.precision import FAST_MODES, fast_mode
 
 __all__ = ["FAST_MODES", "DitRunner", "fast_mode"]
 
-MAX_GRAPHS = 4  # distinct (batch, frames) shapes kept; each holds its own activation pool
+# Input shapes kept: (batch, frames) and the prompt's token count (cross-attention has no mask,
+# so the condition cannot be padded to a common length). All graphs share one memory pool: they
+# replay one at a time and each output is cloned at once, so the pool is one forward's worth.
+MAX_GRAPHS = 8
 _INPUTS = ("hidden_states", "timestep", "timestep_r", "encoder_hidden_states", "context_latents")
 
 
@@ -50,6 +53,7 @@ class DitRunner:
         self.compiled = False
         self.broken = False  # a compile or capture failed: eager for the life of the process
         self._graphs: OrderedDict[tuple, _Graph] = OrderedDict()
+        self._pool = None  # a torch.cuda.graph_pool_handle, made at the first capture
         self.graphs_allowed = True  # the engine clears this when the DiT waits on the CPU
 
     @property
@@ -58,8 +62,9 @@ class DitRunner:
         return "off" if self.broken else self.mode
 
     def reset(self) -> None:
-        """Forget captured graphs (the weights moved, or memory is being given back)."""
+        """Forget captured graphs and their pool (the weights moved, or memory is being given back)."""
         self._graphs.clear()
+        self._pool = None
 
     def __call__(self, **inputs) -> tuple[torch.Tensor]:
         inputs.pop("return_dict", None)
@@ -130,8 +135,10 @@ class DitRunner:
         with torch.cuda.stream(side):  # warm-up off the main stream, as capture requires
             self.transformer(**static, return_dict=False)
         torch.cuda.current_stream().wait_stream(side)
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, pool=self._pool):
             output = self.transformer(**static, return_dict=False)[0]
         logger.info(f"DiT CUDA graph captured for {tuple(static['hidden_states'].shape)}")
         return _Graph(graph, static, output)

@@ -46,30 +46,21 @@ def memory_gib(device: torch.device) -> tuple[float, float]:
 
 
 def vae_decode_chunk_frames(device: torch.device) -> int:
-    """Latent frames per VAE decode tile: bounded peak memory, larger on bigger GPUs (upstream's table)."""
+    """Latent frames per VAE decode tile: bounded peak memory, larger on bigger GPUs (upstream's table).
+
+    Chosen from the card's total memory (or the ``MAX_CUDA_VRAM`` cap), not from what happens to be
+    free at load time: tiling changes the audio slightly, and the same machine and settings must
+    always give the same audio for a seed.
+    """
     override = os.environ.get("ACESTEP_VAE_DECODE_CHUNK_SIZE")
     if override:
         return max(int(override), 16)
     if device.type == "cuda":
-        gib, _ = memory_gib(device)
-        if gib >= 48:  # data-centre cards: 120 s in one tile, no overlap computed twice
+        _, gib = memory_gib(device)
+        if gib >= 48:  # data-centre cards: 123 s in one tile (about 7.5 GiB in bf16 at 120 s)
             return 3072
         return 512 if gib >= 24 else 384 if gib >= 16 else 256 if gib >= 12 else 128
     return 256
-
-
-def vae_decode_items(device: torch.device, frames: int, dtype: torch.dtype) -> int:
-    """Items decoded together: one, unless free memory holds several (data-centre cards).
-
-    Measured on an H100 in bf16: ~2.5 MiB of decoder activations per latent frame and item; 3 MiB
-    is budgeted (6 in fp32), against 60 % of the free memory.
-    """
-    if device.type != "cuda":
-        return 1
-    per_frame_mib = 6 if dtype == torch.float32 else 3
-    per_item_gib = min(frames, vae_decode_chunk_frames(device)) * per_frame_mib / 1024
-    free, _ = memory_gib(device)
-    return max(int(free * 0.6 // max(per_item_gib, 1e-3)), 1)
 
 
 def vae_encode_chunk_seconds(device: torch.device) -> int:

@@ -141,6 +141,10 @@ def release_cached() -> None:
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
         torch.cuda.ipc_collect()
+        # Pinned host buffers of parked weights go to a host cache, not back to the OS.
+        empty_host_cache = getattr(torch._C, "_host_emptyCache", None)
+        if empty_host_cache is not None:
+            empty_host_cache()
     malloc_trim()
 
 

@@ -86,7 +86,7 @@ def _measure(device, call, runs: int) -> dict:
         finite = finite and ok
     stages = {key: statistics.median(run[key] for run in stage_runs) for key in stage_runs[0]}
     result = {"timed_runs": runs, "first_call_s": round(first, 3), "wall_s": statistics.median(walls)}
-    result |= {"stages": stages, "finite": bool(finite)}
+    result |= {"stages": stages, "finite": bool(finite), "dit_step_s": [round(t, 5) for t in clock.steps]}
     if device.type == "cuda":
         result["peak_allocated_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
         result["peak_reserved_mib"] = torch.cuda.max_memory_reserved(device) / 2**20
