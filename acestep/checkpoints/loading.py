@@ -239,8 +239,7 @@ def load_components(
     """Load every network of a resolved checkpoint onto ``device``, stored as ``precision`` says
     (a plain dtype: everything in it; a plan: its dtype, with its float32 parts kept in float32)."""
     if isinstance(precision, torch.dtype):
-        name = str(precision).removeprefix("torch.")
-        precision = PrecisionPlan(name, name)
+        precision = PrecisionPlan.uniform(precision)
     dit = _load_upstream_dit(paths) if paths.layout == "upstream" else _load_diffusers_dit(paths)
     tokenizer = AutoTokenizer.from_pretrained(str(paths.tokenizer_dir))
     components = Components(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from diffusers import AutoencoderOobleck
 
-from acestep.engine.fast_dit import FastDecoder
+from acestep.engine.fast_dit import CompiledModules
 from acestep.memory.devices import vae_decode_chunk_frames, vae_encode_chunk_seconds
 
 HOP = 1920
@@ -40,7 +40,7 @@ class AudioCodec:
         vae.tile_latent_overlap = overlap
         vae.tile_sample_min_length = vae_encode_chunk_seconds(compute) * rate
         vae.tile_sample_overlap = ENCODE_OVERLAP_SECONDS * rate
-        self.fast = FastDecoder(vae, enabled=False)  # the engine enables it on the fast path
+        self.compiled: CompiledModules | None = None  # the engine sets it on the fast path
 
     @property
     def device(self) -> torch.device:
@@ -68,7 +68,12 @@ class AudioCodec:
         out = []
         for item in latents.split(1):
             z = item.transpose(1, 2).to(device=self.device, dtype=self.vae.dtype)
-            out.append(self.fast.run(lambda z=z: self.vae.decode(z).sample).float().cpu())
+
+            def decode(z: torch.Tensor = z) -> torch.Tensor:
+                return self.vae.decode(z).sample
+
+            sample = self.compiled.run(decode) if self.compiled is not None else decode()
+            out.append(sample.float().cpu())
         return torch.cat(out)
 
 

@@ -17,7 +17,7 @@ from acestep.checkpoints import CheckpointPaths, Components, load_components, re
 from acestep.checkpoints.lm_folders import LmNotAvailable, find_lm_folder
 from acestep.engine import audio_io, conditioning
 from acestep.engine.codec import AudioCodec
-from acestep.engine.fast_dit import DitRunner, fast_mode
+from acestep.engine.fast_dit import DitRunner, compiled_decoder, fast_mode
 from acestep.engine.lm_stage import LmStage
 from acestep.engine.output import GenerationError as GenerationError  # re-exported: a public name
 from acestep.engine.output import check_latents, fit_length, save_items
@@ -57,8 +57,8 @@ class AceStep:
         self.paths = paths
         self.device = device
         self.dtype = dtype
-        name = str(dtype).removeprefix("torch.")
-        self.precision = precision or PrecisionPlan(name, name)
+        self.precision = precision or PrecisionPlan.uniform(dtype)
+        use_rope_mode(self.precision.rope)  # process-wide: the engine built last decides
         self.limits = limits
         self.residency = Residency(components.modules(), plan or resident_plan(str(device)))
         self.residency.settle()
@@ -66,7 +66,8 @@ class AceStep:
         # Captured graphs point at the DiT's weights: only worth it while they stay put.
         self.dit.graphs_allowed = self.residency.plan.idle["dit"] is not Place.CPU
         self.codec = AudioCodec(components.vae, compute=device)
-        self.codec.fast.enabled = fast != "off"
+        if fast != "off":
+            self.codec.compiled = compiled_decoder(components.vae)
         self.lm = LmStage(lm_folder, device, limits.max_duration_lm if limits is not None else 600)
         # Small tensors every stage needs, kept on the compute device so that their owner (the
         # condition encoder) may wait on the CPU between uses.
@@ -106,7 +107,6 @@ class AceStep:
         target = resolve_device(device)
         precision = precision_plan(target, dtype)
         fast = fast_mode() if fast is None else fast
-        use_rope_mode(precision.rope)
         limits = limits or Limits.for_gpu(total_gib(target))
         if limits.simulated:
             apply_vram_cap(target, limits.gib)

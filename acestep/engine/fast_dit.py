@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 from loguru import logger
@@ -26,13 +28,63 @@ from loguru import logger
 from acestep.lm.capture import guarded_capture
 from acestep.memory.precision import FAST_MODES, fast_mode
 
-__all__ = ["FAST_MODES", "DitRunner", "fast_mode"]
+__all__ = ["FAST_MODES", "CompiledModules", "DitRunner", "compiled_decoder", "fast_mode"]
+
+T = TypeVar("T")
 
 # Input shapes kept: (batch, frames) and the prompt's token count (cross-attention has no mask,
 # so the condition cannot be padded to a common length). All graphs share one memory pool: they
 # replay one at a time and each output is cloned at once, so the pool is one forward's worth.
 MAX_GRAPHS = 8
 _INPUTS = ("hidden_states", "timestep", "timestep_r", "encoder_hidden_states", "context_latents")
+
+
+class CompiledModules:
+    """``nn.Module.compile`` in place on some modules, guarded.
+
+    The first call compiles (inside :func:`guarded_capture`: RNG states restored whatever
+    happens); a later recompile that fails (a new shape) is caught too. After any failure the
+    modules go back to their plain forwards for the life of the process.
+    """
+
+    def __init__(self, name: str, modules: list[torch.nn.Module], dynamic: bool | None, backend: str | None):
+        self.name = name
+        self.modules = modules
+        self.dynamic = dynamic
+        # ACESTEP_DIT_COMPILE_BACKEND: inductor (default) needs Triton on CUDA, a C++ compiler on CPU.
+        self.backend = backend or os.environ.get("ACESTEP_DIT_COMPILE_BACKEND") or "inductor"
+        self.compiled = False
+        self.failed = False
+
+    def run(self, call: Callable[[], T]) -> T:
+        """``call()``, through the compiled modules unless compiling failed."""
+        if self.failed:
+            return call()
+        if not self.compiled:
+
+            def compile_and_call() -> T:
+                for module in self.modules:
+                    module.compile(backend=self.backend, fullgraph=False, dynamic=self.dynamic)
+                return call()
+
+            result = guarded_capture(self.name, compile_and_call)
+            if result is None:
+                self.fall_back()
+                return call()
+            self.compiled = True
+            return result
+        try:
+            return call()
+        except torch._dynamo.exc.TorchDynamoException as exc:
+            logger.warning(f"{self.name}: recompile failed ({type(exc).__name__}: {exc}); running eager")
+            self.fall_back()
+            return call()
+
+    def fall_back(self) -> None:
+        self.failed = True
+        self.compiled = False
+        for module in self.modules:
+            module._compiled_call_impl = None  # nn.Module.compile's handle: back to the plain forward
 
 
 class _Graph:
@@ -48,13 +100,27 @@ class DitRunner:
             raise ValueError(f"fast DiT mode must be one of {', '.join(FAST_MODES)}, got {mode!r}")
         self.transformer = transformer
         self.mode = mode
-        # ACESTEP_DIT_COMPILE_BACKEND: inductor (default) needs Triton on CUDA, a C++ compiler on CPU.
-        self.backend = backend or os.environ.get("ACESTEP_DIT_COMPILE_BACKEND") or "inductor"
-        self.compiled = False
-        self.broken = False  # a compile or capture failed: eager for the life of the process
+        # dynamic=None: the first length compiles static; a second length compiles one dynamic
+        # graph for all later ones, so new durations do not each recompile.
+        blocks = list(getattr(transformer, "layers", []))
+        self.blocks = CompiledModules("DiT compile", blocks, dynamic=None, backend=backend)
+        self.graph_failed = False
         self._graphs: OrderedDict[tuple, _Graph] = OrderedDict()
         self._pool = None  # a torch.cuda.graph_pool_handle, made at the first capture
         self.graphs_allowed = True  # the engine clears this when the DiT waits on the CPU
+
+    @property
+    def backend(self) -> str:
+        return self.blocks.backend
+
+    @property
+    def compiled(self) -> bool:
+        return self.blocks.compiled
+
+    @property
+    def broken(self) -> bool:
+        """A compile or capture failed: eager for the life of the process."""
+        return self.blocks.failed or self.graph_failed
 
     @property
     def active(self) -> str:
@@ -70,45 +136,19 @@ class DitRunner:
         inputs.pop("return_dict", None)
         if self.active == "off":
             return self._eager(inputs)
-        if not self.compiled and not self._compile_and_check(inputs):
-            return self._eager(inputs)
-        try:
-            if self.active == "graphs" and self.graphs_allowed and inputs["hidden_states"].is_cuda:
-                return (self._replay(inputs),)
-            return self._eager(inputs)
-        except torch._dynamo.exc.TorchDynamoException as exc:  # a recompile for a new shape failed
-            logger.warning(f"DiT recompile failed ({type(exc).__name__}: {exc}); running eager")
-            self._fall_back()
-            return self._eager(inputs)
+        replay = self.active == "graphs" and self.graphs_allowed and inputs["hidden_states"].is_cuda
+        if replay and self.blocks.compiled:
+            return (self._replay(inputs),)
+        # The first call compiles the blocks; graphs are captured from the next one on.
+        return self.blocks.run(lambda: self._eager(inputs))
 
     def _eager(self, inputs: dict) -> tuple[torch.Tensor]:
         return self.transformer(**inputs, return_dict=False)
 
-    def _blocks(self) -> list[torch.nn.Module]:
-        return list(getattr(self.transformer, "layers", []))
-
-    def _compile_and_check(self, inputs: dict) -> bool:
-        """Compile the blocks and run them once (the compilation itself), guarded."""
-
-        def compile_and_run():
-            for block in self._blocks():
-                # dynamic=None: the first length compiles static; a second length compiles one
-                # dynamic graph for all later ones, so new durations do not each recompile.
-                block.compile(backend=self.backend, fullgraph=False, dynamic=None)
-            return self.transformer(**inputs, return_dict=False)
-
-        result = guarded_capture("DiT compile", compile_and_run)
-        if result is None:
-            self._fall_back()
-            return False
-        self.compiled = True
-        return True
-
     def _fall_back(self) -> None:
-        self.broken = True
+        self.graph_failed = True
         self.reset()
-        for block in self._blocks():
-            block._compiled_call_impl = None  # nn.Module.compile's handle: back to the plain forward
+        self.blocks.fall_back()
 
     def _replay(self, inputs: dict) -> torch.Tensor:
         key = tuple((name, tuple(inputs[name].shape), inputs[name].dtype) for name in _INPUTS)
@@ -144,40 +184,7 @@ class DitRunner:
         return _Graph(graph, static, output)
 
 
-class FastDecoder:
-    """The VAE decoder compiled in place (its Snake activations fuse into single kernels), the
-    first decode guarded like the DiT's; eager for good after any failure."""
-
-    def __init__(self, vae: torch.nn.Module, enabled: bool, backend: str | None = None):
-        self.decoder = vae.decoder
-        self.enabled = enabled
-        self.backend = backend or os.environ.get("ACESTEP_DIT_COMPILE_BACKEND") or "inductor"
-        self.compiled = False
-
-    def run(self, decode):
-        """``decode()`` through the compiled decoder when enabled; its result."""
-        if not self.enabled:
-            return decode()
-        if not self.compiled:
-
-            def compile_and_run():
-                # Dynamic lengths: the last tile of every duration differs, one graph serves all.
-                self.decoder.compile(backend=self.backend, dynamic=True)
-                return decode()
-
-            result = guarded_capture("VAE decoder compile", compile_and_run)
-            if result is not None:
-                self.compiled = True
-                return result
-            self._fall_back()
-            return decode()
-        try:
-            return decode()
-        except torch._dynamo.exc.TorchDynamoException as exc:
-            logger.warning(f"VAE decoder recompile failed ({type(exc).__name__}: {exc}); running eager")
-            self._fall_back()
-            return decode()
-
-    def _fall_back(self) -> None:
-        self.enabled = False
-        self.decoder._compiled_call_impl = None
+def compiled_decoder(vae: torch.nn.Module, backend: str | None = None) -> CompiledModules:
+    """The VAE decoder compiled in place: its Snake activations fuse into single kernels.
+    Dynamic lengths: the last tile of every duration differs, and one graph serves them all."""
+    return CompiledModules("VAE decoder compile", [vae.decoder], dynamic=True, backend=backend)

@@ -19,7 +19,7 @@ import torch
 from diffusers.models.transformers import ace_step_transformer
 from diffusers.pipelines.ace_step import modeling_ace_step
 
-from acestep.memory.precision import PrecisionPlan
+from acestep.memory.precision import ROPE_MODES, PrecisionPlan
 
 _DIFFUSERS_ROTARY = ace_step_transformer._ace_step_rotary_freqs
 _ISLAND_HOOKS = "_acestep_float32_island"
@@ -33,13 +33,8 @@ def parts_of(component: str, plan: PrecisionPlan) -> list[str]:
 
 def cast_module(module: torch.nn.Module, dtype: torch.dtype, float32_parts: Iterable[str] = ()) -> None:
     """Cast ``module``'s floating tensors to ``dtype``, and those under ``float32_parts`` to float32."""
-    keep = {
-        id(tensor)
-        for path in float32_parts
-        for tensor in itertools.chain(
-            module.get_submodule(path).parameters(), module.get_submodule(path).buffers()
-        )
-    }
+    parts = [module.get_submodule(path) for path in float32_parts]
+    keep = {id(tensor) for part in parts for tensor in itertools.chain(part.parameters(), part.buffers())}
 
     def convert(tensor: torch.Tensor) -> torch.Tensor:
         if not tensor.is_floating_point():
@@ -100,8 +95,8 @@ def use_rope_mode(mode: str) -> None:
 
     Process-wide: the DiT and the condition encoder look the builder up at call time.
     """
-    if mode not in ("fp32", "upstream"):
-        raise ValueError(f"RoPE mode must be fp32 or upstream, got {mode!r}")
+    if mode not in ROPE_MODES:
+        raise ValueError(f"RoPE mode must be one of {', '.join(ROPE_MODES)}, got {mode!r}")
     builder = upstream_rotary_freqs if mode == "upstream" else _DIFFUSERS_ROTARY
     ace_step_transformer._ace_step_rotary_freqs = builder
     modeling_ace_step._ace_step_rotary_freqs = builder

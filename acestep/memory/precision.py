@@ -79,6 +79,12 @@ class PrecisionPlan:
 
         return getattr(torch, self.dtype)
 
+    @classmethod
+    def uniform(cls, dtype: str | torch.dtype, rope: str = "fp32") -> PrecisionPlan:
+        """Everything in one dtype (a torch dtype or its name), no float32 parts."""
+        name = str(dtype).removeprefix("torch.")
+        return cls(name, name, (), rope)
+
     def as_dict(self) -> dict:
         return {
             "name": self.name,
@@ -92,7 +98,7 @@ def plan_named(name: str, rope: str = "fp32") -> PrecisionPlan:
     """The plan for a policy name (``planned_dtype``'s answer)."""
     if name == "fp16-mixed":
         return PrecisionPlan(name, "float16", FLOAT32_PARTS, rope)
-    return PrecisionPlan(name, name, (), rope)
+    return PrecisionPlan.uniform(name, rope)
 
 
 def precision_plan(
@@ -102,9 +108,7 @@ def precision_plan(
     env = os.environ if env is None else env
     rope = rope_mode(env)
     if not isinstance(requested, str) and requested is not None:
-        return PrecisionPlan(
-            str(requested).removeprefix("torch."), str(requested).removeprefix("torch."), (), rope
-        )
+        return PrecisionPlan.uniform(requested, rope)
     capability = _capability(device) if device.type == "cuda" else None
     name = planned_dtype(device.type, capability, requested or env.get("ACESTEP_DTYPE"))
     if name == "float16" and capability is not None and capability < 8:
@@ -189,7 +193,7 @@ def fast_mode(env: Mapping[str, str] | None = None) -> str:
 
 
 def validate_settings(env: Mapping[str, str]) -> None:
-    """ValueError naming the first bad one of ``ACESTEP_DTYPE``, ``ACESTEP_ATTENTION``, ``ACESTEP_ROPE``."""
+    """ValueError naming the first bad one of ``ACESTEP_DTYPE``, ``_ATTENTION``, ``_ROPE``, ``_DIT_FAST``."""
     planned_dtype("cpu", None, env.get("ACESTEP_DTYPE"))
     attention_backend(env)
     rope_mode(env)

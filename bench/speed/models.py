@@ -20,7 +20,7 @@ from acestep.checkpoints import CheckpointPaths, Components, convert, detect_var
 from acestep.checkpoints.loading import DIT_CLASSES
 from acestep.memory.devices import apply_vram_cap
 from acestep.memory.limits import Limits
-from acestep.memory.mixed import apply_plan, use_rope_mode
+from acestep.memory.mixed import apply_plan
 from acestep.memory.precision import PrecisionPlan
 from acestep.memory.residency import plan_for, resident_plan
 from acestep.testing import _build_components, _tiny_tokenizer, tiny_dit_config
@@ -130,8 +130,7 @@ def build(config: str, device: torch.device, precision: PrecisionPlan, seed: int
     modules = _real_modules(cfg, device) if overrides else _tiny_modules(variant, seed, device)
     for module in modules.values():
         module.eval().requires_grad_(False)
-    apply_plan(modules, precision)
-    use_rope_mode(precision.rope)
+    apply_plan(modules, precision)  # the engine applies the plan's RoPE mode when it is built
     components = Components(tokenizer=_tiny_tokenizer(), **modules)
     folder = Path("/nonexistent/checkpoints")  # nothing is read from disk
     paths = CheckpointPaths(

@@ -32,6 +32,12 @@ class StageClock:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    def record(self, stage: str, elapsed: float) -> None:
+        if stage == "dit":
+            self.steps.append(elapsed)
+        else:
+            self.totals[stage] += elapsed
+
     @contextlib.contextmanager
     def timed(self, stage: str):
         self.sync()
@@ -40,11 +46,7 @@ class StageClock:
             yield
         finally:
             self.sync()
-            elapsed = time.perf_counter() - started
-            if stage == "dit":
-                self.steps.append(elapsed)
-            else:
-                self.totals[stage] += elapsed
+            self.record(stage, time.perf_counter() - started)
 
     @contextlib.contextmanager
     def watch(self, components, dit_hook: bool = True):
@@ -57,17 +59,13 @@ class StageClock:
             module = module.get_submodule(child) if child else module
             started: list[float] = []
 
-            def before(_module, _args, stage=stage, started=started):
+            def before(_module, _args, started=started):
                 self.sync()
                 started.append(time.perf_counter())
 
             def after(_module, _args, _output, stage=stage, started=started):
                 self.sync()
-                elapsed = time.perf_counter() - started.pop()
-                if stage == "dit":
-                    self.steps.append(elapsed)
-                else:
-                    self.totals[stage] += elapsed
+                self.record(stage, time.perf_counter() - started.pop())
 
             handles.append(module.register_forward_pre_hook(before))
             handles.append(module.register_forward_hook(after))
