@@ -10,10 +10,12 @@ fi
 "$VENV/bin/python" -m pip install -q torch==2.14.1
 "$VENV/bin/python" -m pip install -q -e ".[dev]"
 # Debian packages the tests use: Chromium for the browser tests (no browser download by
-# Playwright), docker-compose to validate docker/compose.yaml (it needs no Docker engine for that).
+# Playwright), docker-compose to validate docker/compose.yaml (it needs no Docker engine for that),
+# redis-server for the cluster tests (each test starts its own on a free loopback port).
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" = "0" ]; then
     apt-get update -q >/dev/null && apt-get install -y -q "${missing[@]}" >/dev/null

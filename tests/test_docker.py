@@ -154,6 +154,39 @@ def test_compose_service_per_target(target):
     assert (service.get("platform") == "linux/arm64") == (target == "spark")
 
 
+def test_compose_cluster_profile_is_redis_two_api_servers_and_a_worker_per_gpu():
+    services = {
+        name: service
+        for name, service in compose_config("cluster")["services"].items()
+        if "cluster" in service.get("profiles", [])
+    }
+    assert set(services) == {"redis", "models", "api-1", "api-2", "worker-0", "worker-1"}
+    redis_command = services["redis"]["command"]
+    assert redis_command[redis_command.index("--appendonly") + 1] == "yes"
+    assert redis_command[redis_command.index("--appendfsync") + 1] == "always"
+    assert volumes(services["redis"])["data"].parent == ROOT
+    assert {p for s in ("api-1", "api-2") for p in ports(services[s])} == {
+        ("127.0.0.1", "8501", "8001"),
+        ("127.0.0.1", "8502", "8001"),
+    }
+    parts = [services[name] for name in ("models", "api-1", "api-2", "worker-0", "worker-1")]
+    for part in parts:  # one queue, one image, the same folders (results and uploads are shared)
+        assert part["environment"]["ACESTEP_QUEUE_URL"] == "redis://redis:6379/0"
+        assert part["image"] == "acestep:4090"
+        assert set(volumes(part)) == {"checkpoints", "outputs", "cache"}
+    for name in ("api-1", "api-2", "worker-0", "worker-1"):
+        depends = services[name]["depends_on"]
+        assert depends["models"]["condition"] == "service_completed_successfully"
+    assert "deploy" not in services["api-1"]  # API servers never touch a GPU
+    for index in (0, 1):
+        worker = services[f"worker-{index}"]
+        assert worker["command"] == ["acestep-worker", "--gpu", "0"]  # its only visible GPU
+        assert worker["environment"]["NVIDIA_VISIBLE_DEVICES"] == str(index)
+        (gpu,) = worker["deploy"]["resources"]["reservations"]["devices"]
+        assert gpu["device_ids"] == [str(index)]
+    assert services["models"]["command"] == ["acestep-download", "--missing"]
+
+
 def test_compose_gpu_choice_selects_one_device():
     done = subprocess.run(
         ["docker-compose", "-f", DOCKER / "compose.yaml", "--profile", "4090", "config"],

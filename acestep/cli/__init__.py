@@ -1,4 +1,5 @@
-"""Console scripts: ``acestep`` (``acestep generate``), ``acestep-api``, ``acestep-download``.
+"""Console scripts: ``acestep`` (``acestep generate``), ``acestep-api``, ``acestep-download``,
+``acestep-worker``.
 
 ``main`` dispatches ``acestep``'s subcommands; each command lives in its own module, and every name
 this package had as a single module is still importable from here.
@@ -26,6 +27,7 @@ from acestep.cli.server import _server_app as _server_app
 from acestep.cli.ui import _bool_string as _bool_string
 from acestep.cli.ui import _ui_flags as _ui_flags
 from acestep.cli.ui import run_ui
+from acestep.cli.worker import worker_main
 
 __all__ = [
     "DEMO_NOTICE",
@@ -37,6 +39,7 @@ __all__ = [
     "run_generate",
     "run_memory",
     "run_ui",
+    "worker_main",
 ]
 
 

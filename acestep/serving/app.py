@@ -1,7 +1,10 @@
 """The FastAPI app: one memory manager, one GPU worker, one job queue behind every route.
 
 ``create_app(config)`` builds it; the lifespan starts the worker process and the queue and stops
-them again. Errors are 4xx/5xx with a ``detail`` that says what was wrong, never a traceback.
+them again. With ``ACESTEP_QUEUE_URL`` set the server is a stateless front of a cluster instead:
+the queue is Redis, the GPUs are ``acestep-worker`` processes, and ``app.state.manager`` sends
+memory commands to them. Errors are 4xx/5xx with a ``detail`` that says what was wrong, never a
+traceback.
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ from loguru import logger
 from acestep import __version__
 from acestep.checkpoints.layout import resolve
 from acestep.checkpoints.lm_folders import lm_availability
+from acestep.cluster.settings import ClusterSettings, redacted
 from acestep.memory.manager import MemoryManager
 from acestep.serving.config import ServerConfig
-from acestep.serving.gpu_tokens import GpuTokenClient, GpuTokenSettings
-from acestep.serving.jobs import LocalJobQueue
+from acestep.serving.gpu_tokens import install_gpu_tokens
+from acestep.serving.jobs import LocalJobQueue, QueueUnavailable
 from acestep.serving.limits import BodyLimitMiddleware
 from acestep.worker.runner import EngineSpec
 
@@ -31,28 +35,36 @@ def create_app(
     """``manager`` defaults to one built from the environment; its worker is started here.
     ``include_api=False`` keeps only /health (the UI alone, without ``--enable-api``)."""
     paths = resolve(config.checkpoint, config.dit)  # a wrong checkpoint fails at start, not per job
+    cluster = ClusterSettings.from_env() if manager is None else None  # a bad URL fails at start too
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        mm = manager or MemoryManager()
-        mm.lm_name = app.state.lm_name
-        if mm.dispatcher is None:
-            mm.start(EngineSpec(config.checkpoint, dit=paths.dit_name), in_process=config.in_process_worker)
         config.uploads_dir.mkdir(parents=True, exist_ok=True)
-        queue = LocalJobQueue(
-            mm, config.results_dir, config.queue_maxsize, config.result_ttl_s, config.cleanup_interval_s
-        )
-        app.state.manager, app.state.queue = mm, queue
-        if config.preload:
-            mm.dispatcher.request_load()  # runs on the worker; the server answers meanwhile
-        tokens = GpuTokenSettings.from_env()
-        token_client = GpuTokenClient(tokens) if tokens else None
-        if token_client is not None:
-            mm.dispatcher.job_guard = lambda job: token_client.hold(
-                job.id, {"task_type": job.request.task_type}
+        token_client = None
+        if cluster is not None:
+            mm, queue = _cluster_front(cluster, config, paths)
+            mm.lm_name = app.state.lm_name
+        else:
+            mm = manager or MemoryManager()
+            mm.lm_name = app.state.lm_name
+            if mm.dispatcher is None:
+                mm.start(
+                    EngineSpec(config.checkpoint, dit=paths.dit_name), in_process=config.in_process_worker
+                )
+            queue = LocalJobQueue(
+                mm,
+                config.results_dir,
+                config.queue_maxsize,
+                config.result_ttl_s,
+                config.cleanup_interval_s,
+                model_name=paths.dit_name,
             )
-            logger.info(f"GPU token queue: {tokens.url} ({tokens.tokens} tokens a job)")
-        logger.info(f"acestep-api serving {paths.dit_name} on http://{config.host}:{config.port}")
+            if config.preload:
+                mm.dispatcher.request_load()  # runs on the worker; the server answers meanwhile
+            token_client = install_gpu_tokens(mm.dispatcher)
+        app.state.manager, app.state.queue = mm, queue
+        where = f"the cluster at {redacted(cluster.url)}" if cluster else paths.dit_name
+        logger.info(f"acestep-api serving {where} on http://{config.host}:{config.port}")
         try:
             if mcp_server is not None:
                 async with mcp_server.session_manager.run():
@@ -87,6 +99,12 @@ def create_app(
         messages = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
         return JSONResponse({"detail": "; ".join(messages)}, status_code=400)
 
+    @app.exception_handler(QueueUnavailable)
+    async def _queue_down(request: Request, exc: QueueUnavailable) -> JSONResponse:
+        return JSONResponse(
+            {"detail": str(exc)}, status_code=503, headers={"Retry-After": str(exc.retry_after)}
+        )
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         if isinstance(exc, HTTPException):  # pragma: no cover - FastAPI routes these itself
@@ -104,6 +122,24 @@ def create_app(
     else:
         app.add_api_route("/health", routes_compat.health, methods=["GET"])
     return app
+
+
+def _cluster_front(cluster: ClusterSettings, config: ServerConfig, paths):
+    """The Redis queue and the worker controls of a stateless API server."""
+    from acestep.cluster.control import ClusterControl
+    from acestep.cluster.queue import RedisJobQueue
+
+    queue = RedisJobQueue(
+        cluster,
+        config.results_dir,
+        default_model=paths.dit_name,
+        default_tasks=paths.variant.supported_tasks,
+        default_variant=paths.variant.name,
+        maxsize=config.queue_maxsize,
+        result_ttl_s=config.result_ttl_s,
+        cleanup_interval_s=config.cleanup_interval_s,
+    )
+    return ClusterControl(queue), queue
 
 
 def _protected_docs(app: FastAPI) -> None:

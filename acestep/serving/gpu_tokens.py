@@ -249,3 +249,15 @@ class GpuTokenClient:
         except ValueError:
             return {}  # an empty or non-JSON 2xx: no status, so acquisition falls back to polling
         return answer if isinstance(answer, dict) else {}
+
+
+def install_gpu_tokens(dispatcher) -> GpuTokenClient | None:
+    """Hold tokens of the shared GPU queue around each job when ``ACESTEP_GPU_QUEUE_URL`` is set
+    (a single server's dispatcher, or each cluster worker's)."""
+    tokens = GpuTokenSettings.from_env()
+    if not tokens:
+        return None
+    client = GpuTokenClient(tokens)
+    dispatcher.job_guard = lambda job: client.hold(job.id, {"task_type": job.request.task_type})
+    logger.info(f"GPU token queue: {tokens.url} ({tokens.tokens} tokens a job)")
+    return client

@@ -2,7 +2,8 @@
 
 Bounded (a full queue is :class:`QueueFull` -> 429 with Retry-After), FIFO, one GPU worker.
 Records stay until the retention policy removes them with their files. ``JobQueue`` is the
-interface a Redis backend implements later.
+interface both backends implement: this one, and ``acestep.cluster.queue.RedisJobQueue`` when
+``ACESTEP_QUEUE_URL`` is set. The faces read job snapshots from ``get`` and never hold one.
 """
 
 from __future__ import annotations
@@ -24,6 +25,31 @@ from acestep.memory.manager import MemoryManager
 from acestep.worker.dispatcher import Job
 
 AVERAGE_WINDOW = 50
+# Job-duration histogram bounds (seconds), shared with the Redis backend and /metrics.
+DURATION_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
+
+
+class DurationHistogram:
+    """Cumulative bucket counts, sum and count of job durations (Prometheus' histogram shape)."""
+
+    def __init__(self) -> None:
+        self.counts = [0] * len(DURATION_BUCKETS)
+        self.sum = 0.0
+        self.count = 0
+
+    def add(self, seconds: float) -> None:
+        for index, bound in enumerate(DURATION_BUCKETS):
+            if seconds <= bound:
+                self.counts[index] += 1
+        self.sum += seconds
+        self.count += 1
+
+    def as_dict(self) -> dict:
+        return {
+            "buckets": [[b, c] for b, c in zip(DURATION_BUCKETS, self.counts, strict=True)],
+            "sum": self.sum,
+            "count": self.count,
+        }
 
 
 class QueueFull(RuntimeError):
@@ -32,22 +58,34 @@ class QueueFull(RuntimeError):
         self.retry_after = retry_after
 
 
+class QueueUnavailable(RuntimeError):
+    """The queue's store (Redis) cannot be reached: a 503 with Retry-After; nothing was queued."""
+
+    retry_after = 5
+
+
 class JobQueue(Protocol):
+    routes_by_model: bool  # whether ``submit(model=...)`` picks among several models
+
     def submit(
         self,
         request: GenerationRequest,
         uses_lm: bool | None = None,
         cleanup: Iterable[Path] = (),
         lm_only: bool = False,
+        model: str | None = None,
     ) -> Job: ...
     def get(self, task_id: str) -> Job | None: ...
     def position(self, task_id: str) -> int | None: ...
     def cancel(self, task_id: str) -> str: ...
+    def wait(self, task_id: str, timeout: float | None = None) -> Job: ...
+    def workers(self) -> list[dict]: ...
+    def model_state(self) -> str: ...
     def stats(self) -> dict: ...
     def close(self) -> None: ...
 
 
-def _remove(paths: Iterable[Path]) -> None:
+def remove_paths(paths: Iterable[Path]) -> None:
     for path in paths:
         try:
             if path.is_dir():
@@ -61,6 +99,8 @@ def _remove(paths: Iterable[Path]) -> None:
 class LocalJobQueue:
     """In-process records over the GPU dispatcher (which runs the jobs, in a worker process)."""
 
+    routes_by_model = False  # one model per server; a ``model`` that differs is only a warning
+
     def __init__(
         self,
         manager: MemoryManager,
@@ -68,10 +108,12 @@ class LocalJobQueue:
         maxsize: int = 200,
         result_ttl_s: int = 86400,
         cleanup_interval_s: int = 300,
+        model_name: str = "",
     ):
         if manager.dispatcher is None:
             raise RuntimeError("start the memory manager's worker before the job queue")
         self.manager = manager
+        self.model_name = model_name
         self.dispatcher = manager.dispatcher
         self.results_dir = Path(results_dir)
         self.results_dir.mkdir(parents=True, exist_ok=True)
@@ -82,6 +124,7 @@ class LocalJobQueue:
         self._lock = threading.Lock()
         self._durations: deque[float] = deque(maxlen=AVERAGE_WINDOW)
         self._failed_durations: deque[float] = deque(maxlen=AVERAGE_WINDOW)
+        self._histogram = DurationHistogram()
         self._stop = threading.Event()
         self._sweeper = threading.Thread(
             target=self._sweep_loop, args=(cleanup_interval_s,), name="acestep-retention", daemon=True
@@ -100,6 +143,7 @@ class LocalJobQueue:
         uses_lm: bool | None = None,
         cleanup: Iterable[Path] = (),
         lm_only: bool = False,
+        model: str | None = None,
     ) -> Job:
         """Queue a validated job; ``cleanup`` files (uploads) are deleted when it ends; ``lm_only``
         jobs stop after the LM (``/format_input``)."""
@@ -115,7 +159,7 @@ class LocalJobQueue:
                 self.results_dir / task_id,
                 uses_lm=uses_lm,
                 job_id=task_id,
-                on_done=[lambda job: _remove(inputs), self._record],
+                on_done=[lambda job: remove_paths(inputs), self._record],
                 lm_only=lm_only,
             )
             self._jobs[task_id] = job
@@ -124,9 +168,11 @@ class LocalJobQueue:
     def _record(self, job: Job) -> None:
         if job.started is None or job.finished is None:
             return
+        seconds = job.finished - job.started
         with self._lock:
             target = self._durations if job.state == "succeeded" else self._failed_durations
-            target.append(job.finished - job.started)
+            target.append(seconds)
+            self._histogram.add(seconds)
 
     def get(self, task_id: str) -> Job | None:
         with self._lock:
@@ -134,6 +180,34 @@ class LocalJobQueue:
 
     def position(self, task_id: str) -> int | None:
         return self.dispatcher.position(task_id)
+
+    def wait(self, task_id: str, timeout: float | None = None) -> Job:
+        job = self.get(task_id)
+        if job is None:
+            raise KeyError(task_id)
+        return job.wait(timeout)
+
+    def model_state(self) -> str:
+        return self.dispatcher.runner.state
+
+    def workers(self) -> list[dict]:
+        """This server's one GPU worker, in the shape cluster workers advertise."""
+        status = self.manager.get_status()
+        worker = status["worker"] or {}
+        gpu = status["gpu"] or {}
+        return [
+            {
+                "id": "local",
+                "alive": True,
+                "model": self.model_name,
+                "state": worker.get("state", "unloaded"),
+                "running": worker.get("running"),
+                "gpu": status["device"],
+                "vram_used_bytes": worker.get("process_gpu_bytes"),
+                "vram_total_bytes": int(gpu["total_gib"] * 2**30) if gpu.get("total_gib") else None,
+                "residency": status["residency"],
+            }
+        ]
 
     def cancel(self, task_id: str) -> str:
         if self.get(task_id) is None:
@@ -150,14 +224,21 @@ class LocalJobQueue:
             state: sum(1 for j in jobs if j.state == state)
             for state in ("queued", "running", "succeeded", "failed")
         }
+        with self._lock:
+            histogram = self._histogram.as_dict()
+        depth = self.dispatcher.queue_depth()
         return {
+            "backend": "local",
             "jobs": {"total": len(jobs), **counts},
-            "queue_size": self.dispatcher.queue_depth(),
+            "queue_size": depth,
+            "queue_by_model": {self.model_name: depth},
             "queue_maxsize": self.maxsize,
             # Upstream seeds the average (ACESTEP_AVG_JOB_SECONDS, 5.0) so clients always get a number.
             "avg_job_seconds": round(sum(done) / len(done), 3) if done else self.seed_seconds,
             "avg_job_seconds_measured": bool(done),
             "avg_failed_job_seconds": round(sum(failed) / len(failed), 3) if failed else None,
+            "durations": histogram,
+            "workers": self.workers(),
         }
 
     # -- retention ----------------------------------------------------------------------
@@ -175,7 +256,7 @@ class LocalJobQueue:
             ]
             for job in expired:
                 del self._jobs[job.id]
-        _remove(self.results_dir / job.id for job in expired)
+        remove_paths(self.results_dir / job.id for job in expired)
         return len(expired)
 
     def _sweep_loop(self, interval: int) -> None:

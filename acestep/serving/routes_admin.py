@@ -1,4 +1,5 @@
-"""Memory and job control: POST /unload, POST /v1/load, GET /v1/memory, POST /v1/cancel.
+"""Memory and job control: POST /unload, POST /v1/load, GET /v1/memory, POST /v1/cancel, and
+the Prometheus GET /metrics.
 
 Loads and unloads run on the GPU worker between jobs; the handlers wait for them in a thread so
 the event loop keeps serving.
@@ -7,7 +8,7 @@ the event loop keeps serving.
 from __future__ import annotations
 
 import anyio
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 
 from acestep.serving import auth
 from acestep.serving.body import read_body
@@ -61,3 +62,12 @@ async def cancel(request: Request) -> dict:
     if outcome == "unknown":
         raise HTTPException(404, f"unknown task_id {task_id!r}")
     return envelope({"task_id": task_id, "outcome": outcome})
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    """Queue depth, jobs by state, per-worker residency and VRAM, job durations (Prometheus text)."""
+    from acestep.serving.metrics import CONTENT_TYPE, render
+
+    stats = await _wait(request.app.state.queue.stats)
+    return Response(render(stats), media_type=CONTENT_TYPE)

@@ -128,7 +128,8 @@ async def build_request(
     warnings = list(params.ignored and [f"ignored (no effect here): {', '.join(params.ignored)}"])
     warnings += lm_warnings(params.lm_options, generation.uses_lm, request.app.state.lm_name)
     loaded = request.app.state.model_name
-    if params.model and params.model != loaded:
+    request.state.model = params.model  # a cluster routes by it; one server only warns
+    if params.model and params.model != loaded and not request.app.state.queue.routes_by_model:
         warnings.append(f"model {params.model!r} is not loaded here; {loaded} was used")
     return generation, saved, warnings
 
@@ -162,13 +163,15 @@ def submit(request: Request, generation: GenerationRequest, saved: list[Path], l
     """Queue, mapping refusals to 4xx; uploads are deleted if the job is not queued."""
     from acestep.memory.keep_alive import KeepAliveError
     from acestep.memory.limits import MemoryLimitError
-    from acestep.serving.jobs import QueueFull
+    from acestep.serving.jobs import QueueFull, QueueUnavailable
 
+    model = getattr(request.state, "model", None)
     try:
-        return request.app.state.queue.submit(generation, cleanup=saved, lm_only=lm_only)
-    except QueueFull as exc:
+        return request.app.state.queue.submit(generation, cleanup=saved, lm_only=lm_only, model=model)
+    except (QueueFull, QueueUnavailable) as exc:
         _discard(saved)
-        raise HTTPException(429, str(exc), headers={"Retry-After": str(exc.retry_after)}) from None
+        status = 429 if isinstance(exc, QueueFull) else 503
+        raise HTTPException(status, str(exc), headers={"Retry-After": str(exc.retry_after)}) from None
     except (MemoryLimitError, KeepAliveError, ValueError) as exc:
         _discard(saved)
         raise HTTPException(400, str(exc)) from None
@@ -181,6 +184,7 @@ async def release_task(request: Request) -> dict:
     auth.check(request, token)
     generation, saved, warnings = await build_request(request, fields, files)
     job = submit(request, generation, saved)
+    warnings += getattr(job, "warnings", [])
     position = request.app.state.queue.position(job.id)
     return envelope({"task_id": job.id, "status": "queued", "queue_position": position, "warnings": warnings})
 
@@ -220,32 +224,54 @@ async def audio(request: Request, path: str) -> FileResponse:
 
 @router.get("/health")
 async def health(request: Request) -> dict:
-    runner = request.app.state.manager.dispatcher.runner
+    """200 while this process serves; in a cluster, ``queue`` says whether Redis answers."""
+    from acestep.serving.jobs import QueueUnavailable
+
+    queue = request.app.state.queue
+    extra: dict = {}
+    try:
+        state = queue.model_state()
+        if queue.routes_by_model:
+            workers = queue.workers()
+            extra = {"queue": "ok", "live_workers": sum(1 for w in workers if w["alive"])}
+    except QueueUnavailable as exc:
+        state, extra = "unknown", {"queue": "unavailable", "queue_error": str(exc)}
     return envelope(
         {
             "status": "ok",
             "service": "ACE-Step API",
             "version": __version__,
-            "models_initialized": runner.state == "ready",
-            "model_state": runner.state,
+            "models_initialized": state == "ready",
+            "model_state": state,
             "loaded_model": request.app.state.model_name,
             "llm_initialized": request.app.state.lm_name is not None,
             "loaded_lm_model": request.app.state.lm_name,
         }
+        | extra
     )
 
 
 @router.get("/v1/models", dependencies=[Depends(auth.require_key)])
 async def models(request: Request) -> dict:
     state = request.app.state
-    entry = {
-        "name": state.model_name,
-        "is_default": True,
-        "is_loaded": state.manager.dispatcher.runner.state == "ready",
-        "variant": state.variant.name,
-        "supported_task_types": sorted(state.variant.supported_tasks),
+    models = {
+        state.model_name: {"variant": state.variant.name, "tasks": sorted(state.variant.supported_tasks)}
     }
-    return envelope({"models": [entry], "default_model": state.model_name})
+    workers = state.queue.workers()
+    if state.queue.routes_by_model:  # a cluster: every model a worker serves
+        models |= state.queue.store.models()
+    entries = [
+        {
+            "name": name,
+            "is_default": name == state.model_name,
+            "is_loaded": any(w["alive"] and w.get("state") == "ready" for w in workers if w["model"] == name),
+            "variant": info["variant"],
+            "supported_task_types": sorted(info["tasks"]),
+            "workers": sum(1 for w in workers if w["alive"] and w["model"] == name),
+        }
+        for name, info in models.items()
+    ]
+    return envelope({"models": entries, "default_model": state.model_name})
 
 
 @router.get("/v1/stats", dependencies=[Depends(auth.require_key)])

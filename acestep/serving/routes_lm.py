@@ -81,7 +81,7 @@ async def format_input(request: Request) -> dict:
         raise HTTPException(400, f"LLM not initialized: {state.lm_missing}")
     job = submit(request, format_request(fields), [], lm_only=True)
     try:
-        await run_in_threadpool(job.wait, FORMAT_TIMEOUT_S)
+        job = await run_in_threadpool(state.queue.wait, job.id, FORMAT_TIMEOUT_S)
     except TimeoutError:
         state.queue.cancel(job.id)  # nobody waits for it any more
         raise HTTPException(504, f"format_input did not finish in {FORMAT_TIMEOUT_S:.0f} s") from None

@@ -99,4 +99,5 @@ def query_entry(task_id: str, job: Job | None, position: int | None = None) -> d
         "progress": job.progress,
         "stage": job.stage,
         "error": job.error,
+        "worker": getattr(job, "worker", None),  # the cluster worker that ran it (None on one server)
     }

@@ -114,6 +114,8 @@ def _clip(value: str, limit: int) -> str:
 
 def memory_text(state, text: dict) -> str:
     status = state.manager.get_status()
+    if status.get("mode") == "cluster":  # the GPUs are acestep-worker processes
+        return _cluster_text(status, text)
     worker = status["worker"] or {}
     lines = [
         f"**{text['state']}:** {worker.get('state', 'unloaded')}",
@@ -124,6 +126,16 @@ def memory_text(state, text: dict) -> str:
         report = status["last_reports"][-1]
         lines.append(f"**last:** {report['action']} ({report['reason']}) in {report['seconds']:.2f} s")
     return "\n\n".join(lines) + "\n\n```json\n" + json.dumps(status["limits"], indent=1) + "\n```"
+
+
+def _cluster_text(status: dict, text: dict) -> str:
+    lines = [f"**{text['state']}:** {status['live_workers']} live workers"]
+    for worker in status["workers"]:
+        vram = worker.get("vram_used_bytes")
+        used = f" · {vram / 2**30:.1f} GiB" if vram else ""
+        alive = "" if worker["alive"] else " (offline)"
+        lines.append(f"- `{worker['id']}`{alive}: {worker['model']} {worker.get('state')}{used}")
+    return "\n".join(lines)
 
 
 async def memory_action(state, action: str, text: dict) -> str:

@@ -1,0 +1,71 @@
+"""``ClusterControl``: the memory controls of an API server whose GPUs are in worker processes.
+
+It stands where a single server's ``MemoryManager`` stands (``app.state.manager``): ``unload`` and
+``load`` are sent to every live worker over Redis and run there between jobs; ``get_status`` lists
+the workers' adverts. The server itself holds no model and never touches a GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+from acestep.cluster.queue import RedisJobQueue, _unavailable
+
+DEFAULT_TIMEOUT_S = 600.0  # an unload waits for the running job on each worker
+
+
+class ClusterControl:
+    dispatcher = None  # no local GPU worker
+
+    def __init__(self, queue: RedisJobQueue):
+        self.queue = queue
+        self.lm_name: str | None = None
+
+    def get_status(self) -> dict:
+        workers = self.queue.workers()
+        return {
+            "mode": "cluster",
+            "device": "workers",
+            "workers": workers,
+            "live_workers": sum(1 for w in workers if w["alive"]),
+        }
+
+    def unload(self, level: str = "free", timeout: float | None = None) -> dict:
+        if level not in ("park", "free"):
+            raise ValueError(f"unload level must be park or free, got {level!r}")
+        return self._broadcast({"action": "unload", "level": level}, level, timeout)
+
+    def load(self, timeout: float | None = None) -> dict:
+        return self._broadcast({"action": "load"}, "load", timeout)
+
+    def _broadcast(self, command: dict, action: str, timeout: float | None) -> dict:
+        store, client = self.queue.store, self.queue.client
+        started = time.monotonic()
+        deadline = started + (DEFAULT_TIMEOUT_S if timeout is None else timeout)
+        with _unavailable(f"send {action} to the workers"):
+            live = [w["id"] for w in store.workers() if w["alive"]]
+            sent = {}
+            for worker in live:
+                ident = uuid.uuid4().hex
+                client.rpush(store.key("control", worker), json.dumps(command | {"id": ident}))
+                sent[worker] = ident
+            replies, missing = {}, []
+            for worker, ident in sent.items():
+                left = max(1, int(deadline - time.monotonic()))
+                item = client.blpop([store.key("reply", ident)], timeout=left)
+                if item is None:
+                    missing.append(worker)
+                else:
+                    replies[worker] = json.loads(item[1])
+        return {
+            "action": action,
+            "workers": replies,
+            "no_reply": missing,
+            "note": None if live else "no live workers",
+            "seconds": round(time.monotonic() - started, 3),
+        }
+
+    def close(self) -> None:
+        return None

@@ -1,0 +1,166 @@
+"""What a cluster worker runs a job on: its own memory manager (the real engine), or a no-op.
+
+``ManagerExecutor`` is the worker's GPU: a ``MemoryManager`` with its dispatcher, keep-alive and
+worker process, exactly as in a single server; it only adds progress reporting and cancellation
+across Redis. ``NoopExecutor`` writes a short silent file at once: it measures the queue itself
+(``bench/bench_queue.py``) and lets tests run many workers cheaply.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from acestep.cluster.records import JobRecord
+from acestep.engine.request import AudioItem, GenerationResult
+
+PROGRESS_S = 0.5
+# Answers True when the job should stop (a cancel was asked).
+Report = Callable[[str, float], bool]
+
+
+class JobFailed(RuntimeError):
+    def __init__(self, message: str, kind: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+class Executor(Protocol):
+    model: str
+    variant: str
+    tasks: list[str]
+
+    def run(self, record: JobRecord, output_dir: Path, report: Report) -> GenerationResult: ...
+    def cancel(self) -> None: ...
+    def status(self) -> dict: ...
+    def unload(self, level: str) -> dict: ...
+    def load(self) -> dict: ...
+    def close(self) -> None: ...
+
+
+class ManagerExecutor:
+    def __init__(self, manager, spec, model: str, variant: str, tasks: list[str], preload: bool = True):
+        self.manager = manager
+        self.model, self.variant, self.tasks = model, variant, sorted(tasks)
+        self.manager.start(spec)
+        if preload:  # warm before the first job; keep-alive may unload it again later
+            self.manager.dispatcher.request_load()
+        self._job = None
+
+    def run(self, record: JobRecord, output_dir: Path, report: Report) -> GenerationResult:
+        from acestep.memory.keep_alive import KeepAliveError
+        from acestep.memory.limits import MemoryLimitError
+
+        try:
+            job = self.manager.submit(
+                record.request, output_dir, uses_lm=record.uses_lm, job_id=record.id, lm_only=record.lm_only
+            )
+        except MemoryLimitError as exc:  # this worker's GPU is smaller than the server assumed
+            raise JobFailed(str(exc), "limit") from None
+        except (KeepAliveError, ValueError) as exc:
+            raise JobFailed(str(exc), "input") from None
+        self._job = job
+        try:
+            while not job.done.wait(PROGRESS_S):
+                if report(job.stage, job.progress):
+                    self.manager.dispatcher.cancel(job.id)
+        finally:
+            self._job = None
+        if job.state != "succeeded":
+            raise JobFailed(job.error or "failed", job.error_kind or "internal")
+        return job.result
+
+    def cancel(self) -> None:
+        job = self._job
+        if job is not None:
+            self.manager.dispatcher.cancel(job.id)
+
+    def status(self) -> dict:
+        status = self.manager.get_status()
+        worker = status["worker"] or {}
+        gpu = status["gpu"] or {}
+        return {
+            "state": worker.get("state", "unloaded"),
+            "device": status["device"],
+            "gpu_name": gpu.get("name"),
+            "tier": status["tier"],
+            "vram_used_bytes": worker.get("process_gpu_bytes"),
+            "vram_total_bytes": int(gpu["total_gib"] * 2**30) if gpu.get("total_gib") else None,
+            "residency": status["residency"],
+            "unload_in_s": worker.get("unload_in_s"),
+        }
+
+    def unload(self, level: str) -> dict:
+        return self.manager.unload(level)
+
+    def load(self) -> dict:
+        return self.manager.load()
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+class NoopExecutor:
+    """No model: every job succeeds at once with a 0.1 s silent WAV (``ACESTEP_NOOP_SECONDS``
+    of sleep first, to hold a job in flight in tests)."""
+
+    def __init__(self, model: str = "noop", tasks: list[str] | None = None, seconds: float = 0.0):
+        from acestep.engine.tasks import TASK_TYPES
+
+        self.model, self.variant = model, "noop"
+        self.tasks = sorted(tasks or TASK_TYPES)
+        self.seconds = seconds
+        self._cancel = threading.Event()
+        self._state = "ready"
+
+    def run(self, record: JobRecord, output_dir: Path, report: Report) -> GenerationResult:
+        import numpy as np
+        import soundfile as sf
+
+        self._cancel.clear()
+        deadline = time.monotonic() + self.seconds
+        while time.monotonic() < deadline:
+            if report("noop", 0.5) or self._cancel.wait(
+                min(PROGRESS_S, max(0.0, deadline - time.monotonic()))
+            ):
+                raise JobFailed("cancelled by request", "cancelled")
+        output_dir.mkdir(parents=True, exist_ok=True)
+        path = output_dir / "noop_0.wav"
+        sf.write(path, np.zeros((4800, 2), dtype=np.float32), 48000)
+        item = AudioItem(path=str(path), seed=0, sample_rate=48000, duration=0.1, peak=0.0)
+        task = record.request.effective_task
+        return GenerationResult(
+            items=[item],
+            sample_rate=48000,
+            task_type=task,
+            model=self.model,
+            variant="noop",
+            metas={},
+            timings={"total": self.seconds},
+        )
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    def status(self) -> dict:
+        return {
+            "state": self._state,
+            "device": "none",
+            "vram_used_bytes": 0,
+            "vram_total_bytes": 0,
+            "residency": {},
+        }
+
+    def unload(self, level: str) -> dict:
+        self._state = "parked" if level == "park" else "unloaded"
+        return {"action": level, "seconds": 0.0}
+
+    def load(self) -> dict:
+        self._state = "ready"
+        return {"action": "load", "seconds": 0.0}
+
+    def close(self) -> None:
+        return None

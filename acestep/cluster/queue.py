@@ -1,0 +1,221 @@
+"""``RedisJobQueue``: the job queue interface for API servers, over Redis.
+
+A server keeps no job state of its own: any number of them behind a load balancer see the same
+records, and any of them serves a result, since audio lives in the shared results directory
+(``ACESTEP_OUTPUT_DIR`` on storage every server and worker mounts at the same path).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+
+import redis
+from loguru import logger
+
+from acestep.cluster.broker import job_message, make_broker, redis_client
+from acestep.cluster.records import JobRecord
+from acestep.cluster.routing import choose_model
+from acestep.cluster.settings import ClusterSettings, redacted
+from acestep.cluster.store import JobStore
+from acestep.engine.request import GenerationRequest
+from acestep.serving.jobs import QueueFull, QueueUnavailable, remove_paths
+
+POLL_S = 0.2
+API_RETRIES = 2  # a blip is retried; a Redis that stays away is a 503 with Retry-After
+
+
+class RedisJobQueue:
+    routes_by_model = True
+
+    def __init__(
+        self,
+        settings: ClusterSettings,
+        results_dir: Path,
+        default_model: str,
+        default_tasks: Iterable[str],
+        default_variant: str,
+        maxsize: int = 200,
+        result_ttl_s: int = 86400,
+        cleanup_interval_s: int = 300,
+        seed_seconds: float = 5.0,
+    ):
+        self.settings = settings
+        self.client = redis_client(settings, retries=API_RETRIES)
+        self.store = JobStore(self.client, settings.namespace)
+        self.broker = make_broker(settings, self.client)
+        self.results_dir = Path(results_dir)
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        self.default_model = default_model
+        self.default_info = {"variant": default_variant, "tasks": sorted(default_tasks)}
+        self.maxsize = maxsize
+        self.result_ttl_s = result_ttl_s
+        self.seed_seconds = seed_seconds
+        self._stop = threading.Event()
+        self._sweeper = threading.Thread(
+            target=self._sweep_loop, args=(cleanup_interval_s,), name="acestep-retention", daemon=True
+        )
+        self._sweeper.start()
+
+    # -- jobs ---------------------------------------------------------------------------
+
+    def submit(
+        self,
+        request: GenerationRequest,
+        uses_lm: bool | None = None,
+        cleanup: Iterable[Path] = (),
+        lm_only: bool = False,
+        model: str | None = None,
+    ) -> JobRecord:
+        with _unavailable("queue the job"):
+            models = {self.default_model: self.default_info} | self.store.models()
+            chosen, warnings = choose_model(
+                request.effective_task, model, self.default_model, models, self.store.workers()
+            )
+            depth = sum(self.store.pending().values())
+            if depth >= self.maxsize:
+                recent = self.store.recent_durations("succeeded")
+                average = sum(recent) / len(recent) if recent else self.seed_seconds
+                raise QueueFull(self.maxsize, max(1, int(average * depth / 2) or 1))
+            record = JobRecord(
+                id=str(uuid.uuid4()),
+                request=request,
+                model=chosen,
+                created=time.time(),
+                lm_only=lm_only,
+                uses_lm=uses_lm,
+                cleanup=[str(p) for p in cleanup],
+            )
+            self.store.create(record)
+            try:
+                self.broker.enqueue(job_message(chosen, record.id))
+            except Exception:
+                # The record must not wait forever for a message that was never sent.
+                try:
+                    self.store.finish(record.id, "api", error="could not queue the job (Redis)", kind="queue")
+                except redis.RedisError:
+                    pass
+                raise
+        record.warnings = warnings
+        return record
+
+    def get(self, task_id: str) -> JobRecord | None:
+        with _unavailable("read the job"):
+            record = self.store.get(task_id)
+            if record is not None and record.state == "running" and not self.store.alive(record.worker or ""):
+                # Its worker stopped; the broker gives the job to another worker (or fails it after
+                # a second stop). Shown as waiting, which is what it does now.
+                record.state, record.stage = "queued", f"requeued: worker {record.worker} stopped"
+        return record
+
+    def position(self, task_id: str) -> int | None:
+        record = self.get(task_id)
+        if record is None or record.done:
+            return None
+        if record.state == "running":
+            return 0
+        with _unavailable("read the queue"):
+            return self.store.position(task_id, record.model)
+
+    def cancel(self, task_id: str) -> str:
+        with _unavailable("cancel the job"):
+            outcome = self.store.cancel(task_id)
+            if outcome == "cancelled":  # never started: its uploads are ours to delete
+                record = self.store.get(task_id)
+                if record is not None:
+                    remove_paths(Path(p) for p in record.cleanup)
+        return outcome
+
+    def wait(self, task_id: str, timeout: float | None = None) -> JobRecord:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            record = self.get(task_id)
+            if record is None:
+                raise KeyError(task_id)
+            if record.done:
+                return record
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {task_id} still {record.state} after {timeout} s")
+            time.sleep(POLL_S)
+
+    # -- state for the faces ---------------------------------------------------------------
+
+    def workers(self) -> list[dict]:
+        with _unavailable("read the workers"):
+            return self.store.workers()
+
+    def model_state(self) -> str:
+        """``ready`` when a live worker has its model loaded; else the best state seen."""
+        live = [w for w in self.workers() if w["alive"]]
+        states = {w.get("state") for w in live}
+        for state in ("ready", "parked", "loading", "unloaded"):
+            if state in states:
+                return state
+        return "no workers"
+
+    def stats(self) -> dict:
+        with _unavailable("read the statistics"):
+            counts = self.store.counts()
+            pending = self.store.pending()
+            done = self.store.recent_durations("succeeded")
+            failed = self.store.recent_durations("failed")
+            histogram = self.store.histogram()
+            workers = self.store.workers()
+        return {
+            "backend": "redis",
+            "queue_url": redacted(self.settings.url),
+            "jobs": {"total": sum(counts.values()), **counts},
+            "queue_size": sum(pending.values()),
+            "queue_by_model": pending,
+            "queue_maxsize": self.maxsize,
+            "avg_job_seconds": round(sum(done) / len(done), 3) if done else self.seed_seconds,
+            "avg_job_seconds_measured": bool(done),
+            "avg_failed_job_seconds": round(sum(failed) / len(failed), 3) if failed else None,
+            "durations": histogram,
+            "workers": workers,
+        }
+
+    # -- retention ----------------------------------------------------------------------
+
+    def sweep(self, now: float | None = None) -> int:
+        """Delete finished records older than the TTL, with their result files (one server each)."""
+        if self.result_ttl_s <= 0:
+            return 0
+        now = time.time() if now is None else now
+        taken = self.store.expire_finished(now - self.result_ttl_s)
+        remove_paths(self.results_dir / task_id for task_id in taken)
+        return len(taken)
+
+    def _sweep_loop(self, interval: int) -> None:
+        while not self._stop.wait(interval):
+            try:
+                removed = self.sweep()
+                if removed:
+                    logger.info(f"retention: removed {removed} finished jobs and their files")
+            except Exception as exc:  # Redis away or a bad file: try again next round
+                logger.warning(f"retention sweep failed: {exc}")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._sweeper.join(timeout=5)
+        self.client.close()
+
+
+class _unavailable:
+    """Redis errors as ``QueueUnavailable`` (503) naming what could not be done."""
+
+    def __init__(self, doing: str):
+        self.doing = doing
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        if exc is not None and isinstance(exc, redis.RedisError):
+            raise QueueUnavailable(
+                f"could not {self.doing}: the job queue (Redis) is unavailable ({exc})"
+            ) from exc
+        return False

@@ -1,0 +1,90 @@
+"""``JobRecord``: a job as stored in Redis, read back as a plain snapshot.
+
+It has the attributes the faces read from the embedded queue's ``Job`` (``state``, ``stage``,
+``progress``, ``result``, ``error``, ``error_kind``, ``request``, ``created``...), so the wire
+format, the UI and the MCP tools serve either backend unchanged. A snapshot never changes: callers
+poll ``queue.get(task_id)`` for news.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from acestep.engine.request import GenerationRequest, GenerationResult
+
+RESULT_COMPUTED = {"audio_paths", "seeds"}
+
+
+def request_json(request: GenerationRequest) -> str:
+    # exclude_unset keeps "which fields were written" (random-seed logic reads model_fields_set).
+    return request.model_dump_json(exclude_unset=True)
+
+
+def result_json(result: GenerationResult) -> str:
+    return result.model_dump_json(exclude=RESULT_COMPUTED)
+
+
+def _float(value: str | None) -> float | None:
+    return float(value) if value not in (None, "") else None
+
+
+@dataclass
+class JobRecord:
+    id: str
+    request: GenerationRequest
+    model: str
+    state: str = "queued"  # queued | running | succeeded | failed
+    stage: str = "queued"
+    progress: float = 0.0
+    result: GenerationResult | None = None
+    error: str | None = None
+    error_kind: str | None = None
+    created: float = 0.0
+    started: float | None = None
+    finished: float | None = None
+    attempts: int = 0
+    worker: str | None = None
+    lm_only: bool = False
+    uses_lm: bool | None = None
+    cleanup: list[str] = field(default_factory=list)
+    cancel_requested: bool = False
+    warnings: list[str] = field(default_factory=list)  # routing notes for the client (not stored)
+
+    @property
+    def done(self) -> bool:
+        return self.state in ("succeeded", "failed")
+
+    def new_fields(self) -> dict[str, str]:
+        """What ``create`` stores besides the state fields."""
+        return {
+            "request": request_json(self.request),
+            "created": repr(self.created),
+            "lm_only": "1" if self.lm_only else "0",
+            "uses_lm": "" if self.uses_lm is None else ("1" if self.uses_lm else "0"),
+            "cleanup": json.dumps(self.cleanup),
+        }
+
+    @classmethod
+    def from_hash(cls, task_id: str, data: dict[str, str]) -> JobRecord:
+        uses_lm = data.get("uses_lm", "")
+        return cls(
+            id=task_id,
+            request=GenerationRequest.model_validate_json(data["request"]),
+            model=data.get("model", ""),
+            state=data.get("state", "queued"),
+            stage=data.get("stage", "queued"),
+            progress=float(data.get("progress") or 0.0),
+            result=GenerationResult.model_validate_json(data["result"]) if data.get("result") else None,
+            error=data.get("error") or None,
+            error_kind=data.get("error_kind") or None,
+            created=float(data.get("created") or 0.0),
+            started=_float(data.get("started")),
+            finished=_float(data.get("finished")),
+            attempts=int(data.get("attempts") or 0),
+            worker=data.get("worker") or None,
+            lm_only=data.get("lm_only") == "1",
+            uses_lm=None if uses_lm == "" else uses_lm == "1",
+            cleanup=json.loads(data.get("cleanup") or "[]"),
+            cancel_requested=data.get("cancel_requested") == "1",
+        )

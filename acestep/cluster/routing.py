@@ -1,0 +1,52 @@
+"""Which model queue a job goes to: the model asked for, else one whose workers are warm.
+
+Each worker serves one DiT folder and advertises it (name, variant, tasks, residency). A job with
+no ``model`` goes to a model that supports its task, preferring one with an idle worker that has
+it loaded, then a loaded busy one, then any live worker, then the server's own default: a lego job
+reaches a base-model worker without a reload when one exists, and waits for one when none is up.
+"""
+
+from __future__ import annotations
+
+
+class RoutingError(ValueError):
+    """No model can run this job (a 400 with the reason)."""
+
+
+def choose_model(
+    task: str,
+    requested: str | None,
+    default: str,
+    models: dict[str, dict],
+    workers: list[dict],
+) -> tuple[str, list[str]]:
+    """``models``: name -> {"variant", "tasks"}; ``workers``: adverts with ``alive``. Returns the model
+    and warnings for the client."""
+    warnings: list[str] = []
+    if requested:
+        if requested in models:
+            if task not in models[requested]["tasks"]:
+                raise RoutingError(
+                    f"model {requested!r} ({models[requested]['variant']}) cannot run {task}; it supports "
+                    f"{', '.join(sorted(models[requested]['tasks']))}"
+                )
+            return requested, warnings
+        warnings.append(f"model {requested!r} is not served by any worker; chose one for {task}")
+    candidates = [name for name, info in models.items() if task in info["tasks"]]
+    if not candidates:
+        served = ", ".join(f"{n} ({i['variant']})" for n, i in sorted(models.items())) or "none"
+        raise RoutingError(f"no worker serves a model that can run {task}; models known: {served}")
+    live = [w for w in workers if w.get("alive")]
+
+    def rank(name: str) -> tuple:
+        mine = [w for w in live if w.get("model") == name]
+        ready = [w for w in mine if w.get("state") == "ready"]
+        return (
+            any(not w.get("running") for w in ready),
+            bool(ready),
+            bool(mine),
+            name == default,
+            name,
+        )
+
+    return max(candidates, key=rank), warnings

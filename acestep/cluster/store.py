@@ -1,0 +1,315 @@
+"""``JobStore``: the Redis keys of the cluster and the atomic transitions between job states.
+
+Every state change is one Lua script, so two API servers and any number of workers never see a
+half-written job: a job is created queued, claimed by one worker at a time (``claim`` counts the
+starts and fails a job whose worker stopped twice), finished once (the first ``finish`` wins, a
+later one is told ``done``), and cancelled only while it is not finished.
+
+Keys (``ns`` is ``ACESTEP_QUEUE_NAMESPACE``): ``ns:job:<id>`` hash; ``ns:jobs:<state>`` sets;
+``ns:pending:<model>`` sorted by submission; ``ns:finished`` sorted by end time (retention);
+``ns:durations:<state>`` recent job times; ``ns:duration_hist`` histogram counters;
+``ns:workers`` hash of the last advert of each worker and ``ns:alive:<worker>`` its liveness key
+(expires after the heartbeat timeout); ``ns:models`` hash of the models workers serve.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import redis
+
+from acestep.cluster.records import JobRecord, result_json
+from acestep.engine.request import GenerationResult
+from acestep.serving.jobs import DURATION_BUCKETS
+
+STATES = ("queued", "running", "succeeded", "failed")
+RECENT_DURATIONS = 50
+WORKERS_FORGOTTEN_AFTER_S = 86400  # an offline worker's last advert is shown for a day
+
+_FINALIZE = """
+local function finalize(ns, id, state, now, err, kind)
+  local job = ns .. ':job:' .. id
+  local prev = redis.call('HGET', job, 'state')
+  redis.call('HSET', job, 'state', state, 'finished', now)
+  if state == 'succeeded' then
+    redis.call('HSET', job, 'stage', 'done', 'progress', '1')
+  else
+    redis.call('HSET', job, 'stage', 'failed', 'error', err, 'error_kind', kind)
+  end
+  redis.call('SREM', ns .. ':jobs:' .. prev, id)
+  redis.call('SADD', ns .. ':jobs:' .. state, id)
+  redis.call('ZREM', ns .. ':pending:' .. redis.call('HGET', job, 'model'), id)
+  redis.call('ZADD', ns .. ':finished', now, id)
+  redis.call('HDEL', job, 'cancel_requested')
+end
+"""
+
+_CREATE = """
+local ns, id, model = ARGV[1], ARGV[2], ARGV[3]
+local job = ns .. ':job:' .. id
+if redis.call('EXISTS', job) == 1 then return 0 end
+redis.call('HSET', job, 'state', 'queued', 'stage', 'queued', 'progress', '0', 'attempts', '0',
+           'model', model, unpack(ARGV, 4))
+redis.call('SADD', ns .. ':jobs:queued', id)
+redis.call('ZADD', ns .. ':pending:' .. model, redis.call('INCR', ns .. ':seq'), id)
+return 1
+"""
+
+_CLAIM = (
+    _FINALIZE
+    + """
+local ns, id, worker, now, max_starts, expected = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local job = ns .. ':job:' .. id
+local state = redis.call('HGET', job, 'state')
+if not state then return {'missing'} end
+if state == 'succeeded' or state == 'failed' then return {'done'} end
+if state == 'running' and redis.call('HGET', job, 'worker') ~= expected then return {'raced'} end
+if redis.call('HGET', job, 'cancel_requested') == '1' then
+  finalize(ns, id, 'failed', now, 'cancelled by request', 'cancelled')
+  return {'cancelled'}
+end
+local starts = redis.call('HINCRBY', job, 'attempts', 1)
+if starts > tonumber(max_starts) then
+  local last = redis.call('HGET', job, 'worker') or 'unknown'
+  finalize(ns, id, 'failed', now,
+           'the worker running this job stopped (killed or crashed) ' .. (starts - 1) ..
+           ' times, last ' .. last .. '; the job is not retried again', 'worker_lost')
+  return {'exhausted'}
+end
+redis.call('HSET', job, 'state', 'running', 'stage', 'starting', 'progress', '0', 'worker', worker,
+           'started', now)
+redis.call('SREM', ns .. ':jobs:' .. state, id)
+redis.call('SADD', ns .. ':jobs:running', id)
+redis.call('ZREM', ns .. ':pending:' .. redis.call('HGET', job, 'model'), id)
+return {'run', tostring(starts)}
+"""
+)
+
+_PROGRESS = """
+local job = ARGV[1] .. ':job:' .. ARGV[2]
+if redis.call('HGET', job, 'state') ~= 'running' or redis.call('HGET', job, 'worker') ~= ARGV[3] then
+  return -1
+end
+redis.call('HSET', job, 'stage', ARGV[4], 'progress', ARGV[5])
+if redis.call('HGET', job, 'cancel_requested') == '1' then return 1 end
+return 0
+"""
+
+_FINISH = (
+    _FINALIZE
+    + """
+local ns, id, worker, state, now, payload, kind, duration = unpack(ARGV, 1, 8)
+local job = ns .. ':job:' .. id
+local current = redis.call('HGET', job, 'state')
+if not current then return 'missing' end
+if current == 'succeeded' or current == 'failed' then return 'done' end
+if state == 'succeeded' then
+  redis.call('HSET', job, 'result', payload)
+  finalize(ns, id, 'succeeded', now, '', '')
+else
+  finalize(ns, id, 'failed', now, payload, kind)
+end
+redis.call('HSET', job, 'worker', worker)
+local recent = ns .. ':durations:' .. state
+redis.call('LPUSH', recent, duration)
+redis.call('LTRIM', recent, 0, tonumber(ARGV[9]) - 1)
+local hist = ns .. ':duration_hist'
+for i = 10, #ARGV do redis.call('HINCRBY', hist, ARGV[i], 1) end
+redis.call('HINCRBYFLOAT', hist, 'sum', duration)
+redis.call('HINCRBY', hist, 'count', 1)
+return 'ok'
+"""
+)
+
+_RELEASE = """
+local ns, id, worker = ARGV[1], ARGV[2], ARGV[3]
+local job = ns .. ':job:' .. id
+if redis.call('HGET', job, 'state') ~= 'running' or redis.call('HGET', job, 'worker') ~= worker then
+  return 0
+end
+redis.call('HSET', job, 'state', 'queued', 'stage', 'queued', 'progress', '0')
+redis.call('HINCRBY', job, 'attempts', -1)
+redis.call('SREM', ns .. ':jobs:running', id)
+redis.call('SADD', ns .. ':jobs:queued', id)
+local model = redis.call('HGET', job, 'model')
+redis.call('ZADD', ns .. ':pending:' .. model, redis.call('INCR', ns .. ':seq'), id)
+return 1
+"""
+
+_CANCEL = (
+    _FINALIZE
+    + """
+local ns, id, now = ARGV[1], ARGV[2], ARGV[3]
+local job = ns .. ':job:' .. id
+local state = redis.call('HGET', job, 'state')
+if not state then return 'unknown' end
+if state == 'succeeded' or state == 'failed' then return 'finished' end
+if state == 'queued' then
+  finalize(ns, id, 'failed', now, 'cancelled by request', 'cancelled')
+  return 'cancelled'
+end
+redis.call('HSET', job, 'cancel_requested', '1')
+return 'cancelling'
+"""
+)
+
+
+class JobStore:
+    def __init__(self, client: redis.Redis, namespace: str = "acestep"):
+        self.client = client
+        self.ns = namespace
+        self._create = client.register_script(_CREATE)
+        self._claim = client.register_script(_CLAIM)
+        self._progress = client.register_script(_PROGRESS)
+        self._finish = client.register_script(_FINISH)
+        self._cancel = client.register_script(_CANCEL)
+        self._release = client.register_script(_RELEASE)
+
+    def key(self, *parts: str) -> str:
+        return ":".join((self.ns, *parts))
+
+    # -- transitions -----------------------------------------------------------------------
+
+    def create(self, record: JobRecord) -> bool:
+        flat = [item for pair in record.new_fields().items() for item in pair]
+        return bool(self._create(args=[self.ns, record.id, record.model, *flat]))
+
+    def claim(self, task_id: str, worker: str, max_starts: int, expected: str = "") -> tuple[str, int]:
+        """``run`` (with the start count), ``done``, ``cancelled``, ``exhausted``, ``raced`` or
+        ``missing``; ``expected`` is the dead worker a restart takes the job over from."""
+        reply = self._claim(args=[self.ns, task_id, worker, repr(time.time()), max_starts, expected])
+        outcome = _text(reply[0])
+        return outcome, int(reply[1]) if len(reply) > 1 else 0
+
+    def progress(self, task_id: str, worker: str, stage: str, fraction: float) -> int:
+        """1 when a cancel was asked, 0 otherwise, -1 when this worker no longer owns the job."""
+        return int(self._progress(args=[self.ns, task_id, worker, stage, repr(float(fraction))]))
+
+    def finish(
+        self,
+        task_id: str,
+        worker: str,
+        result: GenerationResult | None = None,
+        error: str = "",
+        kind: str = "",
+        duration: float = 0.0,
+    ) -> str:
+        """``ok`` when this call decided the outcome, ``done`` when another one already had."""
+        state = "succeeded" if result is not None else "failed"
+        payload = result_json(result) if result is not None else error
+        buckets = [f"le:{b:g}" for b in DURATION_BUCKETS if duration <= b]
+        args = [self.ns, task_id, worker, state, repr(time.time()), payload, kind or "", repr(duration)]
+        return _text(self._finish(args=[*args, RECENT_DURATIONS, *buckets]))
+
+    def release(self, task_id: str, worker: str) -> bool:
+        """A stopping worker hands its running job back: queued again, that start not counted."""
+        return bool(self._release(args=[self.ns, task_id, worker]))
+
+    def cancel(self, task_id: str) -> str:
+        return _text(self._cancel(args=[self.ns, task_id, repr(time.time())]))
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def get(self, task_id: str) -> JobRecord | None:
+        data = self.client.hgetall(self.key("job", task_id))
+        if not data:
+            return None
+        return JobRecord.from_hash(task_id, {_text(k): _text(v) for k, v in data.items()})
+
+    def position(self, task_id: str, model: str) -> int | None:
+        rank = self.client.zrank(self.key("pending", model), task_id)
+        return None if rank is None else rank + 1
+
+    def pending(self) -> dict[str, int]:
+        """Queued jobs per model."""
+        models = [_text(m) for m in self.client.hkeys(self.key("models"))]
+        prefix = self.key("pending", "")
+        for key in self.client.scan_iter(match=prefix + "*", count=200):
+            name = _text(key)[len(prefix) :]
+            if name not in models:
+                models.append(name)
+        pipe = self.client.pipeline(transaction=False)
+        for model in models:
+            pipe.zcard(self.key("pending", model))
+        return dict(zip(models, pipe.execute(), strict=True))
+
+    def counts(self) -> dict[str, int]:
+        pipe = self.client.pipeline(transaction=False)
+        for state in STATES:
+            pipe.scard(self.key("jobs", state))
+        return dict(zip(STATES, pipe.execute(), strict=True))
+
+    def recent_durations(self, state: str) -> list[float]:
+        return [float(v) for v in self.client.lrange(self.key("durations", state), 0, -1)]
+
+    def histogram(self) -> dict:
+        data = {_text(k): _text(v) for k, v in self.client.hgetall(self.key("duration_hist")).items()}
+        return {
+            "buckets": [[b, int(data.get(f"le:{b:g}", 0))] for b in DURATION_BUCKETS],
+            "sum": float(data.get("sum", 0.0)),
+            "count": int(data.get("count", 0)),
+        }
+
+    # -- workers and models ----------------------------------------------------------------
+
+    def advertise(self, worker: str, advert: dict, ttl_s: float) -> None:
+        pipe = self.client.pipeline(transaction=True)
+        pipe.set(self.key("alive", worker), "1", px=int(ttl_s * 1000))
+        pipe.hset(self.key("workers"), worker, json.dumps(advert | {"updated": time.time()}))
+        pipe.hset(
+            self.key("models"),
+            advert["model"],
+            json.dumps({"variant": advert["variant"], "tasks": advert["tasks"]}),
+        )
+        pipe.execute()
+
+    def retire(self, worker: str, advert: dict) -> None:
+        """A worker leaving cleanly: not alive any more (its last advert stays, shown offline)."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.delete(self.key("alive", worker))
+        pipe.hset(self.key("workers"), worker, json.dumps(advert | {"updated": time.time()}))
+        pipe.execute()
+
+    def alive(self, worker: str) -> bool:
+        return bool(self.client.exists(self.key("alive", worker)))
+
+    def workers(self) -> list[dict]:
+        """Every worker seen in the last day, with ``alive``; forgotten ones are pruned."""
+        adverts = {_text(k): json.loads(v) for k, v in self.client.hgetall(self.key("workers")).items()}
+        names = sorted(adverts)
+        pipe = self.client.pipeline(transaction=False)
+        for name in names:
+            pipe.exists(self.key("alive", name))
+        out, now = [], time.time()
+        for name, alive in zip(names, pipe.execute(), strict=True):
+            advert = adverts[name]
+            if not alive and now - advert.get("updated", 0) > WORKERS_FORGOTTEN_AFTER_S:
+                self.client.hdel(self.key("workers"), name)
+                continue
+            out.append(advert | {"id": name, "alive": bool(alive)})
+        return out
+
+    def models(self) -> dict[str, dict]:
+        return {_text(k): json.loads(v) for k, v in self.client.hgetall(self.key("models")).items()}
+
+    # -- retention -------------------------------------------------------------------------
+
+    def expire_finished(self, older_than: float, limit: int = 500) -> list[str]:
+        """Remove finished records that ended before ``older_than``; returns the ids this call took
+        (two API servers sweeping at once never both delete the same job's files)."""
+        ids = [_text(i) for i in self.client.zrangebyscore(self.key("finished"), 0, older_than, 0, limit)]
+        taken = []
+        for task_id in ids:
+            if self.client.zrem(self.key("finished"), task_id):
+                pipe = self.client.pipeline(transaction=True)
+                pipe.delete(self.key("job", task_id))
+                for state in ("succeeded", "failed"):
+                    pipe.srem(self.key("jobs", state), task_id)
+                pipe.execute()
+                taken.append(task_id)
+        return taken
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
