@@ -40,7 +40,7 @@ def cluster_env(redis_url: str, workdir: Path) -> dict[str, str]:
 
 
 class Worker:
-    """One ``acestep-worker`` process; ``kill()`` is kill -9."""
+    """One ``acestep-worker`` process; ``kill()`` is kill -9. Its id in Redis is ``<name>-<6 hex>``."""
 
     def __init__(self, env: dict[str, str], workdir: Path, name: str, *args: str, **extra_env: str):
         self.name = name
@@ -76,7 +76,7 @@ def wait_for_workers(server: Server, names: set[str], timeout: float = 180) -> N
     deadline = time.monotonic() + timeout
     while True:
         workers = server.get("/v1/stats").json()["data"]["workers"]
-        ready = {w["id"] for w in workers if w["alive"] and w["state"] == "ready"}
+        ready = {w["name"] for w in workers if w["alive"] and w["state"] == "ready"}
         if names <= ready:
             return
         if time.monotonic() > deadline:

@@ -107,7 +107,7 @@ def test_two_servers_three_workers_run_200_mixed_jobs(cluster):
     stats = [s.get("/v1/stats").json()["data"] for s in servers]
     assert stats[0]["backend"] == "redis" and stats[0]["jobs"] == stats[1]["jobs"]
     assert stats[0]["jobs"]["succeeded"] >= JOBS and stats[0]["queue_size"] == 0
-    done = {w["id"]: w["jobs_succeeded"] for w in stats[0]["workers"]}
+    done = {w["name"]: w["jobs_succeeded"] for w in stats[0]["workers"]}
     assert all(done[w.name] > 0 for w in workers), done  # both base workers shared the base queue
     assert sum(done.values()) == stats[0]["jobs"]["succeeded"]
 
@@ -117,9 +117,8 @@ def test_two_servers_three_workers_run_200_mixed_jobs(cluster):
     succeeded = re.search(r'^acestep_jobs\{state="succeeded"\} (\S+)$', text, re.M)
     assert succeeded and float(succeeded.group(1)) == stats[0]["jobs"]["succeeded"]
     for worker in workers:
-        assert re.search(
-            rf'^acestep_worker_up\{{gpu="\d",model="[^"]+",worker="{worker.name}"\}} 1.0$', text, re.M
-        )
+        labels = rf'gpu="\d",model="[^"]+",worker="{worker.name}-[0-9a-f]{{6}}"'
+        assert re.search(rf"^acestep_worker_up\{{{labels}\}} 1.0$", text, re.M)
     count = re.search(r"^acestep_job_duration_seconds_count (\S+)$", text, re.M)
     assert count and float(count.group(1)) >= JOBS
 
@@ -149,10 +148,11 @@ def test_models_health_unload_and_cancel_across_the_cluster(cluster):
     assert health["queue"] == "ok" and health["live_workers"] == 3 and health["models_initialized"]
 
     unloaded = servers[0].post("/unload", json={"level": "park"}).json()["data"]
-    assert set(unloaded["workers"]) == {w.name for w in workers} and not unloaded["no_reply"]
+    assert {i.rsplit("-", 1)[0] for i in unloaded["workers"]} == {w.name for w in workers}
+    assert not unloaded["no_reply"]
     assert all(r["ok"] and r["report"]["action"] == "park" for r in unloaded["workers"].values())
     parked = servers[1].get("/v1/memory").json()["data"]
-    assert {w["id"]: w["state"] for w in parked["workers"] if w["alive"]} == {
+    assert {w["name"]: w["state"] for w in parked["workers"] if w["alive"]} == {
         w.name: "parked" for w in workers
     }
     servers[1].post("/v1/load")

@@ -29,7 +29,9 @@ def _worker_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-alive", default=None, help="idle time before unloading (ACESTEP_KEEP_ALIVE)")
     p.add_argument("--device", default=None, help="auto, cpu or cuda (ACESTEP_DEVICE)")
     p.add_argument("--output-dir", default=None, help="shared results directory (ACESTEP_OUTPUT_DIR)")
-    p.add_argument("--name", default=None, help="worker id (default: <host>-gpu<N>-<pid>)")
+    p.add_argument(
+        "--name", default=None, help="worker name (default: <host>-gpu<N>); the id adds a random part"
+    )
     p.add_argument(
         "--engine",
         choices=("model", "noop"),
@@ -54,7 +56,7 @@ def worker_main(argv: list[str] | None = None) -> int:
         )
         return 2
     from acestep.checkpoints import CheckpointError
-    from acestep.cluster.settings import ClusterConfigError, ClusterSettings, default_worker_id
+    from acestep.cluster.settings import ClusterConfigError, ClusterSettings, default_worker_name
     from acestep.serving.config import ServerConfig, prepare_environment
 
     prepare_environment()
@@ -78,7 +80,7 @@ def worker_main(argv: list[str] | None = None) -> int:
     from acestep.cluster.worker import ClusterWorker
 
     worker = ClusterWorker(
-        settings, executor, results_dir, args.name or default_worker_id(args.gpu), gpu=args.gpu
+        settings, executor, results_dir, args.name or default_worker_name(args.gpu), gpu=args.gpu
     )
     worker.serve_forever()
     return 0

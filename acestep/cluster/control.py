@@ -14,6 +14,7 @@ import uuid
 from acestep.cluster.queue import RedisJobQueue, _unavailable
 
 DEFAULT_TIMEOUT_S = 600.0  # an unload waits for the running job on each worker
+BLOCK_S = 5
 
 
 class ClusterControl:
@@ -53,8 +54,11 @@ class ClusterControl:
                 sent[worker] = ident
             replies, missing = {}, []
             for worker, ident in sent.items():
-                left = max(1, int(deadline - time.monotonic()))
-                item = client.blpop([store.key("reply", ident)], timeout=left)
+                item = None
+                # Short blocking reads: one longer than the client's socket timeout would fail.
+                while item is None and time.monotonic() < deadline:
+                    wait = max(1, min(BLOCK_S, int(deadline - time.monotonic())))
+                    item = client.blpop([store.key("reply", ident)], timeout=wait)
                 if item is None:
                     missing.append(worker)
                 else:

@@ -127,18 +127,20 @@ class NoopExecutor:
                 min(PROGRESS_S, max(0.0, deadline - time.monotonic()))
             ):
                 raise JobFailed("cancelled by request", "cancelled")
-        output_dir.mkdir(parents=True, exist_ok=True)
-        path = output_dir / "noop_0.wav"
-        sf.write(path, np.zeros((4800, 2), dtype=np.float32), 48000)
-        item = AudioItem(path=str(path), seed=0, sample_rate=48000, duration=0.1, peak=0.0)
+        items = []
+        if not record.lm_only:  # an LM-only job (/format_input) has metas and no audio
+            output_dir.mkdir(parents=True, exist_ok=True)
+            path = output_dir / "noop_0.wav"
+            sf.write(path, np.zeros((4800, 2), dtype=np.float32), 48000)
+            items.append(AudioItem(path=str(path), seed=0, sample_rate=48000, duration=0.1, peak=0.0))
         task = record.request.effective_task
         return GenerationResult(
-            items=[item],
+            items=items,
             sample_rate=48000,
             task_type=task,
             model=self.model,
             variant="noop",
-            metas={},
+            metas={"caption": record.request.caption} if record.lm_only else {},
             timings={"total": self.seconds},
         )
 

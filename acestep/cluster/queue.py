@@ -25,6 +25,7 @@ from acestep.engine.request import GenerationRequest
 from acestep.serving.jobs import QueueFull, QueueUnavailable, remove_paths
 
 POLL_S = 0.2
+UNSENT_GRACE_S = 60  # a queued job without its message this long after creation was never sent
 API_RETRIES = 2  # a blip is retried; a Redis that stays away is a 503 with Retry-After
 
 
@@ -54,6 +55,7 @@ class RedisJobQueue:
         self.maxsize = maxsize
         self.result_ttl_s = result_ttl_s
         self.seed_seconds = seed_seconds
+        self._suspects: dict[tuple[str, str], float] = {}
         self._stop = threading.Event()
         self._sweeper = threading.Thread(
             target=self._sweep_loop, args=(cleanup_interval_s,), name="acestep-retention", daemon=True
@@ -93,12 +95,14 @@ class RedisJobQueue:
             try:
                 self.broker.enqueue(job_message(chosen, record.id))
             except Exception:
-                # The record must not wait forever for a message that was never sent.
+                # The record must not wait forever for a message that was never sent (the reaper
+                # fails it later if Redis is gone now).
                 try:
-                    self.store.finish(record.id, "api", error="could not queue the job (Redis)", kind="queue")
+                    self._fail_unsent(record.id, "could not queue the job: Redis failed while it was sent")
                 except redis.RedisError:
                     pass
                 raise
+            self.store.mark_sent(record.id)
         record.warnings = warnings
         return record
 
@@ -147,6 +151,11 @@ class RedisJobQueue:
         with _unavailable("read the workers"):
             return self.store.workers()
 
+    def models(self) -> dict[str, dict]:
+        """Every model a worker has served: name -> {"variant", "tasks"}."""
+        with _unavailable("read the models"):
+            return self.store.models()
+
     def model_state(self) -> str:
         """``ready`` when a live worker has its model loaded; else the best state seen."""
         live = [w for w in self.workers() if w["alive"]]
@@ -178,6 +187,47 @@ class RedisJobQueue:
             "workers": workers,
         }
 
+    # -- repairs ---------------------------------------------------------------------------
+
+    def reap(self, now: float | None = None) -> dict[str, int]:
+        """Give back jobs that no message will deliver again: a job running on a worker that has
+        been silent for twice the heartbeat timeout goes back to its queue (dramatiq normally
+        did that already; a claim drops the extra message), and a queued job whose message was
+        never sent (the server died, or Redis failed, in between) fails with the reason."""
+        now = time.time() if now is None else now
+        grace = 2 * self.settings.heartbeat_timeout_s
+        adverts = {w["id"]: w for w in self.store.workers()}
+        requeued = failed = 0
+        suspects: dict[tuple[str, str], float] = {}
+        for task_id, worker in self.store.running_owners():
+            advert = adverts.get(worker)
+            if advert is not None and (advert["alive"] or now - advert.get("updated", 0) < grace):
+                continue
+            # Silent on two passes in a row: after a long Redis outage a live worker gets one
+            # pass to beat again before its job is taken for a dead worker's.
+            last_beat = advert.get("updated", 0) if advert else 0
+            suspects[(task_id, worker)] = last_beat
+            if self._suspects.get((task_id, worker)) != last_beat:
+                continue
+            record = self.store.get(task_id)
+            if record is not None and self.store.requeue_lost(task_id, worker):
+                self.broker.enqueue(job_message(record.model, task_id))
+                self.store.mark_sent(task_id)
+                requeued += 1
+                logger.warning(f"job {task_id}: its worker {worker} is gone; queued again")
+        self._suspects = suspects
+        for task_id in self.store.unsent(now - UNSENT_GRACE_S):
+            if self._fail_unsent(
+                task_id, "the job was never queued (the server or Redis failed); submit it again"
+            ):
+                failed += 1
+        return {"requeued": requeued, "failed": failed}
+
+    def _fail_unsent(self, task_id: str, reason: str) -> bool:
+        return (
+            self.store.finish(task_id, "api", f"api-{uuid.uuid4().hex}", error=reason, kind="queue") == "ok"
+        )
+
     # -- retention ----------------------------------------------------------------------
 
     def sweep(self, now: float | None = None) -> int:
@@ -190,13 +240,19 @@ class RedisJobQueue:
         return len(taken)
 
     def _sweep_loop(self, interval: int) -> None:
-        while not self._stop.wait(interval):
+        """Repairs every heartbeat timeout, retention every ``interval``."""
+        tick = min(interval, self.settings.heartbeat_timeout_s)
+        next_sweep = time.monotonic() + interval
+        while not self._stop.wait(tick):
             try:
-                removed = self.sweep()
-                if removed:
-                    logger.info(f"retention: removed {removed} finished jobs and their files")
+                self.reap()
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + interval
+                    removed = self.sweep()
+                    if removed:
+                        logger.info(f"retention: removed {removed} finished jobs and their files")
             except Exception as exc:  # Redis away or a bad file: try again next round
-                logger.warning(f"retention sweep failed: {exc}")
+                logger.warning(f"queue repairs or retention failed: {exc}")
 
     def close(self) -> None:
         self._stop.set()

@@ -59,5 +59,6 @@ def redacted(url: str) -> str:
     return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
-def default_worker_id(gpu: str | None) -> str:
-    return f"{socket.gethostname()}-gpu{gpu if gpu not in (None, '') else 'cpu'}-{os.getpid()}"
+def default_worker_name(gpu: str | None) -> str:
+    """``<host>-gpu<N>``; the worker adds a random part of its own, unique per process."""
+    return f"{socket.gethostname()}-gpu{gpu if gpu not in (None, '') else 'cpu'}"

@@ -3,13 +3,16 @@
 Every state change is one Lua script, so two API servers and any number of workers never see a
 half-written job: a job is created queued, claimed by one worker at a time (``claim`` counts the
 starts and fails a job whose worker stopped twice), finished once (the first ``finish`` wins, a
-later one is told ``done``), and cancelled only while it is not finished.
+later one is told ``done``), and cancelled only while it is not finished. ``claim`` and
+``finish`` carry the delivery's token, so a call replayed after a lost reply (a Redis restart
+between the write and the answer) gets the same answer instead of a wrong one.
 
 Keys (``ns`` is ``ACESTEP_QUEUE_NAMESPACE``): ``ns:job:<id>`` hash; ``ns:jobs:<state>`` sets;
-``ns:pending:<model>`` sorted by submission; ``ns:finished`` sorted by end time (retention);
-``ns:durations:<state>`` recent job times; ``ns:duration_hist`` histogram counters;
-``ns:workers`` hash of the last advert of each worker and ``ns:alive:<worker>`` its liveness key
-(expires after the heartbeat timeout); ``ns:models`` hash of the models workers serve.
+``ns:pending:<model>`` sorted by submission (``ns:pending_models`` names them); ``ns:finished``
+sorted by end time (retention); ``ns:durations:<state>`` recent job times; ``ns:duration_hist``
+histogram counters; ``ns:workers`` hash of the last advert of each worker and
+``ns:alive:<worker>`` its liveness key (expires after the heartbeat timeout); ``ns:models`` hash of
+the models workers serve.
 """
 
 from __future__ import annotations
@@ -50,8 +53,9 @@ local ns, id, model = ARGV[1], ARGV[2], ARGV[3]
 local job = ns .. ':job:' .. id
 if redis.call('EXISTS', job) == 1 then return 0 end
 redis.call('HSET', job, 'state', 'queued', 'stage', 'queued', 'progress', '0', 'attempts', '0',
-           'model', model, unpack(ARGV, 4))
+           'sent', '0', 'model', model, unpack(ARGV, 4))
 redis.call('SADD', ns .. ':jobs:queued', id)
+redis.call('SADD', ns .. ':pending_models', model)
 redis.call('ZADD', ns .. ':pending:' .. model, redis.call('INCR', ns .. ':seq'), id)
 return 1
 """
@@ -59,10 +63,13 @@ return 1
 _CLAIM = (
     _FINALIZE
     + """
-local ns, id, worker, now, max_starts, expected = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local ns, id, worker, now, max_starts, expected, token = unpack(ARGV, 1, 7)
 local job = ns .. ':job:' .. id
 local state = redis.call('HGET', job, 'state')
 if not state then return {'missing'} end
+if state == 'running' and redis.call('HGET', job, 'claim') == token then
+  return {'run', redis.call('HGET', job, 'attempts')}  -- this very claim, replayed
+end
 if state == 'succeeded' or state == 'failed' then return {'done'} end
 if state == 'running' and redis.call('HGET', job, 'worker') ~= expected then return {'raced'} end
 if redis.call('HGET', job, 'cancel_requested') == '1' then
@@ -78,7 +85,7 @@ if starts > tonumber(max_starts) then
   return {'exhausted'}
 end
 redis.call('HSET', job, 'state', 'running', 'stage', 'starting', 'progress', '0', 'worker', worker,
-           'started', now)
+           'started', now, 'claim', token)
 redis.call('SREM', ns .. ':jobs:' .. state, id)
 redis.call('SADD', ns .. ':jobs:running', id)
 redis.call('ZREM', ns .. ':pending:' .. redis.call('HGET', job, 'model'), id)
@@ -99,11 +106,15 @@ return 0
 _FINISH = (
     _FINALIZE
     + """
-local ns, id, worker, state, now, payload, kind, duration = unpack(ARGV, 1, 8)
+local ns, id, worker, state, now, payload, kind, duration, token = unpack(ARGV, 1, 9)
 local job = ns .. ':job:' .. id
 local current = redis.call('HGET', job, 'state')
 if not current then return 'missing' end
-if current == 'succeeded' or current == 'failed' then return 'done' end
+if current == 'succeeded' or current == 'failed' then
+  if redis.call('HGET', job, 'decided_by') == token then return 'ok' end  -- replayed
+  return 'done'
+end
+redis.call('HSET', job, 'decided_by', token)
 if state == 'succeeded' then
   redis.call('HSET', job, 'result', payload)
   finalize(ns, id, 'succeeded', now, '', '')
@@ -113,23 +124,26 @@ end
 redis.call('HSET', job, 'worker', worker)
 local recent = ns .. ':durations:' .. state
 redis.call('LPUSH', recent, duration)
-redis.call('LTRIM', recent, 0, tonumber(ARGV[9]) - 1)
+redis.call('LTRIM', recent, 0, tonumber(ARGV[10]) - 1)
 local hist = ns .. ':duration_hist'
-for i = 10, #ARGV do redis.call('HINCRBY', hist, ARGV[i], 1) end
+for i = 11, #ARGV do redis.call('HINCRBY', hist, ARGV[i], 1) end
 redis.call('HINCRBYFLOAT', hist, 'sum', duration)
 redis.call('HINCRBY', hist, 'count', 1)
 return 'ok'
 """
 )
 
-_RELEASE = """
-local ns, id, worker = ARGV[1], ARGV[2], ARGV[3]
+# Back to queued: a stopping worker hands its job back (its start not counted), or an API server
+# requeues the job of a worker that is long dead (its start counted) when no message is left.
+_REQUEUE = """
+local ns, id, worker, uncount = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local job = ns .. ':job:' .. id
 if redis.call('HGET', job, 'state') ~= 'running' or redis.call('HGET', job, 'worker') ~= worker then
   return 0
 end
-redis.call('HSET', job, 'state', 'queued', 'stage', 'queued', 'progress', '0')
-redis.call('HINCRBY', job, 'attempts', -1)
+redis.call('HSET', job, 'state', 'queued', 'stage', 'queued', 'progress', '0', 'sent', '0')
+redis.call('HDEL', job, 'claim')
+if uncount == '1' then redis.call('HINCRBY', job, 'attempts', -1) end
 redis.call('SREM', ns .. ':jobs:running', id)
 redis.call('SADD', ns .. ':jobs:queued', id)
 local model = redis.call('HGET', job, 'model')
@@ -164,7 +178,7 @@ class JobStore:
         self._progress = client.register_script(_PROGRESS)
         self._finish = client.register_script(_FINISH)
         self._cancel = client.register_script(_CANCEL)
-        self._release = client.register_script(_RELEASE)
+        self._requeue = client.register_script(_REQUEUE)
 
     def key(self, *parts: str) -> str:
         return ":".join((self.ns, *parts))
@@ -175,10 +189,16 @@ class JobStore:
         flat = [item for pair in record.new_fields().items() for item in pair]
         return bool(self._create(args=[self.ns, record.id, record.model, *flat]))
 
-    def claim(self, task_id: str, worker: str, max_starts: int, expected: str = "") -> tuple[str, int]:
+    def mark_sent(self, task_id: str) -> None:
+        """The job's message is on its queue (a queued job without one is failed by the reaper)."""
+        self.client.hset(self.key("job", task_id), "sent", "1")
+
+    def claim(
+        self, task_id: str, worker: str, max_starts: int, token: str, expected: str = ""
+    ) -> tuple[str, int]:
         """``run`` (with the start count), ``done``, ``cancelled``, ``exhausted``, ``raced`` or
         ``missing``; ``expected`` is the dead worker a restart takes the job over from."""
-        reply = self._claim(args=[self.ns, task_id, worker, repr(time.time()), max_starts, expected])
+        reply = self._claim(args=[self.ns, task_id, worker, repr(time.time()), max_starts, expected, token])
         outcome = _text(reply[0])
         return outcome, int(reply[1]) if len(reply) > 1 else 0
 
@@ -190,6 +210,7 @@ class JobStore:
         self,
         task_id: str,
         worker: str,
+        token: str,
         result: GenerationResult | None = None,
         error: str = "",
         kind: str = "",
@@ -199,12 +220,46 @@ class JobStore:
         state = "succeeded" if result is not None else "failed"
         payload = result_json(result) if result is not None else error
         buckets = [f"le:{b:g}" for b in DURATION_BUCKETS if duration <= b]
-        args = [self.ns, task_id, worker, state, repr(time.time()), payload, kind or "", repr(duration)]
+        args = [
+            self.ns,
+            task_id,
+            worker,
+            state,
+            repr(time.time()),
+            payload,
+            kind or "",
+            repr(duration),
+            token,
+        ]
         return _text(self._finish(args=[*args, RECENT_DURATIONS, *buckets]))
 
     def release(self, task_id: str, worker: str) -> bool:
         """A stopping worker hands its running job back: queued again, that start not counted."""
-        return bool(self._release(args=[self.ns, task_id, worker]))
+        return bool(self._requeue(args=[self.ns, task_id, worker, "1"]))
+
+    def requeue_lost(self, task_id: str, dead_worker: str) -> bool:
+        """A dead worker's job with no message left: queued again (its start stays counted)."""
+        return bool(self._requeue(args=[self.ns, task_id, dead_worker, "0"]))
+
+    def running_owners(self) -> list[tuple[str, str]]:
+        """(task id, worker) of every running job."""
+        ids = [_text(i) for i in self.client.smembers(self.key("jobs", "running"))]
+        pipe = self.client.pipeline(transaction=False)
+        for task_id in ids:
+            pipe.hget(self.key("job", task_id), "worker")
+        return [(i, _text(w)) for i, w in zip(ids, pipe.execute(), strict=True) if w is not None]
+
+    def unsent(self, created_before: float) -> list[str]:
+        """Queued jobs created before the time whose message was never sent."""
+        ids = [_text(i) for i in self.client.smembers(self.key("jobs", "queued"))]
+        pipe = self.client.pipeline(transaction=False)
+        for task_id in ids:
+            pipe.hmget(self.key("job", task_id), "sent", "created")
+        out = []
+        for task_id, (sent, created) in zip(ids, pipe.execute(), strict=True):
+            if sent is not None and _text(sent) == "0" and created and float(created) < created_before:
+                out.append(task_id)
+        return out
 
     def cancel(self, task_id: str) -> str:
         return _text(self._cancel(args=[self.ns, task_id, repr(time.time())]))
@@ -217,18 +272,18 @@ class JobStore:
             return None
         return JobRecord.from_hash(task_id, {_text(k): _text(v) for k, v in data.items()})
 
+    def owner(self, task_id: str) -> tuple[str | None, str | None]:
+        """(state, worker) without parsing the request."""
+        state, worker = self.client.hmget(self.key("job", task_id), "state", "worker")
+        return (_text(state) if state else None), (_text(worker) if worker else None)
+
     def position(self, task_id: str, model: str) -> int | None:
         rank = self.client.zrank(self.key("pending", model), task_id)
         return None if rank is None else rank + 1
 
     def pending(self) -> dict[str, int]:
         """Queued jobs per model."""
-        models = [_text(m) for m in self.client.hkeys(self.key("models"))]
-        prefix = self.key("pending", "")
-        for key in self.client.scan_iter(match=prefix + "*", count=200):
-            name = _text(key)[len(prefix) :]
-            if name not in models:
-                models.append(name)
+        models = sorted({_text(m) for m in self.client.smembers(self.key("pending_models"))})
         pipe = self.client.pipeline(transaction=False)
         for model in models:
             pipe.zcard(self.key("pending", model))

@@ -1,22 +1,26 @@
 """``ClusterWorker``: one GPU's consumer of its model's queue (``acestep-worker --gpu N``).
 
-For each message: claim the job (one start more; a job whose worker stopped twice fails with
-the reason), run it on the executor in a staging folder, move the folder into place (an atomic
-rename: with a duplicate delivery, the first finished copy wins and the other is discarded),
+For each message: claim the job (one start more; a job whose worker stopped twice fails with the
+reason), run it on the executor into a folder of its own (``<results>/<task>/<attempt>/``),
 record the outcome, and only then return, so dramatiq acknowledges the message after the result
-is stored. A heartbeat thread keeps this worker's advert (model, residency, VRAM) alive in Redis;
-a control thread runs the load/unload commands an API server sends.
+is stored. With a duplicate delivery both copies may run; the first ``finish`` decides, and the
+other copy deletes only its own folder, so one task id never has two results. A heartbeat thread
+keeps this worker's advert (model, residency, VRAM) alive in Redis; a control thread runs the
+load/unload commands an API server sends.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import secrets
 import shutil
 import signal
 import socket
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import dramatiq
@@ -27,11 +31,10 @@ from acestep.cluster.broker import ACTOR_NAME, job_message, make_broker, queue_n
 from acestep.cluster.executors import Executor, JobFailed
 from acestep.cluster.settings import MAX_STARTS, ClusterSettings, redacted
 from acestep.cluster.store import JobStore
-from acestep.engine.request import GenerationResult
 from acestep.serving.jobs import remove_paths
 
-STAGING = ".staging"
 POLL_MS = 100
+RETRY_CAP_S = 5.0
 
 
 class ClusterWorker:
@@ -40,25 +43,29 @@ class ClusterWorker:
         settings: ClusterSettings,
         executor: Executor,
         results_dir: Path,
-        worker_id: str,
+        name: str,
         gpu: str | None = None,
     ):
         self.settings = settings
         self.executor = executor
         self.results_dir = Path(results_dir)
-        (self.results_dir / STAGING).mkdir(parents=True, exist_ok=True)
-        self.id = worker_id
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        # Unique per process: a worker restarted under the same name (compose restarts keep the
+        # hostname and often the pid) must not look like the one that died holding a job.
+        self.id = f"{name}-{secrets.token_hex(3)}"
         self.gpu = gpu
-        # Until Redis returns: a finished job must be recorded before it is acknowledged.
-        self.client = redis_client(settings, retries=-1)
+        self.client = redis_client(settings, retries=2)
         self.store = JobStore(self.client, settings.namespace)
         self.broker = make_broker(settings, self.client)
         self.queue = queue_name(executor.model)
         self.running: str | None = None
         self.done_count = {"succeeded": 0, "failed": 0}
         self.started = time.time()
-        self._stopping = threading.Event()
+        self._draining = threading.Event()  # stop taking jobs (the advert says so)
+        self._closed = threading.Event()  # heartbeat and control threads end
         self._abandoning = False
+        self._lost = False
         self._threads: list[threading.Thread] = []
         self._consumer: dramatiq.Worker | None = None
 
@@ -66,123 +73,124 @@ class ClusterWorker:
 
     def handle(self, task_id: str) -> None:
         """The dramatiq actor. Returning acknowledges the message, so it returns only after the
-        outcome is stored (or after it found the job already decided)."""
-        outcome, starts = self._claim(task_id)
+        outcome is stored (or after it found the job decided or owned by a live worker)."""
+        token = uuid.uuid4().hex
+        outcome, starts = self._claim(task_id, token)
         if outcome != "run":
             logger.info(f"job {task_id}: {outcome}, nothing to run")
             self._cleanup_if_done(task_id)
             return
-        record = self.store.get(task_id)
-        staging = self.results_dir / STAGING / f"{task_id}.{self.id}.{starts}"
+        folder = self.results_dir / task_id / re.sub(r"[^A-Za-z0-9._-]", "_", f"{self.id}.{starts}")
         began = time.monotonic()
-        self.running = task_id
-        logger.info(f"job {task_id} ({record.request.task_type}) started, start {starts} of {MAX_STARTS}")
+        self.running, self._lost = task_id, False
+        result, error, kind = None, "", ""
         try:
-            result = self.executor.run(record, staging, self._reporter(task_id))
+            record = self._record(task_id)
+            logger.info(f"job {task_id} ({record.request.task_type}) started, start {starts} of {MAX_STARTS}")
+            result = self.executor.run(record, folder, self._reporter(task_id))
         except JobFailed as exc:
-            if self._abandoning:
-                self._release(task_id)
-                return
-            self._finish(task_id, error=str(exc), kind=exc.kind, seconds=time.monotonic() - began)
+            error, kind = str(exc), exc.kind
         except Exception as exc:  # a bug must fail the job with a reason, never leave it running
             logger.exception(f"job {task_id} failed unexpectedly")
-            self._finish(
-                task_id, error=f"internal error: {exc}", kind="internal", seconds=time.monotonic() - began
-            )
-        else:
-            self._publish(task_id, staging, result, time.monotonic() - began)
+            error, kind = f"internal error: {exc}", "internal"
         finally:
             self.running = None
-            shutil.rmtree(staging, ignore_errors=True)
+        seconds = time.monotonic() - began
+        if self._lost:  # another worker took the job over while this one was cut off
+            shutil.rmtree(folder, ignore_errors=True)
+            logger.warning(f"job {task_id}: taken over by another worker; this copy is discarded")
+            return
+        if self._abandoning and result is None:
+            self._durably(lambda: self.store.release(task_id, self.id))
+            self._durably(lambda: self.broker.enqueue(job_message(self.executor.model, task_id)))
+            shutil.rmtree(folder, ignore_errors=True)
+            logger.warning(f"job {task_id} handed back to the queue: this worker is stopping")
+            return
+        if result is not None:  # its files are in ``folder``, where the executor wrote them
+            decided = self._durably(
+                lambda: self.store.finish(task_id, self.id, token, result, duration=seconds)
+            )
+        else:
+            decided = self._durably(
+                lambda: self.store.finish(task_id, self.id, token, error=error, kind=kind, duration=seconds)
+            )
+        if decided == "ok":
+            state = "succeeded" if result is not None else "failed"
+            self.done_count[state] += 1
+            logger.info(
+                f"job {task_id} {state} in {seconds:.2f} s" + (f" ({kind}): {error}" if error else "")
+            )
+        if decided != "ok" or result is None:  # another copy's outcome stands, or nothing to keep
+            shutil.rmtree(folder, ignore_errors=True)
         self._cleanup_if_done(task_id)
 
-    def _claim(self, task_id: str) -> tuple[str, int]:
-        record = self.store.get(task_id)
+    def _record(self, task_id: str):
+        try:
+            record = self.store.get(task_id)
+        except redis.RedisError:
+            raise
+        except Exception as exc:  # e.g. a request from a newer acestep than this worker's
+            raise JobFailed(
+                f"this worker cannot read the job (acestep versions differ?): {exc}", "input"
+            ) from None
+        if record is None:
+            raise JobFailed("the job's record is gone", "internal")
+        return record
+
+    def _claim(self, task_id: str, token: str) -> tuple[str, int]:
+        state, owner = self._durably(lambda: self.store.owner(task_id))
         expected = ""
-        if record is not None and record.state == "running" and record.worker != self.id:
+        if state == "running" and owner != self.id:
             # Delivered again while the job runs: a duplicate if its worker lives, else a takeover.
             # After a Redis restart a live worker needs a beat or two to show itself again.
             deadline = time.monotonic() + 2 * self.settings.heartbeat_interval_s + 1
             while time.monotonic() < deadline:
-                if self.store.alive(record.worker or ""):
+                if self._durably(lambda: self.store.alive(owner or "")):
                     return "duplicate", 0
                 time.sleep(0.2)
-            expected = record.worker or ""
-        return self.store.claim(task_id, self.id, MAX_STARTS, expected)
+            expected = owner or ""
+        return self._durably(lambda: self.store.claim(task_id, self.id, MAX_STARTS, token, expected))
 
     def _reporter(self, task_id: str):
         def report(stage: str, fraction: float) -> bool:
             try:
-                return self.store.progress(task_id, self.id, stage, fraction) == 1
+                answer = self.store.progress(task_id, self.id, stage, fraction)
             except redis.RedisError as exc:  # progress is advisory; the job goes on
                 logger.warning(f"job {task_id}: progress not stored ({exc})")
                 return False
+            if answer == -1:  # no longer ours: stop spending the GPU on it
+                self._lost = True
+            return answer != 0
 
         return report
 
-    def _publish(self, task_id: str, staging: Path, result: GenerationResult, seconds: float) -> None:
-        final = self.results_dir / task_id
-        if not self._move_into_place(task_id, staging, final, seconds):
-            return
-        moved = result.model_copy(
-            update={
-                "items": [i.model_copy(update={"path": str(final / Path(i.path).name)}) for i in result.items]
-            }
-        )
-        if self.store.finish(task_id, self.id, result=moved, duration=seconds) == "ok":
-            self.done_count["succeeded"] += 1
-            logger.info(f"job {task_id} succeeded in {seconds:.2f} s")
-        else:  # decided meanwhile (e.g. cancelled or failed by a worker that took it over)
-            shutil.rmtree(final, ignore_errors=True)
-
-    def _move_into_place(self, task_id: str, staging: Path, final: Path, seconds: float) -> bool:
-        """Rename the staging folder to the task's folder: atomic, and refused when another
-        delivery's result is already there. That copy stands once recorded; an orphan (its worker
-        died between the rename and the record) is replaced."""
-        for _ in range(2):
+    def _durably(self, call):
+        """Until Redis answers: what a finished job holds must be stored before it is acked.
+        The transitions are idempotent per delivery token, so a retry after a lost reply is safe."""
+        delay = 0.2
+        while True:
             try:
-                staging.rename(final)
-                return True
-            except OSError as exc:
-                if not final.exists():
-                    self._finish(
-                        task_id,
-                        f"could not store the result in {self.results_dir}: {exc}",
-                        "internal",
-                        seconds,
-                    )
-                    return False
-            time.sleep(1.0)  # the other copy may be between its rename and its record
-            record = self.store.get(task_id)
-            if record is None or record.done:
-                logger.warning(f"job {task_id}: another delivery's result is stored; this copy is discarded")
-                return False
-            shutil.rmtree(final, ignore_errors=True)
-        self._finish(
-            task_id, f"could not store the result in {final}: the folder stays taken", "internal", seconds
-        )
-        return False
-
-    def _finish(self, task_id: str, error: str, kind: str, seconds: float) -> None:
-        if self.store.finish(task_id, self.id, error=error, kind=kind, duration=seconds) == "ok":
-            self.done_count["failed"] += 1
-            logger.info(f"job {task_id} failed ({kind}): {error}")
-
-    def _release(self, task_id: str) -> None:
-        """Stopping mid-job: hand the job back (queued, this start not counted) and send it again."""
-        self.store.release(task_id, self.id)
-        self.broker.enqueue(job_message(self.executor.model, task_id))
-        logger.warning(f"job {task_id} handed back to the queue: this worker is stopping")
+                return call()
+            except redis.RedisError as exc:
+                logger.warning(f"Redis unavailable ({exc}); retrying in {delay:.1f} s")
+                time.sleep(delay)
+                delay = min(RETRY_CAP_S, delay * 2)
 
     def _cleanup_if_done(self, task_id: str) -> None:
-        record = self.store.get(task_id)
-        if record is not None and record.done:
-            remove_paths(Path(p) for p in record.cleanup)
+        """Delete the job's uploads once it is decided (by whichever delivery)."""
+        try:
+            state, _ = self.store.owner(task_id)
+            if state in ("succeeded", "failed"):
+                raw = self.client.hget(self.store.key("job", task_id), "cleanup")
+                remove_paths(Path(p) for p in json.loads(raw or "[]"))
+        except Exception as exc:  # the next delivery, or retention, cleans up
+            logger.warning(f"job {task_id}: uploads not cleaned up ({exc})")
 
     # -- liveness and control ----------------------------------------------------------------
 
     def advert(self) -> dict:
         return {
+            "name": self.name,
             "model": self.executor.model,
             "variant": self.executor.variant,
             "tasks": self.executor.tasks,
@@ -194,11 +202,11 @@ class ClusterWorker:
             "jobs_succeeded": self.done_count["succeeded"],
             "jobs_failed": self.done_count["failed"],
             "started": self.started,
-            "stopping": self._stopping.is_set(),
+            "stopping": self._draining.is_set(),
         } | self.executor.status()
 
     def _heartbeat_loop(self) -> None:
-        while not self._stopping.wait(self.settings.heartbeat_interval_s):
+        while not self._closed.wait(self.settings.heartbeat_interval_s):
             self._beat()
 
     def _beat(self) -> None:
@@ -209,7 +217,7 @@ class ClusterWorker:
 
     def _control_loop(self) -> None:
         key = self.store.key("control", self.id)
-        while not self._stopping.is_set():
+        while not self._closed.is_set():
             try:
                 item = self.client.blpop([key], timeout=1)
             except redis.RedisError:
@@ -227,8 +235,11 @@ class ClusterWorker:
                 reply = {"ok": False, "error": str(exc)}
             self._beat()
             reply_key = self.store.key("reply", command["id"])
-            self.client.rpush(reply_key, json.dumps(reply | {"worker": self.id}))
-            self.client.expire(reply_key, 60)
+            try:
+                self.client.rpush(reply_key, json.dumps(reply | {"worker": self.id}))
+                self.client.expire(reply_key, 60)
+            except redis.RedisError as exc:
+                logger.warning(f"control reply not stored: {exc}")
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -259,20 +270,23 @@ class ClusterWorker:
         )
 
     def stop(self) -> None:
-        """Stop taking jobs; let the running one finish for the stop timeout, then hand it back."""
-        self._stopping.set()
+        """Stop taking jobs; let the running one finish for the stop timeout, then hand it back.
+        The heartbeat goes on meanwhile, so the job is not taken for a dead worker's."""
+        self._draining.set()
+        self._beat()
         timer = threading.Timer(self.settings.stop_timeout_s, self._abandon)
         timer.daemon = True
         timer.start()
         if self._consumer is not None:
             self._consumer.stop(timeout=(self.settings.stop_timeout_s + 30) * 1000)
         timer.cancel()
+        self._closed.set()
         for thread in self._threads:
             thread.join(timeout=5)
         try:
             self.store.retire(self.id, self.advert())
-        except redis.RedisError:
-            pass
+        except redis.RedisError as exc:  # Redis away: the liveness key expires by itself
+            logger.warning(f"could not mark this worker offline: {exc}")
         self.executor.close()
         self.client.close()
         logger.info(f"acestep-worker {self.id} stopped")

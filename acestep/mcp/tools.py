@@ -60,18 +60,20 @@ def _request(values: dict) -> GenerationRequest:
 async def _run(backend: Backend, request: GenerationRequest, cleanup: list[Path]) -> list:
     from acestep.memory.keep_alive import KeepAliveError
     from acestep.memory.limits import MemoryLimitError
-    from acestep.serving.jobs import QueueFull
+    from acestep.serving.jobs import QueueFull, QueueUnavailable
 
+    queue = backend.queue
     try:
-        job = backend.queue.submit(request, cleanup=cleanup)
-    except (QueueFull, MemoryLimitError, KeepAliveError, ValueError) as exc:
+        # In a thread: a cluster's queue is Redis, which must not stall the event loop.
+        job = await anyio.to_thread.run_sync(lambda: queue.submit(request, cleanup=cleanup))
+    except (QueueFull, QueueUnavailable, MemoryLimitError, KeepAliveError, ValueError) as exc:
         for path in cleanup:
             path.unlink(missing_ok=True)
         raise ToolError(str(exc)) from None
     deadline = time.monotonic() + TIMEOUT_S
-    while (job := backend.queue.get(job.id) or job).state in ("queued", "running"):
+    while (job := await anyio.to_thread.run_sync(queue.get, job.id) or job).state in ("queued", "running"):
         if time.monotonic() > deadline:
-            backend.queue.cancel(job.id)
+            await anyio.to_thread.run_sync(queue.cancel, job.id)
             raise ToolError(f"generation timed out after {TIMEOUT_S:.0f} s (task {job.id})")
         await asyncio.sleep(0.05)
     if job.state != "succeeded":
@@ -232,7 +234,10 @@ def build_server(backend: Backend, streamable_http_path: str = "/mcp") -> FastMC
     @server.tool()
     async def get_status() -> dict:
         """Memory tier, limits, residency and the job queue's state."""
-        return backend.manager.get_status() | {"queue": backend.queue.stats()}
+        status, stats = await anyio.to_thread.run_sync(
+            lambda: (backend.manager.get_status(), backend.queue.stats())
+        )
+        return status | {"queue": stats}
 
     @server.tool()
     async def unload_model(level: str = "free") -> dict:

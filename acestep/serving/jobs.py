@@ -59,7 +59,8 @@ class QueueFull(RuntimeError):
 
 
 class QueueUnavailable(RuntimeError):
-    """The queue's store (Redis) cannot be reached: a 503 with Retry-After; nothing was queued."""
+    """The queue's store (Redis) cannot be reached: a 503 with Retry-After. A submit that raises it
+    queued nothing that will run (a half-created job is failed with the reason)."""
 
     retry_after = 5
 

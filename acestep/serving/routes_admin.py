@@ -58,7 +58,7 @@ async def cancel(request: Request) -> dict:
     task_id = str(fields.get("task_id") or "")
     if not task_id:
         raise HTTPException(400, "task_id is required")
-    outcome = request.app.state.queue.cancel(task_id)
+    outcome = await anyio.to_thread.run_sync(request.app.state.queue.cancel, task_id)
     if outcome == "unknown":
         raise HTTPException(404, f"unknown task_id {task_id!r}")
     return envelope({"task_id": task_id, "outcome": outcome})

@@ -16,6 +16,7 @@ from acestep import __version__
 from acestep.engine.request import GenerationRequest
 from acestep.serving import auth
 from acestep.serving.body import read_body
+from acestep.serving.jobs import QueueUnavailable
 from acestep.serving.lm_params import lm_fields, lm_warnings
 from acestep.serving.params import ParamError, parse_release_params, parse_task_id_list
 from acestep.serving.uploads import UploadError, confine, save_upload
@@ -159,15 +160,17 @@ def _discard(paths: list[Path]) -> None:
         path.unlink(missing_ok=True)
 
 
-def submit(request: Request, generation: GenerationRequest, saved: list[Path], lm_only: bool = False):
-    """Queue, mapping refusals to 4xx; uploads are deleted if the job is not queued."""
+async def submit(request: Request, generation: GenerationRequest, saved: list[Path], lm_only: bool = False):
+    """Queue, mapping refusals to 4xx/503; uploads are deleted if the job is not queued. Queue
+    calls run in a thread: a cluster's queue is Redis, which must not stall the event loop."""
     from acestep.memory.keep_alive import KeepAliveError
     from acestep.memory.limits import MemoryLimitError
-    from acestep.serving.jobs import QueueFull, QueueUnavailable
+    from acestep.serving.jobs import QueueFull
 
     model = getattr(request.state, "model", None)
     try:
-        return request.app.state.queue.submit(generation, cleanup=saved, lm_only=lm_only, model=model)
+        queue = request.app.state.queue
+        return await run_in_threadpool(queue.submit, generation, cleanup=saved, lm_only=lm_only, model=model)
     except (QueueFull, QueueUnavailable) as exc:
         _discard(saved)
         status = 429 if isinstance(exc, QueueFull) else 503
@@ -183,9 +186,12 @@ async def release_task(request: Request) -> dict:
     token = fields.pop("ai_token", None)
     auth.check(request, token)
     generation, saved, warnings = await build_request(request, fields, files)
-    job = submit(request, generation, saved)
+    job = await submit(request, generation, saved)
     warnings += getattr(job, "warnings", [])
-    position = request.app.state.queue.position(job.id)
+    try:
+        position = await run_in_threadpool(request.app.state.queue.position, job.id)
+    except QueueUnavailable:  # the job is queued; only its place could not be read
+        position = None
     return envelope({"task_id": job.id, "status": "queued", "queue_position": position, "warnings": warnings})
 
 
@@ -203,7 +209,11 @@ async def query_result(request: Request) -> dict:
     except ParamError as exc:
         raise HTTPException(400, f"{exc.field}: {exc}") from None
     queue = request.app.state.queue
-    return envelope([query_entry(task_id, queue.get(task_id), queue.position(task_id)) for task_id in ids])
+
+    def entries() -> list[dict]:
+        return [query_entry(task_id, queue.get(task_id), queue.position(task_id)) for task_id in ids]
+
+    return envelope(await run_in_threadpool(entries))
 
 
 @router.get("/v1/audio", dependencies=[Depends(auth.require_key)])
@@ -225,17 +235,19 @@ async def audio(request: Request, path: str) -> FileResponse:
 @router.get("/health")
 async def health(request: Request) -> dict:
     """200 while this process serves; in a cluster, ``queue`` says whether Redis answers."""
-    from acestep.serving.jobs import QueueUnavailable
-
     queue = request.app.state.queue
-    extra: dict = {}
-    try:
-        state = queue.model_state()
-        if queue.routes_by_model:
+
+    def look() -> tuple[str, dict]:
+        try:
+            state = queue.model_state()
+            if not queue.routes_by_model:
+                return state, {}
             workers = queue.workers()
-            extra = {"queue": "ok", "live_workers": sum(1 for w in workers if w["alive"])}
-    except QueueUnavailable as exc:
-        state, extra = "unknown", {"queue": "unavailable", "queue_error": str(exc)}
+            return state, {"queue": "ok", "live_workers": sum(1 for w in workers if w["alive"])}
+        except QueueUnavailable as exc:
+            return "unknown", {"queue": "unavailable", "queue_error": str(exc)}
+
+    state, extra = await run_in_threadpool(look)
     return envelope(
         {
             "status": "ok",
@@ -257,9 +269,9 @@ async def models(request: Request) -> dict:
     models = {
         state.model_name: {"variant": state.variant.name, "tasks": sorted(state.variant.supported_tasks)}
     }
-    workers = state.queue.workers()
+    workers = await run_in_threadpool(state.queue.workers)
     if state.queue.routes_by_model:  # a cluster: every model a worker serves
-        models |= state.queue.store.models()
+        models |= await run_in_threadpool(state.queue.models)
     entries = [
         {
             "name": name,
@@ -276,7 +288,7 @@ async def models(request: Request) -> dict:
 
 @router.get("/v1/stats", dependencies=[Depends(auth.require_key)])
 async def stats(request: Request) -> dict:
-    return envelope(request.app.state.queue.stats())
+    return envelope(await run_in_threadpool(request.app.state.queue.stats))
 
 
 @router.post("/create_random_sample")

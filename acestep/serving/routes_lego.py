@@ -95,14 +95,14 @@ async def lego(request: Request):
         _discard([path])
         raise
     queue = request.app.state.queue
-    job = submit(request, generation, [path])
+    job = await submit(request, generation, [path])
     deadline = time.monotonic() + TIMEOUT_S
-    while (job := queue.get(job.id) or job).state in ("queued", "running"):
+    while (job := await run_in_threadpool(queue.get, job.id) or job).state in ("queued", "running"):
         if await request.is_disconnected():  # nobody will read the stem: free the GPU for others
-            queue.cancel(job.id)
+            await run_in_threadpool(queue.cancel, job.id)
             raise HTTPException(499, "client disconnected; the job was cancelled")
         if time.monotonic() > deadline:
-            queue.cancel(job.id)
+            await run_in_threadpool(queue.cancel, job.id)
             raise HTTPException(504, f"Generation timeout after {TIMEOUT_S:.0f} s (task {job.id})")
         await asyncio.sleep(0.05)
     if job.state != "succeeded":

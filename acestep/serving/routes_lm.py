@@ -79,11 +79,11 @@ async def format_input(request: Request) -> dict:
     if state.lm_name is None:
         # 400 like /release_task's refusal (upstream: 503): the request asks for what is not configured.
         raise HTTPException(400, f"LLM not initialized: {state.lm_missing}")
-    job = submit(request, format_request(fields), [], lm_only=True)
+    job = await submit(request, format_request(fields), [], lm_only=True)
     try:
         job = await run_in_threadpool(state.queue.wait, job.id, FORMAT_TIMEOUT_S)
     except TimeoutError:
-        state.queue.cancel(job.id)  # nobody waits for it any more
+        await run_in_threadpool(state.queue.cancel, job.id)  # nobody waits for it any more
         raise HTTPException(504, f"format_input did not finish in {FORMAT_TIMEOUT_S:.0f} s") from None
     if job.state != "succeeded":
         status = 400 if job.error_kind in ("input", "limit") else 500

@@ -54,20 +54,22 @@ async def follow(state, request: GenerationRequest, cleanup: list[Path], text: d
     """Submit and yield (status text, audio paths, file paths) until the job ends."""
     from acestep.memory.keep_alive import KeepAliveError
     from acestep.memory.limits import MemoryLimitError
-    from acestep.serving.jobs import QueueFull
+    from acestep.serving.jobs import QueueFull, QueueUnavailable
 
+    queue = state.queue
     try:
         if request.uses_lm and state.lm_name is None:  # refused here, not by a failed job
             raise ValueError(f"{text['lm_unavailable']}: {state.lm_missing}")
-        job = state.queue.submit(request, cleanup=cleanup)
-    except (QueueFull, MemoryLimitError, KeepAliveError, ValueError) as exc:
+        # In a thread: a cluster's queue is Redis, which must not stall the event loop.
+        job = await anyio.to_thread.run_sync(lambda: queue.submit(request, cleanup=cleanup))
+    except (QueueFull, QueueUnavailable, MemoryLimitError, KeepAliveError, ValueError) as exc:
         for path in cleanup:
             path.unlink(missing_ok=True)
         raise gr.Error(str(exc)) from None
     last = None
-    while (job := state.queue.get(job.id) or job).state in ("queued", "running"):
+    while (job := await anyio.to_thread.run_sync(queue.get, job.id) or job).state in ("queued", "running"):
         if job.state == "queued":
-            position = state.queue.position(job.id)
+            position = await anyio.to_thread.run_sync(queue.position, job.id)
             line = f"{text['queued']} ({position})" if position else text["queued"]
         else:
             line = f"{job.stage} {job.progress * 100:.0f}%"
