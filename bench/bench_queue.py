@@ -3,7 +3,7 @@
 A real ``redis-server`` (AOF on, ``appendfsync always`` as the docs recommend) on a free loopback
 port, real ``acestep-worker --engine noop`` processes, and the API servers' own queue code
 (``RedisJobQueue``) submitting. Each job still does the full path: route, record, message, claim,
-progress, a 0.1 s WAV written to staging and renamed into place, the result recorded, the ack.
+progress, a 0.1 s WAV written into the attempt's own folder, the result recorded, the ack.
 ``--hold`` adds seconds of "work" per job, to show how the queue spreads work over workers when
 the engine, not the queue, is the bottleneck.
 

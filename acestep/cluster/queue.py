@@ -22,7 +22,7 @@ from acestep.cluster.routing import choose_model
 from acestep.cluster.settings import ClusterSettings, redacted
 from acestep.cluster.store import JobStore
 from acestep.engine.request import GenerationRequest
-from acestep.serving.jobs import QueueFull, QueueUnavailable, remove_paths
+from acestep.serving.jobs import QueueFull, QueueUnavailable, average_fields, remove_paths
 
 POLL_S = 0.2
 UNSENT_GRACE_S = 60  # a queued job without its message this long after creation was never sent
@@ -180,9 +180,7 @@ class RedisJobQueue:
             "queue_size": sum(pending.values()),
             "queue_by_model": pending,
             "queue_maxsize": self.maxsize,
-            "avg_job_seconds": round(sum(done) / len(done), 3) if done else self.seed_seconds,
-            "avg_job_seconds_measured": bool(done),
-            "avg_failed_job_seconds": round(sum(failed) / len(failed), 3) if failed else None,
+            **average_fields(done, failed, self.seed_seconds),
             "durations": histogram,
             "workers": workers,
         }

@@ -29,6 +29,16 @@ AVERAGE_WINDOW = 50
 DURATION_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
 
 
+def average_fields(done: list[float], failed: list[float], seed_seconds: float) -> dict:
+    """The ``/v1/stats`` averages of recent job times. Upstream seeds the average
+    (``ACESTEP_AVG_JOB_SECONDS``, 5.0) so that clients always get a number."""
+    return {
+        "avg_job_seconds": round(sum(done) / len(done), 3) if done else seed_seconds,
+        "avg_job_seconds_measured": bool(done),
+        "avg_failed_job_seconds": round(sum(failed) / len(failed), 3) if failed else None,
+    }
+
+
 class DurationHistogram:
     """Cumulative bucket counts, sum and count of job durations (Prometheus' histogram shape)."""
 
@@ -234,10 +244,7 @@ class LocalJobQueue:
             "queue_size": depth,
             "queue_by_model": {self.model_name: depth},
             "queue_maxsize": self.maxsize,
-            # Upstream seeds the average (ACESTEP_AVG_JOB_SECONDS, 5.0) so clients always get a number.
-            "avg_job_seconds": round(sum(done) / len(done), 3) if done else self.seed_seconds,
-            "avg_job_seconds_measured": bool(done),
-            "avg_failed_job_seconds": round(sum(failed) / len(failed), 3) if failed else None,
+            **average_fields(done, failed, self.seed_seconds),
             "durations": histogram,
             "workers": self.workers(),
         }
