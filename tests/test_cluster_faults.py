@@ -6,9 +6,10 @@ worker stopped mid-job past its stop timeout (the job is handed back, not counte
 from __future__ import annotations
 
 import time
+from urllib.parse import quote
 
 import pytest
-from _cluster import BASE, TURBO, Worker, cluster_env, two_model_checkpoint, wait_until
+from _cluster import BASE, HEARTBEAT_S, TURBO, Worker, cluster_env, two_model_checkpoint, wait_until
 from _redis import RedisServer
 from _server import Server
 
@@ -127,7 +128,9 @@ def test_redis_killed_and_restarted_mid_run_loses_no_accepted_job(cluster):
     assert "unavailable" in refused.json()["detail"]
     health = cluster.server.get("/health")
     assert health.status_code == 200 and health.json()["data"]["queue"] == "unavailable"
-    time.sleep(2)
+    # Longer than the heartbeat timeout: after the restart every worker looks dead to the broker
+    # for a moment, so running jobs are delivered again and must be recognised as duplicates.
+    time.sleep(2 * HEARTBEAT_S)
     cluster.redis.start()
     accepted += [cluster.server.release(data={"prompt": f"b{i}"}) for i in range(30)]
     entries = [cluster.server.wait(task, timeout=120) for task in accepted]
@@ -136,6 +139,10 @@ def test_redis_killed_and_restarted_mid_run_loses_no_accepted_job(cluster):
     ]
     stats = cluster.server.get("/v1/stats").json()["data"]
     assert stats["jobs"]["succeeded"] == len(accepted) and stats["queue_size"] == 0
+    results = cluster.root / "shared" / "api_audio"
+    for task, entry in zip(accepted, entries, strict=True):  # one result each, the recorded one
+        (attempt,) = (results / task).iterdir()
+        assert entry["items"][0]["file"].endswith(quote(f"{task}/{attempt.name}/noop_0.wav", safe=""))
 
 
 def test_jobs_wait_while_every_worker_is_stopped_and_run_when_one_returns(cluster):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from _redis import RedisServer
 
-from acestep.cluster.broker import make_broker, queue_name, redis_client
+from acestep.cluster.broker import QueuedMessage, make_broker, queue_name, redis_client
 from acestep.cluster.executors import NoopExecutor
 from acestep.cluster.records import JobRecord
 from acestep.cluster.settings import ClusterSettings
@@ -42,6 +42,15 @@ def store(settings):
     client.close()
 
 
+def _message(store: JobStore, task_id: str, model: str = "m") -> QueuedMessage:
+    return QueuedMessage.for_job(ClusterSettings(url="redis://unused", namespace=store.ns), model, task_id)
+
+
+def _queued(store: JobStore, model: str = "m") -> int:
+    """Messages waiting on the model's dramatiq queue."""
+    return store.client.llen(f"{store.ns}-dq:{queue_name(model)}")
+
+
 def _new(store: JobStore, model: str = "m", **request) -> JobRecord:
     record = JobRecord(
         id=f"job-{time.monotonic_ns()}",
@@ -50,7 +59,10 @@ def _new(store: JobStore, model: str = "m", **request) -> JobRecord:
         created=time.time(),
         cleanup=["/nowhere/upload.wav"],
     )
-    assert store.create(record) and not store.create(record)  # ids are never created twice
+    before = _queued(store, model)
+    assert store.create(record, _message(store, record.id, model))
+    assert not store.create(record, _message(store, record.id, model))  # never twice, nor a 2nd message
+    assert _queued(store, model) == before + 1  # the record and its message together
     return record
 
 
@@ -120,8 +132,11 @@ def test_cancel_while_queued_and_while_running(store):
 def test_release_hands_a_job_back_without_counting_the_start(store):
     record = _new(store)
     store.claim(record.id, "w1", 2, "a")
-    assert not store.release(record.id, "w2")  # only the owner can
-    assert store.release(record.id, "w1")
+    before = _queued(store)
+    assert not store.release(record.id, "w2", _message(store, record.id))  # only the owner can
+    assert store.release(record.id, "w1", _message(store, record.id))
+    assert not store.release(record.id, "w1", _message(store, record.id))  # a replay adds nothing
+    assert _queued(store) == before + 1  # handed back with a new message, atomically
     back = store.get(record.id)
     assert (back.state, back.attempts) == ("queued", 0) and store.position(record.id, "m") == 1
     assert store.claim(record.id, "w2", 2, "b") == ("run", 1)
@@ -220,7 +235,7 @@ def test_a_restarted_worker_with_the_same_name_takes_its_old_job_over(settings, 
 def test_an_lm_only_job_succeeds_without_files(settings, tmp_path):
     worker = ClusterWorker(settings, NoopExecutor("m"), tmp_path, "lm")
     record = JobRecord(id="lm-job", request=GenerationRequest(caption="tidy me"), model="m", lm_only=True)
-    worker.store.create(record)
+    worker.store.create(record, _message(worker.store, record.id))
     worker.handle(record.id)
     back = worker.store.get(record.id)
     assert back.state == "succeeded" and back.result.items == [] and back.result.metas["caption"] == "tidy me"
@@ -237,27 +252,28 @@ def test_a_job_the_worker_cannot_read_fails_with_the_reason(settings, tmp_path):
     assert b"cannot read the job" in data[b"error"]
 
 
-def test_the_reaper_requeues_a_dead_workers_job_and_fails_an_unsent_one(settings, tmp_path):
+def test_the_reaper_requeues_a_job_whose_worker_stays_silent(settings, tmp_path):
     from acestep.cluster.queue import RedisJobQueue
 
-    queue = RedisJobQueue(settings, tmp_path, "m", ["text2music"], "turbo")
+    queue = RedisJobQueue(settings, tmp_path, "m", ["text2music"], "turbo", repairs=False)
     try:
-        orphan = _new(queue.store)  # its worker died and its message was lost
+        orphan = _new(queue.store)  # its worker died, and its message was lost (acked elsewhere)
         queue.store.claim(orphan.id, "gone-worker", 2, "t")
-        queue.store.mark_sent(orphan.id)
-        unsent = _new(queue.store)  # the server died between the record and the message
-        queue.store.client.hset(queue.store.key("job", unsent.id), "created", repr(time.time() - 120))
-        fresh = _new(queue.store)  # just created: its message may be on the way
-        assert queue.reap() == {"requeued": 0, "failed": 1}  # the orphan: first pass only suspects
-        assert queue.reap() == {"requeued": 1, "failed": 0}
+        queue.store.client.delete(f"{queue.store.ns}-dq:{queue_name('m')}")
+        live = _new(queue.store)
+        owner = ClusterWorker(settings, NoopExecutor("m"), tmp_path, "alive")
+        queue.store.claim(live.id, owner.id, 2, "u")
+        owner._beat()
+        assert queue.reap() == 0  # first seen silent: a live worker gets a heartbeat timeout to beat
+        time.sleep(settings.heartbeat_timeout_s + 0.2)
+        owner._beat()
+        assert queue.reap() == 1 and queue.reap() == 0
         back = queue.store.get(orphan.id)
-        assert (back.state, back.attempts) == ("queued", 1)
-        assert queue.broker.do_qsize("model_m") >= 1  # a message to deliver it again
-        assert queue.store.get(unsent.id).error_kind == "queue"
-        assert queue.store.get(fresh.id).state == "queued"
+        assert (back.state, back.attempts) == ("queued", 1) and _queued(queue.store) == 2  # + live's
+        assert queue.store.get(live.id).state == "running"  # its worker beats: untouched
         worker = ClusterWorker(settings, NoopExecutor("m"), tmp_path, "w")
         worker.handle(orphan.id)
-        assert queue.store.get(orphan.id).attempts == 2 and queue.store.get(orphan.id).state == "succeeded"
+        assert (queue.store.get(orphan.id).state, queue.store.get(orphan.id).attempts) == ("succeeded", 2)
     finally:
         queue.close()
 

@@ -1,6 +1,10 @@
 """Delivery on dramatiq's Redis broker: one queue per DiT model, one message per job.
 
 A message carries only the task id; the job itself is the record in :mod:`acestep.cluster.store`.
+The store writes a job's record and its message in one Lua script (``QueuedMessage`` gives it the
+message as dramatiq's ``enqueue`` would write it: the payload under its id in ``<queue>.msgs`` and
+the id pushed on the ``<queue>`` list), so a job is never recorded without its message, or sent
+without its record, even when a server dies between the two.
 dramatiq gives the at-least-once delivery: a worker holds a message unacknowledged while it runs
 the job and acknowledges it after the result is stored; a worker whose heartbeat stops for
 ``ACESTEP_WORKER_HEARTBEAT_TIMEOUT`` has its unacknowledged message put back on the queue by the
@@ -11,6 +15,8 @@ does not depend on how long generation takes.
 from __future__ import annotations
 
 import re
+import uuid
+from dataclasses import dataclass
 
 import redis
 from dramatiq import Message
@@ -63,3 +69,23 @@ def job_message(model: str, task_id: str) -> Message:
     return Message(
         queue_name=queue_name(model), actor_name=ACTOR_NAME, args=(task_id,), kwargs={}, options={}
     )
+
+
+@dataclass(frozen=True)
+class QueuedMessage:
+    """A job's message, laid out as dramatiq's Redis broker stores an enqueued one."""
+
+    list_key: str
+    payloads_key: str
+    message_id: str
+    payload: bytes
+
+    @classmethod
+    def for_job(cls, settings: ClusterSettings, model: str, task_id: str) -> QueuedMessage:
+        message_id = str(uuid.uuid4())
+        message = job_message(model, task_id).copy(options={"redis_message_id": message_id})
+        queue_key = f"{settings.namespace}-dq:{queue_name(model)}"
+        return cls(queue_key, f"{queue_key}.msgs", message_id, message.encode())
+
+    def args(self) -> list:
+        return [self.list_key, self.payloads_key, self.message_id, self.payload]

@@ -16,7 +16,7 @@ from pathlib import Path
 import redis
 from loguru import logger
 
-from acestep.cluster.broker import job_message, make_broker, redis_client
+from acestep.cluster.broker import QueuedMessage, redis_client
 from acestep.cluster.records import JobRecord
 from acestep.cluster.routing import choose_model
 from acestep.cluster.settings import ClusterSettings, redacted
@@ -25,7 +25,6 @@ from acestep.engine.request import GenerationRequest
 from acestep.serving.jobs import QueueFull, QueueUnavailable, average_fields, remove_paths
 
 POLL_S = 0.2
-UNSENT_GRACE_S = 60  # a queued job without its message this long after creation was never sent
 API_RETRIES = 2  # a blip is retried; a Redis that stays away is a 503 with Retry-After
 
 
@@ -43,11 +42,11 @@ class RedisJobQueue:
         result_ttl_s: int = 86400,
         cleanup_interval_s: int = 300,
         seed_seconds: float = 5.0,
+        repairs: bool = True,
     ):
         self.settings = settings
         self.client = redis_client(settings, retries=API_RETRIES)
         self.store = JobStore(self.client, settings.namespace)
-        self.broker = make_broker(settings, self.client)
         self.results_dir = Path(results_dir)
         self.results_dir.mkdir(parents=True, exist_ok=True)
         self.default_model = default_model
@@ -60,7 +59,8 @@ class RedisJobQueue:
         self._sweeper = threading.Thread(
             target=self._sweep_loop, args=(cleanup_interval_s,), name="acestep-retention", daemon=True
         )
-        self._sweeper.start()
+        if repairs:  # off only in tests that call reap() and sweep() themselves
+            self._sweeper.start()
 
     # -- jobs ---------------------------------------------------------------------------
 
@@ -91,18 +91,8 @@ class RedisJobQueue:
                 uses_lm=uses_lm,
                 cleanup=[str(p) for p in cleanup],
             )
-            self.store.create(record)
-            try:
-                self.broker.enqueue(job_message(chosen, record.id))
-            except Exception:
-                # The record must not wait forever for a message that was never sent (the reaper
-                # fails it later if Redis is gone now).
-                try:
-                    self._fail_unsent(record.id, "could not queue the job: Redis failed while it was sent")
-                except redis.RedisError:
-                    pass
-                raise
-            self.store.mark_sent(record.id)
+            # The record and its message in one script: both or neither.
+            self.store.create(record, QueuedMessage.for_job(self.settings, chosen, record.id))
         record.warnings = warnings
         return record
 
@@ -187,44 +177,36 @@ class RedisJobQueue:
 
     # -- repairs ---------------------------------------------------------------------------
 
-    def reap(self, now: float | None = None) -> dict[str, int]:
-        """Give back jobs that no message will deliver again: a job running on a worker that has
-        been silent for twice the heartbeat timeout goes back to its queue (dramatiq normally
-        did that already; a claim drops the extra message), and a queued job whose message was
-        never sent (the server died, or Redis failed, in between) fails with the reason."""
-        now = time.time() if now is None else now
-        grace = 2 * self.settings.heartbeat_timeout_s
+    def reap(self) -> int:
+        """Put back on its queue, with a new message, a job running on a worker that has been
+        silent (no liveness key, no new advert) for a heartbeat timeout of this server's own
+        clock after it was first seen silent. dramatiq has usually redelivered it already (a
+        claim then drops the extra message); this covers a message that was lost, e.g. acked as
+        a duplicate after a long Redis outage. A live worker gets that long to beat again."""
         adverts = {w["id"]: w for w in self.store.workers()}
-        requeued = failed = 0
-        suspects: dict[tuple[str, str], float] = {}
+        now = time.monotonic()
+        suspects: dict[tuple[str, str], tuple[float, float]] = {}
+        requeued = 0
         for task_id, worker in self.store.running_owners():
             advert = adverts.get(worker)
-            if advert is not None and (advert["alive"] or now - advert.get("updated", 0) < grace):
+            if (advert is not None and advert["alive"]) or self.store.alive(worker):
                 continue
-            # Silent on two passes in a row: after a long Redis outage a live worker gets one
-            # pass to beat again before its job is taken for a dead worker's.
-            last_beat = advert.get("updated", 0) if advert else 0
-            suspects[(task_id, worker)] = last_beat
-            if self._suspects.get((task_id, worker)) != last_beat:
+            last_beat = advert.get("updated", 0.0) if advert else 0.0
+            seen = self._suspects.get((task_id, worker))
+            first_seen = seen[1] if seen is not None and seen[0] == last_beat else now
+            suspects[(task_id, worker)] = (last_beat, first_seen)
+            if now - first_seen < self.settings.heartbeat_timeout_s:
                 continue
-            record = self.store.get(task_id)
-            if record is not None and self.store.requeue_lost(task_id, worker):
-                self.broker.enqueue(job_message(record.model, task_id))
-                self.store.mark_sent(task_id)
-                requeued += 1
-                logger.warning(f"job {task_id}: its worker {worker} is gone; queued again")
+            try:
+                model = self.store.model_of(task_id)
+                message = QueuedMessage.for_job(self.settings, model or self.default_model, task_id)
+                if self.store.requeue_lost(task_id, worker, message):
+                    requeued += 1
+                    logger.warning(f"job {task_id}: its worker {worker} is gone; queued again")
+            except redis.RedisError as exc:  # the next pass tries again
+                logger.warning(f"job {task_id}: could not requeue ({exc})")
         self._suspects = suspects
-        for task_id in self.store.unsent(now - UNSENT_GRACE_S):
-            if self._fail_unsent(
-                task_id, "the job was never queued (the server or Redis failed); submit it again"
-            ):
-                failed += 1
-        return {"requeued": requeued, "failed": failed}
-
-    def _fail_unsent(self, task_id: str, reason: str) -> bool:
-        return (
-            self.store.finish(task_id, "api", f"api-{uuid.uuid4().hex}", error=reason, kind="queue") == "ok"
-        )
+        return requeued
 
     # -- retention ----------------------------------------------------------------------
 
@@ -244,17 +226,22 @@ class RedisJobQueue:
         while not self._stop.wait(tick):
             try:
                 self.reap()
-                if time.monotonic() >= next_sweep:
-                    next_sweep = time.monotonic() + interval
-                    removed = self.sweep()
-                    if removed:
-                        logger.info(f"retention: removed {removed} finished jobs and their files")
+            except Exception as exc:  # Redis away: try again next round
+                logger.warning(f"queue repairs failed: {exc}")
+            if time.monotonic() < next_sweep:
+                continue
+            next_sweep = time.monotonic() + interval
+            try:
+                removed = self.sweep()
+                if removed:
+                    logger.info(f"retention: removed {removed} finished jobs and their files")
             except Exception as exc:  # Redis away or a bad file: try again next round
-                logger.warning(f"queue repairs or retention failed: {exc}")
+                logger.warning(f"retention sweep failed: {exc}")
 
     def close(self) -> None:
         self._stop.set()
-        self._sweeper.join(timeout=5)
+        if self._sweeper.is_alive():
+            self._sweeper.join(timeout=5)
         self.client.close()
 
 

@@ -22,6 +22,7 @@ import time
 
 import redis
 
+from acestep.cluster.broker import QueuedMessage
 from acestep.cluster.records import JobRecord, result_json
 from acestep.engine.request import GenerationResult
 from acestep.serving.jobs import DURATION_BUCKETS
@@ -48,17 +49,29 @@ local function finalize(ns, id, state, now, err, kind)
 end
 """
 
-_CREATE = """
+# The job's message, written as dramatiq's enqueue writes it (its payload, then its id on the list).
+_SEND = """
+local function send(list_key, payloads_key, message_id, payload)
+  redis.call('HSET', payloads_key, message_id, payload)
+  redis.call('RPUSH', list_key, message_id)
+end
+"""
+
+_CREATE = (
+    _SEND
+    + """
 local ns, id, model = ARGV[1], ARGV[2], ARGV[3]
 local job = ns .. ':job:' .. id
 if redis.call('EXISTS', job) == 1 then return 0 end
+send(ARGV[4], ARGV[5], ARGV[6], ARGV[7])
 redis.call('HSET', job, 'state', 'queued', 'stage', 'queued', 'progress', '0', 'attempts', '0',
-           'sent', '0', 'model', model, unpack(ARGV, 4))
+           'model', model, unpack(ARGV, 8))
 redis.call('SADD', ns .. ':jobs:queued', id)
 redis.call('SADD', ns .. ':pending_models', model)
 redis.call('ZADD', ns .. ':pending:' .. model, redis.call('INCR', ns .. ':seq'), id)
 return 1
 """
+)
 
 _CLAIM = (
     _FINALIZE
@@ -135,13 +148,16 @@ return 'ok'
 
 # Back to queued: a stopping worker hands its job back (its start not counted), or an API server
 # requeues the job of a worker that is long dead (its start counted) when no message is left.
-_REQUEUE = """
+_REQUEUE = (
+    _SEND
+    + """
 local ns, id, worker, uncount = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local job = ns .. ':job:' .. id
 if redis.call('HGET', job, 'state') ~= 'running' or redis.call('HGET', job, 'worker') ~= worker then
   return 0
 end
-redis.call('HSET', job, 'state', 'queued', 'stage', 'queued', 'progress', '0', 'sent', '0')
+send(ARGV[5], ARGV[6], ARGV[7], ARGV[8])
+redis.call('HSET', job, 'state', 'queued', 'stage', 'queued', 'progress', '0')
 redis.call('HDEL', job, 'claim')
 if uncount == '1' then redis.call('HINCRBY', job, 'attempts', -1) end
 redis.call('SREM', ns .. ':jobs:running', id)
@@ -150,6 +166,7 @@ local model = redis.call('HGET', job, 'model')
 redis.call('ZADD', ns .. ':pending:' .. model, redis.call('INCR', ns .. ':seq'), id)
 return 1
 """
+)
 
 _CANCEL = (
     _FINALIZE
@@ -185,13 +202,10 @@ class JobStore:
 
     # -- transitions -----------------------------------------------------------------------
 
-    def create(self, record: JobRecord) -> bool:
+    def create(self, record: JobRecord, message: QueuedMessage) -> bool:
+        """The record and its message, both or neither (a replay after a lost reply adds nothing)."""
         flat = [item for pair in record.new_fields().items() for item in pair]
-        return bool(self._create(args=[self.ns, record.id, record.model, *flat]))
-
-    def mark_sent(self, task_id: str) -> None:
-        """The job's message is on its queue (a queued job without one is failed by the reaper)."""
-        self.client.hset(self.key("job", task_id), "sent", "1")
+        return bool(self._create(args=[self.ns, record.id, record.model, *message.args(), *flat]))
 
     def claim(
         self, task_id: str, worker: str, max_starts: int, token: str, expected: str = ""
@@ -233,13 +247,13 @@ class JobStore:
         ]
         return _text(self._finish(args=[*args, RECENT_DURATIONS, *buckets]))
 
-    def release(self, task_id: str, worker: str) -> bool:
-        """A stopping worker hands its running job back: queued again, that start not counted."""
-        return bool(self._requeue(args=[self.ns, task_id, worker, "1"]))
+    def release(self, task_id: str, worker: str, message: QueuedMessage) -> bool:
+        """A stopping worker hands its running job back with a new message; that start not counted."""
+        return bool(self._requeue(args=[self.ns, task_id, worker, "1", *message.args()]))
 
-    def requeue_lost(self, task_id: str, dead_worker: str) -> bool:
-        """A dead worker's job with no message left: queued again (its start stays counted)."""
-        return bool(self._requeue(args=[self.ns, task_id, dead_worker, "0"]))
+    def requeue_lost(self, task_id: str, dead_worker: str, message: QueuedMessage) -> bool:
+        """A dead worker's job, queued again with a new message (its start stays counted)."""
+        return bool(self._requeue(args=[self.ns, task_id, dead_worker, "0", *message.args()]))
 
     def running_owners(self) -> list[tuple[str, str]]:
         """(task id, worker) of every running job."""
@@ -248,18 +262,6 @@ class JobStore:
         for task_id in ids:
             pipe.hget(self.key("job", task_id), "worker")
         return [(i, _text(w)) for i, w in zip(ids, pipe.execute(), strict=True) if w is not None]
-
-    def unsent(self, created_before: float) -> list[str]:
-        """Queued jobs created before the time whose message was never sent."""
-        ids = [_text(i) for i in self.client.smembers(self.key("jobs", "queued"))]
-        pipe = self.client.pipeline(transaction=False)
-        for task_id in ids:
-            pipe.hmget(self.key("job", task_id), "sent", "created")
-        out = []
-        for task_id, (sent, created) in zip(ids, pipe.execute(), strict=True):
-            if sent is not None and _text(sent) == "0" and created and float(created) < created_before:
-                out.append(task_id)
-        return out
 
     def cancel(self, task_id: str) -> str:
         return _text(self._cancel(args=[self.ns, task_id, repr(time.time())]))
@@ -276,6 +278,10 @@ class JobStore:
         """(state, worker) without parsing the request."""
         state, worker = self.client.hmget(self.key("job", task_id), "state", "worker")
         return (_text(state) if state else None), (_text(worker) if worker else None)
+
+    def model_of(self, task_id: str) -> str | None:
+        model = self.client.hget(self.key("job", task_id), "model")
+        return _text(model) if model else None
 
     def position(self, task_id: str, model: str) -> int | None:
         rank = self.client.zrank(self.key("pending", model), task_id)

@@ -27,7 +27,7 @@ import dramatiq
 import redis
 from loguru import logger
 
-from acestep.cluster.broker import ACTOR_NAME, job_message, make_broker, queue_name, redis_client
+from acestep.cluster.broker import ACTOR_NAME, QueuedMessage, make_broker, queue_name, redis_client
 from acestep.cluster.executors import Executor, JobFailed
 from acestep.cluster.settings import MAX_STARTS, ClusterSettings, redacted
 from acestep.cluster.store import JobStore
@@ -35,6 +35,13 @@ from acestep.serving.jobs import remove_paths
 
 POLL_MS = 100
 RETRY_CAP_S = 5.0
+OTHER_ERROR_RETRIES = 60  # about five minutes at the capped delay
+TRANSIENT = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.BusyLoadingError,
+    redis.exceptions.ReadOnlyError,
+)
 
 
 class ClusterWorker:
@@ -101,8 +108,8 @@ class ClusterWorker:
             logger.warning(f"job {task_id}: taken over by another worker; this copy is discarded")
             return
         if self._abandoning and result is None:
-            self._durably(lambda: self.store.release(task_id, self.id))
-            self._durably(lambda: self.broker.enqueue(job_message(self.executor.model, task_id)))
+            message = QueuedMessage.for_job(self.settings, self.executor.model, task_id)
+            self._durably(lambda: self.store.release(task_id, self.id, message))
             shutil.rmtree(folder, ignore_errors=True)
             logger.warning(f"job {task_id} handed back to the queue: this worker is stopping")
             return
@@ -126,7 +133,7 @@ class ClusterWorker:
 
     def _record(self, task_id: str):
         try:
-            record = self.store.get(task_id)
+            record = self._durably(lambda: self.store.get(task_id))
         except redis.RedisError:
             raise
         except Exception as exc:  # e.g. a request from a newer acestep than this worker's
@@ -160,21 +167,30 @@ class ClusterWorker:
                 return False
             if answer == -1:  # no longer ours: stop spending the GPU on it
                 self._lost = True
-            return answer != 0
+            # Stopping past the stop timeout: asked at every report, so it cannot be missed.
+            return answer != 0 or self._abandoning
 
         return report
 
     def _durably(self, call):
         """Until Redis answers: what a finished job holds must be stored before it is acked.
-        The transitions are idempotent per delivery token, so a retry after a lost reply is safe."""
-        delay = 0.2
+        The transitions are idempotent per delivery token, so a retry after a lost reply is safe.
+        A connection lost, a server loading its AOF or a read-only replica during failover is
+        waited out; any other Redis error (out of memory, a disk error) is retried for a few
+        minutes, then raised."""
+        delay, other_errors = 0.2, 0
         while True:
             try:
                 return call()
-            except redis.RedisError as exc:
+            except TRANSIENT as exc:
                 logger.warning(f"Redis unavailable ({exc}); retrying in {delay:.1f} s")
-                time.sleep(delay)
-                delay = min(RETRY_CAP_S, delay * 2)
+            except redis.RedisError as exc:
+                other_errors += 1
+                if other_errors > OTHER_ERROR_RETRIES:
+                    raise
+                logger.error(f"Redis refused a write ({exc}); retrying in {delay:.1f} s")
+            time.sleep(delay)
+            delay = min(RETRY_CAP_S, delay * 2)
 
     def _cleanup_if_done(self, task_id: str) -> None:
         """Delete the job's uploads once it is decided (by whichever delivery)."""

@@ -70,7 +70,7 @@ class QueueFull(RuntimeError):
 
 class QueueUnavailable(RuntimeError):
     """The queue's store (Redis) cannot be reached: a 503 with Retry-After. A submit that raises it
-    queued nothing that will run (a half-created job is failed with the reason)."""
+    queued nothing, except when Redis stored the job and then lost its answer: that job runs."""
 
     retry_after = 5
 

@@ -49,7 +49,7 @@ async def load(request: Request) -> dict:
 
 @router.get("/v1/memory")
 async def memory(request: Request) -> dict:
-    return envelope(request.app.state.manager.get_status())
+    return envelope(await anyio.to_thread.run_sync(request.app.state.manager.get_status))
 
 
 @router.post("/v1/cancel", openapi_extra=body_schema({"task_id": {"type": "string"}}, ["task_id"]))

@@ -147,4 +147,4 @@ async def memory_action(state, action: str, text: dict) -> str:
         await anyio.to_thread.run_sync(state.manager.unload, "park")
     elif action == "load":
         await anyio.to_thread.run_sync(state.manager.load)
-    return memory_text(state, text)
+    return await anyio.to_thread.run_sync(memory_text, state, text)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import anyio
 import gradio as gr
 
 from acestep.engine.request import GenerationRequest
@@ -209,7 +210,7 @@ def _memory_tab(state, text: dict):
         free = gr.Button(text["free"], variant="stop", elem_id="memory-free")
 
     async def show():
-        return actions.memory_text(state, text)
+        return await anyio.to_thread.run_sync(actions.memory_text, state, text)
 
     def action(name: str):
         async def run():
