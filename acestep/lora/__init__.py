@@ -1,0 +1,1 @@
+"""LoRA adapters for the DiT: finding and describing them (``catalog``); loading comes later."""

@@ -1,0 +1,186 @@
+"""The LoRA catalog: adapters in ``ACESTEP_LORA_DIR``, in diffusers' or upstream's (PEFT) format.
+
+Torch-free: a server lists and checks adapters by reading safetensors headers only.
+
+- diffusers format: a ``.safetensors`` file (or a folder holding ``pytorch_lora_weights.safetensors``)
+  with keys ``transformer.layers.N.<attn>.<to_q|to_k|to_v|to_out.0>.lora_A|lora_B.weight`` and its
+  LoRA config as JSON under the header key ``lora_adapter_metadata``;
+- upstream (PEFT) format: a folder with ``adapter_config.json`` and ``adapter_model.safetensors``,
+  keys ``base_model.model.layers.N.<attn>.<q_proj|...>.lora_A|lora_B.weight``.
+
+The base model an adapter was trained on is read from the header key ``acestep_base_variant``
+(what acestep writes), else from ``base_model_name_or_path`` in the PEFT config or the diffusers
+metadata when it names a DiT folder (``acestep-v15-base`` -> ``base``); otherwise it is unknown.
+Pickle files (``.pt``, ``.bin``, ``.ckpt``) are refused: they can run code when read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from acestep.checkpoints.variants import detect_variant
+
+DIFFUSERS_WEIGHTS = "pytorch_lora_weights.safetensors"
+PEFT_WEIGHTS = "adapter_model.safetensors"
+PEFT_CONFIG = "adapter_config.json"
+METADATA_KEY = "lora_adapter_metadata"
+VARIANT_KEY = "acestep_base_variant"
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+
+
+class LoraError(ValueError):
+    """An adapter that cannot be used, with the reason (a 4xx for the API)."""
+
+
+@dataclass(frozen=True)
+class LoraInfo:
+    name: str
+    path: str  # the weights file
+    format: str  # "diffusers" | "peft"
+    base_variant: str | None  # "base", "turbo", "sft", "xl-base", ...; None when not recorded
+    rank: int
+    alpha: float
+    targets: tuple[str, ...]  # module kinds adapted, e.g. ("to_k", "to_q", "to_v")
+    modules: int  # how many Linear layers it adapts
+
+    def as_dict(self) -> dict:
+        return asdict(self) | {"targets": list(self.targets)}
+
+
+def variant_tag(folder_or_path: str) -> str | None:
+    """``acestep-v15-xl-base`` -> ``xl-base``; None unless the name is a DiT folder's."""
+    name = Path(str(folder_or_path).rstrip("/")).name.lower()
+    if not name.startswith("acestep-v15"):
+        return None
+    variant = detect_variant({}, name)
+    return ("xl-" if variant.is_xl else "") + variant.name
+
+
+def lora_dir(env: dict[str, str] | None = None) -> Path:
+    """``ACESTEP_LORA_DIR``, else ``$ACESTEP_PROJECT_ROOT/loras``, else ``./loras``."""
+    env = os.environ if env is None else env
+    if env.get("ACESTEP_LORA_DIR"):
+        return Path(env["ACESTEP_LORA_DIR"]).expanduser()
+    root = env.get("ACESTEP_PROJECT_ROOT")
+    return (Path(root).expanduser() if root else Path.cwd()) / "loras"
+
+
+def read_lora(path: str | Path) -> LoraInfo:
+    """Describe one adapter (a file or a folder), checking its header; ``LoraError`` if unusable."""
+    path = Path(path)
+    name = path.stem if path.is_file() else path.name
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise LoraError(f"{name}: {path.suffix} files are pickles and are not loaded; use safetensors")
+    config: dict = {}
+    if path.is_dir():
+        if (path / PEFT_CONFIG).is_file():
+            weights, fmt = path / PEFT_WEIGHTS, "peft"
+            try:
+                config = json.loads((path / PEFT_CONFIG).read_text())
+            except (OSError, ValueError) as exc:
+                raise LoraError(f"{name}: {PEFT_CONFIG} is not valid JSON ({exc})") from None
+        else:
+            weights, fmt = path / DIFFUSERS_WEIGHTS, "diffusers"
+        if not weights.is_file():
+            raise LoraError(f"{name}: no {weights.name} in {path}")
+    elif path.suffix == ".safetensors":
+        weights, fmt = path, "diffusers"
+    else:
+        raise LoraError(f"{name}: not a LoRA (a .safetensors file or an adapter folder)")
+    shapes, header = _read_header(weights, name)
+    if fmt == "diffusers" and any(".q_proj." in key or ".k_proj." in key for key in shapes):
+        fmt = "peft"  # upstream keys in a single file
+    metadata = _json(header.get(METADATA_KEY), name)
+    rank, modules, targets = _check_pairs(shapes, name)
+    alpha = config.get("lora_alpha") or metadata.get("lora_alpha") or metadata.get("transformer.lora_alpha")
+    declared = config.get("r") or metadata.get("r") or metadata.get("transformer.r")
+    if declared and int(declared) != rank:
+        raise LoraError(f"{name}: its config says rank {declared}, its weights have rank {rank}")
+    base = header.get(VARIANT_KEY) or variant_tag(
+        config.get("base_model_name_or_path") or metadata.get("base_model_name_or_path") or ""
+    )
+    return LoraInfo(
+        name=name,
+        path=str(weights),
+        format=fmt,
+        base_variant=base,
+        rank=rank,
+        alpha=float(alpha) if alpha else float(rank),
+        targets=targets,
+        modules=modules,
+    )
+
+
+def scan(directory: str | Path) -> tuple[dict[str, LoraInfo], dict[str, str]]:
+    """Every adapter in ``directory`` by name, and the entries that are not usable with why."""
+    directory = Path(directory)
+    found: dict[str, LoraInfo] = {}
+    problems: dict[str, str] = {}
+    if not directory.is_dir():
+        return found, problems
+    for entry in sorted(directory.iterdir()):
+        if entry.name.startswith(".") or (
+            entry.is_file() and entry.suffix not in (".safetensors", *PICKLE_SUFFIXES)
+        ):
+            continue
+        try:
+            info = read_lora(entry)
+        except LoraError as exc:
+            problems[entry.name] = str(exc)
+            continue
+        if info.name in found:
+            problems[entry.name] = f"{info.name}: two adapters have this name; rename one"
+            continue
+        found[info.name] = info
+    return found, problems
+
+
+def _read_header(weights: Path, name: str) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), framework="numpy") as handle:
+            shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+            return shapes, dict(handle.metadata() or {})
+    except Exception as exc:  # safetensors raises several types for damaged files
+        raise LoraError(f"{name}: {weights.name} is not a readable safetensors file ({exc})") from None
+
+
+def _json(text: str | None, name: str) -> dict:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise LoraError(f"{name}: its {METADATA_KEY} is not JSON ({exc})") from None
+    return value if isinstance(value, dict) else {}
+
+
+def _check_pairs(shapes: dict[str, tuple[int, ...]], name: str) -> tuple[int, int, tuple[str, ...]]:
+    """Every module has a lora_A [r, in] and a lora_B [out, r] of one rank r."""
+    if not shapes:
+        raise LoraError(f"{name}: the file holds no tensors")
+    pairs: dict[str, dict[str, tuple[int, ...]]] = {}
+    for key, shape in shapes.items():
+        for part in ("lora_A", "lora_B"):
+            marker = f".{part}."
+            if marker in key:
+                pairs.setdefault(key.split(marker)[0], {})[part] = shape
+                break
+        else:
+            raise LoraError(f"{name}: {key!r} is not a LoRA weight (lora_A / lora_B)")
+    ranks = set()
+    for module, parts in pairs.items():
+        a, b = parts.get("lora_A"), parts.get("lora_B")
+        if a is None or b is None or len(a) != 2 or len(b) != 2 or a[0] != b[1]:
+            raise LoraError(f"{name}: {module} needs a lora_A [r, in] and a lora_B [out, r] of one rank")
+        ranks.add(a[0])
+    if len(ranks) != 1:
+        raise LoraError(f"{name}: its modules have different ranks {sorted(ranks)}")
+    kinds = {
+        module.rsplit(".", 2)[-2] if module.endswith(".0") else module.rsplit(".", 1)[-1] for module in pairs
+    }
+    return ranks.pop(), len(pairs), tuple(sorted(kinds))
