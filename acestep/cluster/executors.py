@@ -16,6 +16,7 @@ from typing import Protocol
 
 from acestep.cluster.records import JobRecord
 from acestep.engine.request import AudioItem, GenerationResult
+from acestep.memory.manager import worker_summary
 
 PROGRESS_S = 0.5
 # Answers True when the job should stop (a cancel was asked).
@@ -79,19 +80,9 @@ class ManagerExecutor:
             self.manager.dispatcher.cancel(job.id)
 
     def status(self) -> dict:
-        status = self.manager.get_status()
-        worker = status["worker"] or {}
-        gpu = status["gpu"] or {}
-        return {
-            "state": worker.get("state", "unloaded"),
-            "device": status["device"],
-            "gpu_name": gpu.get("name"),
-            "tier": status["tier"],
-            "vram_used_bytes": worker.get("process_gpu_bytes"),
-            "vram_total_bytes": int(gpu["total_gib"] * 2**30) if gpu.get("total_gib") else None,
-            "residency": status["residency"],
-            "unload_in_s": worker.get("unload_in_s"),
-        }
+        summary = worker_summary(self.manager.get_status())
+        summary.pop("running")  # the cluster worker reports its own job
+        return summary
 
     def unload(self, level: str) -> dict:
         return self.manager.unload(level)

@@ -217,6 +217,24 @@ class MemoryManager:
         return status
 
 
+def worker_summary(status: dict) -> dict:
+    """A ``get_status()`` reduced to what a worker advertises: residency state, running job, device,
+    VRAM (bytes) and residency map; the same shape for one server's worker and a cluster's."""
+    worker = status["worker"] or {}
+    gpu = status["gpu"] or {}
+    return {
+        "state": worker.get("state", "unloaded"),
+        "running": worker.get("running"),
+        "device": status["device"],
+        "gpu_name": gpu.get("name"),
+        "tier": status["tier"],
+        "vram_used_bytes": worker.get("process_gpu_bytes"),
+        "vram_total_bytes": int(gpu["total_gib"] * 2**30) if gpu.get("total_gib") else None,
+        "residency": status["residency"],
+        "unload_in_s": worker.get("unload_in_s"),
+    }
+
+
 _manager: MemoryManager | None = None
 _manager_lock = threading.Lock()
 
@@ -248,4 +266,4 @@ def offload_overrides(offload: bool | None, offload_dit: bool | None) -> dict[st
     return out
 
 
-__all__ = ["MemoryManager", "get_memory_manager", "offload_overrides", "set_memory_manager"]
+__all__ = ["MemoryManager", "get_memory_manager", "offload_overrides", "set_memory_manager", "worker_summary"]

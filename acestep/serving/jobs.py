@@ -21,7 +21,7 @@ from typing import Protocol
 from loguru import logger
 
 from acestep.engine.request import GenerationRequest
-from acestep.memory.manager import MemoryManager
+from acestep.memory.manager import MemoryManager, worker_summary
 from acestep.worker.dispatcher import Job
 
 AVERAGE_WINDOW = 50
@@ -203,22 +203,8 @@ class LocalJobQueue:
 
     def workers(self) -> list[dict]:
         """This server's one GPU worker, in the shape cluster workers advertise."""
-        status = self.manager.get_status()
-        worker = status["worker"] or {}
-        gpu = status["gpu"] or {}
-        return [
-            {
-                "id": "local",
-                "alive": True,
-                "model": self.model_name,
-                "state": worker.get("state", "unloaded"),
-                "running": worker.get("running"),
-                "gpu": status["device"],
-                "vram_used_bytes": worker.get("process_gpu_bytes"),
-                "vram_total_bytes": int(gpu["total_gib"] * 2**30) if gpu.get("total_gib") else None,
-                "residency": status["residency"],
-            }
-        ]
+        summary = worker_summary(self.manager.get_status())
+        return [{"id": "local", "alive": True, "model": self.model_name, "gpu": summary["device"]} | summary]
 
     def cancel(self, task_id: str) -> str:
         if self.get(task_id) is None:
