@@ -11,15 +11,13 @@ import json
 import time
 import uuid
 
-from acestep.cluster.queue import RedisJobQueue, _unavailable
+from acestep.cluster.queue import RedisJobQueue, redis_unavailable
 
 DEFAULT_TIMEOUT_S = 600.0  # an unload waits for the running job on each worker
 BLOCK_S = 5
 
 
 class ClusterControl:
-    dispatcher = None  # no local GPU worker
-
     def __init__(self, queue: RedisJobQueue):
         self.queue = queue
         self.lm_name: str | None = None
@@ -45,7 +43,7 @@ class ClusterControl:
         store, client = self.queue.store, self.queue.client
         started = time.monotonic()
         deadline = started + (DEFAULT_TIMEOUT_S if timeout is None else timeout)
-        with _unavailable(f"send {action} to the workers"):
+        with redis_unavailable(f"send {action} to the workers"):
             live = [w["id"] for w in store.workers() if w["alive"]]
             sent = {}
             for worker in live:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import redis
@@ -72,7 +73,7 @@ class RedisJobQueue:
         lm_only: bool = False,
         model: str | None = None,
     ) -> JobRecord:
-        with _unavailable("queue the job"):
+        with redis_unavailable("queue the job"):
             models = {self.default_model: self.default_info} | self.store.models()
             chosen, warnings = choose_model(
                 request.effective_task, model, self.default_model, models, self.store.workers()
@@ -97,7 +98,7 @@ class RedisJobQueue:
         return record
 
     def get(self, task_id: str) -> JobRecord | None:
-        with _unavailable("read the job"):
+        with redis_unavailable("read the job"):
             record = self.store.get(task_id)
             if record is not None and record.state == "running" and not self.store.alive(record.worker or ""):
                 # Its worker stopped; the broker gives the job to another worker (or fails it after
@@ -111,11 +112,11 @@ class RedisJobQueue:
             return None
         if record.state == "running":
             return 0
-        with _unavailable("read the queue"):
+        with redis_unavailable("read the queue"):
             return self.store.position(task_id, record.model)
 
     def cancel(self, task_id: str) -> str:
-        with _unavailable("cancel the job"):
+        with redis_unavailable("cancel the job"):
             outcome = self.store.cancel(task_id)
             if outcome == "cancelled":  # never started: its uploads are ours to delete
                 record = self.store.get(task_id)
@@ -138,12 +139,12 @@ class RedisJobQueue:
     # -- state for the faces ---------------------------------------------------------------
 
     def workers(self) -> list[dict]:
-        with _unavailable("read the workers"):
+        with redis_unavailable("read the workers"):
             return self.store.workers()
 
     def models(self) -> dict[str, dict]:
         """Every model a worker has served: name -> {"variant", "tasks"}."""
-        with _unavailable("read the models"):
+        with redis_unavailable("read the models"):
             return self.store.models()
 
     def model_state(self) -> str:
@@ -156,7 +157,7 @@ class RedisJobQueue:
         return "no workers"
 
     def stats(self) -> dict:
-        with _unavailable("read the statistics"):
+        with redis_unavailable("read the statistics"):
             counts = self.store.counts()
             pending = self.store.pending()
             done = self.store.recent_durations("succeeded")
@@ -245,18 +246,10 @@ class RedisJobQueue:
         self.client.close()
 
 
-class _unavailable:
+@contextmanager
+def redis_unavailable(doing: str) -> Iterator[None]:
     """Redis errors as ``QueueUnavailable`` (503) naming what could not be done."""
-
-    def __init__(self, doing: str):
-        self.doing = doing
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind, exc, tb) -> bool:
-        if exc is not None and isinstance(exc, redis.RedisError):
-            raise QueueUnavailable(
-                f"could not {self.doing}: the job queue (Redis) is unavailable ({exc})"
-            ) from exc
-        return False
+    try:
+        yield
+    except redis.RedisError as exc:
+        raise QueueUnavailable(f"could not {doing}: the job queue (Redis) is unavailable ({exc})") from exc
