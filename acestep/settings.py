@@ -6,13 +6,23 @@ import os
 from pathlib import Path
 
 
-def checkpoints_dir() -> Path:
-    """``ACESTEP_CHECKPOINTS_DIR``, else ``$ACESTEP_PROJECT_ROOT/checkpoints``, else ``./checkpoints``."""
-    explicit = os.environ.get("ACESTEP_CHECKPOINTS_DIR")
+def _project_folder(env, variable: str, name: str) -> Path:
+    """``$variable``, else ``$ACESTEP_PROJECT_ROOT/<name>``, else ``./<name>``."""
+    explicit = env.get(variable)
     if explicit:
         return Path(explicit).expanduser()
-    root = os.environ.get("ACESTEP_PROJECT_ROOT")
-    return (Path(root).expanduser() if root else Path.cwd()) / "checkpoints"
+    root = env.get("ACESTEP_PROJECT_ROOT")
+    return (Path(root).expanduser() if root else Path.cwd()) / name
+
+
+def checkpoints_dir() -> Path:
+    """``ACESTEP_CHECKPOINTS_DIR``, else ``$ACESTEP_PROJECT_ROOT/checkpoints``, else ``./checkpoints``."""
+    return _project_folder(os.environ, "ACESTEP_CHECKPOINTS_DIR", "checkpoints")
+
+
+def lora_dir(env=None) -> Path:
+    """``ACESTEP_LORA_DIR``, else ``$ACESTEP_PROJECT_ROOT/loras``, else ``./loras``."""
+    return _project_folder(os.environ if env is None else env, "ACESTEP_LORA_DIR", "loras")
 
 
 def dit_name() -> str | None:

@@ -17,11 +17,11 @@ Pickle files (``.pt``, ``.bin``, ``.ckpt``) are refused: they can run code when 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from acestep.checkpoints.variants import detect_variant
+from acestep.settings import lora_dir as lora_dir  # the folder this catalog scans
 
 DIFFUSERS_WEIGHTS = "pytorch_lora_weights.safetensors"
 PEFT_WEIGHTS = "adapter_model.safetensors"
@@ -57,15 +57,6 @@ def variant_tag(folder_or_path: str) -> str | None:
         return None
     variant = detect_variant({}, name)
     return ("xl-" if variant.is_xl else "") + variant.name
-
-
-def lora_dir(env: dict[str, str] | None = None) -> Path:
-    """``ACESTEP_LORA_DIR``, else ``$ACESTEP_PROJECT_ROOT/loras``, else ``./loras``."""
-    env = os.environ if env is None else env
-    if env.get("ACESTEP_LORA_DIR"):
-        return Path(env["ACESTEP_LORA_DIR"]).expanduser()
-    root = env.get("ACESTEP_PROJECT_ROOT")
-    return (Path(root).expanduser() if root else Path.cwd()) / "loras"
 
 
 def read_lora(path: str | Path) -> LoraInfo:
