@@ -27,6 +27,8 @@ from acestep.engine.sampler import Condition, Guidance, denoise
 from acestep.engine.schedules import build_schedule
 from acestep.engine.seeds import generators, item_noise, resolve_seeds
 from acestep.engine.tasks import SOURCE_TASKS
+from acestep.lora.adapters import Adapters
+from acestep.lora.catalog import tag_of
 from acestep.memory.devices import apply_vram_cap, resolve_device, total_gib
 from acestep.memory.limits import Limits
 from acestep.memory.mixed import use_rope_mode
@@ -63,6 +65,8 @@ class AceStep:
         self.residency = Residency(components.modules(), plan or resident_plan(str(device)))
         self.residency.settle()
         self.dit = DitRunner(components.transformer, fast)
+        self.adapters = Adapters(components.transformer, tag_of(paths.variant))
+        self._adapters_seen = self.adapters.version
         # Captured graphs point at the DiT's weights: only worth it while they stay put.
         self.dit.graphs_allowed = self.residency.plan.idle["dit"] is not Place.CPU
         self.codec = AudioCodec(components.vae, compute=device)
@@ -139,6 +143,12 @@ class AceStep:
         self._silence = self._silence.to(self.device)
         self._null_embedding = self._null_embedding.to(self.device)
 
+    def placement(self) -> dict[str, str]:
+        """Where each component is; ``lora``: with the DiT while adapters are loaded."""
+        where = self.residency.as_dict()
+        where["lora"] = where["dit"] if self.adapters.loaded else Place.UNLOADED.value
+        return where
+
     @property
     def variant(self):
         return self.paths.variant
@@ -155,6 +165,7 @@ class AceStep:
                 f"task {task!r} needs a base or SFT model; {self.paths.dit_name} is a {self.variant.name} "
                 f"model (it supports {', '.join(sorted(self.variant.supported_tasks))})"
             )
+        self.adapters.check(request.adapters)
         self.lm.require(request)
         if request.uses_lm and self.limits is not None:
             self.limits.check_lm(self.lm.name)
@@ -201,6 +212,11 @@ class AceStep:
             lap("lm")
             if lm_only:
                 return self._lm_result(request, song, timings)
+        if self.adapters.apply(request.adapters):
+            lap("lora")
+        if self.adapters.version != self._adapters_seen:
+            self.dit.reset()  # captured graphs ran another adapter set (or freed adapter weights)
+            self._adapters_seen = self.adapters.version
         uses_source = request.effective_task in SOURCE_TASKS and not request.audio_code_string.strip()
         source = audio_io.load_audio(request.src_audio) if uses_source else None
         reference = audio_io.load_audio(request.reference_audio) if request.reference_audio else None
@@ -286,6 +302,7 @@ class AceStep:
                 "instruction": plan.instruction,
                 "steps": len(schedule),
                 "timesteps": schedule,
+                "lora": [{"name": name, "scale": scale} for name, scale in request.adapters],
                 **(self.lm.metas_of(song) if song else {}),
             },
             timings=timings,

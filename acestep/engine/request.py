@@ -33,6 +33,10 @@ VOCAL_LANGUAGES = frozenset(
 )
 INSTRUMENTAL_LYRICS = "[Instrumental]"
 LM_SKIP_TASKS = frozenset({"cover", "repaint"})  # the LM never runs for these (upstream)
+MAX_ADAPTERS = 4  # LoRA adapters one request may combine (upstream's advanced mode has 4 slots)
+MAX_LORA_SCALE = 4.0
+ADAPTER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,127}$")
+NO_ADAPTER = "none"  # ``lora="none"``: no adapter, even where a server has a default one
 
 
 def _alias(*names: str) -> AliasChoices:
@@ -95,6 +99,12 @@ class GenerationRequest(BaseModel):
     lm_top_p: float = Field(0.9, gt=0.0, le=1.0)
     lm_repetition_penalty: float = Field(1.0, gt=0.0, le=10.0)
     lm_negative_prompt: str = Field("NO USER INPUT", max_length=4096)
+    # LoRA adapters by name (from ACESTEP_LORA_DIR) and their scales: one scale for all, or one each.
+    # None: no preference (a server then applies its default adapter, if one is set); []: none.
+    lora: list[str] | None = Field(None, validation_alias=_alias("lora", "loras", "lora_name"))
+    lora_scale: list[float] = Field(
+        default_factory=lambda: [1.0], validation_alias=_alias("lora_scale", "lora_scales")
+    )
     # How long models stay loaded after this job (a duration, 0 or -1); the server may forbid it.
     keep_alive: str | float | None = Field(None, validation_alias=_alias("keep_alive", "keepAlive"))
 
@@ -106,6 +116,47 @@ class GenerationRequest(BaseModel):
         if isinstance(value, str) and not value.strip():
             return None
         return value
+
+    @field_validator("lora", mode="before")
+    @classmethod
+    def _lora(cls, value: object) -> object:
+        if value is None:
+            return None
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple):
+            raise ValueError("lora must be an adapter name, a comma-separated list or a list of names")
+        names = [str(item).strip() for item in items if str(item).strip()]
+        if isinstance(value, str) and not names:
+            return None  # an empty form field: no preference
+        if [name.lower() for name in names] == [NO_ADAPTER]:
+            return []
+        bad = [name for name in names if not ADAPTER_NAME_RE.match(name)]
+        if bad:
+            raise ValueError(f"lora names are adapter names in the LoRA folder, not paths: {bad}")
+        if len(set(names)) != len(names):
+            raise ValueError(f"lora names an adapter twice: {names}")
+        if len(names) > MAX_ADAPTERS:
+            raise ValueError(f"at most {MAX_ADAPTERS} LoRA adapters per request, got {len(names)}")
+        return names
+
+    @field_validator("lora_scale", mode="before")
+    @classmethod
+    def _lora_scale(cls, value: object) -> object:
+        if value is None:
+            return [1.0]
+        if isinstance(value, str):
+            value = [part for part in value.split(",") if part.strip()] or [1.0]
+        items = value if isinstance(value, list | tuple) else [value]
+        scales = []
+        for item in items:
+            try:
+                scale = float(item)  # type: ignore[arg-type]
+            except (TypeError, ValueError):
+                raise ValueError(f"lora_scale must be a number or a list of numbers, got {value!r}") from None
+            if not 0.0 <= scale <= MAX_LORA_SCALE:  # NaN fails too
+                raise ValueError(f"lora_scale must be between 0 and {MAX_LORA_SCALE:g}, got {item!r}")
+            scales.append(scale)
+        return scales
 
     @field_validator("keep_alive")
     @classmethod
@@ -253,7 +304,19 @@ class GenerationRequest(BaseModel):
             )
         if self.task_type == "lego" and self.repainting_start < 0:
             raise ValueError("lego windows lie inside the source: repainting_start must be >= 0")
+        if len(self.lora_scale) > 1 and len(self.lora_scale) != len(self.lora or []):
+            raise ValueError(
+                f"lora_scale has {len(self.lora_scale)} values for {len(self.lora or [])} adapters; "
+                "give one scale for all, or one per adapter"
+            )
         return self
+
+    @property
+    def adapters(self) -> tuple[tuple[str, float], ...]:
+        """(name, scale) of every adapter this request names, in order."""
+        names = self.lora or []
+        scales = self.lora_scale if len(self.lora_scale) == len(names) else self.lora_scale[:1] * len(names)
+        return tuple(zip(names, scales, strict=True))
 
     @property
     def effective_task(self) -> str:

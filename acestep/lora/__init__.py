@@ -1,1 +1,2 @@
-"""LoRA adapters for the DiT: finding and describing them (``catalog``); loading comes later."""
+"""LoRA adapters for the DiT: the folder's catalog (``catalog``), a server's choice per request
+(``selection``) and the adapters in a loaded DiT (``adapters``)."""

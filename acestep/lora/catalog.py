@@ -35,6 +35,10 @@ class LoraError(ValueError):
     """An adapter that cannot be used, with the reason (a 4xx for the API)."""
 
 
+class LoraNotFound(LoraError):
+    """No adapter of that name in the LoRA folder (a 404 where the name is the resource)."""
+
+
 @dataclass(frozen=True)
 class LoraInfo:
     name: str
@@ -50,13 +54,41 @@ class LoraInfo:
         return asdict(self) | {"targets": list(self.targets)}
 
 
+def tag_of(variant) -> str:
+    """A DiT variant as adapters record it: ``base``, ``turbo``, ``sft``, ``xl-base``, ..."""
+    return ("xl-" if variant.is_xl else "") + variant.name
+
+
 def variant_tag(folder_or_path: str) -> str | None:
     """``acestep-v15-xl-base`` -> ``xl-base``; None unless the name is a DiT folder's."""
     name = Path(str(folder_or_path).rstrip("/")).name.lower()
     if not name.startswith("acestep-v15"):
         return None
-    variant = detect_variant({}, name)
-    return ("xl-" if variant.is_xl else "") + variant.name
+    return tag_of(detect_variant({}, name))
+
+
+def find(directory: str | Path, names: list[str] | tuple[str, ...], model_tag: str | None) -> list[LoraInfo]:
+    """The adapters ``names`` in ``directory``, each usable on a ``model_tag`` DiT (None: not
+    checked); ``LoraNotFound`` or ``LoraError`` with the reason otherwise."""
+    if not names:
+        return []
+    found, problems = scan(directory)
+    infos = []
+    for name in names:
+        problem = next((why for entry, why in problems.items() if name in (entry, Path(entry).stem)), None)
+        if name not in found and problem is not None:
+            raise LoraError(f"LoRA {name!r} cannot be used: {problem}")
+        if name not in found:
+            known = ", ".join(sorted(found)) or "none"
+            raise LoraNotFound(f"no LoRA named {name!r} in {directory} (available: {known})")
+        info = found[name]
+        if model_tag is not None and info.base_variant not in (None, model_tag):
+            raise LoraError(
+                f"LoRA {name!r} was trained on the {info.base_variant} DiT; this model is {model_tag}. "
+                f"Use an adapter made for {model_tag}, or serve a {info.base_variant} model"
+            )
+        infos.append(info)
+    return infos
 
 
 def read_lora(path: str | Path) -> LoraInfo:

@@ -17,6 +17,9 @@ from acestep.memory.limits import Limits
 # The components a memory plan talks about, in the order a generation first uses them.
 COMPONENTS = ("lm", "text_encoder", "vae", "condition_encoder", "dit")
 
+# What residency reports name: the components, and LoRA adapters (which live inside the DiT).
+REPORTED = (*COMPONENTS, "lora")
+
 # Engine modules behind each component (the LM is attached when a request first needs it).
 MODULES: dict[str, tuple[str, ...]] = {
     "lm": ("lm",),

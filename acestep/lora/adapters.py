@@ -1,0 +1,343 @@
+"""LoRA adapters on one loaded DiT: load, activate with scales, fuse, unload, with the base
+weights restored exactly.
+
+Runtime (the default): diffusers' PEFT integration puts ``lora_A``/``lora_B`` beside each targeted
+Linear; a set of adapters is activated with its scales; with none active the adapters are
+disabled, so only the original Linear runs (bit-identical to an engine that never saw one). The
+last unload removes the PEFT layers altogether, leaving plain ``nn.Linear`` modules (upstream's
+unload left them attached: #320, #324).
+
+Fused (``ACESTEP_LORA_FUSE=true``): the active set is added into the base weights once, so the DiT
+runs at base speed. The original weights are kept in CPU RAM and copied back before another set
+is fused; they are never recovered by subtraction (``W + dW - dW`` is not ``W`` in floating point).
+
+Only safetensors are read, and diffusers never opens a file itself (it would accept pickles).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from loguru import logger
+
+from acestep.lora.catalog import LoraError, LoraInfo, find
+from acestep.settings import lora_dir
+
+PREFIX = "transformer"
+MAX_LOADED_DEFAULT = 4
+
+
+def fuse_setting(env=None) -> bool:
+    env = os.environ if env is None else env
+    return (env.get("ACESTEP_LORA_FUSE") or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def max_loaded_setting(env=None) -> int:
+    env = os.environ if env is None else env
+    value = (env.get("ACESTEP_LORA_MAX_LOADED") or "").strip()
+    try:
+        count = int(value) if value else MAX_LOADED_DEFAULT
+    except ValueError:
+        raise ValueError(f"ACESTEP_LORA_MAX_LOADED must be a whole number, got {value!r}") from None
+    if count < 1:
+        raise ValueError(f"ACESTEP_LORA_MAX_LOADED must be at least 1, got {count}")
+    return count
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """PEFT warns about multi-adapter use and deleted active adapters: both are what we mean."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module="peft")
+        warnings.filterwarnings("ignore", category=RuntimeWarning, module="peft")
+        yield
+
+
+@dataclass
+class Loaded:
+    info: LoraInfo
+    key: str  # the adapter's name inside PEFT ("." and spaces are not allowed there)
+    nbytes: int
+    seconds: float
+    used: int  # order of last use (least recently used adapters are dropped first)
+
+
+class Adapters:
+    """The adapters attached to ``transformer`` (a diffusers ``AceStepTransformer``).
+
+    ``version`` changes whenever what the DiT computes may have changed (an adapter attached or
+    removed, another active set): captured graphs and compiled code must be dropped then.
+    """
+
+    def __init__(
+        self,
+        transformer: torch.nn.Module,
+        model_tag: str,
+        directory: str | Path | None = None,
+        fuse: bool | None = None,
+        max_loaded: int | None = None,
+    ):
+        self.transformer = transformer
+        self.model_tag = model_tag
+        self.directory = Path(directory) if directory is not None else None
+        self.fuse = fuse_setting() if fuse is None else fuse
+        self.max_loaded = max_loaded_setting() if max_loaded is None else max_loaded
+        self.loaded: dict[str, Loaded] = {}
+        self.active: tuple[tuple[str, float], ...] = ()
+        self.version = 0
+        self._originals: dict[str, torch.Tensor] = {}  # fused mode: base weights, on the CPU
+        self._clock = itertools.count()
+        self._keys = itertools.count()
+        self._unrecorded: set[str] = set()
+        # Status is read from server threads while the worker thread changes the adapters.
+        self._lock = threading.RLock()
+
+    @property
+    def folder(self) -> Path:
+        return self.directory if self.directory is not None else lora_dir()
+
+    # -- checks and loading -------------------------------------------------------------
+
+    def check(self, selection: tuple[tuple[str, float], ...]) -> list[LoraInfo]:
+        """The catalog entries of ``selection``; ``LoraError`` when one is missing, unusable or
+        made for another DiT. Reads headers only."""
+        names = [name for name, _ in selection]
+        infos = find(self.folder, names, self.model_tag)
+        for info in infos:
+            if info.base_variant is None and info.name not in self._unrecorded:
+                self._unrecorded.add(info.name)  # said once, not on every job
+                logger.warning(f"LoRA {info.name!r} does not record its base model; used on {self.model_tag}")
+        return infos
+
+    @_quiet()
+    def load(self, names: list[str]) -> list[str]:
+        """Load adapters (not activating them); returns those that were not loaded yet. Each file
+        is read and checked against the DiT before another adapter makes room for it."""
+        infos = self.check(tuple((name, 1.0) for name in names))
+        new = []
+        with self._lock:
+            for info in infos:
+                if info.name in self.loaded:
+                    self._touch(info.name)
+                    continue
+                state = self._read(info)
+                self._make_room(keep=set(names))
+                self._attach(info, state)
+                new.append(info.name)
+        return new
+
+    def _read(self, info: LoraInfo) -> dict[str, torch.Tensor]:
+        """The adapter's weights with diffusers' keys, checked against this DiT's layers."""
+        from diffusers.loaders.lora_pipeline import AceStepLoraLoaderMixin
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            raw = load_file(info.path, device="cpu")
+        except (SafetensorError, OSError) as exc:
+            raise LoraError(f"LoRA {info.name!r}: {Path(info.path).name} cannot be read ({exc})") from None
+        state = AceStepLoraLoaderMixin.lora_state_dict(raw)
+        state = state[0] if isinstance(state, tuple) else state
+        self._check_shapes(info, state)
+        return state
+
+    def _attach(self, info: LoraInfo, state: dict[str, torch.Tensor]) -> None:
+        started = time.perf_counter()
+        key = f"adapter{next(self._keys)}"
+        metadata = {
+            f"{PREFIX}.r": info.rank,
+            f"{PREFIX}.lora_alpha": info.alpha,
+            f"{PREFIX}.target_modules": sorted({_module_of(k) for k in state}),
+        }
+        self._unfuse()  # PEFT wraps the base Linear: it must hold the original weights
+        self.version += 1
+        try:
+            self.transformer.load_lora_adapter(state, adapter_name=key, prefix=PREFIX, metadata=metadata)
+        except Exception as exc:  # a partly attached adapter must not stay behind
+            self._drop(key)
+            if not self.loaded:
+                self.transformer.unload_lora()
+            self._activate(self.active)
+            raise LoraError(f"LoRA {info.name!r} could not be attached to this DiT: {exc}") from None
+        params = [p for n, p in self.transformer.named_parameters() if f".{key}." in n and "lora_" in n]
+        nbytes = sum(p.numel() * p.element_size() for p in params)
+        seconds = round(time.perf_counter() - started, 4)
+        self.loaded[info.name] = Loaded(info, key, nbytes, seconds, next(self._clock))
+        self._activate(self.active)  # loading makes PEFT activate the new adapter; undo that
+        logger.info(f"LoRA {info.name!r} loaded ({info.format}, rank {info.rank}, {nbytes / 2**20:.1f} MiB)")
+
+    def _check_shapes(self, info: LoraInfo, state: dict[str, torch.Tensor]) -> None:
+        """Every key names a Linear of this DiT with matching sizes: a clear error before PEFT."""
+        modules = dict(self.transformer.named_modules())
+        for key, tensor in state.items():
+            path = _module_of(key)
+            module = modules.get(f"{path}.base_layer", modules.get(path))  # wrapped by PEFT already?
+            if not isinstance(module, torch.nn.Linear):
+                raise LoraError(
+                    f"LoRA {info.name!r} adapts {path}, which this DiT ({self.model_tag}) does not have"
+                )
+            wanted = module.in_features if ".lora_A." in key else module.out_features
+            size = tensor.shape[1] if ".lora_A." in key else tensor.shape[0]
+            if size != wanted:
+                raise LoraError(
+                    f"LoRA {info.name!r} was made for another DiT: {path} has {wanted} features here, "
+                    f"the adapter expects {size}"
+                )
+
+    def _make_room(self, keep: set[str]) -> None:
+        while len(self.loaded) >= self.max_loaded:
+            active = {name for name, _ in self.active}
+            spare = [n for n in self.loaded if n not in keep and n not in active]
+            if not spare:
+                raise LoraError(
+                    f"{len(self.loaded)} LoRA adapters are loaded and in use (ACESTEP_LORA_MAX_LOADED="
+                    f"{self.max_loaded}); unload one first"
+                )
+            oldest = min(spare, key=lambda n: self.loaded[n].used)
+            self.unload([oldest])
+
+    def _touch(self, name: str) -> None:
+        self.loaded[name].used = next(self._clock)
+
+    # -- activation -----------------------------------------------------------------------
+
+    @_quiet()
+    def apply(self, selection: tuple[tuple[str, float], ...]) -> bool:
+        """Make ``selection`` the active set (loading what is missing); True when the active set
+        changed. Adapters at scale 0 take no part: the output equals no adapter."""
+        wanted = tuple((name, float(scale)) for name, scale in selection if scale != 0.0)
+        with self._lock:
+            self.load([name for name, _ in selection])
+            for name, _ in selection:
+                self._touch(name)
+            if wanted == self.active:
+                return False
+            self._activate(wanted)
+            return True
+
+    def _activate(self, wanted: tuple[tuple[str, float], ...]) -> None:
+        """Enable exactly ``wanted``; on any failure, no adapter is active and nothing is fused."""
+        self.version += 1
+        try:
+            self._unfuse()
+            if not self.loaded:
+                self.active = ()
+                return
+            if not wanted:
+                self.transformer.disable_adapters()
+            else:
+                keys = [self.loaded[name].key for name, _ in wanted]
+                self.transformer.enable_adapters()
+                self.transformer.set_adapters(keys, [scale for _, scale in wanted])
+                if self.fuse:
+                    self._fuse(keys)
+                    self.transformer.disable_adapters()  # the fused weights carry them now
+            self.active = wanted
+        except BaseException:
+            self.active = ()
+            self._unfuse()
+            if self.loaded:
+                self.transformer.disable_adapters()
+            raise
+
+    def _lora_layers(self):
+        from peft.tuners.lora import LoraLayer
+
+        for name, module in self.transformer.named_modules():
+            if isinstance(module, LoraLayer):
+                yield name, module
+
+    @torch.no_grad()
+    def _fuse(self, keys: list[str]) -> None:
+        """Add the active adapters into the base weights (in float32), keeping the originals."""
+        for path, layer in self._lora_layers():
+            present = [key for key in keys if key in layer.lora_A]
+            if not present:
+                continue
+            weight = layer.get_base_layer().weight
+            original = self._originals.setdefault(path, weight.detach().to("cpu", copy=True))
+            delta = sum(
+                (layer.lora_B[key].weight.float() @ layer.lora_A[key].weight.float()) * layer.scaling[key]
+                for key in present
+            )
+            weight.copy_((original.to(weight.device).float() + delta).to(weight.dtype))
+
+    @torch.no_grad()
+    def _unfuse(self) -> bool:
+        """Copy the original base weights back (bit-exact); True when something was fused."""
+        if not self._originals:
+            return False
+        layers = dict(self._lora_layers())
+        for path, original in self._originals.items():
+            layers[path].get_base_layer().weight.copy_(original)
+        self._originals.clear()
+        return True
+
+    # -- unloading ----------------------------------------------------------------------
+
+    @_quiet()
+    def unload(self, names: list[str] | None = None) -> list[str]:
+        """Remove adapters (all by default) from the DiT; returns those removed. With none left,
+        the PEFT layers go too and the DiT is exactly as loaded from disk."""
+        with self._lock:
+            targets = list(self.loaded) if names is None else [n for n in names if n in self.loaded]
+            if not targets:
+                return []
+            self._unfuse()
+            self.version += 1
+            remaining = tuple((n, s) for n, s in self.active if n not in targets)
+            for name in targets:
+                self._drop(self.loaded.pop(name).key)
+            if self.loaded:
+                self._activate(remaining)
+            else:
+                self.transformer.unload_lora()  # plain nn.Linear modules again
+                self.active = ()
+        logger.info(f"LoRA unloaded: {', '.join(targets)}")
+        return targets
+
+    def _drop(self, key: str) -> None:
+        try:
+            self.transformer.delete_adapters(key)
+        except (ValueError, AttributeError, KeyError):  # never attached (a failed load)
+            pass
+
+    # -- reports --------------------------------------------------------------------------
+
+    def nbytes(self) -> int:
+        with self._lock:
+            return sum(entry.nbytes for entry in self.loaded.values()) + sum(
+                t.numel() * t.element_size() for t in self._originals.values()
+            )
+
+    def status(self) -> dict:
+        with self._lock:
+            return {
+                "loaded": [
+                    entry.info.as_dict() | {"bytes": entry.nbytes, "load_seconds": entry.seconds}
+                    for entry in self.loaded.values()
+                ],
+                "active": [{"name": name, "scale": scale} for name, scale in self.active],
+                "bytes": self.nbytes(),
+                "fused": self.fuse and bool(self._originals),
+                "fuse": self.fuse,
+                "max_loaded": self.max_loaded,
+            }
+
+
+def _module_of(key: str) -> str:
+    """``transformer.layers.0.attn.to_q.lora_A.weight`` -> ``layers.0.attn.to_q``."""
+    path = key.removeprefix(f"{PREFIX}.")
+    for part in (".lora_A.", ".lora_B."):
+        if part in path:
+            return path.split(part)[0]
+    return path
