@@ -1,8 +1,9 @@
 """``ClusterControl``: the memory controls of an API server whose GPUs are in worker processes.
 
-It stands where a single server's ``MemoryManager`` stands (``app.state.manager``): ``unload`` and
-``load`` are sent to every live worker over Redis and run there between jobs; ``get_status`` lists
-the workers' adverts. The server itself holds no model and never touches a GPU.
+It stands where a single server's ``MemoryManager`` stands (``app.state.manager``): ``unload``,
+``load`` and the LoRA loads and unloads are sent to every live worker over Redis and run there
+between jobs; ``get_status`` lists the workers' adverts. The server itself holds no model and
+never touches a GPU.
 """
 
 from __future__ import annotations
@@ -15,6 +16,22 @@ from acestep.cluster.queue import RedisJobQueue, redis_unavailable
 
 DEFAULT_TIMEOUT_S = 600.0  # an unload waits for the running job on each worker
 BLOCK_S = 5
+
+
+class RedisDefault:
+    """The default LoRA adapters of every API server of a cluster, in one Redis key."""
+
+    def __init__(self, queue: RedisJobQueue):
+        self.client, self.key = queue.client, queue.store.key("lora_default")
+
+    def get(self) -> dict:
+        with redis_unavailable("read the default LoRA"):
+            raw = self.client.get(self.key)
+        return json.loads(raw) if raw else {}
+
+    def put(self, value: dict) -> None:
+        with redis_unavailable("store the default LoRA"):
+            self.client.set(self.key, json.dumps(value))
 
 
 class ClusterControl:
@@ -38,6 +55,13 @@ class ClusterControl:
 
     def load(self, timeout: float | None = None) -> dict:
         return self._broadcast({"action": "load"}, "load", timeout)
+
+    def load_lora(self, names: list[str], timeout: float | None = None) -> dict:
+        """Load adapters on every live worker (each checks that they fit its model)."""
+        return self._broadcast({"action": "lora_load", "names": list(names)}, "lora_load", timeout)
+
+    def unload_lora(self, names: list[str] | None = None, timeout: float | None = None) -> dict:
+        return self._broadcast({"action": "lora_unload", "names": names}, "lora_unload", timeout)
 
     def _broadcast(self, command: dict, action: str, timeout: float | None) -> dict:
         store, client = self.queue.store, self.queue.client

@@ -39,6 +39,8 @@ class Executor(Protocol):
     def status(self) -> dict: ...
     def unload(self, level: str) -> dict: ...
     def load(self) -> dict: ...
+    def load_lora(self, names: list[str]) -> dict: ...
+    def unload_lora(self, names: list[str] | None) -> dict: ...
     def close(self) -> None: ...
 
 
@@ -89,6 +91,12 @@ class ManagerExecutor:
 
     def load(self) -> dict:
         return self.manager.load()
+
+    def load_lora(self, names: list[str]) -> dict:
+        return self.manager.load_lora(names)
+
+    def unload_lora(self, names: list[str] | None) -> dict:
+        return self.manager.unload_lora(names)
 
     def close(self) -> None:
         self.manager.close()
@@ -154,6 +162,12 @@ class NoopExecutor:
     def load(self) -> dict:
         self._state = "ready"
         return {"action": "load", "seconds": 0.0}
+
+    def load_lora(self, names: list[str]) -> dict:
+        return {"action": "lora_load", "note": "no model: nothing loaded", "seconds": 0.0}
+
+    def unload_lora(self, names: list[str] | None) -> dict:
+        return {"action": "lora_unload", "note": "no model: nothing loaded", "seconds": 0.0}
 
     def close(self) -> None:
         return None

@@ -23,6 +23,7 @@ from acestep.cluster.routing import choose_model
 from acestep.cluster.settings import ClusterSettings, redacted
 from acestep.cluster.store import JobStore
 from acestep.engine.request import GenerationRequest
+from acestep.lora.selection import LoraSelection
 from acestep.serving.jobs import QueueFull, QueueUnavailable, average_fields, remove_paths
 
 POLL_S = 0.2
@@ -44,8 +45,10 @@ class RedisJobQueue:
         cleanup_interval_s: int = 300,
         seed_seconds: float = 5.0,
         repairs: bool = True,
+        loras: LoraSelection | None = None,
     ):
         self.settings = settings
+        self.loras = loras
         self.client = redis_client(settings, retries=API_RETRIES)
         self.store = JobStore(self.client, settings.namespace)
         self.results_dir = Path(results_dir)
@@ -78,6 +81,9 @@ class RedisJobQueue:
             chosen, warnings = choose_model(
                 request.effective_task, model, self.default_model, models, self.store.workers()
             )
+            if self.loras is not None:  # adapters checked against the chosen model; the default is in Redis
+                request, notes = self.loras.admit(request, models[chosen]["variant"])
+                warnings += notes
             depth = sum(self.store.pending().values())
             if depth >= self.maxsize:
                 recent = self.store.recent_durations("succeeded")

@@ -245,6 +245,10 @@ class ClusterWorker:
             try:
                 if command["action"] == "load":
                     reply = {"ok": True, "report": self.executor.load()}
+                elif command["action"] == "lora_load":
+                    reply = {"ok": True, "report": self.executor.load_lora(command["names"])}
+                elif command["action"] == "lora_unload":
+                    reply = {"ok": True, "report": self.executor.unload_lora(command.get("names"))}
                 else:
                     reply = {"ok": True, "report": self.executor.unload(command.get("level", "free"))}
             except Exception as exc:  # the caller gets the reason

@@ -20,6 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     from acestep.checkpoints import CheckpointError
     from acestep.checkpoints.layout import resolve
     from acestep.checkpoints.lm_folders import lm_availability
+    from acestep.lora.catalog import tag_of
+    from acestep.lora.selection import LoraSelection
     from acestep.mcp.tools import build_server
     from acestep.memory.manager import MemoryManager
     from acestep.serving.config import ServerConfig, prepare_environment
@@ -37,7 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     manager = MemoryManager()
     manager.lm_name = lm[0]
     manager.start(EngineSpec(config.checkpoint, dit=paths.dit_name), in_process=config.in_process_worker)
-    queue = LocalJobQueue(manager, config.results_dir, config.queue_maxsize, config.result_ttl_s)
+    queue = LocalJobQueue(
+        manager,
+        config.results_dir,
+        config.queue_maxsize,
+        config.result_ttl_s,
+        loras=LoraSelection(tag_of(paths.variant)),
+    )
     try:
         build_server(StandaloneBackend(queue, manager, config, paths.variant.default_steps, lm)).run("stdio")
     finally:

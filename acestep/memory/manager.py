@@ -166,6 +166,19 @@ class MemoryManager:
     def load(self, timeout: float | None = None) -> dict:
         return self._require_worker().load(timeout).as_dict()
 
+    def load_lora(self, names: list[str], timeout: float | None = None) -> dict:
+        """Load LoRA adapters into the served DiT after the running job; the measured report, with
+        the adapters now resident."""
+        report = self._require_worker().load_lora(names, timeout).as_dict()
+        return report | {"adapters": self.dispatcher.runner.adapters()}
+
+    def unload_lora(self, names: list[str] | None = None, timeout: float | None = None) -> dict:
+        """Remove LoRA adapters (all by default) after the running job; the measured report."""
+        if self.dispatcher is None:
+            return {"action": "lora_unload", "note": "no model is loaded", "seconds": 0.0}
+        report = self.dispatcher.unload_lora(names, timeout).as_dict()
+        return report | {"adapters": self.dispatcher.runner.adapters()}
+
     def _record(self, report: MemoryReport, reason: str) -> None:
         entry = report.as_dict() | {"reason": reason, "at": time.time()}
         self.reports.append(entry)
@@ -202,6 +215,7 @@ class MemoryManager:
             },
             "worker": None,
             "residency": None,
+            "adapters": None,
             "last_reports": list(self.reports),
         }
         dispatcher = self.dispatcher
@@ -214,6 +228,7 @@ class MemoryManager:
                 "process_gpu_bytes": self.source.process_gpu_bytes(runner.pid) if runner.pid else None,
             } | dispatcher.status()
             status["residency"] = runner.residency()
+            status["adapters"] = runner.adapters()
         return status
 
 
@@ -231,6 +246,7 @@ def worker_summary(status: dict) -> dict:
         "vram_used_bytes": worker.get("process_gpu_bytes"),
         "vram_total_bytes": int(gpu["total_gib"] * 2**30) if gpu.get("total_gib") else None,
         "residency": status["residency"],
+        "adapters": status.get("adapters"),
         "unload_in_s": worker.get("unload_in_s"),
     }
 

@@ -21,6 +21,8 @@ from acestep import __version__
 from acestep.checkpoints.layout import resolve
 from acestep.checkpoints.lm_folders import lm_availability
 from acestep.cluster.settings import ClusterSettings, redacted
+from acestep.lora.catalog import tag_of
+from acestep.lora.selection import LoraSelection
 from acestep.memory.manager import MemoryManager
 from acestep.serving.config import ServerConfig
 from acestep.serving.gpu_tokens import install_gpu_tokens
@@ -36,13 +38,15 @@ def create_app(
     ``include_api=False`` keeps only /health (the UI alone, without ``--enable-api``)."""
     paths = resolve(config.checkpoint, config.dit)  # a wrong checkpoint fails at start, not per job
     cluster = ClusterSettings.from_env() if manager is None else None  # a bad URL fails at start too
+    # The adapters requests may name; a cluster's workers serve several models and check their own.
+    loras = LoraSelection(None if cluster else tag_of(paths.variant))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         config.uploads_dir.mkdir(parents=True, exist_ok=True)
         token_client = None
         if cluster is not None:
-            mm, queue = _cluster_front(cluster, config, paths)
+            mm, queue = _cluster_front(cluster, config, paths, loras)
             mm.lm_name = app.state.lm_name
         else:
             mm = manager or MemoryManager()
@@ -58,6 +62,7 @@ def create_app(
                 config.result_ttl_s,
                 config.cleanup_interval_s,
                 model_name=paths.dit_name,
+                loras=loras,
             )
             if config.preload:
                 mm.dispatcher.request_load()  # runs on the worker; the server answers meanwhile
@@ -89,6 +94,7 @@ def create_app(
     app.state.model_name = paths.dit_name
     app.state.lm_name, app.state.lm_missing = lm_availability(paths.root)
     app.state.variant = paths.variant
+    app.state.loras = loras
     if config.cors_origins:
         app.add_middleware(
             CORSMiddleware, allow_origins=config.cors_origins, allow_methods=["*"], allow_headers=["*"]
@@ -112,21 +118,22 @@ def create_app(
         logger.exception(f"{request.method} {request.url.path} failed")
         return JSONResponse({"detail": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
 
-    from acestep.serving import routes_admin, routes_compat, routes_lego, routes_lm
+    from acestep.serving import routes_admin, routes_compat, routes_lego, routes_lm, routes_lora
 
     if include_api:
         app.include_router(routes_compat.router)
         app.include_router(routes_lm.router)
         app.include_router(routes_admin.router)
         app.include_router(routes_lego.router)
+        app.include_router(routes_lora.router)
     else:
         app.add_api_route("/health", routes_compat.health, methods=["GET"])
     return app
 
 
-def _cluster_front(cluster: ClusterSettings, config: ServerConfig, paths):
+def _cluster_front(cluster: ClusterSettings, config: ServerConfig, paths, loras: LoraSelection):
     """The Redis queue and the worker controls of a stateless API server."""
-    from acestep.cluster.control import ClusterControl
+    from acestep.cluster.control import ClusterControl, RedisDefault
     from acestep.cluster.queue import RedisJobQueue
 
     queue = RedisJobQueue(
@@ -134,11 +141,13 @@ def _cluster_front(cluster: ClusterSettings, config: ServerConfig, paths):
         config.results_dir,
         default_model=paths.dit_name,
         default_tasks=paths.variant.supported_tasks,
-        default_variant=paths.variant.name,
+        default_variant=tag_of(paths.variant),
         maxsize=config.queue_maxsize,
         result_ttl_s=config.result_ttl_s,
         cleanup_interval_s=config.cleanup_interval_s,
     )
+    loras.store = RedisDefault(queue)  # one default for every API server of the cluster
+    queue.loras = loras
     return ClusterControl(queue), queue
 
 

@@ -21,6 +21,7 @@ from typing import Protocol
 from loguru import logger
 
 from acestep.engine.request import GenerationRequest
+from acestep.lora.selection import LoraSelection
 from acestep.memory.manager import MemoryManager, worker_summary
 from acestep.worker.dispatcher import Job
 
@@ -120,11 +121,14 @@ class LocalJobQueue:
         result_ttl_s: int = 86400,
         cleanup_interval_s: int = 300,
         model_name: str = "",
+        loras: LoraSelection | None = None,
     ):
+        """``loras`` fills in and checks each request's LoRA adapters (None: taken as they are)."""
         if manager.dispatcher is None:
             raise RuntimeError("start the memory manager's worker before the job queue")
         self.manager = manager
         self.model_name = model_name
+        self.loras = loras
         self.dispatcher = manager.dispatcher
         self.results_dir = Path(results_dir)
         self.results_dir.mkdir(parents=True, exist_ok=True)
@@ -160,6 +164,8 @@ class LocalJobQueue:
         jobs stop after the LM (``/format_input``)."""
         task_id = str(uuid.uuid4())
         inputs = list(cleanup)
+        if self.loras is not None:
+            request, _ = self.loras.admit(request)  # LoraError (a ValueError): refused, nothing queued
         with self._lock:
             depth = self.dispatcher.queue_depth()
             if depth >= self.maxsize:

@@ -43,7 +43,7 @@ class ParamError(ValueError):
 @dataclass(frozen=True)
 class _Spec:
     name: str  # upstream's canonical name
-    kind: str  # str | int | float | bool | seed | timesteps | classes | keep_alive
+    kind: str  # str | int | float | bool | seed | timesteps | classes | keep_alive | names
     aliases: tuple[str, ...] = ()
     target: str | None = None  # the GenerationRequest field, for generation parameters
 
@@ -105,6 +105,8 @@ GENERATION = (
     _gen("keep_alive", "keep_alive", "keepAlive"),
     _gen("enable_normalization", "bool"),
     _gen("normalization_db", "float"),
+    _gen("lora", "names", "loras", "lora_name", "loraName"),
+    _gen("lora_scale", "names", "loraScale", "lora_scales"),
 )
 # Switches that make a job need the LM (use_cot_* only when written as true: upstream defaults
 # them to true, and that default silently ran the LM - defect 5).
@@ -293,6 +295,15 @@ def _convert(spec: _Spec, used: str, value: Any) -> Any:
         return _to_timesteps(label, value)
     if spec.kind == "classes":
         return _to_classes(label, value)
+    if spec.kind == "names":  # a name, a comma list or a JSON list: GenerationRequest reads them
+        if isinstance(value, str) and value.strip().startswith("["):
+            try:
+                value = json.loads(value)
+            except (ValueError, RecursionError):
+                raise ParamError(spec.name, f"{label} is not a valid JSON list: {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, str | int | float | list | tuple):
+            raise ParamError(spec.name, f"{label} must be a string, a number or a list")
+        return value
     if spec.kind == "keep_alive":
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             raise ParamError(spec.name, f"{label} must be a duration such as 300, '5m', 0 or -1")

@@ -60,6 +60,8 @@ LEGO_FORM = {
     "seed": {"type": "integer"},
     "format": {"type": "string", "enum": ["wav", "wav32", "flac", "mp3"]},
     "keep_alive": {"type": "string"},
+    "lora": {"type": "string", "description": "LoRA adapter name(s), comma-separated"},
+    "lora_scale": {"type": "string", "description": "one scale, or one per adapter"},
     "response": {"type": "string", "enum": ["audio", "json"]},
 }
 
@@ -139,8 +141,9 @@ def _lego_request(request: Request, fields: dict, track: str, source: Path) -> G
         values["key_scale"] = fields["key_scale"]
     if str(fields.get("seed") or "").strip():
         values["seed"] = fields["seed"]
-    if str(fields.get("keep_alive") or "").strip():
-        values["keep_alive"] = fields["keep_alive"]
+    for name in ("keep_alive", "lora", "lora_scale"):
+        if str(fields.get(name) or "").strip():
+            values[name] = fields[name]
     duration = str(fields.get("audio_duration") or "").strip()
     try:
         values["audio_duration"] = float(duration) if duration else sf.info(str(source)).duration

@@ -68,6 +68,7 @@ def result_items(job: Job) -> list[dict]:
         "seed_value": seeds,
         "lm_model": result.metas.get("lm_model"),  # only when the LM ran (upstream always named one)
         "dit_model": result.model,
+        "lora": result.metas.get("lora", []),  # the adapters it ran with: [{"name", "scale"}]
         "progress": 1.0,
         "stage": "succeeded",
         "error": None,

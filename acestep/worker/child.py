@@ -1,7 +1,8 @@
 """The GPU worker process: ``python -m acestep.worker.child --fd N --spec JSON``.
 
 It reads one JSON command per line on stdin and answers on file descriptor N (stdout stays free for
-whatever libraries print). Commands: load, generate, unload, status, fault, exit. Every answer
+whatever libraries print). Commands: load, generate, unload,
+lora_load, lora_unload, status, fault, exit. Every answer
 carries the command's id; a generate also streams progress lines.
 """
 
@@ -44,10 +45,15 @@ def _serve(runner, out: TextIO) -> None:
                 reply = runner.load().as_dict()
             elif op == "unload":
                 reply = runner.unload(message["level"]).as_dict()
+            elif op == "lora_load":
+                reply = runner.load_lora(message["names"]).as_dict()
+            elif op == "lora_unload":
+                reply = runner.unload_lora(message.get("names")).as_dict()
             elif op == "status":
                 reply = {
                     "state": runner.state,
                     "residency": runner.residency(),
+                    "adapters": runner.adapters(),
                     "memory": snapshot(runner.source).as_dict(),
                 }
             elif op == "fault":

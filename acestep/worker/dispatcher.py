@@ -69,9 +69,10 @@ class Job:
 
 @dataclass
 class _Command:
-    action: str  # load | park | free
+    action: str  # load | park | free | lora_load | lora_unload
     future: Future
     idle: bool = False
+    names: list[str] | None = None  # the adapters of a lora_load / lora_unload (None: all)
 
 
 class Dispatcher:
@@ -126,17 +127,17 @@ class Dispatcher:
             self._cond.notify_all()
         return job
 
-    def _command(self, action: str) -> Future:
+    def _command(self, action: str, names: list[str] | None = None) -> Future:
         future: Future = Future()
         with self._cond:
             if self._stopping:
                 raise RuntimeError("the dispatcher is shutting down")
-            if action != "load" and self.refuse_unload_when_busy and self._running is not None:
+            if action in ("park", "free") and self.refuse_unload_when_busy and self._running is not None:
                 raise BusyError(
                     f"a job ({self._running.id}) is running; unload refused "
                     "(ACESTEP_UNLOAD_WHEN_BUSY=refuse). Retry when it has finished."
                 )
-            self._commands.append(_Command(action, future))
+            self._commands.append(_Command(action, future, names=names))
             self._cond.notify_all()
         return future
 
@@ -148,6 +149,15 @@ class Dispatcher:
 
     def load(self, timeout: float | None = None) -> MemoryReport:
         return self._command("load").result(timeout)
+
+    def load_lora(self, names: list[str], timeout: float | None = None) -> MemoryReport:
+        """Load LoRA adapters into the DiT after the running job (they stay inactive until a job
+        names them)."""
+        return self._command("lora_load", list(names)).result(timeout)
+
+    def unload_lora(self, names: list[str] | None = None, timeout: float | None = None) -> MemoryReport:
+        """Remove LoRA adapters (all by default) after the running job."""
+        return self._command("lora_unload", names).result(timeout)
 
     def request_load(self) -> Future:
         """Queue a load without waiting for it (warm-up at start)."""
@@ -251,6 +261,10 @@ class Dispatcher:
         try:
             if command.action == "load":
                 report = self.runner.load()
+            elif command.action == "lora_load":
+                report = self.runner.load_lora(command.names or [])
+            elif command.action == "lora_unload":
+                report = self.runner.unload_lora(command.names)
             else:
                 report = self.runner.unload(command.action)
                 with self._cond:

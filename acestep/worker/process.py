@@ -24,8 +24,8 @@ from loguru import logger
 from acestep.engine.request import GenerationRequest, GenerationResult
 from acestep.memory.gpus import DeviceStatsSource
 from acestep.memory.report import MemoryReport, MemorySnapshot, Stopwatch
-from acestep.memory.residency import COMPONENTS, Place
-from acestep.worker.runner import EngineSpec, JobError, Progress
+from acestep.memory.residency import REPORTED, Place
+from acestep.worker.runner import EngineSpec, JobError, Progress, no_adapters
 
 EXIT_TIMEOUT_S = 60.0
 START_TIMEOUT_S = float(os.environ.get("ACESTEP_WORKER_START_TIMEOUT", "600"))
@@ -69,7 +69,8 @@ class ProcessRunner:
         self._buffer = b""
         self._ids = itertools.count(1)
         self._state = "unloaded"
-        self._residency = dict.fromkeys(COMPONENTS, Place.UNLOADED.value)
+        self._residency = dict.fromkeys(REPORTED, Place.UNLOADED.value)
+        self._adapters = no_adapters()
         self.starts = 0  # how many worker processes this runner has started
         self._job_load: MemoryReport | None = None
         self.last_exit_code: int | None = None
@@ -127,7 +128,8 @@ class ProcessRunner:
 
     def _set_unloaded(self) -> None:
         self._state = "unloaded"
-        self._residency = dict.fromkeys(COMPONENTS, Place.UNLOADED.value)
+        self._residency = dict.fromkeys(REPORTED, Place.UNLOADED.value)
+        self._adapters = no_adapters()
 
     def _ensure_started(self) -> None:
         if self.proc is not None and self.proc.poll() is not None:
@@ -237,6 +239,9 @@ class ProcessRunner:
     def residency(self) -> dict[str, str]:
         return dict(self._residency)
 
+    def adapters(self) -> dict:
+        return self._adapters
+
     def _note(self, report: dict) -> MemoryReport:
         parsed = MemoryReport.from_dict(report)
         self._residency = dict(parsed.residency)
@@ -256,25 +261,51 @@ class ProcessRunner:
         lm_only: bool = False,
     ) -> GenerationResult:
         with self._lock:
-            reply = self._call(
-                "generate",
-                progress,
-                request=request.model_dump(mode="json", exclude_unset=True),  # keeps "seed given" facts
-                output_dir=str(output_dir),
-                lm_only=lm_only,
-            )
-            self._state = "ready"
-            self._job_load = MemoryReport.from_dict(reply["load"]) if reply["load"] else None
-            result = GenerationResult.model_validate(reply["result"])
             try:
-                self._residency = self._call("status", start=False)["residency"]
-            except JobError as exc:  # the files are written: the job stands; the worker is reaped
-                logger.warning(f"worker status after a finished job failed: {exc}")
-            return result
+                reply = self._call(
+                    "generate",
+                    progress,
+                    request=request.model_dump(mode="json", exclude_unset=True),  # keeps "seed given" facts
+                    output_dir=str(output_dir),
+                    lm_only=lm_only,
+                )
+            finally:
+                self._refresh()  # a failed job may have loaded the model or changed its adapters
+            self._job_load = MemoryReport.from_dict(reply["load"]) if reply["load"] else None
+            return GenerationResult.model_validate(reply["result"])
 
     def take_job_load(self) -> MemoryReport | None:
         report, self._job_load = self._job_load, None
         return report
+
+    def _refresh(self) -> None:
+        """The worker's own state, residency and adapters, after a command that may have changed
+        them, whether it succeeded or not. A worker that is gone has been reaped already."""
+        if not self.alive:
+            return
+        try:
+            status = self._call("status", start=False)
+        except JobError as exc:  # the command's outcome stands; the worker is reaped
+            logger.warning(f"the worker's status could not be read after the command: {exc}")
+            return
+        self._state = status["state"]
+        self._residency, self._adapters = status["residency"], status["adapters"]
+
+    def load_lora(self, names: list[str]) -> MemoryReport:
+        with self._lock:
+            try:
+                return self._note(self._call("lora_load", names=list(names)))
+            finally:
+                self._refresh()
+
+    def unload_lora(self, names: list[str] | None = None) -> MemoryReport:
+        with self._lock:
+            if not self.alive:  # no worker, no adapters
+                return MemoryReport("lora_unload", MemorySnapshot(), MemorySnapshot(), 0.0, self.residency())
+            try:
+                return self._note(self._call("lora_unload", start=False, names=names))
+            finally:
+                self._refresh()
 
     def status(self) -> dict:
         with self._lock:

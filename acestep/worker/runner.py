@@ -17,10 +17,15 @@ from pathlib import Path
 from acestep.engine.request import GenerationRequest, GenerationResult
 from acestep.memory.gpus import DeviceStatsSource
 from acestep.memory.report import MemoryReport, Stopwatch, release_cached, reset_peak, snapshot
-from acestep.memory.residency import COMPONENTS, Place
+from acestep.memory.residency import REPORTED, Place
 
 Progress = Callable[[str, float], None]
 FAULT_KINDS = ("oom", "crash", "error")
+
+
+def no_adapters() -> dict:
+    """The adapter status of a runner without a model."""
+    return {"loaded": [], "active": [], "bytes": 0}
 
 
 @dataclass(frozen=True)
@@ -118,8 +123,14 @@ class InProcessRunner:
 
     def residency(self) -> dict[str, str]:
         if self.engine is None:
-            return dict.fromkeys(COMPONENTS, Place.UNLOADED.value)
-        return self.engine.residency.as_dict()
+            return dict.fromkeys(REPORTED, Place.UNLOADED.value)
+        return self.engine.placement()
+
+    def adapters(self) -> dict:
+        """The LoRA adapters in the DiT (none while the engine is not loaded)."""
+        if self.engine is None:
+            return no_adapters()
+        return self.engine.adapters.status()
 
     def load(self) -> MemoryReport:
         """Load from disk (unloaded) or wake (parked); a ready engine is left as it is."""
@@ -163,6 +174,34 @@ class InProcessRunner:
                 self.parked = False
             release_cached()
             return MemoryReport(level, before, snapshot(self.source), watch.seconds, self.residency())
+
+    def load_lora(self, names: list[str]) -> MemoryReport:
+        """Load adapters into the DiT, not activating them. A parked DiT takes them in CPU RAM
+        (they move with it); with no model loaded they are only checked, and load with the model
+        at the next job that names them: a LoRA load never loads or wakes the model by itself."""
+        with self._lock:
+            before, watch = snapshot(self.source), Stopwatch()
+            if self.engine is None:
+                from acestep.checkpoints import resolve
+                from acestep.lora.catalog import find, lora_dir, tag_of
+
+                find(lora_dir(), list(names), tag_of(resolve(self.spec.checkpoint, self.spec.dit).variant))
+                note = "checked; it loads with the model at the next job that names it"
+            else:
+                new = self.engine.adapters.load(list(names))
+                note = f"loaded {', '.join(new)}" if new else "already loaded"
+            after = snapshot(self.source)
+            return MemoryReport("lora_load", before, after, watch.seconds, self.residency(), note)
+
+    def unload_lora(self, names: list[str] | None = None) -> MemoryReport:
+        """Remove adapters (all by default) from the DiT: exactly the weights loaded from disk again."""
+        with self._lock:
+            before, watch = snapshot(self.source), Stopwatch()
+            removed = self.engine.adapters.unload(names) if self.engine is not None else []
+            release_cached()
+            note = f"removed {', '.join(removed)}" if removed else "no adapter was loaded"
+            after = snapshot(self.source)
+            return MemoryReport("lora_unload", before, after, watch.seconds, self.residency(), note)
 
     def inject_fault(self, stage: str, kind: str) -> None:
         """Test hook: the next job fails at its first progress report of ``stage``.

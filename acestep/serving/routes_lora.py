@@ -1,0 +1,195 @@
+"""LoRA routes: GET /v1/loras, POST /v1/lora/load and /v1/lora/unload, and upstream's
+/v1/lora/status, /v1/lora/scale and /v1/lora/toggle.
+
+``load`` puts an adapter into the served DiT (on the GPU worker, between jobs) and makes it the
+default for requests that name no adapter, as upstream's sticky LoRA did; each queued job records
+the adapters it runs with. Adapters are named by their entry in ``ACESTEP_LORA_DIR``; paths
+elsewhere are refused.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+from fastapi import APIRouter, Depends, HTTPException, Request
+from starlette.concurrency import run_in_threadpool
+
+from acestep.engine.request import ADAPTER_NAME_RE, MAX_LORA_SCALE
+from acestep.lora.catalog import LoraError, LoraNotFound
+from acestep.lora.selection import DefaultFull
+from acestep.serving import auth
+from acestep.serving.body import read_body
+from acestep.serving.routes_compat import body_schema
+from acestep.serving.wire import envelope
+from acestep.worker.runner import JobError
+
+router = APIRouter(dependencies=[Depends(auth.require_key)])
+_WAITERS = anyio.CapacityLimiter(4)  # loads wait for the running job; keep them off the shared pool
+NAME_FIELDS = ("name", "lora", "adapter_name", "lora_name")
+LOAD_BODY = body_schema(
+    {
+        "name": {"type": "string", "description": "adapter name in ACESTEP_LORA_DIR"},
+        "lora_path": {"type": "string", "description": "upstream: a path inside ACESTEP_LORA_DIR"},
+        "scale": {"type": "number", "minimum": 0, "maximum": MAX_LORA_SCALE},
+    }
+)
+
+
+def _refusal(exc: Exception) -> HTTPException:
+    if isinstance(exc, LoraNotFound):
+        return HTTPException(404, str(exc))
+    if isinstance(exc, DefaultFull):
+        return HTTPException(409, str(exc))
+    return HTTPException(400, str(exc))
+
+
+def _name(request: Request, fields: dict, required: bool) -> str | None:
+    """The adapter a body names: by name, or by upstream's ``lora_path`` inside the LoRA folder."""
+    for key in NAME_FIELDS:
+        value = fields.get(key)
+        if isinstance(value, str) and value.strip():
+            name = value.strip()
+            if not ADAPTER_NAME_RE.match(name):
+                raise HTTPException(400, f"{key} must be an adapter name from GET /v1/loras, got {name!r}")
+            return name
+    path = fields.get("lora_path")
+    if isinstance(path, str) and path.strip():
+        folder = request.app.state.loras.folder.resolve()
+        target = Path(path.strip()).expanduser()
+        target = (target if target.is_absolute() else folder / target).resolve()
+        if target.parent != folder:
+            raise HTTPException(
+                403, f"lora_path must be an adapter directly inside the LoRA folder ({folder}); got {path!r}"
+            )
+        return target.stem if target.suffix == ".safetensors" else target.name
+    if required:
+        raise HTTPException(400, "name the adapter: name (see GET /v1/loras) or lora_path")
+    return None
+
+
+def _scale(fields: dict, default: float | None = 1.0) -> float | None:
+    value = fields.get("scale", fields.get("lora_scale"))
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return default
+    try:
+        scale = float(value)
+    except (TypeError, ValueError):
+        raise HTTPException(400, f"scale must be a number, got {value!r}") from None
+    if not 0.0 <= scale <= MAX_LORA_SCALE:
+        raise HTTPException(400, f"scale must be between 0 and {MAX_LORA_SCALE:g}, got {value!r}")
+    return scale
+
+
+async def _on_worker(function, *args) -> dict:
+    """Run a LoRA command on the GPU worker(s); a refusal there is a 4xx with its reason."""
+    try:
+        report = await anyio.to_thread.run_sync(function, *args, limiter=_WAITERS)
+    except (LoraError, ValueError) as exc:  # the in-process worker raises the engine's own error
+        raise _refusal(exc) from None
+    except JobError as exc:
+        raise HTTPException(400 if exc.kind == "input" else 503, str(exc)) from None
+    replies = list((report.get("workers") or {}).values())
+    failures = [reply.get("error") for reply in replies if not reply.get("ok")]
+    # A cluster: workers whose model the adapter does not fit refuse it; only all refusing is an error.
+    if failures and len(failures) == len(replies):
+        raise HTTPException(400, "; ".join(str(f) for f in failures))
+    return report
+
+
+def _resident(status: dict) -> dict | list:
+    """The adapters in GPU workers' DiTs: one server's, or per worker in a cluster."""
+    if status.get("mode") == "cluster":
+        return [{"worker": w["id"], "adapters": w.get("adapters")} for w in status["workers"] if w["alive"]]
+    return status.get("adapters") or {"loaded": [], "active": [], "bytes": 0}
+
+
+@router.get("/v1/loras")
+async def list_loras(request: Request) -> dict:
+    """Every adapter in the LoRA folder (name, base variant, rank, ...), the unusable files with
+    the reason, the default and what the worker holds."""
+    state = request.app.state
+    catalog = await run_in_threadpool(state.loras.catalog)
+    status = await run_in_threadpool(state.manager.get_status)
+    return envelope(catalog | {"resident": _resident(status)})
+
+
+@router.post("/v1/lora/load", openapi_extra=LOAD_BODY)
+async def load_lora(request: Request) -> dict:
+    """Load an adapter and make it the default (at ``scale``) for requests that name none."""
+    fields, _ = await read_body(request)
+    name, scale = _name(request, fields, required=True), _scale(fields)
+    loras = request.app.state.loras
+    try:
+        await run_in_threadpool(loras.check, [name])  # header checks: before the worker is asked
+        await run_in_threadpool(loras.room_for, name)
+    except LoraError as exc:
+        raise _refusal(exc) from None
+    report = await _on_worker(request.app.state.manager.load_lora, [name])
+    try:
+        default = await run_in_threadpool(loras.set_default, name, scale)
+    except LoraError as exc:  # another load filled the default meanwhile
+        raise _refusal(exc) from None
+    return envelope(report | {"default": default})
+
+
+@router.post(
+    "/v1/lora/unload", openapi_extra=body_schema({"name": {"type": "string", "description": "default: all"}})
+)
+async def unload_lora(request: Request) -> dict:
+    """Remove an adapter (all without a name) from the DiT and from the default; the DiT's weights
+    are then exactly those loaded from disk."""
+    fields, _ = await read_body(request)
+    name = _name(request, fields, required=False)
+    names = [name] if name else None
+    report = await _on_worker(request.app.state.manager.unload_lora, names)
+    default = await run_in_threadpool(request.app.state.loras.clear_default, names)
+    return envelope(report | {"default": default})
+
+
+@router.get("/v1/lora/status")
+async def lora_status(request: Request) -> dict:
+    """Upstream's status: whether a default adapter is set and used, its names and scales."""
+    state = request.app.state
+    default = await run_in_threadpool(state.loras.default)
+    status = await run_in_threadpool(state.manager.get_status)
+    adapters = default["adapters"]
+    return envelope(
+        {
+            "loaded": bool(adapters),
+            "active": bool(adapters) and default["enabled"],
+            "adapters": [entry["name"] for entry in adapters],
+            "scales": {entry["name"]: entry["scale"] for entry in adapters},
+            "resident": _resident(status),
+        }
+    )
+
+
+@router.post("/v1/lora/scale", openapi_extra=body_schema({"scale": {"type": "number"}}, ["scale"]))
+async def lora_scale(request: Request) -> dict:
+    """Upstream's scale: the default adapter's (or one named adapter's) scale for later requests."""
+    fields, _ = await read_body(request)
+    name, scale = _name(request, fields, required=False), _scale(fields, default=None)
+    if scale is None:
+        raise HTTPException(400, "scale is required")
+    loras = request.app.state.loras
+    if not (await run_in_threadpool(loras.default))["adapters"]:
+        raise HTTPException(
+            409, "no default adapter: POST /v1/lora/load first, or send lora_scale per request"
+        )
+    try:
+        return envelope(await run_in_threadpool(loras.set_scale, scale, name))
+    except KeyError:
+        raise HTTPException(404, f"{name!r} is not a default adapter (see GET /v1/lora/status)") from None
+
+
+@router.post("/v1/lora/toggle", openapi_extra=body_schema({"use_lora": {"type": "boolean"}}, ["use_lora"]))
+async def lora_toggle(request: Request) -> dict:
+    """Upstream's toggle: keep the default adapters, but use them (or not) for later requests."""
+    fields, _ = await read_body(request)
+    value = fields.get("use_lora", fields.get("enabled"))
+    text = str(value).strip().lower()
+    if text not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+        raise HTTPException(400, f"use_lora must be true or false, got {value!r}")
+    enabled = text in ("true", "1", "yes", "on")
+    return envelope(await run_in_threadpool(request.app.state.loras.set_enabled, enabled))
