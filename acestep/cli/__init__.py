@@ -16,6 +16,7 @@ from acestep.cli.demo import _demo_inputs as _demo_inputs
 from acestep.cli.download import download_main
 from acestep.cli.generate import REQUEST_ARGS, run_generate
 from acestep.cli.generate import _generate_parser as _generate_parser
+from acestep.cli.lora import _loras_parser, run_loras
 from acestep.cli.memory import _memory_parser as _memory_parser
 from acestep.cli.memory import run_memory
 from acestep.cli.memory_flags import MEMORY_FLAGS
@@ -49,9 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command")
     _generate_parser(sub)
     _memory_parser(sub)
+    _loras_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "generate":
         return run_generate(args)
+    if args.command == "loras":
+        return run_loras(args)
     if args.command == "memory":
         return run_memory(args)
     return run_ui(args)

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+from acestep.cli.lora import _lora_dir_flag, apply_lora_dir
 from acestep.cli.memory_flags import _memory_env, _memory_flags
 from acestep.cli.server import _server_app
 
@@ -22,6 +23,7 @@ def _api_parser() -> argparse.ArgumentParser:
     p.add_argument("--lm-model-path", default=None, help="LM folder name or path (ACESTEP_LM_MODEL_PATH)")
     p.add_argument("--keep-alive", default=None, help="server default keep-alive (ACESTEP_KEEP_ALIVE)")
     p.add_argument("--device", default=None, help="auto, cpu or cuda (ACESTEP_DEVICE)")
+    _lora_dir_flag(p)
     _memory_flags(p)
     return p
 
@@ -51,6 +53,7 @@ def api_main(argv: list[str] | None = None) -> int:
         os.environ["ACESTEP_INIT_LLM"] = "true"
     if args.lm_model_path:
         os.environ["ACESTEP_LM_MODEL_PATH"] = args.lm_model_path
+    apply_lora_dir(args)
     built = _server_app(
         dict(host=args.host, port=args.port, api_key=args.api_key, dit=args.dit), args.checkpoint
     )

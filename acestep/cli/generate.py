@@ -10,6 +10,7 @@ from pathlib import Path
 from acestep import settings
 from acestep.cli.demo import DEMO_NOTICE, _demo_inputs
 from acestep.cli.lm_options import _lm_flags, lm_fields, lm_summary, resolve_lm
+from acestep.cli.lora import _lora_flags, apply_lora_dir, lora_fields
 from acestep.cli.memory_flags import LM_SWITCH_FLAGS, MEMORY_FLAGS, _memory_flags, _memory_manager
 
 REQUEST_ARGS = (
@@ -90,6 +91,7 @@ def _generate_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     _lm_flags(p)
+    _lora_flags(p)
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -103,7 +105,8 @@ def run_generate(args: argparse.Namespace) -> int:
     else:
         checkpoint = args.checkpoint or str(settings.checkpoints_dir())
     fields = {name: getattr(args, name) for name in REQUEST_ARGS if getattr(args, name) is not None}
-    fields |= lm_fields(args)
+    fields |= lm_fields(args) | lora_fields(args)
+    apply_lora_dir(args)
     if args.seed is not None:
         fields["use_random_seed"] = False
     try:
@@ -115,6 +118,7 @@ def run_generate(args: argparse.Namespace) -> int:
         return 2
     from acestep.checkpoints import CheckpointError, resolve
     from acestep.checkpoints.lm_folders import LmNotAvailable
+    from acestep.lora.catalog import find, lora_dir, tag_of
     from acestep.memory.keep_alive import KeepAliveError, parse_keep_alive
     from acestep.memory.limits import MemoryLimitError
 
@@ -132,6 +136,7 @@ def run_generate(args: argparse.Namespace) -> int:
         manager = _memory_manager(args, MEMORY_FLAGS | LM_SWITCH_FLAGS)
         manager.lm_name = lm_folder.name if lm_folder is not None else None
         manager.validate(request)  # tier limits (the LM switch too): refused before anything is loaded
+        find(lora_dir(), request.lora or [], tag_of(paths.variant))  # the adapters, by their headers
     except (KeepAliveError, ValueError) as exc:
         lm_off = isinstance(exc, MemoryLimitError) and exc.limit == "lm_enabled"
         hint = " (on the command line: --init-llm)" if lm_off else ""
@@ -167,6 +172,8 @@ def run_generate(args: argparse.Namespace) -> int:
         for item in result.items:
             print(f"{item.path}  seed={item.seed}  {item.duration:.2f} s  {item.sample_rate} Hz")
         print(f"{result.task_type} on {result.model} ({result.variant}) in {result.timings['total']:.2f} s")
+        if result.metas.get("lora"):
+            print("LoRA: " + ", ".join(f"{a['name']} x{a['scale']:g}" for a in result.metas["lora"]))
         summary = lm_summary(result.metas)
         if summary:
             print(summary)

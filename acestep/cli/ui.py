@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from acestep.cli.lora import _lora_dir_flag, apply_lora_dir
 from acestep.cli.server import _server_app
 from acestep.serving.listen import serve
 
@@ -46,6 +47,7 @@ def _ui_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--auth-password", default=None)
     p.add_argument("--api-key", default=None, help="protects the REST API and the UI (password)")
     p.add_argument("--keep-alive", default=None)
+    _lora_dir_flag(p)
 
 
 def run_ui(args: argparse.Namespace) -> int:
@@ -79,6 +81,7 @@ def run_ui(args: argparse.Namespace) -> int:
         os.environ["ACESTEP_INIT_LLM"] = "true" if args.init_llm else "false"
     if args.lm_model_path:
         os.environ["ACESTEP_LM_MODEL_PATH"] = args.lm_model_path
+    apply_lora_dir(args)
     if args.backend and args.backend.strip().lower() != "pt":
         print(f"note: the 5Hz LM runs with transformers (pt) here, not {args.backend}", file=sys.stderr)
     if args.share:

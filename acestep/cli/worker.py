@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 
+from acestep.cli.lora import _lora_dir_flag
 from acestep.cli.memory_flags import _lm_switch_flag, _memory_env, _memory_flags
 
 
@@ -39,6 +40,7 @@ def _worker_parser() -> argparse.ArgumentParser:
         help="noop: no model, every job writes a short silent file (queue benchmarks and tests)",
     )
     p.add_argument("--no-preload", action="store_true", help="load the model on the first job, not at start")
+    _lora_dir_flag(p)
     _lm_switch_flag(p)
     _memory_flags(p)
     return p
@@ -65,6 +67,7 @@ def worker_main(argv: list[str] | None = None) -> int:
         "ACESTEP_LM_MODEL_PATH": args.lm_model_path,
         "ACESTEP_OUTPUT_DIR": args.output_dir,
         "ACESTEP_GPU_DEVICE": args.gpu,
+        "ACESTEP_LORA_DIR": args.lora_dir,
     }
     os.environ.update({k: v for k, v in overrides.items() if v is not None})
     logging.basicConfig(level=logging.WARNING)  # dramatiq logs through the standard library
@@ -94,6 +97,7 @@ def _executor(args: argparse.Namespace):
         return NoopExecutor(model=args.dit or "noop", seconds=seconds)
     from acestep.checkpoints.layout import resolve
     from acestep.checkpoints.lm_folders import lm_availability
+    from acestep.lora.catalog import tag_of
     from acestep.memory.manager import MemoryManager
     from acestep.settings import checkpoints_dir
     from acestep.worker.runner import EngineSpec
@@ -107,8 +111,9 @@ def _executor(args: argparse.Namespace):
     manager.lm_name = lm_availability(paths.root)[0]
     spec = EngineSpec(checkpoint, dit=paths.dit_name)
     tasks = list(paths.variant.supported_tasks)
+    # The variant as adapters record it (xl-base for the XL base): API servers match LoRAs by it.
     executor = ManagerExecutor(
-        manager, spec, paths.dit_name, paths.variant.name, tasks, preload=not args.no_preload
+        manager, spec, paths.dit_name, tag_of(paths.variant), tasks, preload=not args.no_preload
     )
     if os.environ.get("ACESTEP_GPU_QUEUE_URL"):
         from acestep.serving.gpu_tokens import install_gpu_tokens

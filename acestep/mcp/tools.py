@@ -1,6 +1,7 @@
 """MCP tools over the same job queue and memory manager as the REST API.
 
-``generate_music``, ``lego_stem``, ``get_status``, ``unload_model`` and ``load_model``. Results come
+``generate_music``, ``lego_stem``, ``get_status``, ``unload_model``, ``load_model``, and for LoRA
+adapters ``list_loras``, ``load_lora`` and ``unload_lora``. Results come
 back as file paths (in the JSON summary) and as embedded audio resources, so a client on another
 host gets the audio itself. Tools queue work and wait for it; they never touch the GPU.
 """
@@ -41,7 +42,7 @@ LM_RESULT_KEYS = (
 class Backend(Protocol):
     """What the tools need: the REST app's state, or a standalone server's own."""
 
-    queue: object
+    queue: object  # its ``loras`` (a LoraSelection) fills in and checks each job's adapters
     manager: object
     input_roots: list[Path]
     uploads_dir: Path
@@ -85,6 +86,7 @@ async def _run(backend: Backend, request: GenerationRequest, cleanup: list[Path]
         "seeds": result.seeds,
         "durations": [item.duration for item in result.items],
         "model": result.model,
+        "lora": result.metas.get("lora", []),
     }
     if result.metas.get("lm_model"):  # only when the LM ran
         summary |= {key: result.metas.get(key) for key in LM_RESULT_KEYS}
@@ -167,13 +169,16 @@ def build_server(backend: Backend, streamable_http_path: str = "/mcp") -> FastMC
         thinking: bool = False,
         use_cot_caption: bool | None = None,
         use_cot_language: bool | None = None,
+        lora: list[str] | None = None,
+        lora_scale: list[float] | float | None = None,
     ) -> list:
         """Generate music from a caption (and optional lyrics). Returns the files and their audio.
 
         ``thinking`` lets the 5 Hz LM plan the song first (bpm, key, time signature, duration, and
         the audio codes the DiT follows); ``use_cot_caption`` / ``use_cot_language`` (default true)
         let it replace the caption and the vocal language. The result then names ``lm_model`` and
-        carries what the LM settled on."""
+        carries what the LM settled on. ``lora`` names adapters from ``list_loras`` (``["none"]``: no
+        adapter even where the server has a default), ``lora_scale`` one scale or one per adapter."""
         request = _request(
             {
                 "caption": caption,
@@ -186,6 +191,8 @@ def build_server(backend: Backend, streamable_http_path: str = "/mcp") -> FastMC
                 "thinking": thinking,
                 "use_cot_caption": use_cot_caption,
                 "use_cot_language": use_cot_language,
+                "lora": lora,
+                "lora_scale": lora_scale,
             }
         )
         _require_lm(backend, request)
@@ -202,8 +209,11 @@ def build_server(backend: Backend, streamable_http_path: str = "/mcp") -> FastMC
         seed: int | None = None,
         batch_size: int = 1,
         audio_format: str = "wav",
+        lora: list[str] | None = None,
+        lora_scale: list[float] | float | None = None,
     ) -> list:
-        """Generate a stem (e.g. vocals, drums) that fits the given track; as long as the track."""
+        """Generate a stem (e.g. vocals, drums) that fits the given track; as long as the track.
+        ``lora``/``lora_scale``: adapters from ``list_loras`` (an XL base model needs its lego LoRA)."""
         track = track_type.strip().lower()
         if track not in TRACK_NAMES:
             raise ToolError(f"track_type must be one of {', '.join(TRACK_NAMES)}")
@@ -227,6 +237,8 @@ def build_server(backend: Backend, streamable_http_path: str = "/mcp") -> FastMC
                 "audio_format": audio_format,
                 "audio_duration": seconds,
                 "inference_steps": backend.default_steps,
+                "lora": lora,
+                "lora_scale": lora_scale,
             }
         )
         return await _run(backend, request, cleanup)
@@ -250,5 +262,40 @@ def build_server(backend: Backend, streamable_http_path: str = "/mcp") -> FastMC
     async def load_model() -> dict:
         """Load (or wake) the model now, so the next job starts at once."""
         return await anyio.to_thread.run_sync(backend.manager.load)
+
+    @server.tool()
+    async def list_loras() -> dict:
+        """The LoRA adapters in the server's LoRA folder: name, base model, rank, whether they fit the
+        served model; the unusable files with the reason; the default and what the model holds."""
+        loras = backend.queue.loras
+        catalog = await anyio.to_thread.run_sync(loras.catalog)
+        status = await anyio.to_thread.run_sync(backend.manager.get_status)
+        return catalog | {"resident": status.get("adapters") or status.get("workers")}
+
+    @server.tool()
+    async def load_lora(name: str, scale: float = 1.0) -> dict:
+        """Load an adapter into the model and make it the default (at ``scale``) for jobs that name
+        no adapter."""
+        from acestep.engine.request import MAX_LORA_SCALE
+        from acestep.worker.runner import JobError
+
+        if not 0.0 <= scale <= MAX_LORA_SCALE:
+            raise ToolError(f"scale must be between 0 and {MAX_LORA_SCALE:g}")
+        loras = backend.queue.loras
+        try:
+            await anyio.to_thread.run_sync(loras.check, [name])
+            await anyio.to_thread.run_sync(loras.room_for, name)
+            report = await anyio.to_thread.run_sync(backend.manager.load_lora, [name])
+            default = await anyio.to_thread.run_sync(loras.set_default, name, scale)
+        except (ValueError, JobError) as exc:
+            raise ToolError(str(exc)) from None
+        return report | {"default": default}
+
+    @server.tool()
+    async def unload_lora(name: str | None = None) -> dict:
+        """Remove an adapter (all without a name) from the model and from the default."""
+        names = [name] if name else None
+        report = await anyio.to_thread.run_sync(backend.manager.unload_lora, names)
+        return report | {"default": await anyio.to_thread.run_sync(backend.queue.loras.clear_default, names)}
 
     return server

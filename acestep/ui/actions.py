@@ -124,6 +124,17 @@ def memory_text(state, text: dict) -> str:
         f"**tier:** {status['tier']} · **device:** {status['device']}",
         "**residency:** " + ", ".join(f"{k} {v}" for k, v in (status["residency"] or {}).items()),
     ]
+    adapters = status.get("adapters") or {}
+    if adapters.get("loaded"):
+        active = {a["name"]: a["scale"] for a in adapters["active"]}
+        lines.append(
+            "**LoRA:** "
+            + ", ".join(
+                a["name"] + (f" x{active[a['name']]:g}" if a["name"] in active else "")
+                for a in adapters["loaded"]
+            )
+            + f" ({adapters['bytes'] / 2**20:.1f} MiB)"
+        )
     if status["last_reports"]:
         report = status["last_reports"][-1]
         lines.append(f"**last:** {report['action']} ({report['reason']}) in {report['seconds']:.2f} s")

@@ -12,6 +12,7 @@ from acestep.engine.tasks import TRACK_NAMES
 from acestep.memory.keep_alive import KeepAlivePolicy
 from acestep.serving.routes_lego import default_caption
 from acestep.ui import actions
+from acestep.ui import lora as lora_ui
 from acestep.ui.i18n import strings
 
 UI_TASKS = ("text2music", "cover", "repaint")
@@ -34,9 +35,12 @@ def build_ui(state, language: str = "en") -> gr.Blocks:
             list(FORMATS), value="wav", label=text["format"], render=False, elem_id="settings-format"
         )
         with gr.Tab(text["tab_generate"], elem_id="tab-generate"):
-            _generate_tab(state, text, fmt)
+            gen_lora = _generate_tab(state, text, fmt)
         with gr.Tab(text["tab_lego"], elem_id="tab-lego"):
-            _lego_tab(state, text, fmt)
+            lego_lora = _lego_tab(state, text, fmt)
+        with gr.Tab(text["tab_lora"], elem_id="tab-lora") as lora_tab:
+            table, summary, show_loras = lora_ui.tab(state, text)
+        lora_tab.select(show_loras, None, [table, summary])
         with gr.Tab(text["tab_memory"], elem_id="tab-memory") as memory_tab:
             status, show = _memory_tab(state, text)
         memory_tab.select(show, None, status)
@@ -45,6 +49,12 @@ def build_ui(state, language: str = "en") -> gr.Blocks:
             keep = KeepAlivePolicy.from_env().as_dict()["default"]  # the manager starts with the server
             gr.Markdown(f"**{text['keep_alive']}:** {keep} (ACESTEP_KEEP_ALIVE)")
             fmt.render()
+
+        async def choices():
+            update = await anyio.to_thread.run_sync(lora_ui.refresh_choices, state)
+            return update, update
+
+        blocks.load(choices, None, [gen_lora, lego_lora])
     return blocks
 
 
@@ -128,11 +138,12 @@ def _generate_tab(state, text: dict, fmt) -> None:
         end = gr.Number(value=-1, label=text["region_end"])
         strength = gr.Slider(0, 1, value=1, step=0.05, label=text["cover_strength"])
     lm_controls = _lm_accordion(state, text)
+    lora, lora_scale = lora_ui.controls(state, text, "gen")
     run = gr.Button(text["generate"], variant="primary", elem_id="gen-run")
     outputs = _outputs(text, "gen")
 
     async def generate(task, duration, seed, batch, steps, caption, lyrics, source, start, end, strength, fmt,
-                       *lm, progress=gr.Progress()):  # fmt: skip
+                       lora, lora_scale, *lm, progress=gr.Progress()):  # fmt: skip
         cleanup = [actions.stage_upload(state, source, text)] if task != "text2music" else []
         values = {
             "task_type": task,
@@ -146,6 +157,7 @@ def _generate_tab(state, text: dict, fmt) -> None:
             "src_audio": str(cleanup[0]) if cleanup else None,
         }
         values |= dict(zip(LM_FIELDS, lm, strict=True))  # without an LM, follow() refuses what needs it
+        values |= lora_ui.request_values(lora, lora_scale)
         if task == "repaint":
             values |= {"repainting_start": start, "repainting_end": end}
         if task == "cover":
@@ -154,8 +166,9 @@ def _generate_tab(state, text: dict, fmt) -> None:
             yield update
 
     inputs = [task, duration, seed, batch, steps, caption, lyrics, source, start, end, strength, fmt]
-    inputs += lm_controls
+    inputs += [lora, lora_scale, *lm_controls]
     run.click(generate, inputs, outputs, concurrency_limit=None)
+    return lora
 
 
 def _lego_tab(state, text: dict, fmt) -> None:
@@ -170,11 +183,13 @@ def _lego_tab(state, text: dict, fmt) -> None:
         batch = gr.Slider(1, 2, value=1, step=1, label=text["batch"], elem_id="lego-batch")
         seed = gr.Number(value=-1, precision=0, label=text["seed"], elem_id="lego-seed")
         steps = gr.Number(value=0, precision=0, label=text["steps"], elem_id="lego-steps")
+    lora, lora_scale = lora_ui.controls(state, text, "lego")
     run = gr.Button(text["lego_run"], variant="primary", elem_id="lego-run")
     outputs = _outputs(text, "lego")
     track.change(default_caption, track, caption)  # a caption preset per track
 
-    async def lego(source, track, bpm, key, caption, batch, seed, steps, fmt, progress=gr.Progress()):
+    async def lego(source, track, bpm, key, caption, batch, seed, steps, fmt, lora, lora_scale,
+                   progress=gr.Progress()):  # fmt: skip
         staged = actions.stage_upload(state, source, text)
         values = {
             "task_type": "lego",
@@ -187,7 +202,7 @@ def _lego_tab(state, text: dict, fmt) -> None:
             "seed": int(seed),
             "inference_steps": _steps(steps, state.variant.default_steps),
             "audio_format": fmt,
-        }
+        } | lora_ui.request_values(lora, lora_scale)
         try:
             request = actions._request(values)
         except gr.Error:
@@ -196,9 +211,9 @@ def _lego_tab(state, text: dict, fmt) -> None:
         async for update in actions.follow(state, request, [staged], text, progress):
             yield update
 
-    run.click(
-        lego, [source, track, bpm, key, caption, batch, seed, steps, fmt], outputs, concurrency_limit=None
-    )
+    inputs = [source, track, bpm, key, caption, batch, seed, steps, fmt, lora, lora_scale]
+    run.click(lego, inputs, outputs, concurrency_limit=None)
+    return lora
 
 
 def _memory_tab(state, text: dict):
