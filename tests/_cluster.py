@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -105,3 +107,25 @@ def get_ok(client: httpx.Client, url: str) -> bytes:
     response = client.get(url)
     assert response.status_code == 200, (url, response.text)
     return response.content
+
+
+@contextmanager
+def two_servers(
+    env: dict[str, str], root: Path, checkpoint: Path, workers: dict[str, str]
+) -> Iterator[tuple[list[Server], list[Worker]]]:
+    """API servers ``api-a`` and ``api-b`` (default model turbo) and one worker per entry of
+    ``workers`` (name -> DiT folder, on GPUs 0, 1, ...), all ready; stopped afterwards."""
+    started = [
+        Worker(env, root, name, "--dit", dit, "--gpu", str(gpu))
+        for gpu, (name, dit) in enumerate(workers.items())
+    ]
+    servers: list[Server] = []
+    try:
+        for name in ("api-a", "api-b"):
+            (root / name).mkdir()
+            servers.append(Server(checkpoint, root / name, dit=TURBO, **env))
+        wait_for_workers(servers[0], set(workers))
+        yield servers, started
+    finally:
+        for part in [*servers, *started]:
+            part.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import socket
@@ -11,6 +12,8 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
+import soundfile as sf
 
 KEY = "test-key-123"
 
@@ -86,6 +89,13 @@ class Server:
             if time.monotonic() > deadline:
                 raise AssertionError(f"task {task_id} still running: {entry}")
             time.sleep(0.1)
+
+    def generate(self, body: dict) -> tuple[np.ndarray, dict]:
+        """Queue ``body``, wait for success; the first item's audio (float32) and the item."""
+        entry = self.wait(self.release(json=body))
+        assert entry["status"] == 1, entry
+        item = entry["items"][0]
+        return sf.read(io.BytesIO(self.download(item["file"])), dtype="float32")[0], item
 
     def download(self, url: str) -> bytes:
         response = self.get(url)

@@ -15,10 +15,10 @@ import soundfile as sf
 from _cluster import (
     BASE,
     TURBO,
-    Worker,
     cluster_env,
     query_many,
     two_model_checkpoint,
+    two_servers,
     wait_for_workers,
     wait_until,
 )
@@ -42,21 +42,11 @@ def cluster(tmp_path_factory):
     redis_server = RedisServer(root / "redis")
     checkpoint = two_model_checkpoint(root / "checkpoints")
     env = cluster_env(redis_server.url, root) | {"ACESTEP_CHECKPOINTS_DIR": str(checkpoint)}
-    workers = [
-        Worker(env, root, "w-turbo", "--dit", TURBO, "--gpu", "0"),
-        Worker(env, root, "w-base-1", "--dit", BASE, "--gpu", "1"),
-        Worker(env, root, "w-base-2", "--dit", BASE, "--gpu", "2"),
-    ]
-    servers = []
     try:
-        for name in ("api-a", "api-b"):
-            (root / name).mkdir()
-            servers.append(Server(checkpoint, root / name, dit=TURBO, **env))
-        wait_for_workers(servers[0], {w.name for w in workers})
-        yield servers, workers, redis_server, root
+        models = {"w-turbo": TURBO, "w-base-1": BASE, "w-base-2": BASE}
+        with two_servers(env, root, checkpoint, models) as (servers, workers):
+            yield servers, workers, redis_server, root
     finally:
-        for part in [*servers, *workers]:
-            part.stop()
         redis_server.stop()
 
 

@@ -4,12 +4,9 @@ through one server holds for both, and load/unload reach every worker it fits.""
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
-import soundfile as sf
-from _cluster import BASE, TURBO, Worker, cluster_env, two_model_checkpoint, wait_for_workers
+from _cluster import BASE, TURBO, cluster_env, two_model_checkpoint, two_servers
 from _redis import RedisServer
 from _server import Server
 
@@ -31,28 +28,15 @@ def cluster(tmp_path_factory):
         "ACESTEP_CHECKPOINTS_DIR": str(checkpoint),
         "ACESTEP_LORA_DIR": str(folder),
     }
-    workers = [
-        Worker(env, root, "w-turbo", "--dit", TURBO, "--gpu", "0"),
-        Worker(env, root, "w-base", "--dit", BASE, "--gpu", "1"),
-    ]
-    servers = []
     try:
-        for name in ("api-a", "api-b"):
-            (root / name).mkdir()
-            servers.append(Server(checkpoint, root / name, dit=TURBO, **env))
-        wait_for_workers(servers[0], {w.name for w in workers})
-        yield servers
+        with two_servers(env, root, checkpoint, {"w-turbo": TURBO, "w-base": BASE}) as (servers, _):
+            yield servers
     finally:
-        for part in [*servers, *workers]:
-            part.stop()
         redis_server.stop()
 
 
 def run(server: Server, **fields) -> tuple[np.ndarray, dict]:
-    entry = server.wait(server.release(json=BODY | fields))
-    assert entry["status"] == 1, entry
-    item = entry["items"][0]
-    return sf.read(io.BytesIO(server.download(item["file"])), dtype="float32")[0], item
+    return server.generate(BODY | fields)
 
 
 def test_adapters_follow_the_model_a_job_runs_on(cluster):

@@ -3,11 +3,8 @@ per-request adapters, upstream's sticky load/unload, determinism, and bad adapte
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
-import soundfile as sf
 from _server import Server
 
 from acestep.testing import make_tiny_lora
@@ -35,10 +32,7 @@ def server(upstream_base, lora_folder, tmp_path_factory):
 
 
 def run(server: Server, **fields) -> tuple[np.ndarray, dict]:
-    entry = server.wait(server.release(json=BODY | fields))
-    assert entry["status"] == 1, entry
-    item = entry["items"][0]
-    return sf.read(io.BytesIO(server.download(item["file"])), dtype="float32")[0], item
+    return server.generate(BODY | fields)
 
 
 def test_the_catalog_lists_both_formats_with_their_metadata(server, lora_folder):
