@@ -142,8 +142,10 @@ def _generate_tab(state, text: dict, fmt) -> None:
     run = gr.Button(text["generate"], variant="primary", elem_id="gen-run")
     outputs = _outputs(text, "gen")
 
+    # The LoRA inputs come last: Gradio API clients that send the earlier inputs keep working.
     async def generate(task, duration, seed, batch, steps, caption, lyrics, source, start, end, strength, fmt,
-                       lora, lora_scale, *lm, progress=gr.Progress()):  # fmt: skip
+                       *extra, progress=gr.Progress()):  # fmt: skip
+        lm, (lora, lora_scale) = extra[: len(LM_FIELDS)], (list(extra[len(LM_FIELDS) :]) + [None, 1.0])[:2]
         cleanup = [actions.stage_upload(state, source, text)] if task != "text2music" else []
         values = {
             "task_type": task,
@@ -166,7 +168,7 @@ def _generate_tab(state, text: dict, fmt) -> None:
             yield update
 
     inputs = [task, duration, seed, batch, steps, caption, lyrics, source, start, end, strength, fmt]
-    inputs += [lora, lora_scale, *lm_controls]
+    inputs += [*lm_controls, lora, lora_scale]
     run.click(generate, inputs, outputs, concurrency_limit=None)
     return lora
 
