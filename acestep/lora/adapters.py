@@ -122,13 +122,15 @@ class Adapters:
     def load(self, names: list[str]) -> list[str]:
         """Load adapters (not activating them); returns those that were not loaded yet. Each file
         is read and checked against the DiT before another adapter makes room for it."""
-        infos = self.check(tuple((name, 1.0) for name in names))
+        missing = [name for name in names if name not in self.loaded]
+        # Adapters already in the DiT need no catalog scan: a job naming them pays nothing here.
+        infos = self.check(tuple((name, 1.0) for name in missing)) if missing else []
         new = []
         with self._lock:
+            for name in names:
+                if name in self.loaded:
+                    self._touch(name)
             for info in infos:
-                if info.name in self.loaded:
-                    self._touch(info.name)
-                    continue
                 state = self._read(info)
                 self._make_room(keep=set(names))
                 self._attach(info, state)
@@ -216,9 +218,7 @@ class Adapters:
         changed. Adapters at scale 0 take no part: the output equals no adapter."""
         wanted = tuple((name, float(scale)) for name, scale in selection if scale != 0.0)
         with self._lock:
-            self.load([name for name, _ in selection])
-            for name, _ in selection:
-                self._touch(name)
+            self.load([name for name, _ in selection])  # also marks them used
             if wanted == self.active:
                 return False
             self._activate(wanted)

@@ -149,18 +149,15 @@ class LoraSelection:
     def set_scale(self, scale: float, name: str | None = None) -> dict:
         """Upstream's ``/v1/lora/scale``: one default adapter's scale (all of them without a name)."""
         with self._lock:
-            return self._set_scale(scale, name)
-
-    def _set_scale(self, scale: float, name: str | None) -> dict:
-        current = self.default()
-        if name is not None and name not in {entry["name"] for entry in current["adapters"]}:
-            raise KeyError(name)
-        adapters = [
-            entry | {"scale": float(scale)} if name in (None, entry["name"]) else entry
-            for entry in current["adapters"]
-        ]
-        self.store.put({"adapters": adapters, "enabled": current["enabled"]})
-        return self.default()
+            current = self.default()
+            if name is not None and name not in {entry["name"] for entry in current["adapters"]}:
+                raise KeyError(name)
+            adapters = [
+                entry | {"scale": float(scale)} if name in (None, entry["name"]) else entry
+                for entry in current["adapters"]
+            ]
+            self.store.put({"adapters": adapters, "enabled": current["enabled"]})
+            return self.default()
 
     def set_enabled(self, enabled: bool) -> dict:
         """Upstream's ``/v1/lora/toggle``: keep the default adapters but stop (or resume) using them."""
@@ -170,10 +167,52 @@ class LoraSelection:
 
     def clear_default(self, names: list[str] | None = None) -> dict:
         with self._lock:
-            return self._clear(names)
+            current = self.default()
+            adapters = [e for e in current["adapters"] if names is not None and e["name"] not in names]
+            self.store.put({"adapters": adapters, "enabled": current["enabled"]})
+            return self.default()
 
-    def _clear(self, names: list[str] | None) -> dict:
-        current = self.default()
-        adapters = [e for e in current["adapters"] if names is not None and e["name"] not in names]
-        self.store.put({"adapters": adapters, "enabled": current["enabled"]})
-        return self.default()
+    # -- the GPU side, through the memory manager (or a cluster's controls) -------------------
+
+    def load(self, manager, name: str, scale: float) -> dict:
+        """Upstream's ``/v1/lora/load``: check ``name`` by its header, load it on the GPU worker(s)
+        after the running job, and add it to the default; the measured report and the default.
+        ``LoraError`` with the reason when the adapter or a worker refuses."""
+        self.check([name])
+        self.room_for(name)
+        report = _refused_by_all(_on_worker(manager.load_lora, [name]))
+        return report | {"default": self.set_default(name, scale)}
+
+    def unload(self, manager, names: list[str] | None = None) -> dict:
+        """Remove adapters (all by default) from the GPU worker(s) and from the default."""
+        report = _refused_by_all(_on_worker(manager.unload_lora, names))
+        return report | {"default": self.clear_default(names)}
+
+
+def _on_worker(command, names) -> dict:
+    """A worker process answers a refusal as an ``input`` job error: the adapter's own error."""
+    from acestep.worker.runner import JobError
+
+    try:
+        return command(names)
+    except JobError as exc:
+        if exc.kind == "input":
+            raise LoraError(str(exc)) from None
+        raise
+
+
+def _refused_by_all(report: dict) -> dict:
+    """A cluster's broadcast: workers whose model the adapter does not fit refuse it; only all
+    refusing is an error."""
+    replies = list((report.get("workers") or {}).values())
+    failures = [str(reply.get("error")) for reply in replies if not reply.get("ok")]
+    if failures and len(failures) == len(replies):
+        raise LoraError("; ".join(failures))
+    return report
+
+
+def resident(status: dict) -> dict | list:
+    """The adapters in the model from a memory status: one server's, or per live cluster worker."""
+    if status.get("mode") == "cluster":
+        return [{"worker": w["id"], "adapters": w.get("adapters")} for w in status["workers"] if w["alive"]]
+    return status.get("adapters") or {"loaded": [], "active": [], "bytes": 0}

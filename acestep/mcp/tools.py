@@ -267,10 +267,11 @@ def build_server(backend: Backend, streamable_http_path: str = "/mcp") -> FastMC
     async def list_loras() -> dict:
         """The LoRA adapters in the server's LoRA folder: name, base model, rank, whether they fit the
         served model; the unusable files with the reason; the default and what the model holds."""
-        loras = backend.queue.loras
-        catalog = await anyio.to_thread.run_sync(loras.catalog)
+        from acestep.lora.selection import resident
+
+        catalog = await anyio.to_thread.run_sync(backend.queue.loras.catalog)
         status = await anyio.to_thread.run_sync(backend.manager.get_status)
-        return catalog | {"resident": status.get("adapters") or status.get("workers")}
+        return catalog | {"resident": resident(status)}
 
     @server.tool()
     async def load_lora(name: str, scale: float = 1.0) -> dict:
@@ -281,21 +282,21 @@ def build_server(backend: Backend, streamable_http_path: str = "/mcp") -> FastMC
 
         if not 0.0 <= scale <= MAX_LORA_SCALE:
             raise ToolError(f"scale must be between 0 and {MAX_LORA_SCALE:g}")
-        loras = backend.queue.loras
         try:
-            await anyio.to_thread.run_sync(loras.check, [name])
-            await anyio.to_thread.run_sync(loras.room_for, name)
-            report = await anyio.to_thread.run_sync(backend.manager.load_lora, [name])
-            default = await anyio.to_thread.run_sync(loras.set_default, name, scale)
+            return await anyio.to_thread.run_sync(backend.queue.loras.load, backend.manager, name, scale)
         except (ValueError, JobError) as exc:
             raise ToolError(str(exc)) from None
-        return report | {"default": default}
 
     @server.tool()
     async def unload_lora(name: str | None = None) -> dict:
         """Remove an adapter (all without a name) from the model and from the default."""
-        names = [name] if name else None
-        report = await anyio.to_thread.run_sync(backend.manager.unload_lora, names)
-        return report | {"default": await anyio.to_thread.run_sync(backend.queue.loras.clear_default, names)}
+        from acestep.worker.runner import JobError
+
+        try:
+            return await anyio.to_thread.run_sync(
+                backend.queue.loras.unload, backend.manager, [name] if name else None
+            )
+        except (ValueError, JobError) as exc:
+            raise ToolError(str(exc)) from None
 
     return server

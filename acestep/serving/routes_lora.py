@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from acestep.engine.request import ADAPTER_NAME_RE, MAX_LORA_SCALE
 from acestep.lora.catalog import LoraError, LoraNotFound
-from acestep.lora.selection import DefaultFull
+from acestep.lora.selection import DefaultFull, resident
 from acestep.serving import auth
 from acestep.serving.body import read_body
 from acestep.serving.routes_compat import body_schema
@@ -81,27 +81,15 @@ def _scale(fields: dict, default: float | None = 1.0) -> float | None:
     return scale
 
 
-async def _on_worker(function, *args) -> dict:
-    """Run a LoRA command on the GPU worker(s); a refusal there is a 4xx with its reason."""
+async def _run(function, *args):
+    """A LoRA command (it may wait for the running job): its refusal is a 4xx with the reason, a
+    worker that fails otherwise a 503."""
     try:
-        report = await anyio.to_thread.run_sync(function, *args, limiter=_WAITERS)
-    except (LoraError, ValueError) as exc:  # the in-process worker raises the engine's own error
+        return await anyio.to_thread.run_sync(function, *args, limiter=_WAITERS)
+    except (LoraError, ValueError) as exc:
         raise _refusal(exc) from None
     except JobError as exc:
-        raise HTTPException(400 if exc.kind == "input" else 503, str(exc)) from None
-    replies = list((report.get("workers") or {}).values())
-    failures = [reply.get("error") for reply in replies if not reply.get("ok")]
-    # A cluster: workers whose model the adapter does not fit refuse it; only all refusing is an error.
-    if failures and len(failures) == len(replies):
-        raise HTTPException(400, "; ".join(str(f) for f in failures))
-    return report
-
-
-def _resident(status: dict) -> dict | list:
-    """The adapters in GPU workers' DiTs: one server's, or per worker in a cluster."""
-    if status.get("mode") == "cluster":
-        return [{"worker": w["id"], "adapters": w.get("adapters")} for w in status["workers"] if w["alive"]]
-    return status.get("adapters") or {"loaded": [], "active": [], "bytes": 0}
+        raise HTTPException(503, str(exc)) from None
 
 
 @router.get("/v1/loras")
@@ -111,7 +99,7 @@ async def list_loras(request: Request) -> dict:
     state = request.app.state
     catalog = await run_in_threadpool(state.loras.catalog)
     status = await run_in_threadpool(state.manager.get_status)
-    return envelope(catalog | {"resident": _resident(status)})
+    return envelope(catalog | {"resident": resident(status)})
 
 
 @router.post("/v1/lora/load", openapi_extra=LOAD_BODY)
@@ -119,18 +107,8 @@ async def load_lora(request: Request) -> dict:
     """Load an adapter and make it the default (at ``scale``) for requests that name none."""
     fields, _ = await read_body(request)
     name, scale = _name(request, fields, required=True), _scale(fields)
-    loras = request.app.state.loras
-    try:
-        await run_in_threadpool(loras.check, [name])  # header checks: before the worker is asked
-        await run_in_threadpool(loras.room_for, name)
-    except LoraError as exc:
-        raise _refusal(exc) from None
-    report = await _on_worker(request.app.state.manager.load_lora, [name])
-    try:
-        default = await run_in_threadpool(loras.set_default, name, scale)
-    except LoraError as exc:  # another load filled the default meanwhile
-        raise _refusal(exc) from None
-    return envelope(report | {"default": default})
+    state = request.app.state
+    return envelope(await _run(state.loras.load, state.manager, name, scale))
 
 
 @router.post(
@@ -141,10 +119,8 @@ async def unload_lora(request: Request) -> dict:
     are then exactly those loaded from disk."""
     fields, _ = await read_body(request)
     name = _name(request, fields, required=False)
-    names = [name] if name else None
-    report = await _on_worker(request.app.state.manager.unload_lora, names)
-    default = await run_in_threadpool(request.app.state.loras.clear_default, names)
-    return envelope(report | {"default": default})
+    state = request.app.state
+    return envelope(await _run(state.loras.unload, state.manager, [name] if name else None))
 
 
 @router.get("/v1/lora/status")
@@ -160,7 +136,7 @@ async def lora_status(request: Request) -> dict:
             "active": bool(adapters) and default["enabled"],
             "adapters": [entry["name"] for entry in adapters],
             "scales": {entry["name"]: entry["scale"] for entry in adapters},
-            "resident": _resident(status),
+            "resident": resident(status),
         }
     )
 

@@ -13,6 +13,7 @@ import anyio
 import gradio as gr
 
 from acestep.engine.request import MAX_LORA_SCALE
+from acestep.lora.selection import resident
 
 COLUMNS = ("name", "format", "base_variant", "rank", "alpha", "modules", "compatible")
 
@@ -46,12 +47,9 @@ def refresh_choices(state):
 def catalog_text(state, text: dict) -> tuple[list[list], str]:
     catalog = state.loras.catalog()
     rows = [[entry[column] for column in COLUMNS] for entry in catalog["loras"]]
-    status = state.manager.get_status()
-    resident = status.get("adapters") or {"loaded": []}
-    if status.get("mode") == "cluster":
-        resident = {
-            "loaded": [a for w in status["workers"] for a in (w.get("adapters") or {}).get("loaded", [])]
-        }
+    held = resident(state.manager.get_status())
+    if isinstance(held, list):  # a cluster: every live worker's adapters
+        held = {"loaded": [a for w in held for a in (w["adapters"] or {}).get("loaded", [])]}
     default = catalog["default"]
     lines = [
         f"**{text['lora_folder']}:** `{catalog['directory']}`",
@@ -59,7 +57,7 @@ def catalog_text(state, text: dict) -> tuple[list[list], str]:
         + (", ".join(f"{a['name']} x{a['scale']:g}" for a in default["adapters"]) or "-")
         + ("" if default["enabled"] else " (off)"),
         f"**{text['lora_resident']}:** "
-        + (", ".join(f"{a['name']} ({a['bytes'] / 2**20:.1f} MiB)" for a in resident["loaded"]) or "-"),
+        + (", ".join(f"{a['name']} ({a['bytes'] / 2**20:.1f} MiB)" for a in held["loaded"]) or "-"),
     ]
     if catalog["problems"]:
         lines.append(
@@ -68,7 +66,8 @@ def catalog_text(state, text: dict) -> tuple[list[list], str]:
     return rows, "\n\n".join(lines)
 
 
-def tab(state, text: dict) -> None:
+def tab(state, text: dict) -> tuple[gr.Dataframe, gr.Markdown, object]:
+    """The LoRA tab; returns its table and summary, and the handler that fills them."""
     table = gr.Dataframe(headers=list(COLUMNS), interactive=False, elem_id="lora-table")
     summary = gr.Markdown(elem_id="lora-status")
     with gr.Row():
@@ -79,8 +78,7 @@ def tab(state, text: dict) -> None:
         return await anyio.to_thread.run_sync(catalog_text, state, text)
 
     async def unload_all():
-        await anyio.to_thread.run_sync(state.manager.unload_lora, None)
-        await anyio.to_thread.run_sync(state.loras.clear_default, None)
+        await anyio.to_thread.run_sync(state.loras.unload, state.manager, None)
         return await show()
 
     refresh.click(show, None, [table, summary])
