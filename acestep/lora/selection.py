@@ -215,4 +215,6 @@ def resident(status: dict) -> dict | list:
     """The adapters in the model from a memory status: one server's, or per live cluster worker."""
     if status.get("mode") == "cluster":
         return [{"worker": w["id"], "adapters": w.get("adapters")} for w in status["workers"] if w["alive"]]
-    return status.get("adapters") or {"loaded": [], "active": [], "bytes": 0}
+    from acestep.worker.runner import no_adapters
+
+    return status.get("adapters") or no_adapters()
