@@ -42,8 +42,15 @@ def _engine(checkpoint, lora_dir, fuse: bool) -> AceStep:
 
 
 @pytest.fixture(scope="module")
-def engine(upstream_base, lora_dir):
+def shared_engine(upstream_base, lora_dir):
     return _engine(upstream_base, lora_dir, fuse=False)
+
+
+@pytest.fixture
+def engine(shared_engine):
+    """The module's engine with no adapter loaded, whatever the test before it left (any order)."""
+    shared_engine.adapters.unload()
+    return shared_engine
 
 
 def audio(engine: AceStep, tmp_path, lora=None, scale=1.0, seed: int = 7) -> np.ndarray:
