@@ -141,7 +141,7 @@ def test_download_step_can_be_skipped_and_commands_overridden(tmp_path, upstream
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    assert "acestep-5Hz-lm-4B" in done.stdout.splitlines()
+    assert "acestep-5Hz-lm-4B" in [line.split()[0] for line in done.stdout.splitlines() if line]
     assert "downloading" not in done.stdout
 
 

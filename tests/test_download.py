@@ -1,8 +1,10 @@
-"""What ``acestep-download --missing`` (the Docker images' first start) would fetch, in both layouts.
+"""``acestep-download``: upstream's flags, what it fetches and skips, ``--list``, and ``--missing``
+(the Docker images' first start), in both layouts.
 
-No hub here: a download that is needed fails offline (HF_HUB_OFFLINE=1), and the test checks the
-failure is reported as such; everything before the network call is real. One test replaces
-``snapshot_download`` to see what would be asked of the hub.
+No hub here: a download that is needed fails offline (HF_HUB_OFFLINE=1), and the tests check the
+failure is reported as such; everything before the network call is real. Where a test must see
+what would be asked of the hub, ``snapshot_download`` is replaced by :class:`LocalHub`, which
+serves each repo from a local folder of tiny random weights (``tests/_hub.py``).
 """
 
 from __future__ import annotations
@@ -12,10 +14,32 @@ import shutil
 from pathlib import Path
 
 import pytest
+from _hub import LocalHub
 
-from acestep.checkpoints.download import download, missing_models, repo_for
+from acestep.checkpoints.download import download, missing_models, presence, repo_for
+from acestep.checkpoints.registry import KNOWN_MODELS, MAIN_REPO, SEPARATE_REPOS
 from acestep.cli import download_main
+from acestep.cli.download import _download_parser
 from acestep.testing import make_tiny_lm
+
+
+@pytest.fixture(scope="module")
+def hub_repos(upstream_turbo: Path, upstream_base: Path, tmp_path_factory) -> dict[str, Path]:
+    """The main repo (turbo DiT, VAE, text encoder, 1.7B LM) and every separate repo, tiny."""
+    main = tmp_path_factory.mktemp("hub") / "main"
+    shutil.copytree(upstream_turbo, main)
+    make_tiny_lm(main)
+    separate = {f"ACE-Step/{name}": upstream_base / "acestep-v15-base" for name in SEPARATE_REPOS}
+    return {MAIN_REPO: main} | separate
+
+
+@pytest.fixture
+def hub(hub_repos, monkeypatch) -> LocalHub:
+    import huggingface_hub
+
+    fake = LocalHub(hub_repos)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
+    return fake
 
 
 def test_a_complete_upstream_root_needs_nothing(upstream_base: Path):
@@ -62,14 +86,12 @@ def test_an_interrupted_download_counts_as_missing(upstream_base: Path, tmp_path
     )
 
 
-def test_main_repo_folders_fetch_only_themselves(tmp_path: Path, monkeypatch):
-    import huggingface_hub
-
-    calls = []
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda **kwargs: calls.append(kwargs))
+def test_main_repo_folders_fetch_only_themselves(hub: LocalHub, tmp_path: Path):
     download("vae", tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vae"]
     download("main", tmp_path)
     download("acestep-v15-base", tmp_path)
+    calls = hub.calls
     assert [(c["repo_id"], c["allow_patterns"]) for c in calls] == [
         ("ACE-Step/Ace-Step1.5", ["vae/*"]),
         ("ACE-Step/Ace-Step1.5", None),
@@ -112,3 +134,86 @@ def test_cli_missing_refuses_what_it_cannot_do(upstream_base, monkeypatch, capsy
         monkeypatch.setenv(name, value)
     assert download_main(["--missing", "--dir", str(upstream_base)]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_no_model_fetches_the_main_repo_once(hub: LocalHub, tmp_path: Path, capsys):
+    root = tmp_path / "checkpoints"
+    assert download_main(["-d", str(root)]) == 0
+    assert hub.asked() == [(MAIN_REPO, False)] and presence(root, "main").complete
+    assert f"try: acestep generate --checkpoint {root} --caption" in capsys.readouterr().out
+    assert download_main(["--dir", str(root)]) == 0  # complete: nothing asked of the hub
+    assert hub.asked() == [(MAIN_REPO, False)] and "main: already complete" in capsys.readouterr().out
+    assert download_main(["-d", str(root), "-f"]) == 0
+    assert hub.asked()[-1] == (MAIN_REPO, True)
+
+
+def test_a_separate_model_fetches_the_main_repo_first(hub: LocalHub, tmp_path: Path, capsys):
+    """What the README's base-model examples need: one command, then the DiT resolves."""
+    from acestep.checkpoints import resolve
+
+    root = tmp_path / "checkpoints"
+    assert download_main(["-m", "acestep-v15-base", "-d", str(root)]) == 0
+    assert hub.asked() == [(MAIN_REPO, False), ("ACE-Step/acestep-v15-base", False)]
+    assert hub.calls[1]["local_dir"] == str(root / "acestep-v15-base")
+    assert resolve(root, "acestep-v15-base").variant.name == "base"
+    assert f"--checkpoint {root} --dit acestep-v15-base" in capsys.readouterr().out
+    # --force fetches the model again, not the complete main repo it depends on.
+    assert download_main(["-m", "acestep-v15-base", "-d", str(root), "--force"]) == 0
+    assert hub.asked()[2:] == [("ACE-Step/acestep-v15-base", True)]
+
+
+def test_skip_main_and_the_xl_models(hub: LocalHub, tmp_path: Path):
+    root = tmp_path / "checkpoints"
+    assert download_main(["--model", "acestep-v15-xl-turbo", "--dir", str(root), "--skip-main"]) == 0
+    assert hub.asked() == [("ACE-Step/acestep-v15-xl-turbo", False)]
+    assert not (root / "vae").exists() and presence(root, "acestep-v15-xl-turbo").complete
+
+
+def test_all_fetches_every_known_repo(hub: LocalHub, tmp_path: Path):
+    assert download_main(["-a", "-d", str(tmp_path), "-t", "hf_secret"]) == 0
+    assert [repo for repo, _ in hub.asked()] == [MAIN_REPO, *(f"ACE-Step/{n}" for n in SEPARATE_REPOS)]
+    assert {call["token"] for call in hub.calls} == {"hf_secret"}
+    assert all(presence(tmp_path, model).complete for model in KNOWN_MODELS)
+
+
+def test_an_unknown_model_is_exit_1_and_asks_nothing(hub: LocalHub, tmp_path: Path, capsys):
+    assert download_main(["-m", "acestep-v15-huge", "-d", str(tmp_path)]) == 1
+    assert "unknown model 'acestep-v15-huge'" in capsys.readouterr().err and hub.calls == []
+
+
+def test_offline_the_first_failure_stops_and_is_exit_1(tmp_path: Path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    args = ["-m", "acestep-v15-base", "-d", str(tmp_path), "--download-source", "modelscope"]
+    assert download_main(args) == 1
+    out, err = capsys.readouterr()
+    assert "download of 'main' failed" in err and "not downloaded: main" in err
+    assert "acestep-v15-base: downloading" not in out  # its prerequisite failed: not attempted
+    assert "ModelScope is not supported" in err  # the upstream flag is accepted, and says so
+
+
+def test_list_marks_what_is_present_with_sizes(upstream_base: Path, tmp_path: Path, capsys):
+    root = tmp_path / "checkpoints"
+    shutil.copytree(upstream_base, root)
+    (root / "Qwen3-Embedding-0.6B" / "model.safetensors").unlink()  # an interrupted download
+    (root / "acestep-v15-base" / "README.md").write_bytes(b"x" * 3_000_000)  # counted: size on disk
+    assert download_main(["-l", "-d", str(root)]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert list(rows) == list(KNOWN_MODELS)
+    base_bytes = sum(p.stat().st_size for p in (root / "acestep-v15-base").iterdir())
+    assert rows["acestep-v15-base"].split()[1:4] == ["present", f"{base_bytes / 1e6:.1f}", "MB"]
+    assert "ACE-Step/acestep-v15-base" in rows["acestep-v15-base"]
+    assert "lego" in rows["acestep-v15-base"] and "lego" not in rows["acestep-v15-xl-turbo"]
+    assert rows["Qwen3-Embedding-0.6B"].split()[1] == "partial"
+    assert rows["main"].split()[1] == "partial"  # no turbo DiT, no LM
+    for xl in ("acestep-v15-xl-base", "acestep-v15-xl-sft", "acestep-v15-xl-turbo"):
+        assert rows[xl].split()[1:3] == ["-", f"ACE-Step/{xl}"]
+
+
+def test_every_flag_has_help_and_version_works(capsys):
+    parser = _download_parser()
+    flags = {flag for action in parser._actions for flag in action.option_strings}
+    assert {"-m", "-a", "-l", "-d", "-f", "-t", "--skip-main", "--download-source", "--missing"} <= flags
+    assert all(action.help for action in parser._actions)
+    with pytest.raises(SystemExit) as done:
+        download_main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.startswith("acestep-download ")

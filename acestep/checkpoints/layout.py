@@ -17,6 +17,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from acestep.checkpoints.registry import MAIN, download_hint
 from acestep.checkpoints.variants import Variant, detect_variant
 
 DIT_PREFIX = "acestep-v15-"
@@ -74,7 +75,7 @@ def default_dit(root: Path) -> str:
     """Upstream's UI default: ``acestep-v15-turbo`` if present, else the first ``acestep-v15-*``."""
     names = list_dits(root)
     if not names:
-        raise CheckpointError(f"no {DIT_PREFIX}* model folder under {root}")
+        raise CheckpointError(f"no {DIT_PREFIX}* model folder under {root}{download_hint(MAIN, root)}")
     return DEFAULT_DIT if DEFAULT_DIT in names else names[0]
 
 
@@ -87,7 +88,9 @@ def resolve(path: str | Path, dit: str | None = None) -> CheckpointPaths:
     """
     path = Path(path).expanduser()
     if not path.exists():
-        raise CheckpointError(f"checkpoint path does not exist: {path}")
+        # A DiT folder's name is a model the downloader may know; anything else is a root.
+        model, root = (path.name, path.parent) if path.name.startswith(DIT_PREFIX) else (MAIN, path)
+        raise CheckpointError(f"checkpoint path does not exist: {path}{download_hint(model, root)}")
     if (path / "model_index.json").is_file():
         return _resolve_diffusers(path)
     if path.name.startswith(DIT_PREFIX) and (path / "config.json").is_file():
@@ -101,14 +104,23 @@ def _resolve_upstream(root: Path, dit_name: str) -> CheckpointPaths:
     dit_dir = root / dit_name
     if not dit_dir.is_dir():
         available = ", ".join(list_dits(root)) or "none"
-        raise CheckpointError(f"DiT folder {dit_name!r} not found under {root} (available: {available})")
+        raise CheckpointError(
+            f"DiT folder {dit_name!r} not found under {root} (available: {available})"
+            + download_hint(dit_name, root)
+        )
+    hint = download_hint(dit_name, root)  # an incomplete folder: the same command resumes it
+    if not (dit_dir / "config.json").is_file():
+        raise CheckpointError(f"missing file: {dit_dir / 'config.json'}{hint}")
     config = read_json(dit_dir / "config.json")
-    find_weights(dit_dir)
+    try:
+        find_weights(dit_dir)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc}{hint}") from None
     if not (dit_dir / "silence_latent.pt").is_file():
-        raise CheckpointError(f"{dit_dir} has no silence_latent.pt (it is required to load a DiT)")
+        raise CheckpointError(f"{dit_dir} has no silence_latent.pt (it is required to load a DiT){hint}")
     for needed in (VAE_DIR, TEXT_ENCODER_DIR):
         if not (root / needed).is_dir():
-            raise CheckpointError(f"missing folder {root / needed}")
+            raise CheckpointError(f"missing folder {root / needed}{download_hint(needed, root)}")
     return CheckpointPaths(
         layout="upstream",
         root=root,

@@ -6,7 +6,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from acestep.checkpoints.registry import KNOWN_MODELS, download_command
+
 LM_PREFIX = "acestep-5Hz-lm-"
+DEFAULT_LM = f"{LM_PREFIX}1.7B"  # the LM in the main repo
 
 
 class LmNotAvailable(ValueError):
@@ -26,10 +29,11 @@ def find_lm_folder(
             if (candidate / "config.json").is_file():
                 return candidate
         present = sorted(p.name for p in root.glob(f"{LM_PREFIX}*")) if root.is_dir() else []
+        model = str(wanted) if str(wanted) in KNOWN_MODELS else DEFAULT_LM
         raise LmNotAvailable(
             f"LM {wanted} not found (looked for {direct} and {root / str(wanted)}); "
             f"LM folders under {root}: {', '.join(present) or 'none'}; "
-            "download one with: acestep-download --model acestep-5Hz-lm-1.7B"
+            f"download {'it' if model == str(wanted) else 'one'} with: {download_command(model, root)}"
         )
     found = (
         sorted(p for p in root.glob(f"{LM_PREFIX}*") if (p / "config.json").is_file())
@@ -48,6 +52,6 @@ def lm_availability(root: Path, env: dict[str, str] | None = None) -> tuple[str 
     if folder is None:
         return (
             None,
-            f"no {LM_PREFIX}* folder in {root}; download one with: acestep-download --model {LM_PREFIX}1.7B",
+            f"no {LM_PREFIX}* folder in {root}; download one with: {download_command(DEFAULT_LM, root)}",
         )
     return folder.name, ""

@@ -15,6 +15,7 @@ from loguru import logger
 
 from acestep.checkpoints import CheckpointPaths, Components, load_components, resolve
 from acestep.checkpoints.lm_folders import LmNotAvailable, find_lm_folder
+from acestep.checkpoints.task_support import require_task
 from acestep.engine import audio_io, conditioning
 from acestep.engine.codec import AudioCodec
 from acestep.engine.fast_dit import DitRunner, compiled_decoder, fast_mode
@@ -160,11 +161,7 @@ class AceStep:
     def check(self, request: GenerationRequest) -> None:
         """Model-dependent checks, before any tensor is allocated."""
         task = request.effective_task
-        if task not in self.variant.supported_tasks:
-            raise ValueError(
-                f"task {task!r} needs a base or SFT model; {self.paths.dit_name} is a {self.variant.name} "
-                f"model (it supports {', '.join(sorted(self.variant.supported_tasks))})"
-            )
+        require_task(self.paths, task)
         self.adapters.check(request.adapters)
         self.lm.require(request)
         if request.uses_lm and self.limits is not None:

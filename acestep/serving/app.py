@@ -63,6 +63,7 @@ def create_app(
                 config.cleanup_interval_s,
                 model_name=paths.dit_name,
                 loras=loras,
+                checkpoint=paths,
             )
             if config.preload:
                 mm.dispatcher.request_load()  # runs on the worker; the server answers meanwhile

@@ -20,6 +20,8 @@ from typing import Protocol
 
 from loguru import logger
 
+from acestep.checkpoints.layout import CheckpointPaths
+from acestep.checkpoints.task_support import require_task
 from acestep.engine.request import GenerationRequest
 from acestep.lora.selection import LoraSelection
 from acestep.memory.manager import MemoryManager, worker_summary
@@ -122,13 +124,16 @@ class LocalJobQueue:
         cleanup_interval_s: int = 300,
         model_name: str = "",
         loras: LoraSelection | None = None,
+        checkpoint: CheckpointPaths | None = None,
     ):
-        """``loras`` fills in and checks each request's LoRA adapters (None: taken as they are)."""
+        """``loras`` fills in and checks each request's LoRA adapters (None: taken as they are);
+        ``checkpoint``, the served one, refuses a task its variant cannot run (None: no check)."""
         if manager.dispatcher is None:
             raise RuntimeError("start the memory manager's worker before the job queue")
         self.manager = manager
         self.model_name = model_name
         self.loras = loras
+        self.checkpoint = checkpoint
         self.dispatcher = manager.dispatcher
         self.results_dir = Path(results_dir)
         self.results_dir.mkdir(parents=True, exist_ok=True)
@@ -164,6 +169,8 @@ class LocalJobQueue:
         jobs stop after the LM (``/format_input``)."""
         task_id = str(uuid.uuid4())
         inputs = list(cleanup)
+        if self.checkpoint is not None:  # before the model loads (e.g. lego on a turbo server)
+            require_task(self.checkpoint, request.effective_task)
         if self.loras is not None:
             request, _ = self.loras.admit(request)  # LoraError (a ValueError): refused, nothing queued
         with self._lock:
