@@ -8,6 +8,8 @@ work=$(mktemp -d -p "$PWD" .wheel-smoke.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 rm -rf dist
 "$VENV/bin/python" -m build --wheel --outdir dist . >/dev/null
+# The metadata PyPI would get, the README rendered as the long description included: a warning fails too.
+"$VENV/bin/python" -m twine check --strict dist/*
 python3 -m venv "$work/venv"
 # The torch stack (torch, triton, CUDA libraries: ~6 GB) is hard-linked from $VENV, not
 # installed a second time: CI machines can be short of disk. Everything else comes from the wheel's
