@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
+from scipy.io import wavfile
 from scipy.signal import resample_poly
 
 SAMPLE_RATE = 48000
@@ -121,8 +122,13 @@ def save_audio(wav: torch.Tensor, directory: str | Path, stem: str, audio_format
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{stem}.{ext}"
-    data = wav.detach().float().cpu().numpy().T
-    sf.write(str(path), np.ascontiguousarray(data), SAMPLE_RATE, format=container, subtype=subtype)
+    data = np.ascontiguousarray(wav.detach().float().cpu().numpy().T)
+    if (container, subtype) == ("WAV", "FLOAT"):
+        # libsndfile stamps float WAVs with the time of writing (the PEAK chunk), so one request
+        # and seed would give other bytes a second later; scipy writes the same samples without it.
+        wavfile.write(str(path), SAMPLE_RATE, data)
+    else:
+        sf.write(str(path), data, SAMPLE_RATE, format=container, subtype=subtype)
     return path
 
 
