@@ -156,20 +156,33 @@ def test_bad_input_exits_2_without_traceback(runs: dict[str, Run]) -> None:
 def test_demo_says_it_is_noise(tmp_path: Path, capsys, monkeypatch) -> None:
     monkeypatch.setenv("ACESTEP_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "out"
-    assert cli.main(["generate", "--demo", "--seed", "0", "--duration", "3", "--output-dir", str(out)]) == 0
+    args = ["generate", "--demo", "--seed", "0", "--duration", "3", "--steps", "20"]
+    assert cli.main([*args, "--output-dir", str(out)]) == 0
     captured = capsys.readouterr()
-    assert "DEMO MODE" in captured.err
-    assert "RANDOM weights" in captured.err
-    assert "noise, not music" in captured.err
+    assert "Note: turbo models always run 8 steps; inference_steps=20 was not used" in captured.out
+    # Said once, in the summary, with the commands that repeat the job on real weights.
+    assert (captured.out + captured.err).count("DEMO MODE") == 1
+    assert "RANDOM weights" in captured.out
+    assert "noise, not music" in captured.out
+    assert "  acestep-download --dir checkpoints" in captured.out  # turbo: the main repo
+    assert "  acestep generate --checkpoint checkpoints --duration 3 --seed 0" in captured.out
     # The tiny demo checkpoint was built in the cache dir named by ACESTEP_CACHE_DIR.
     demo_root = tmp_path / "cache" / "acestep" / "demo" / "upstream-turbo"
     assert (demo_root / "acestep-v15-turbo" / "model.safetensors").is_file()
     wavs = _wavs(out)
     assert len(wavs) == 1
-    assert f"{wavs[0]}  seed=0  3.00 s  48000 Hz" in captured.out
-    assert "text2music on acestep-v15-turbo (turbo)" in captured.out
+    assert f"  {wavs[0]}  (3.00 s, 48000 Hz, seed 0)" in captured.out
+    assert "Made 1 file: text2music by acestep-v15-turbo (turbo model)." in captured.out
     info = sf.info(str(wavs[0]))
     assert (info.samplerate, info.channels, info.frames) == (48000, 2, 3 * 48000)
+    # With --json stdout is the JSON alone, and the notice goes to stderr, still once.
+    assert (
+        cli.main(["generate", "--demo", "--seed", "0", "--duration", "3", "-o", str(out / "j.wav"), "--json"])
+        == 0
+    )
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["audio_paths"] == [str(out / "j.wav")]
+    assert captured.err.count("DEMO MODE") == 1 and "noise, not music" in captured.err
 
 
 def test_missing_checkpoint_exits_1(tmp_path: Path, capsys) -> None:
@@ -189,12 +202,9 @@ def test_default_checkpoint_dir_from_env(tmp_path: Path, capsys, monkeypatch) ->
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["--time-signature", "5/4"], "time_signature"),
         (["--batch-size", "9"], "batch_size"),
-        (["--task", "remix"], "task_type"),
         (["--task", "lego"], "requires src_audio"),
         (["--task", "lego", "--src-audio", "x.wav", "--audio-codes", "<|audio_code_1|>"], "audio codes"),
-        (["--format", "ogg"], "audio_format"),
         (["--seed", "one"], "seed"),
     ],
 )
@@ -203,6 +213,25 @@ def test_validation_errors_exit_2(args: list[str], needle: str, tmp_path: Path, 
     assert code == 2
     errors = _error_lines(capsys.readouterr().err)
     assert any(needle in line for line in errors), errors
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["--time-signature", "5/4"], "--time-signature"),
+        (["--task", "remix"], "--task"),
+        (["--format", "ogg"], "--format"),
+        (["--track-name", "kazoo"], "--track-name"),
+        (["--language", "xx"], "--language"),
+    ],
+)
+def test_fixed_value_flags_refuse_other_values(args: list[str], flag: str, tmp_path: Path, capsys) -> None:
+    """Flags with fixed values are argparse choices: exit 2 with the choices, before anything runs."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["generate", "--checkpoint", str(tmp_path / "nope"), *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}" in err and "invalid choice" in err, err
 
 
 def test_missing_source_audio_exits_1(upstream_base: Path, tmp_path: Path, capsys) -> None:
@@ -293,9 +322,9 @@ def test_download_list(capsys) -> None:
 
 
 def test_download_unknown_model(tmp_path: Path, capsys) -> None:
-    assert cli.download_main(["--model", "nope", "--dir", str(tmp_path / "ckpt")]) == 2
+    assert cli.download_main(["--model", "nope", "--dir", str(tmp_path / "ckpt")]) == 1  # as upstream's
     err = capsys.readouterr().err
-    assert err.startswith("error:") and "unknown model 'nope'" in err and "acestep-v15-base" in err
+    assert err.startswith("error:") and "unknown model 'nope'" in err and "--list" in err
     assert not (tmp_path / "ckpt").exists()
 
 
@@ -348,4 +377,7 @@ def test_memory_command_prints_the_plan(capsys) -> None:
     assert status["limits"]["origin"]["max_duration"] == "ACESTEP_MAX_DURATION"
     assert cli.main(["memory", "--device", "cpu"]) == 0
     assert "tier cpu" in capsys.readouterr().out
-    assert cli.main(["memory", "--device", "cpu", "--offload-to-cpu", "sometimes"]) == 2
+    with pytest.raises(SystemExit) as exit_info:  # a bool-ish flag takes the setting's words only
+        cli.main(["memory", "--device", "cpu", "--offload-to-cpu", "sometimes"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'sometimes'" in capsys.readouterr().err

@@ -28,6 +28,7 @@ from acestep.cli.server import _server_app as _server_app
 from acestep.cli.ui import _bool_string as _bool_string
 from acestep.cli.ui import _ui_flags as _ui_flags
 from acestep.cli.ui import run_ui
+from acestep.cli.version import add_version_flag
 from acestep.cli.worker import worker_main
 
 __all__ = [
@@ -44,14 +45,24 @@ __all__ = [
 ]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="acestep", description="ACE-Step 1.5 music generation (Gradio UI)")
+def _main_parser() -> argparse.ArgumentParser:
+    """``acestep``: the UI's flags, and the subcommands (each with its own ``--help``)."""
+    parser = argparse.ArgumentParser(
+        prog="acestep",
+        description="ACE-Step 1.5 music generation: the Gradio UI, or a subcommand "
+        "(acestep generate --help, acestep memory --help, acestep loras --help).",
+    )
+    add_version_flag(parser)
     _ui_flags(parser)
-    sub = parser.add_subparsers(dest="command")
+    sub = parser.add_subparsers(dest="command", title="subcommands")
     _generate_parser(sub)
     _memory_parser(sub)
     _loras_parser(sub)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _main_parser().parse_args(argv)
     if args.command == "generate":
         return run_generate(args)
     if args.command == "loras":

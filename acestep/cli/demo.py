@@ -6,9 +6,10 @@ import argparse
 
 from acestep import settings
 
+# Said once per run: in the summary, or on stderr with --json (see cli/summary.py and generate.py).
 DEMO_NOTICE = (
     "DEMO MODE: a tiny model with RANDOM weights was used. It exercises the whole pipeline, but the "
-    "audio it writes is noise, not music. Use --checkpoint with real ACE-Step weights for music."
+    "audio it writes is noise, not music."
 )
 
 

@@ -5,13 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from acestep import settings
 from acestep.cli.demo import DEMO_NOTICE, _demo_inputs
-from acestep.cli.lm_options import _lm_flags, lm_fields, lm_summary, resolve_lm
+from acestep.cli.lm_options import _lm_flags, lm_fields, resolve_lm
 from acestep.cli.lora import _lora_flags, apply_lora_dir, lora_fields
 from acestep.cli.memory_flags import LM_SWITCH_FLAGS, MEMORY_FLAGS, _memory_flags, _memory_manager
+from acestep.cli.output_file import move_to_output, resolve_format
+from acestep.cli.progress import StageBar, diffusion_steps, progress_wanted
+from acestep.cli.quiet import configure_logs, silence_third_party
+from acestep.cli.summary import summary_lines
+
+DEFAULT_OUTPUT_DIR = "outputs"
 
 REQUEST_ARGS = (
     "task_type",
@@ -41,7 +48,19 @@ REQUEST_ARGS = (
 
 
 def _generate_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("generate", help="generate audio from the command line")
+    from acestep.engine.request import AUDIO_FORMATS, TIME_SIGNATURES, VOCAL_LANGUAGES, GenerationRequest
+    from acestep.engine.tasks import TASK_TYPES, TRACK_NAMES
+    from acestep.memory.precision import DTYPES
+
+    def default(name: str) -> object:  # the request's own default, shown in the help only
+        return GenerationRequest.model_fields[name].default
+
+    p = sub.add_parser(
+        "generate",
+        help="generate audio from the command line",
+        description="Generate audio in this process. -o FILE names the file; with --batch-size N the "
+        "others go to FILE's name with -2 ... -N added (song.wav, song-2.wav, ...).",
+    )
     src = p.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", help="checkpoints root, DiT folder or diffusers folder")
     src.add_argument(
@@ -50,20 +69,62 @@ def _generate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--dit", default=None, help="DiT folder name in the root (default: ACESTEP_CONFIG_PATH or turbo)"
     )
-    p.add_argument("--task", default="text2music", dest="task_type")
-    p.add_argument("--caption", "--prompt", default="", dest="caption")
-    p.add_argument("--lyrics", default="")
-    p.add_argument("--instrumental", action="store_true")
-    p.add_argument("--track-name", default=None)
-    p.add_argument("--track-classes", default=None, help="comma-separated, for complete")
-    p.add_argument("--src-audio", default=None)
-    p.add_argument("--reference-audio", default=None)
-    p.add_argument("--audio-codes", default="", dest="audio_code_string")
-    p.add_argument("--duration", type=float, default=-1.0, dest="audio_duration")
-    p.add_argument("--bpm", type=int, default=None)
-    p.add_argument("--key-scale", default="")
-    p.add_argument("--time-signature", default="")
-    p.add_argument("--language", default="unknown", dest="vocal_language")
+    p.add_argument(
+        "--task",
+        default="text2music",
+        dest="task_type",
+        type=str.lower,
+        choices=TASK_TYPES,
+        help="what to make (default %(default)s; all the others work on --src-audio)",
+    )
+    p.add_argument("--caption", "--prompt", default="", dest="caption", help="the music, described in words")
+    p.add_argument("--lyrics", default="", help="the lyrics, with [verse]/[chorus] tags (default: none)")
+    p.add_argument("--instrumental", action="store_true", help="no vocals (the lyrics become [Instrumental])")
+    p.add_argument(
+        "--track-name",
+        default=None,
+        type=str.lower,
+        choices=TRACK_NAMES,
+        metavar="NAME",
+        help="the track lego generates or extract takes out: %(choices)s",
+    )
+    p.add_argument(
+        "--track-classes",
+        default=None,
+        help=f"the tracks complete adds, comma-separated, from: {', '.join(TRACK_NAMES)}",
+    )
+    p.add_argument("--src-audio", default=None, help="the source audio file (WAV, FLAC, MP3, OGG)")
+    p.add_argument("--reference-audio", default=None, help="an audio file whose style the result takes")
+    p.add_argument(
+        "--audio-codes",
+        default="",
+        dest="audio_code_string",
+        help="5 Hz audio codes (<|audio_code_N|>...) to build on, in place of a source (cover)",
+    )
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=-1.0,
+        dest="audio_duration",
+        help="seconds to generate (default -1: the source's length, else automatic)",
+    )
+    p.add_argument("--bpm", type=int, default=None, help="tempo in beats per minute (default: free)")
+    p.add_argument("--key-scale", default="", help="the key, e.g. 'C major' or 'F# minor' (default: free)")
+    p.add_argument(
+        "--time-signature",
+        default="",
+        choices=tuple(TIME_SIGNATURES),
+        help="beats per bar (default: free)",
+    )
+    p.add_argument(
+        "--language",
+        default="unknown",
+        dest="vocal_language",
+        type=str.lower,
+        choices=sorted(VOCAL_LANGUAGES),
+        metavar="CODE",
+        help="the language of the lyrics (default %(default)s): %(choices)s",
+    )
     p.add_argument(
         "--steps",
         type=int,
@@ -71,17 +132,58 @@ def _generate_parser(sub: argparse._SubParsersAction) -> None:
         dest="inference_steps",
         help="diffusion steps (default: the model's own: 8 for turbo, 50 for base and SFT)",
     )
-    p.add_argument("--guidance-scale", type=float, default=None)
-    p.add_argument("--shift", type=float, default=None)
+    p.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=None,
+        help=f"how strongly the caption steers base and SFT models (default {default('guidance_scale')})",
+    )
+    p.add_argument("--shift", type=float, default=None, help=f"timestep shift (default {default('shift')})")
     p.add_argument("--seed", default=None, help="an integer or a comma list; omitted = random")
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--repainting-start", type=float, default=None)
-    p.add_argument("--repainting-end", type=float, default=None)
-    p.add_argument("--cover-strength", type=float, default=None, dest="audio_cover_strength")
-    p.add_argument("--format", default="wav", dest="audio_format", help="wav, wav32, flac or mp3")
-    p.add_argument("--output-dir", default="outputs")
+    p.add_argument("--batch-size", type=int, default=1, help="how many takes to make at once (default 1)")
+    p.add_argument(
+        "--repainting-start", type=float, default=None, help="repaint and lego: where the window starts (s)"
+    )
+    p.add_argument(
+        "--repainting-end", type=float, default=None, help="repaint and lego: where it ends (s; -1: the end)"
+    )
+    p.add_argument(
+        "--cover-strength",
+        type=float,
+        default=None,
+        dest="audio_cover_strength",
+        help=f"cover: how closely to follow the source, 0-1 (default {default('audio_cover_strength')})",
+    )
+    p.add_argument(
+        "--format",
+        default=None,
+        dest="audio_format",
+        type=str.lower,
+        choices=AUDIO_FORMATS,
+        help="the file format (default: -o's extension, else wav)",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        default=None,
+        metavar="FILE",
+        help="write the audio to FILE (with --batch-size N also FILE-2 ... FILE-N, before the extension)",
+    )
+    p.add_argument(
+        "--output-dir",
+        default=None,
+        help="without -o: the folder for the files, named by their content hash (default: outputs)",
+    )
     p.add_argument("--device", default=settings.device(), help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--dtype", default=None)
+    p.add_argument(
+        "--dtype",
+        default=None,
+        type=str.lower,
+        choices=("auto", *DTYPES),
+        metavar="DTYPE",
+        help="precision (default: ACESTEP_DTYPE, else auto: bf16 or fp16-mixed on GPUs, float32 on CPU): "
+        "%(choices)s",
+    )
     _memory_flags(p)
     p.add_argument(
         "--keep-alive",
@@ -90,6 +192,13 @@ def _generate_parser(sub: argparse._SubParsersAction) -> None:
         "a duration or -1 keeps it until the process exits",
     )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a progress bar (stage and step) on stderr (default: only when stderr is a terminal)",
+    )
+    p.add_argument("--verbose", action="store_true", help="also print acestep's info log lines on stderr")
     _lm_flags(p)
     _lora_flags(p)
 
@@ -99,9 +208,23 @@ def run_generate(args: argparse.Namespace) -> int:
 
     from acestep.engine.request import GenerationRequest
 
+    started = time.perf_counter()
+    configure_logs(args.verbose)
+    if args.output and args.output_dir:
+        print("error: -o names the file and --output-dir the folder; give one of them", file=sys.stderr)
+        return 2
+    try:
+        args.audio_format = resolve_format(args.output, args.audio_format)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    output_dir = Path(args.output).parent if args.output else Path(args.output_dir or DEFAULT_OUTPUT_DIR)
+    demo_source = False
     if args.demo:
-        print(DEMO_NOTICE, file=sys.stderr)
+        silence_third_party()  # building the demo checkpoint saves models (transformers' bars)
+        own_source = args.src_audio
         checkpoint = _demo_inputs(args)
+        demo_source = own_source is None and args.src_audio is not None
     else:
         checkpoint = args.checkpoint or str(settings.checkpoints_dir())
     fields = {name: getattr(args, name) for name in REQUEST_ARGS if getattr(args, name) is not None}
@@ -118,6 +241,7 @@ def run_generate(args: argparse.Namespace) -> int:
         return 2
     from acestep.checkpoints import CheckpointError, resolve
     from acestep.checkpoints.lm_folders import LmNotAvailable
+    from acestep.checkpoints.task_support import require_task
     from acestep.lora.catalog import find, lora_dir, tag_of
     from acestep.memory.keep_alive import KeepAliveError, parse_keep_alive
     from acestep.memory.limits import MemoryLimitError
@@ -130,6 +254,7 @@ def run_generate(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     try:
+        require_task(paths, request.effective_task)  # e.g. lego on turbo: refused before weights load
         keep_alive = parse_keep_alive(args.keep_alive) if args.keep_alive is not None else None
         if args.inference_steps is None:
             request = request.model_copy(update={"inference_steps": paths.variant.default_steps})
@@ -144,6 +269,7 @@ def run_generate(args: argparse.Namespace) -> int:
         return 2
     from acestep.worker.runner import EngineSpec
 
+    silence_third_party()
     spec = EngineSpec(
         checkpoint,
         dit=args.dit or settings.dit_name(),
@@ -151,32 +277,35 @@ def run_generate(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         lm=str(lm_folder.resolve()) if lm_folder is not None else None,
     )
+    bar = (
+        StageBar(diffusion_steps(paths.variant, request))
+        if progress_wanted(args.progress, sys.stderr)
+        else None
+    )
     try:
         manager.start(spec, in_process=True)
-        job = manager.submit(request, Path(args.output_dir)).wait()
+        job = manager.submit(request, output_dir, on_progress=[bar] if bar else None).wait()
         if keep_alive == 0:
             manager.unload("free")
     except (ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         manager.close()
         return 1
+    finally:
+        if bar is not None:
+            bar.close()
     reports = list(manager.reports)
     manager.close()
     if job.state != "succeeded":
         print(f"error: {job.error}", file=sys.stderr)
         return 1
     result = job.result
+    if args.output:
+        move_to_output(result, args.output)
     if args.json:
         print(json.dumps(result.model_dump(mode="json") | {"memory_reports": reports}, indent=2))
+        if args.demo:
+            print(DEMO_NOTICE, file=sys.stderr)  # stdout stays JSON; the warning is said once, here
     else:
-        for item in result.items:
-            print(f"{item.path}  seed={item.seed}  {item.duration:.2f} s  {item.sample_rate} Hz")
-        print(f"{result.task_type} on {result.model} ({result.variant}) in {result.timings['total']:.2f} s")
-        if result.metas.get("lora"):
-            print("LoRA: " + ", ".join(f"{a['name']} x{a['scale']:g}" for a in result.metas["lora"]))
-        summary = lm_summary(result.metas)
-        if summary:
-            print(summary)
-    if args.demo:
-        print(DEMO_NOTICE, file=sys.stderr)
+        print("\n".join(summary_lines(result, args, time.perf_counter() - started, demo_source)))
     return 0

@@ -18,6 +18,14 @@ SAMPLING_FLAGS = {
     "lm_repetition_penalty": float,
     "lm_negative_prompt": str,
 }
+SAMPLING_HELP = {
+    "lm_temperature": "LM sampling temperature",
+    "lm_cfg_scale": "LM classifier-free guidance scale",
+    "lm_top_k": "LM top-k sampling (0: off)",
+    "lm_top_p": "LM nucleus sampling",
+    "lm_repetition_penalty": "LM repetition penalty",
+    "lm_negative_prompt": "what the LM's guidance steers away from",
+}
 # Request fields that take a flag's value as it is (sample_mode is derived, see lm_fields).
 LM_REQUEST_ARGS = (
     "thinking",
@@ -73,7 +81,12 @@ def _lm_flags(p: argparse.ArgumentParser) -> None:
     )
     for name, kind in SAMPLING_FLAGS.items():
         default = GenerationRequest.model_fields[name].default  # shown, never passed on
-        g.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, help=f"default {default!r}")
+        g.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=kind,
+            default=None,
+            help=f"{SAMPLING_HELP[name]} (default {default!r})",
+        )
     g.add_argument(
         "--lm",
         default=None,

@@ -46,7 +46,7 @@ def lora_fields(args: argparse.Namespace) -> dict:
 def _loras_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("loras", help="list the LoRA adapters in the LoRA folder")
     _lora_dir_flag(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the adapters and the unusable files as JSON")
 
 
 def run_loras(args: argparse.Namespace) -> int:

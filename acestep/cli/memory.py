@@ -18,10 +18,12 @@ from acestep.cli.memory_flags import (
 
 def _memory_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("memory", help="show the GPU, tier, limits and offload plan (loads nothing)")
-    p.add_argument("--device", default=settings.device())
+    p.add_argument(
+        "--device", default=settings.device(), help="auto, cpu, cuda, cuda:N or mps (default: ACESTEP_DEVICE)"
+    )
     _memory_flags(p)
     _lm_switch_flag(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the status as JSON")
 
 
 def run_memory(args: argparse.Namespace) -> int:

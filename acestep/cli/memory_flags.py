@@ -10,6 +10,8 @@ import argparse
 import os
 from collections.abc import Mapping
 
+from acestep.settings import FALSE_WORDS, TRUE_WORDS
+
 MEMORY_FLAGS = {
     "offload_to_cpu": "ACESTEP_OFFLOAD_TO_CPU",
     "offload_dit_to_cpu": "ACESTEP_OFFLOAD_DIT_TO_CPU",
@@ -23,11 +25,27 @@ MEMORY_FLAGS = {
 LM_SWITCH_FLAGS = {"init_llm": "ACESTEP_INIT_LLM"}
 # Flags may go on a parser or on one of its argument groups (both have add_argument).
 FlagTarget = argparse.ArgumentParser | argparse._ArgumentGroup
+# The words a bool-ish flag takes (settings.parse_bool_setting's); auto keeps the default.
+BOOL_CHOICES = ("true", "false", "auto", *sorted(TRUE_WORDS - {"true"}), *sorted(FALSE_WORDS - {"false"}))
+
+
+def bool_word(value: str) -> str:
+    """A bool-ish flag's word, compared without case (upstream writes True and False)."""
+    return value.strip().lower()
 
 
 def _bool_flag(p: FlagTarget, name: str, help_text: str) -> None:
-    # A bare flag means true; a word after it is checked where the setting is read (true/false/auto).
-    p.add_argument(name, nargs="?", const="true", default=None, metavar="BOOL", help=help_text)
+    # A bare flag means true; the word is passed on as the setting's value, which reads it.
+    p.add_argument(
+        name,
+        nargs="?",
+        const="true",
+        default=None,
+        type=bool_word,
+        choices=BOOL_CHOICES,
+        metavar="BOOL",
+        help=f"{help_text}; a bare flag means true (%(metavar)s: %(choices)s)",
+    )
 
 
 def _memory_flags(p: argparse.ArgumentParser) -> None:

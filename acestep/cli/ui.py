@@ -7,35 +7,96 @@ import os
 import sys
 from pathlib import Path
 
+from acestep.cli.download import SOURCES as DOWNLOAD_SOURCES
 from acestep.cli.lora import _lora_dir_flag, apply_lora_dir
+from acestep.cli.memory_flags import BOOL_CHOICES, bool_word
 from acestep.cli.server import _server_app
 from acestep.serving.listen import serve
+from acestep.serving.params import LM_BACKENDS
+from acestep.settings import parse_bool_setting
+from acestep.ui.i18n import LANGUAGES as UI_LANGUAGES
 
 
-def _bool_string(value: str) -> bool:
-    """Upstream's bool-string flags: true iff true, 1 or yes."""
-    return value.strip().lower() in ("true", "1", "yes")
+def _bool_string(value: str | None) -> bool | None:
+    """A bool-string flag's word (``True``, ``false``, ``1``, ``auto``...) as True, False or None."""
+    return parse_bool_setting("flag", value)
+
+
+def _bool_string_flag(p: argparse.ArgumentParser, *names: str, help_text: str) -> None:
+    """Upstream's ``--flag True|False`` options; the word is read by ``_bool_string`` in ``run_ui``."""
+    p.add_argument(
+        *names,
+        type=bool_word,
+        choices=BOOL_CHOICES,
+        default=None,
+        metavar="BOOL",
+        dest=names[0].lstrip("-").replace("-", "_"),
+        help=f"{help_text} (%(metavar)s: %(choices)s)",
+    )
 
 
 def _ui_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--port", type=int, default=7860)
-    p.add_argument("--server-name", "--server_name", default="127.0.0.1", dest="server_name")
+    p.add_argument("--port", type=int, default=7860, help="the port to serve on (default %(default)s)")
+    p.add_argument(
+        "--server-name",
+        "--server_name",
+        default="127.0.0.1",
+        dest="server_name",
+        help="the address to listen on (default %(default)s; beyond loopback needs --api-key)",
+    )
     p.add_argument("--share", action="store_true", help="accepted; sharing links need the internet")
-    p.add_argument("--debug", action="store_true")
-    p.add_argument("--language", default="en", choices=("en", "pt", "nl", "zh"))
-    p.add_argument("--allowed-path", action="append", default=[], dest="allowed_path")
-    p.add_argument("--init_service", "--init-service", type=_bool_string, default=False, dest="init_service")
-    p.add_argument("--service_mode", type=_bool_string, default=False)
-    p.add_argument("--checkpoint", default=None)
-    p.add_argument("--config_path", "--config-path", default=None, dest="config_path")
-    p.add_argument("--device", default=None)
-    p.add_argument("--init_llm", type=_bool_string, default=None)
-    p.add_argument("--lm_model_path", default=None)
-    p.add_argument("--backend", default=None)
-    p.add_argument("--use_flash_attention", type=_bool_string, default=None)
-    p.add_argument("--offload_to_cpu", type=_bool_string, default=None)
-    p.add_argument("--offload_dit_to_cpu", type=_bool_string, default=None)
-    p.add_argument("--download-source", default=None)
+    p.add_argument("--debug", action="store_true", help="accepted for upstream compatibility")
+    p.add_argument(
+        "--language", default="en", choices=UI_LANGUAGES, help="the UI's language (default %(default)s)"
+    )
+    p.add_argument(
+        "--allowed-path",
+        action="append",
+        default=[],
+        dest="allowed_path",
+        metavar="PATH",
+        help="a folder whose audio the UI may read as input; repeat for more",
+    )
+    _bool_string_flag(
+        p, "--init_service", "--init-service", help_text="load the model at start, not on the first job"
+    )
+    _bool_string_flag(p, "--service_mode", help_text="as --init_service (upstream's service mode)")
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        help="checkpoints root, DiT folder or diffusers folder (default: ACESTEP_CHECKPOINTS_DIR)",
+    )
+    p.add_argument(
+        "--config_path",
+        "--config-path",
+        default=None,
+        dest="config_path",
+        help="DiT folder name in the root (default: ACESTEP_CONFIG_PATH or turbo)",
+    )
+    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps (ACESTEP_DEVICE)")
+    _bool_string_flag(p, "--init_llm", help_text="allow the 5Hz LM (ACESTEP_INIT_LLM)")
+    p.add_argument("--lm_model_path", default=None, help="LM folder name or path (ACESTEP_LM_MODEL_PATH)")
+    p.add_argument(
+        "--backend",
+        default=None,
+        type=str.lower,
+        choices=LM_BACKENDS,
+        help="the LM backend upstream would use; the LM runs on pt (transformers) here",
+    )
+    _bool_string_flag(
+        p, "--use_flash_attention", help_text="accepted for upstream compatibility (see ACESTEP_ATTENTION)"
+    )
+    _bool_string_flag(
+        p, "--offload_to_cpu", help_text="keep the text encoder and VAE in CPU RAM between uses"
+    )
+    _bool_string_flag(p, "--offload_dit_to_cpu", help_text="also the DiT (with --offload_to_cpu)")
+    p.add_argument(
+        "--download-source",
+        default=None,
+        type=str.lower,
+        choices=DOWNLOAD_SOURCES,
+        help="accepted for upstream compatibility; downloads come from Hugging Face",
+    )
     p.add_argument("--enable-api", action="store_true", help="serve the REST API on the same port")
     p.add_argument(
         "--api-port",
@@ -43,10 +104,15 @@ def _ui_flags(p: argparse.ArgumentParser) -> None:
         default=None,
         help="with --enable-api, also serve on this port (the Docker images: UI 7860, API 8001)",
     )
-    p.add_argument("--auth-username", default=None)
-    p.add_argument("--auth-password", default=None)
+    p.add_argument("--auth-username", default=None, help="the UI's user name (with --auth-password)")
+    p.add_argument("--auth-password", default=None, help="the UI's password (with --auth-username)")
     p.add_argument("--api-key", default=None, help="protects the REST API and the UI (password)")
-    p.add_argument("--keep-alive", default=None)
+    p.add_argument(
+        "--keep-alive",
+        default=None,
+        help="idle time before the model unloads: seconds, 5m, 0 (after every job) or -1 (never); "
+        "ACESTEP_KEEP_ALIVE",
+    )
     _lora_dir_flag(p)
 
 
@@ -67,8 +133,9 @@ def run_ui(args: argparse.Namespace) -> int:
 
     prepare_environment()
     overrides = {
-        "ACESTEP_OFFLOAD_TO_CPU": args.offload_to_cpu,
-        "ACESTEP_OFFLOAD_DIT_TO_CPU": args.offload_dit_to_cpu,
+        "ACESTEP_OFFLOAD_TO_CPU": _bool_string(args.offload_to_cpu),
+        "ACESTEP_OFFLOAD_DIT_TO_CPU": _bool_string(args.offload_dit_to_cpu),
+        "ACESTEP_INIT_LLM": _bool_string(args.init_llm),
     }
     for name, value in overrides.items():
         if value is not None:
@@ -77,12 +144,10 @@ def run_ui(args: argparse.Namespace) -> int:
         os.environ["ACESTEP_DEVICE"] = args.device
     if args.keep_alive is not None:
         os.environ["ACESTEP_KEEP_ALIVE"] = args.keep_alive
-    if args.init_llm is not None:
-        os.environ["ACESTEP_INIT_LLM"] = "true" if args.init_llm else "false"
     if args.lm_model_path:
         os.environ["ACESTEP_LM_MODEL_PATH"] = args.lm_model_path
     apply_lora_dir(args)
-    if args.backend and args.backend.strip().lower() != "pt":
+    if args.backend and args.backend != "pt":
         print(f"note: the 5Hz LM runs with transformers (pt) here, not {args.backend}", file=sys.stderr)
     if args.share:
         print("warning: --share needs the internet; serving locally only", file=sys.stderr)
@@ -92,7 +157,7 @@ def run_ui(args: argparse.Namespace) -> int:
         args.checkpoint,
         include_api=args.enable_api,
         allowed=[Path(p) for p in args.allowed_path],
-        preload=bool(args.init_service or args.service_mode),
+        preload=bool(_bool_string(args.init_service) or _bool_string(args.service_mode)),
     )
     if isinstance(built, int):
         return built

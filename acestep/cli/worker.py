@@ -14,12 +14,14 @@ import sys
 
 from acestep.cli.lora import _lora_dir_flag
 from acestep.cli.memory_flags import _lm_switch_flag, _memory_env, _memory_flags
+from acestep.cli.version import add_version_flag
 
 
 def _worker_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="acestep-worker", description="ACE-Step 1.5 cluster worker (one per GPU)"
     )
+    add_version_flag(p)
     p.add_argument("--gpu", default=None, help="the GPU index this worker uses (sets ACESTEP_GPU_DEVICE)")
     p.add_argument(
         "--queue-url", default=None, help="Redis URL, e.g. redis://host:6379/0 (ACESTEP_QUEUE_URL)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -16,7 +17,30 @@ class StandaloneBackend:
         self.default_steps = default_steps
 
 
+def _mcp_parser() -> argparse.ArgumentParser:
+    """The flags, parsed before anything is read: ``--help`` and ``--version`` need no checkpoint.
+    (This module is the console script's entry point, so it may use the CLI's version flag.)"""
+    from acestep.cli.version import add_version_flag
+
+    p = argparse.ArgumentParser(
+        prog="acestep-mcp",
+        description="ACE-Step 1.5 MCP tools over stdio (stdout is the MCP channel; logs go to stderr). "
+        "Settings come from the ACESTEP_* variables and .env, as for acestep-api.",
+    )
+    add_version_flag(p)
+    p.add_argument("--checkpoint", default=None, help="checkpoints root (default: ACESTEP_CHECKPOINTS_DIR)")
+    p.add_argument(
+        "--config-path",
+        "--dit",
+        default=None,
+        dest="dit",
+        help="DiT folder name (default: ACESTEP_CONFIG_PATH)",
+    )
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
+    args = _mcp_parser().parse_args(argv)
     from acestep.checkpoints import CheckpointError
     from acestep.checkpoints.layout import resolve
     from acestep.checkpoints.lm_folders import lm_availability
@@ -29,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     from acestep.worker.runner import EngineSpec
 
     prepare_environment()
-    config = ServerConfig.from_env()
+    config = ServerConfig.from_env(checkpoint=args.checkpoint, dit=args.dit)
     try:
         paths = resolve(config.checkpoint, config.dit)
     except CheckpointError as exc:
@@ -45,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         config.queue_maxsize,
         config.result_ttl_s,
         loras=LoraSelection(tag_of(paths.variant)),
+        checkpoint=paths,
     )
     try:
         build_server(StandaloneBackend(queue, manager, config, paths.variant.default_steps, lm)).run("stdio")

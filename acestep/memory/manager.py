@@ -150,11 +150,18 @@ class MemoryManager:
         job_id: str | None = None,
         on_done: list | None = None,
         lm_only: bool = False,
+        on_progress: list | None = None,
     ):
         """Validate, then queue; returns the dispatcher's ``Job``."""
         keep_alive = self.validate(request, uses_lm=uses_lm)
         return self._require_worker().submit(
-            request, output_dir, keep_alive, job_id=job_id, on_done=on_done, lm_only=lm_only
+            request,
+            output_dir,
+            keep_alive,
+            job_id=job_id,
+            on_done=on_done,
+            lm_only=lm_only,
+            on_progress=on_progress,
         )
 
     def unload(self, level: str = "free", timeout: float | None = None) -> dict:

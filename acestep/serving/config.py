@@ -116,20 +116,17 @@ def is_loopback(host: str) -> bool:
 
 
 def load_dotenv(path: Path) -> list[str]:
-    """Upstream's ``.env``: KEY=VALUE lines (``#`` comments, optional quotes), never overriding a
-    variable that is already set. Returns the names it set."""
+    """Upstream's ``.env``, read by python-dotenv (``#`` comments, also after a value; quotes;
+    ``export``; ``${VAR}`` references), never overriding a variable that is already set. Returns
+    the names it set."""
     if not path.is_file():
         return []
+    from dotenv import dotenv_values
+
     added = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, _, value = line.removeprefix("export ").partition("=")
-        key, value = key.strip(), value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        if key and key not in os.environ:
+    for key, value in dotenv_values(path, encoding="utf-8").items():
+        # A bare ``KEY`` line has no value (None): nothing to set.
+        if value is not None and key not in os.environ:
             os.environ[key] = value
             added.append(key)
     return added

@@ -57,6 +57,8 @@ class Job:
     cancel_requested: bool = False
     # Called once the job has ended (its files written or its failure recorded); e.g. upload cleanup.
     on_done: list[Callable[[Job], None]] = field(default_factory=list)
+    # Called with (stage, fraction) at each progress report of the running job (the CLI's bar).
+    on_progress: list[Callable[[str, float], None]] = field(default_factory=list)
 
     def fail(self, message: str, kind: str) -> None:
         self.state, self.stage, self.error, self.error_kind = "failed", "failed", message, kind
@@ -111,6 +113,7 @@ class Dispatcher:
         job_id: str | None = None,
         on_done: list[Callable[[Job], None]] | None = None,
         lm_only: bool = False,
+        on_progress: list[Callable[[str, float], None]] | None = None,
     ) -> Job:
         """Queue a job; ``keep_alive`` (seconds) defaults to the request's own, then the server's."""
         if keep_alive is None:
@@ -123,6 +126,7 @@ class Dispatcher:
                 id=ident, request=request, output_dir=str(output_dir), keep_alive=keep_alive, lm_only=lm_only
             )
             job.on_done.extend(on_done or [])
+            job.on_progress.extend(on_progress or [])
             self._jobs.append(job)
             self._cond.notify_all()
         return job
@@ -282,6 +286,8 @@ class Dispatcher:
             if job.cancel_requested:
                 raise JobError("cancelled", "cancelled by request")
             job.stage, job.progress = stage, float(fraction)
+            for listener in job.on_progress:
+                listener(stage, float(fraction))
 
         try:
             with self.job_guard(job) if self.job_guard else nullcontext():
