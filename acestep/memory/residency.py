@@ -30,7 +30,7 @@ MODULES: dict[str, tuple[str, ...]] = {
 }
 
 
-class Place(str, Enum):
+class Place(str, Enum):  # noqa: UP042 (str() of a member stays "Place.X", as before)
     UNLOADED = "unloaded"
     CPU = "cpu"
     GPU = "gpu"

@@ -10,7 +10,7 @@ import argparse
 import json
 import math
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from xml.sax.saxutils import escape
 
@@ -58,7 +58,7 @@ def _parse_date(value: object, path: Path | str = "<result>") -> datetime:
     except ValueError as exc:
         raise ReportError(f"{path}: key 'date' is not an ISO 8601 time: {value!r}") from exc
     # Naive stamps are taken as UTC so they compare with the runner's "...Z" ones.
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def case_key(doc: dict, path: Path | str = "<result>") -> CaseKey:

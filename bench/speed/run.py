@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or RESULTS / f"{name}.json"
     document = {
         "kind": "speed",
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "commit": _commit(),
         "command": "python -m bench run " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": _machine(device),

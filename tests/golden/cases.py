@@ -78,7 +78,7 @@ def mismatch(actual: np.ndarray, expected: np.ndarray) -> str | None:
     """Why ``actual`` is not the golden ``expected`` (None when it is, within the tolerances)."""
     if actual.shape != expected.shape:
         return f"shape {actual.shape} != golden {expected.shape}"
-    for item, (got, want) in enumerate(zip(actual, expected)):
+    for item, (got, want) in enumerate(zip(actual, expected, strict=True)):
         relative = float(np.linalg.norm(got - want) / np.linalg.norm(want))
         absolute = float(np.abs(got - want).max())
         if relative > RELATIVE_TOLERANCE or absolute > ABSOLUTE_TOLERANCE:

@@ -54,7 +54,8 @@ def measure(env: dict[str, str], layout: str, variant: str) -> tuple[float, floa
             [sys.executable, "-c", code], env=os.environ | env, check=True, capture_output=True
         )
         actual, expected = np.load(Path(tmp) / "out.npy"), np.load(golden_path(layout, variant))
-    relative = max(float(np.linalg.norm(a - e) / np.linalg.norm(e)) for a, e in zip(actual, expected))
+    pairs = zip(actual, expected, strict=True)
+    relative = max(float(np.linalg.norm(a - e) / np.linalg.norm(e)) for a, e in pairs)
     return relative, float(np.abs(actual - expected).max())
 
 
