@@ -25,10 +25,18 @@ def lora_folder(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(upstream_base, lora_folder, tmp_path_factory):
+def shared_server(upstream_base, lora_folder, tmp_path_factory):
     srv = Server(upstream_base, tmp_path_factory.mktemp("lora_api"), ACESTEP_LORA_DIR=str(lora_folder))
     yield srv
     srv.stop()
+
+
+@pytest.fixture
+def server(shared_server):
+    """The module's server with no adapter loaded and no default, whatever ran before (any order)."""
+    response = shared_server.post("/v1/lora/unload", json={})
+    assert response.status_code == 200, response.text
+    return shared_server
 
 
 def run(server: Server, **fields) -> tuple[np.ndarray, dict]:
