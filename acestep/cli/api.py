@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from acestep.cli.download import SOURCES as DOWNLOAD_SOURCES
+from acestep.cli.download import add_download_source_flag
 from acestep.cli.lora import _lora_dir_flag, apply_lora_dir
 from acestep.cli.memory_flags import _memory_env, _memory_flags
 from acestep.cli.server import _server_app
@@ -21,13 +21,7 @@ def _api_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", default=None, help="require this key (Bearer header or ai_token)")
     p.add_argument("--checkpoint", default=None, help="checkpoints root (default: ACESTEP_CHECKPOINTS_DIR)")
     p.add_argument("--config-path", "--dit", default=None, dest="dit", help="DiT folder name")
-    p.add_argument(
-        "--download-source",
-        default=None,
-        type=str.lower,
-        choices=DOWNLOAD_SOURCES,
-        help="accepted for upstream compatibility; downloads come from Hugging Face",
-    )
+    add_download_source_flag(p)
     p.add_argument("--init-llm", action="store_true", help="allow the 5Hz LM (ACESTEP_INIT_LLM=true)")
     p.add_argument("--lm-model-path", default=None, help="LM folder name or path (ACESTEP_LM_MODEL_PATH)")
     p.add_argument("--keep-alive", default=None, help="server default keep-alive (ACESTEP_KEEP_ALIVE)")

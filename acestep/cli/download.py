@@ -17,6 +17,19 @@ from acestep import settings
 from acestep.cli.version import add_version_flag
 
 SOURCES = ("auto", "huggingface", "modelscope")
+
+
+def add_download_source_flag(parser: argparse.ArgumentParser, default: str | None = None) -> None:
+    """Upstream's ``--download-source`` (acestep-download, acestep, acestep-api): accepted so that
+    existing scripts keep working; downloads always come from Hugging Face."""
+    parser.add_argument(
+        "--download-source",
+        default=default,
+        type=str.lower,
+        choices=SOURCES,
+        help="accepted for upstream's scripts; downloads always come from Hugging Face "
+        "(set HF_ENDPOINT to use a mirror)",
+    )
 EPILOG = """examples:
   acestep-download                           the main repo: turbo DiT, VAE, text encoder, 1.7B LM
   acestep-download -m acestep-v15-base       the base DiT (lego, extract, complete), main repo first
@@ -58,13 +71,7 @@ def _download_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--skip-main", action="store_true", help="do not fetch the main repo before a separate model"
     )
-    parser.add_argument(
-        "--download-source",
-        choices=SOURCES,
-        default="auto",
-        help="accepted for upstream's scripts; downloads always come from Hugging Face "
-        "(set HF_ENDPOINT to use a mirror)",
-    )
+    add_download_source_flag(parser, default="auto")
     parser.add_argument(
         "--missing",
         action="store_true",

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from acestep.cli.download import SOURCES as DOWNLOAD_SOURCES
+from acestep.cli.download import add_download_source_flag
 from acestep.cli.lora import _lora_dir_flag, apply_lora_dir
 from acestep.cli.memory_flags import BOOL_CHOICES, bool_word
 from acestep.cli.server import _server_app
@@ -90,13 +90,7 @@ def _ui_flags(p: argparse.ArgumentParser) -> None:
         p, "--offload_to_cpu", help_text="keep the text encoder and VAE in CPU RAM between uses"
     )
     _bool_string_flag(p, "--offload_dit_to_cpu", help_text="also the DiT (with --offload_to_cpu)")
-    p.add_argument(
-        "--download-source",
-        default=None,
-        type=str.lower,
-        choices=DOWNLOAD_SOURCES,
-        help="accepted for upstream compatibility; downloads come from Hugging Face",
-    )
+    add_download_source_flag(p)
     p.add_argument("--enable-api", action="store_true", help="serve the REST API on the same port")
     p.add_argument(
         "--api-port",
