@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +15,19 @@ import torch
 from scipy.io import wavfile
 from scipy.signal import resample_poly
 
+from acestep.engine.audio_limits import (
+    MAX_INPUT_SECONDS,
+    AudioHeader,
+    AudioInputError,
+    check_header,
+    max_frames,
+)
+from acestep.engine.disk_full import NoSpaceError, is_no_space
+
 SAMPLE_RATE = 48000
-MAX_INPUT_SECONDS = 600.0
-MIN_INPUT_SECONDS = 1.0  # shorter inputs are too short for the VAE's receptive field
 SILENCE_THRESHOLD = 1e-6
 SILENT_OUTPUT_LEVEL = 1e-5
+BLOCK_FRAMES = 2**16  # per read: 2 MiB at 8 channels, few enough calls for a 600 s file
 # soundfile container and subtype per request format (upstream: wav is float, flac 16-bit PCM).
 FORMATS = {
     "wav": ("WAV", "FLOAT", "wav"),
@@ -27,59 +37,90 @@ FORMATS = {
 }
 
 
-class AudioInputError(ValueError):
-    """An input audio file cannot be used; the message says why."""
-
-
 def load_audio(path: str | Path, max_seconds: float = MAX_INPUT_SECONDS) -> torch.Tensor:
     """Read WAV/FLAC/MP3/OGG as float32 [2, samples] at 48 kHz, clamped to [-1, 1].
 
     Mono is duplicated, channels beyond two dropped, other rates resampled (upstream's order).
+    The header is checked against every input bound first, and the samples are decoded in blocks
+    that keep only two channels, so memory is frames x 2 x 4 bytes whatever the file claims.
     """
     path = Path(path)
     if not path.is_file():
         raise AudioInputError(f"audio file not found: {path}")
+    name = f"audio file {path.name}"
     try:
-        info = sf.info(str(path))
+        handle = sf.SoundFile(str(path))
     except Exception as exc:  # soundfile raises LibsndfileError / RuntimeError variants
-        raise AudioInputError(f"cannot read audio file {path.name}: {exc}") from exc
-    if info.frames <= 0 or info.samplerate <= 0:
-        raise AudioInputError(f"audio file {path.name} is empty")
-    seconds = info.frames / info.samplerate
-    if seconds < MIN_INPUT_SECONDS:
-        raise AudioInputError(
-            f"audio file {path.name} is {seconds:.3f} s long; at least {MIN_INPUT_SECONDS:.0f} s is needed"
-        )
-    if seconds > max_seconds:
-        raise AudioInputError(
-            f"audio file {path.name} is {seconds:.1f} s long; the limit is {max_seconds:.0f} s"
-        )
+        raise AudioInputError(f"cannot read {name}: {_reason(exc)}") from exc
+    with handle:
+        header = AudioHeader(rate=handle.samplerate, channels=handle.channels, frames=handle.frames)
+        check_header(name, header, max_seconds)
+        data = _decode_two_channels(handle, name, max_frames(header.rate, max_seconds))
+    wav = torch.from_numpy(data)
+    if header.rate != SAMPLE_RATE:
+        wav = resample(wav, header.rate, SAMPLE_RATE)
+    return wav.clamp_(-1.0, 1.0).contiguous()  # in place: no second copy of a long input
+
+
+def _decode_two_channels(handle: sf.SoundFile, name: str, limit: int) -> np.ndarray:
+    """[2, frames] float32, filled block by block; mono is duplicated into the second row.
+
+    Sized from the header, grown only if the stream runs longer (MP3 lengths are estimates), and
+    refused once it passes ``limit`` frames: a header must not be able to understate the cost.
+    """
+    out = np.empty((2, min(handle.frames, limit)), dtype=np.float32)
+    block = np.empty((BLOCK_FRAMES, handle.channels), dtype=np.float32)
+    kept = min(handle.channels, 2)
+    filled = 0
     try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        while True:
+            chunk = handle.read(BLOCK_FRAMES, dtype="float32", always_2d=True, out=block)
+            n = chunk.shape[0]
+            if n == 0:
+                break
+            if not np.isfinite(chunk).all():
+                raise AudioInputError(f"{name} contains NaN or infinite samples")
+            if filled + n > out.shape[1]:
+                if filled + n > limit:
+                    raise AudioInputError(f"{name} decodes to more audio than its header declared")
+                grown = np.empty((2, min(limit, max(filled + n, 2 * out.shape[1]))), dtype=np.float32)
+                grown[:, :filled] = out[:, :filled]
+                out = grown
+            out[:kept, filled : filled + n] = chunk[:, :kept].T
+            filled += n
+    except AudioInputError:
+        raise
     except Exception as exc:
-        raise AudioInputError(f"cannot decode audio file {path.name}: {exc}") from exc
-    if data.shape[0] == 0:
-        raise AudioInputError(f"audio file {path.name} is empty")
-    if not np.isfinite(data).all():
-        raise AudioInputError(f"audio file {path.name} contains NaN or infinite samples")
-    wav = torch.from_numpy(np.ascontiguousarray(data.T))
-    if wav.shape[0] == 1:
-        wav = wav.repeat(2, 1)
-    wav = wav[:2]
-    if rate != SAMPLE_RATE:
-        wav = resample(wav, rate, SAMPLE_RATE)
-    return wav.clamp(-1.0, 1.0).contiguous()
+        raise AudioInputError(f"cannot decode {name}: {_reason(exc)}") from exc
+    if filled == 0:
+        raise AudioInputError(f"{name}: the audio is empty")
+    if kept == 1:
+        out[1, :filled] = out[0, :filled]
+    return out if filled == out.shape[1] else np.ascontiguousarray(out[:, :filled])
+
+
+def _reason(exc: Exception) -> str:
+    # libsndfile's reason alone: soundfile's message repeats the server path of the file.
+    return getattr(exc, "error_string", None) or str(exc)
 
 
 def resample(wav: torch.Tensor, rate: int, target: int = SAMPLE_RATE) -> torch.Tensor:
     """Polyphase resampling (scipy, Kaiser-windowed FIR) of [channels, samples] to ``target`` Hz.
 
     scipy rather than torchaudio: torchaudio's compiled extension must match the installed torch
-    build exactly, and a mismatch breaks ``import acestep`` (see patches/0026).
+    build exactly, and a mismatch breaks ``import acestep`` (see patches/0026). One channel at a
+    time into the result: the same samples as all at once, with one channel's scratch, not all.
     """
     step = math.gcd(int(rate), int(target))
-    out = resample_poly(wav.numpy(), target // step, int(rate) // step, axis=-1)
-    return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
+    up, down = target // step, int(rate) // step
+    rows = wav.numpy()
+    out: np.ndarray | None = None
+    for index, row in enumerate(rows):
+        converted = resample_poly(row, up, down)
+        if out is None:
+            out = np.empty((rows.shape[0], converted.shape[0]), dtype=np.float32)
+        out[index] = converted
+    return torch.from_numpy(out)
 
 
 def is_silent(wav: torch.Tensor) -> bool:
@@ -117,18 +158,34 @@ def file_stem(params: dict) -> str:
 
 
 def save_audio(wav: torch.Tensor, directory: str | Path, stem: str, audio_format: str) -> Path:
-    """Write [channels, samples] float audio; returns the path."""
+    """Write [channels, samples] float audio; returns the path.
+
+    Written to a hidden temporary name and renamed into place, so a failed write (a full disk:
+    :class:`NoSpaceError`) leaves neither a partial file nor a clobbered earlier result.
+    """
     container, subtype, ext = FORMATS[audio_format]
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{stem}.{ext}"
+    partial = directory / f".{stem}.{uuid.uuid4().hex}.part"
     data = np.ascontiguousarray(wav.detach().float().cpu().numpy().T)
-    if (container, subtype) == ("WAV", "FLOAT"):
-        # libsndfile stamps float WAVs with the time of writing (the PEAK chunk), so one request
-        # and seed would give other bytes a second later; scipy writes the same samples without it.
-        wavfile.write(str(path), SAMPLE_RATE, data)
-    else:
-        sf.write(str(path), data, SAMPLE_RATE, format=container, subtype=subtype)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        if (container, subtype) == ("WAV", "FLOAT"):
+            # libsndfile stamps float WAVs with the time of writing (the PEAK chunk), so one request
+            # and seed would give other bytes a second later; scipy writes the same samples without it.
+            wavfile.write(str(partial), SAMPLE_RATE, data)
+        else:
+            # Encoded in memory (at most half the float samples): libsndfile reports a full disk
+            # only as "System error.", Python's own write names ENOSPC.
+            with io.BytesIO() as buffer:
+                sf.write(buffer, data, SAMPLE_RATE, format=container, subtype=subtype)
+                partial.write_bytes(buffer.getbuffer())
+        partial.replace(path)
+    except BaseException as exc:
+        partial.unlink(missing_ok=True)
+        if is_no_space(exc):
+            raise NoSpaceError(directory) from exc
+        raise
     return path
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-import soundfile as sf
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import FileResponse
 from pydantic import ValidationError
@@ -110,6 +109,7 @@ async def build_request(
                 values[field] = str(path)
             elif values.get(field):
                 values[field] = str(confine(values[field], config.input_roots, field))
+                await run_in_threadpool(check_audio_path, Path(values[field]), f"{field}_path")
         try:
             generation = GenerationRequest(**values)
         except ValidationError as exc:
@@ -136,23 +136,29 @@ async def build_request(
 
 
 def check_audio(path: Path, field: str) -> float:
-    """Read the upload's header now, so a broken or too-short file is a 4xx, not a failed job."""
-    from acestep.engine.audio_io import MAX_INPUT_SECONDS, MIN_INPUT_SECONDS
+    """The upload's length, from its header read now in a sandboxed child (audio_probe), so a
+    broken file, or one past the input bounds (length, rate, channels, decoded size), is a 4xx
+    before it is queued, not a failed job or gigabytes in the worker."""
+    from acestep.engine.audio_limits import AudioInputError, UnreadableAudioError
+    from acestep.engine.audio_probe import checked_seconds
 
     try:
-        info = sf.info(str(path))
-    except Exception as exc:  # soundfile raises several types for undecodable data
-        raise UploadError(415, f"{field}: the audio cannot be decoded ({exc})") from None
-    seconds = info.frames / info.samplerate if info.samplerate else 0.0
-    if seconds < MIN_INPUT_SECONDS:
-        raise UploadError(
-            400, f"{field}: the audio is {seconds:.3f} s long; at least {MIN_INPUT_SECONDS:.0f} s"
-        )
-    if seconds > MAX_INPUT_SECONDS:
-        raise UploadError(
-            400, f"{field}: the audio is {seconds:.1f} s long; the limit is {MAX_INPUT_SECONDS:.0f} s"
-        )
-    return seconds
+        return checked_seconds(path, field)
+    except UnreadableAudioError as exc:
+        raise UploadError(415, str(exc)) from None
+    except AudioInputError as exc:
+        raise UploadError(400, str(exc)) from None
+
+
+def check_audio_path(path: Path, field: str) -> None:
+    """A server file a client names gets the upload's checks; a missing one stays the worker's
+    "not found", as before."""
+    try:
+        present = path.is_file()
+    except OSError:  # e.g. a name too long for the filesystem
+        present = False
+    if present:
+        check_audio(path, field)
 
 
 def _discard(paths: list[Path]) -> None:

@@ -12,7 +12,6 @@ import os
 import time
 from pathlib import Path
 
-import soundfile as sf
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse
 from pydantic import ValidationError
@@ -42,7 +41,7 @@ DEFAULT_CAPTIONS = {
 }
 FORM_FIELDS = ("track_type", "bpm", "key_scale", "audio_duration", "batch_size", "caption", "seed", "format")
 TIMEOUT_S = float(os.environ.get("ACESTEP_GENERATION_TIMEOUT", "600"))
-FAILURE_STATUS = {"input": 422, "limit": 422, "generation": 422, "cancelled": 409, "oom": 507}
+FAILURE_STATUS = {"input": 422, "limit": 422, "generation": 422, "cancelled": 409, "oom": 507, "disk": 507}
 
 
 def default_caption(track: str) -> str:
@@ -87,12 +86,12 @@ async def lego(request: Request):
     except UploadError as exc:
         raise HTTPException(exc.status, str(exc)) from None
     try:
-        await run_in_threadpool(check_audio, path, "audio_file")
+        seconds = await run_in_threadpool(check_audio, path, "audio_file")
     except UploadError as exc:
         _discard([path])
         raise HTTPException(exc.status, str(exc)) from None
     try:
-        generation = _lego_request(request, fields, track, path)
+        generation = _lego_request(request, fields, track, path, seconds)
     except HTTPException:
         _discard([path])
         raise
@@ -126,7 +125,9 @@ async def lego(request: Request):
     )
 
 
-def _lego_request(request: Request, fields: dict, track: str, source: Path) -> GenerationRequest:
+def _lego_request(
+    request: Request, fields: dict, track: str, source: Path, seconds: float
+) -> GenerationRequest:
     values = {
         "task_type": "lego",
         "track_name": track,
@@ -146,11 +147,9 @@ def _lego_request(request: Request, fields: dict, track: str, source: Path) -> G
             values[name] = fields[name]
     duration = str(fields.get("audio_duration") or "").strip()
     try:
-        values["audio_duration"] = float(duration) if duration else sf.info(str(source)).duration
+        values["audio_duration"] = float(duration) if duration else seconds
     except ValueError:
         raise HTTPException(400, f"audio_duration must be a number of seconds, got {duration!r}") from None
-    except RuntimeError as exc:  # soundfile could not read the header after all
-        raise HTTPException(415, f"audio_file could not be read: {exc}") from None
     try:
         return GenerationRequest(**values)
     except ValidationError as exc:

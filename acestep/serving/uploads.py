@@ -17,6 +17,8 @@ from typing import Protocol
 
 import anyio.to_thread
 
+from acestep.engine.disk_full import NoSpaceError, is_no_space
+
 CHUNK_BYTES = 2**20  # 1 MiB: bounded memory per request, few enough calls for a 100 MB file
 HEAD_BYTES = 12  # enough for every signature below (RIFF....WAVE is the longest)
 DEFAULT_MAX_UPLOAD_MB = 100
@@ -26,7 +28,8 @@ AUDIO_KINDS: dict[str, str] = {"wav": ".wav", "flac": ".flac", "mp3": ".mp3", "o
 
 
 class UploadError(Exception):
-    """A client mistake with the HTTP status it maps to: 400 bad/empty, 403 path, 413 size, 415 type."""
+    """A refused upload with the HTTP status it maps to: 400 bad/empty, 403 path, 413 size, 415 type,
+    507 no space left on the server's disk."""
 
     def __init__(self, status: int, message: str):
         super().__init__(message)
@@ -76,6 +79,10 @@ def _size_text(n: int) -> str:
     return f"{n} bytes"
 
 
+def _no_space(dest_dir: Path) -> UploadError:
+    return UploadError(507, str(NoSpaceError(dest_dir)))
+
+
 def _too_large(max_bytes: int) -> UploadError:
     return UploadError(413, f"upload too large: the limit is {_size_text(max_bytes)} ({MAX_UPLOAD_ENV})")
 
@@ -86,7 +93,8 @@ async def save_upload(upload: AsyncReadable, dest_dir: Path, max_bytes: int, pre
     Reads in 1 MiB chunks and stops as soon as more than ``max_bytes`` arrived (413), deleting the
     partial file. Empty content is a 400; content whose first bytes are not WAV, FLAC, MP3 or OGG
     is a 415, whatever the filename or content type says. The name is ``prefix`` + uuid4 hex + the
-    sniffed kind's extension; the client's filename is never used.
+    sniffed kind's extension; the client's filename is never used. A full disk is a 507 naming
+    ``dest_dir``, with nothing left behind.
     """
     if max_bytes <= 0:
         raise ValueError(f"max_bytes must be positive, got {max_bytes}")
@@ -115,12 +123,17 @@ async def save_upload(upload: AsyncReadable, dest_dir: Path, max_bytes: int, pre
     if len(head) > max_bytes:
         raise _too_large(max_bytes)
 
-    dest_dir.mkdir(parents=True, exist_ok=True)
     path = dest_dir / f"{prefix}{uuid.uuid4().hex}{AUDIO_KINDS[kind]}"
     total = len(head)
     # "xb": never overwrite; a uuid4 collision is an error, not a silent clobber. Opened outside the
     # try so that failing to create the file never deletes one that was already there.
-    fh = open(path, "xb")
+    try:
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        fh = open(path, "xb")
+    except OSError as exc:
+        if is_no_space(exc):
+            raise _no_space(dest_dir) from None
+        raise
     try:
         with fh:
             # Disk writes off the event loop: other requests keep being served meanwhile.
@@ -130,9 +143,11 @@ async def save_upload(upload: AsyncReadable, dest_dir: Path, max_bytes: int, pre
                 if total > max_bytes:
                     raise _too_large(max_bytes)
                 await anyio.to_thread.run_sync(fh.write, chunk)
-    except BaseException:
+    except BaseException as exc:
         # Any failure, cancellation (client gone) included, leaves no partial file behind.
         path.unlink(missing_ok=True)
+        if is_no_space(exc):
+            raise _no_space(dest_dir) from None
         raise
     return path
 

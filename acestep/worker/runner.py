@@ -65,6 +65,7 @@ def classify(exc: BaseException, limits=None) -> JobError:
     """A user-facing error for an exception raised by a job (no tracebacks in the message)."""
     from acestep.checkpoints import CheckpointError
     from acestep.engine.audio_io import AudioInputError
+    from acestep.engine.disk_full import NoSpaceError
     from acestep.engine.engine import GenerationError
     from acestep.memory.limits import MemoryLimitError
 
@@ -82,6 +83,8 @@ def classify(exc: BaseException, limits=None) -> JobError:
         return JobError("generation", str(exc))
     if isinstance(exc, CheckpointError):
         return JobError("internal", f"the model could not be loaded: {exc}")
+    if isinstance(exc, NoSpaceError):
+        return JobError("disk", str(exc))
     return JobError("internal", f"{type(exc).__name__}: {exc}")
 
 
