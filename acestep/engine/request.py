@@ -1,29 +1,45 @@
 """``GenerationRequest`` and ``GenerationResult``: the one request type every face submits.
 
 Field names and defaults follow upstream ACE-Step 1.5's ``GenerationParams`` (with the REST
-aliases accepted), and every value is checked here, before any tensor is allocated.
+aliases accepted), and every value is checked here, before any tensor is allocated; every text
+and list has a bound (``acestep.engine.bounds``).
 """
 
 from __future__ import annotations
 
 import os
 import re
+from typing import Annotated
 
 from pydantic import (
     AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
+    StringConstraints,
     computed_field,
     field_validator,
     model_validator,
 )
 
+from acestep.engine.bounds import (
+    MAX_AUDIO_CODE_CHARS,
+    MAX_BATCH_SIZE,
+    MAX_DURATION_S,
+    MAX_LYRICS_CHARS,
+    MAX_NAME_CHARS,
+    MAX_PATH_CHARS,
+    MAX_SEED_CHARS,
+    MAX_STEPS,
+    MAX_TEXT_CHARS,
+    MAX_TIMESTEPS,
+    Name,
+    SeedList,
+    shown,
+)
 from acestep.engine.tasks import SOURCE_TASKS, TASK_TYPES, TRACK_NAMES
 from acestep.memory.keep_alive import parse_keep_alive
 
-MAX_DURATION_S = 600.0
-MAX_BATCH_SIZE = 8
 AUDIO_FORMATS = ("flac", "wav", "wav32", "mp3")
 TIME_SIGNATURES = {"2": "2", "3": "3", "4": "4", "6": "6", "2/4": "2", "3/4": "3", "4/4": "4", "6/8": "6"}
 KEY_SCALE_RE = re.compile(r"^[A-G](#|b|♯|♭)? (major|minor)$", re.IGNORECASE)
@@ -37,6 +53,7 @@ MAX_ADAPTERS = 4  # LoRA adapters one request may combine (upstream's advanced m
 MAX_LORA_SCALE = 4.0
 ADAPTER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,127}$")
 NO_ADAPTER = "none"  # ``lora="none"``: no adapter, even where a server has a default one
+AdapterName = Annotated[str, StringConstraints(max_length=128)]  # ADAPTER_NAME_RE's length
 
 
 def _alias(*names: str) -> AliasChoices:
@@ -48,40 +65,48 @@ class GenerationRequest(BaseModel):
 
     model_config = ConfigDict(populate_by_name=True, extra="forbid", validate_assignment=True)
 
-    caption: str = Field("", validation_alias=_alias("caption", "prompt"), max_length=4096)
-    lyrics: str = Field("", max_length=20000)
+    caption: str = Field("", validation_alias=_alias("caption", "prompt"), max_length=MAX_TEXT_CHARS)
+    lyrics: str = Field("", max_length=MAX_LYRICS_CHARS)
     instrumental: bool = False
-    task_type: str = "text2music"
-    instruction: str | None = None
-    track_name: str | None = None
-    track_classes: list[str] | None = Field(
-        None, validation_alias=_alias("track_classes", "complete_track_classes")
+    task_type: str = Field("text2music", max_length=MAX_NAME_CHARS)
+    instruction: str | None = Field(None, max_length=MAX_TEXT_CHARS)
+    track_name: str | None = Field(None, max_length=MAX_NAME_CHARS)
+    track_classes: list[Name] | None = Field(
+        None, validation_alias=_alias("track_classes", "complete_track_classes"), max_length=len(TRACK_NAMES)
     )
-    src_audio: str | None = Field(None, validation_alias=_alias("src_audio", "src_audio_path"))
+    src_audio: str | None = Field(
+        None, validation_alias=_alias("src_audio", "src_audio_path"), max_length=MAX_PATH_CHARS
+    )
     reference_audio: str | None = Field(
-        None, validation_alias=_alias("reference_audio", "reference_audio_path")
+        None, validation_alias=_alias("reference_audio", "reference_audio_path"), max_length=MAX_PATH_CHARS
     )
-    audio_code_string: str = Field("", validation_alias=_alias("audio_code_string", "audio_codes"))
+    audio_code_string: str = Field(
+        "", validation_alias=_alias("audio_code_string", "audio_codes"), max_length=MAX_AUDIO_CODE_CHARS
+    )
     audio_duration: float = Field(-1.0, validation_alias=_alias("audio_duration", "duration"))
     bpm: int | None = None
-    key_scale: str = Field("", validation_alias=_alias("key_scale", "keyscale"))
-    time_signature: str = Field("", validation_alias=_alias("time_signature", "timesignature"))
-    vocal_language: str = Field("unknown", validation_alias=_alias("vocal_language", "language"))
+    key_scale: str = Field("", validation_alias=_alias("key_scale", "keyscale"), max_length=MAX_NAME_CHARS)
+    time_signature: str = Field(
+        "", validation_alias=_alias("time_signature", "timesignature"), max_length=MAX_NAME_CHARS
+    )
+    vocal_language: str = Field(
+        "unknown", validation_alias=_alias("vocal_language", "language"), max_length=MAX_NAME_CHARS
+    )
     inference_steps: int = Field(
-        8, ge=1, le=200, validation_alias=_alias("inference_steps", "num_inference_steps")
+        8, ge=1, le=MAX_STEPS, validation_alias=_alias("inference_steps", "num_inference_steps")
     )
     guidance_scale: float = Field(7.0, ge=0.0, le=50.0)
     shift: float = Field(3.0, gt=0.0, le=10.0)
-    timesteps: list[float] | None = None
+    timesteps: list[float] | None = Field(None, max_length=MAX_TIMESTEPS)
     cfg_interval_start: float = Field(0.0, ge=0.0, le=1.0)
     cfg_interval_end: float = Field(1.0, ge=0.0, le=1.0)
-    seed: int | str = -1
+    seed: int | SeedList = -1
     use_random_seed: bool = True
     batch_size: int = Field(2, ge=1, le=MAX_BATCH_SIZE)
     repainting_start: float = 0.0
     repainting_end: float = -1.0
     audio_cover_strength: float = Field(1.0, ge=0.0, le=1.0)
-    audio_format: str = "flac"
+    audio_format: str = Field("flac", max_length=MAX_NAME_CHARS)
     enable_normalization: bool = True
     normalization_db: float = Field(-1.0, le=0.0, ge=-60.0)
     # The 5 Hz LM (spec lm.md). thinking, sample_mode/sample_query and use_format run it; the
@@ -91,22 +116,26 @@ class GenerationRequest(BaseModel):
     use_cot_language: bool = Field(True, validation_alias=_alias("use_cot_language", "cot_language"))
     use_cot_metas: bool = Field(True, validation_alias=_alias("use_cot_metas", "cot_metas"))
     sample_mode: bool = False
-    sample_query: str = Field("", max_length=4096)
+    sample_query: str = Field("", max_length=MAX_TEXT_CHARS)
     use_format: bool = False
     lm_temperature: float = Field(0.85, ge=0.0, le=5.0)
     lm_cfg_scale: float = Field(2.0, ge=0.0, le=10.0)
     lm_top_k: int = Field(0, ge=0, le=100000)
     lm_top_p: float = Field(0.9, gt=0.0, le=1.0)
     lm_repetition_penalty: float = Field(1.0, gt=0.0, le=10.0)
-    lm_negative_prompt: str = Field("NO USER INPUT", max_length=4096)
+    lm_negative_prompt: str = Field("NO USER INPUT", max_length=MAX_TEXT_CHARS)
     # LoRA adapters by name (from ACESTEP_LORA_DIR) and their scales: one scale for all, or one each.
     # None: no preference (a server then applies its default adapter, if one is set); []: none.
-    lora: list[str] | None = Field(None, validation_alias=_alias("lora", "loras", "lora_name"))
+    lora: list[AdapterName] | None = Field(
+        None, validation_alias=_alias("lora", "loras", "lora_name"), max_length=MAX_ADAPTERS
+    )
     lora_scale: list[float] = Field(
-        default_factory=lambda: [1.0], validation_alias=_alias("lora_scale", "lora_scales")
+        default_factory=lambda: [1.0],
+        validation_alias=_alias("lora_scale", "lora_scales"),
+        max_length=MAX_ADAPTERS,
     )
     # How long models stay loaded after this job (a duration, 0 or -1); the server may forbid it.
-    keep_alive: str | float | None = Field(None, validation_alias=_alias("keep_alive", "keepAlive"))
+    keep_alive: Name | float | None = Field(None, validation_alias=_alias("keep_alive", "keepAlive"))
 
     @field_validator("src_audio", "reference_audio", mode="before")
     @classmethod
@@ -115,6 +144,8 @@ class GenerationRequest(BaseModel):
             return os.fspath(value)
         if isinstance(value, str) and not value.strip():
             return None
+        if isinstance(value, str) and "\0" in value:  # no file has one; open() would raise, not refuse
+            raise ValueError("the path contains a NUL byte")
         return value
 
     @field_validator("lora", mode="before")
@@ -130,13 +161,13 @@ class GenerationRequest(BaseModel):
             return None  # an empty form field: no preference
         if [name.lower() for name in names] == [NO_ADAPTER]:
             return []
-        bad = [name for name in names if not ADAPTER_NAME_RE.match(name)]
-        if bad:
-            raise ValueError(f"lora names are adapter names in the LoRA folder, not paths: {bad}")
-        if len(set(names)) != len(names):
-            raise ValueError(f"lora names an adapter twice: {names}")
         if len(names) > MAX_ADAPTERS:
             raise ValueError(f"at most {MAX_ADAPTERS} LoRA adapters per request, got {len(names)}")
+        bad = [name for name in names if not ADAPTER_NAME_RE.match(name)]
+        if bad:
+            raise ValueError(f"lora names are adapter names in the LoRA folder, not paths: {shown(bad)}")
+        if len(set(names)) != len(names):
+            raise ValueError(f"lora names an adapter twice: {names}")
         return names
 
     @field_validator("lora_scale", mode="before")
@@ -147,14 +178,18 @@ class GenerationRequest(BaseModel):
         if isinstance(value, str):
             value = [part for part in value.split(",") if part.strip()] or [1.0]
         items = value if isinstance(value, list | tuple) else [value]
+        if len(items) > MAX_ADAPTERS:
+            raise ValueError(f"lora_scale has {len(items)} values; at most one per adapter ({MAX_ADAPTERS})")
         scales = []
         for item in items:
             try:
                 scale = float(item)  # type: ignore[arg-type]
-            except (TypeError, ValueError):
-                raise ValueError(f"lora_scale must be a number or a list of numbers, got {value!r}") from None
+            except (TypeError, ValueError, OverflowError):
+                raise ValueError(
+                    f"lora_scale must be a number or a list of numbers, got {shown(value)}"
+                ) from None
             if not 0.0 <= scale <= MAX_LORA_SCALE:  # NaN fails too
-                raise ValueError(f"lora_scale must be between 0 and {MAX_LORA_SCALE:g}, got {item!r}")
+                raise ValueError(f"lora_scale must be between 0 and {MAX_LORA_SCALE:g}, got {shown(item)}")
             scales.append(scale)
         return scales
 
@@ -189,11 +224,17 @@ class GenerationRequest(BaseModel):
     def _classes(cls, value: object) -> list[str] | None:
         if value is None or value == "":
             return None
-        items = value.split(",") if isinstance(value, str) else list(value)  # type: ignore[arg-type]
+        if not isinstance(value, str | list | tuple):
+            raise ValueError("track_classes must be a list of track names or a comma-separated string")
+        items = value.split(",") if isinstance(value, str) else list(value)
+        if len(items) > len(TRACK_NAMES):
+            raise ValueError(f"track_classes names {len(items)} tracks; there are {len(TRACK_NAMES)}")
         out = [str(v).strip().lower() for v in items if str(v).strip()]
         unknown = [v for v in out if v not in TRACK_NAMES]
         if unknown:
-            raise ValueError(f"unknown track_classes {unknown}; expected names from {', '.join(TRACK_NAMES)}")
+            raise ValueError(
+                f"unknown track_classes {shown(unknown)}; expected names from {', '.join(TRACK_NAMES)}"
+            )
         return out or None
 
     @field_validator("bpm", mode="before")
@@ -203,8 +244,8 @@ class GenerationRequest(BaseModel):
             return None
         try:
             bpm = int(float(value))  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            raise ValueError(f"bpm must be a number between 30 and 300, got {value!r}") from None
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError(f"bpm must be a number between 30 and 300, got {shown(value)}") from None
         if not 30 <= bpm <= 300:
             raise ValueError(f"bpm must be between 30 and 300, got {bpm}")
         return bpm
@@ -225,7 +266,9 @@ class GenerationRequest(BaseModel):
         if text in ("", "N/A"):
             return ""
         if text not in TIME_SIGNATURES:
-            raise ValueError(f"time_signature must be one of 2, 3, 4, 6 (2/4, 3/4, 4/4, 6/8), got {text!r}")
+            raise ValueError(
+                f"time_signature must be one of 2, 3, 4, 6 (2/4, 3/4, 4/4, 6/8), got {shown(text)}"
+            )
         return TIME_SIGNATURES[text]
 
     @field_validator("vocal_language")
@@ -266,8 +309,12 @@ class GenerationRequest(BaseModel):
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         text = str(value).strip()
+        if len(text) > MAX_SEED_CHARS:
+            raise ValueError(f"seed must be at most {MAX_SEED_CHARS} characters, got {len(text)}")
         if not re.fullmatch(r"\s*-?\d+(\.0*)?(\s*,\s*-?\d+(\.0*)?)*\s*,?\s*", text or "-1"):
-            raise ValueError(f"seed must be an integer or a comma-separated list of integers, got {value!r}")
+            raise ValueError(
+                f"seed must be an integer or a comma-separated list of integers, got {shown(value)}"
+            )
         return text or -1
 
     @field_validator("timesteps")

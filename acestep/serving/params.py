@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from acestep.engine.bounds import MAX_NAME_CHARS, MAX_PATH_CHARS, shown
 from acestep.engine.request import GenerationRequest
 
 _TRUE = frozenset({"1", "true", "yes", "y", "on"})
@@ -28,6 +29,11 @@ _UPLOAD_KEYS = frozenset({"ref_audio", "reference_audio", "ctx_audio", "src_audi
 _STRUCTURAL_KEYS = frozenset({"param_obj", "ai_token", "task_id_list", *META_KEYS, *_UPLOAD_KEYS})
 LM_BACKENDS = ("vllm", "pt", "mlx")
 _NUMERIC_KINDS = frozenset({"int", "float", "seed", "timesteps"})
+# Bounds of what is not a GenerationRequest field (those are bounded there).
+MAX_MODEL_CHARS = 255  # a checkpoint folder's name (NAME_MAX)
+MAX_TASK_IDS = 1000  # task ids one /query_result asks about
+MAX_TASK_ID_CHARS = 128  # a task id is a UUID (36 characters)
+IGNORED_SHOWN = 20  # unknown parameter names a warning lists
 
 
 class ParamError(ValueError):
@@ -46,6 +52,7 @@ class _Spec:
     kind: str  # str | int | float | bool | seed | timesteps | classes | keep_alive | names
     aliases: tuple[str, ...] = ()
     target: str | None = None  # the GenerationRequest field, for generation parameters
+    max_chars: int | None = None  # for a "str" that is no GenerationRequest field (those bound it)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -129,8 +136,8 @@ LM_KNOBS = (
     _Spec("lm_top_p", "float"),
     _Spec("lm_repetition_penalty", "float"),
     _Spec("lm_negative_prompt", "str"),
-    _Spec("lm_model_path", "str"),
-    _Spec("lm_backend", "str"),
+    _Spec("lm_model_path", "str", max_chars=MAX_PATH_CHARS),
+    _Spec("lm_backend", "str", max_chars=MAX_NAME_CHARS),
     _Spec("constrained_decoding", "bool", ("constrainedDecoding", "constrained")),
     _Spec("constrained_decoding_debug", "bool", ("constrainedDecodingDebug",)),
     _Spec("allow_lm_batch", "bool", ("allowLmBatch", "parallel_thinking")),
@@ -139,10 +146,10 @@ LM_KNOBS = (
 NO_EFFECT = (
     _Spec("use_tiled_decode", "bool", ("useTiledDecode",)),
     _Spec("is_format_caption", "bool", ("isFormatCaption",)),
-    _Spec("infer_method", "str", ("inferMethod",)),
+    _Spec("infer_method", "str", ("inferMethod",), max_chars=MAX_NAME_CHARS),
     _Spec("use_adg", "bool"),
 )
-MODEL = _Spec("model", "str", ("model_name", "modelName", "dit_model", "ditModel"))
+MODEL = _Spec("model", "str", ("model_name", "modelName", "dit_model", "ditModel"), max_chars=MAX_MODEL_CHARS)
 ALL_SPECS = (*GENERATION, *LM_FEATURES, *LM_KNOBS, *NO_EFFECT, MODEL)
 _KNOWN_KEYS = frozenset(n for spec in ALL_SPECS for n in spec.names) | _STRUCTURAL_KEYS
 # GenerationRequest field -> upstream canonical name, for error messages.
@@ -208,7 +215,7 @@ def parse_release_params(raw: Mapping[str, Any]) -> ReleaseParams:
         fields=fields,
         lm_features=features,
         model=sent.get("model"),
-        ignored=list(dict.fromkeys(ignored)),
+        ignored=_listed(list(dict.fromkeys(ignored))),
         ai_token=_ai_token(raw),
         lm_options=lm_options,
     )
@@ -224,10 +231,21 @@ def parse_task_id_list(value: Any) -> list[str]:
                 "task_id_list", 'task_id_list must be a JSON array of task ids, e.g. ["<task id>"]'
             ) from None
     if not isinstance(value, list | tuple):
-        raise ParamError("task_id_list", f"task_id_list must be an array of task ids, got {value!r}")
+        raise ParamError("task_id_list", f"task_id_list must be an array of task ids, got {shown(value)}")
+    if len(value) > MAX_TASK_IDS:
+        raise ParamError("task_id_list", f"task_id_list has {len(value)} ids; at most {MAX_TASK_IDS}")
     if not all(isinstance(item, str) for item in value):
         raise ParamError("task_id_list", "task_id_list must contain only task id strings")
+    if any(len(item) > MAX_TASK_ID_CHARS for item in value):
+        raise ParamError("task_id_list", f"a task id is at most {MAX_TASK_ID_CHARS} characters")
     return [item.strip() for item in value]
+
+
+def _listed(names: list[str]) -> list[str]:
+    """Unknown parameter names as a warning lists them: a few, each clipped (a body may hold any)."""
+    listed = [name if len(name) <= MAX_NAME_CHARS else name[:MAX_NAME_CHARS] + "…" for name in names]
+    extra = len(names) - IGNORED_SHOWN
+    return listed[:IGNORED_SHOWN] + ([f"and {extra} more"] if extra > 0 else [])
 
 
 def _places(raw: Mapping[str, Any]) -> list[Mapping[str, Any]]:
@@ -309,6 +327,8 @@ def _convert(spec: _Spec, used: str, value: Any) -> Any:
             raise ParamError(spec.name, f"{label} must be a duration such as 300, '5m', 0 or -1")
         return value
     text = _to_str(spec.name, label, value)
+    if spec.max_chars is not None and len(text) > spec.max_chars:
+        raise ParamError(spec.name, f"{label} must be at most {spec.max_chars} characters, got {len(text)}")
     if spec.name == "lm_backend":
         if text.strip().lower() not in LM_BACKENDS:
             raise ParamError(spec.name, f"{label} must be one of {', '.join(LM_BACKENDS)}, got {text!r}")

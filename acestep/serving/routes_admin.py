@@ -1,8 +1,8 @@
 """Memory and job control: POST /unload, POST /v1/load, GET /v1/memory, POST /v1/cancel, and
 the Prometheus GET /metrics.
 
-Loads and unloads run on the GPU worker between jobs; the handlers wait for them in a thread so
-the event loop keeps serving.
+Loads and unloads run on the GPU worker between jobs; the handlers wait for them through
+``acestep.serving.waits`` (bounded, off the shared thread pool, withdrawn when the client goes).
 """
 
 from __future__ import annotations
@@ -10,20 +10,24 @@ from __future__ import annotations
 import anyio
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 
+from acestep.engine.bounds import shown
 from acestep.serving import auth
 from acestep.serving.body import read_body
+from acestep.serving.params import MAX_TASK_ID_CHARS
 from acestep.serving.routes_compat import body_schema
+from acestep.serving.waits import CommandTimeout, run_command
 from acestep.serving.wire import envelope
 from acestep.worker.dispatcher import BusyError
 
 router = APIRouter(dependencies=[Depends(auth.require_key)])
-# Loads and unloads wait for the running job; their own small thread pool keeps many of them from
-# taking every worker thread (uploads and downloads need those).
-_WAITERS = anyio.CapacityLimiter(4)
 
 
 async def _wait(function, *args):
-    return await anyio.to_thread.run_sync(function, *args, limiter=_WAITERS)
+    """A command that waits for the running job: 503 when it still runs past the wait limit."""
+    try:
+        return await run_command(function, *args)
+    except CommandTimeout as exc:
+        raise HTTPException(503, str(exc)) from None
 
 
 @router.post("/unload", openapi_extra=body_schema({"level": {"type": "string", "enum": ["park", "free"]}}))
@@ -32,7 +36,7 @@ async def unload(request: Request) -> dict:
     fields, _ = await read_body(request)
     level = str(fields.get("level") or request.query_params.get("level") or "free").strip().lower()
     if level not in ("park", "free"):
-        raise HTTPException(400, f"level must be park or free, got {level!r}")
+        raise HTTPException(400, f"level must be park or free, got {shown(level)}")
     try:
         report = await _wait(request.app.state.manager.unload, level)
     except BusyError as exc:
@@ -58,6 +62,8 @@ async def cancel(request: Request) -> dict:
     task_id = str(fields.get("task_id") or "")
     if not task_id:
         raise HTTPException(400, "task_id is required")
+    if len(task_id) > MAX_TASK_ID_CHARS:
+        raise HTTPException(400, f"task_id: at most {MAX_TASK_ID_CHARS} characters")
     outcome = await anyio.to_thread.run_sync(request.app.state.queue.cancel, task_id)
     if outcome == "unknown":
         raise HTTPException(404, f"unknown task_id {task_id!r}")
@@ -69,5 +75,5 @@ async def metrics(request: Request) -> Response:
     """Queue depth, jobs by state, per-worker residency and VRAM, job durations (Prometheus text)."""
     from acestep.serving.metrics import CONTENT_TYPE, render
 
-    stats = await _wait(request.app.state.queue.stats)
+    stats = await anyio.to_thread.run_sync(request.app.state.queue.stats)  # waits for no job
     return Response(render(stats), media_type=CONTENT_TYPE)

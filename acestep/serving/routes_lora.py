@@ -11,21 +11,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import anyio
 from fastapi import APIRouter, Depends, HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
+from acestep.engine.bounds import MAX_PATH_CHARS, shown
 from acestep.engine.request import ADAPTER_NAME_RE, MAX_LORA_SCALE
 from acestep.lora.catalog import LoraError, LoraNotFound
 from acestep.lora.selection import DefaultFull, resident
 from acestep.serving import auth
 from acestep.serving.body import read_body
 from acestep.serving.routes_compat import body_schema
+from acestep.serving.waits import CommandTimeout, run_command
 from acestep.serving.wire import envelope
 from acestep.worker.runner import JobError
 
 router = APIRouter(dependencies=[Depends(auth.require_key)])
-_WAITERS = anyio.CapacityLimiter(4)  # loads wait for the running job; keep them off the shared pool
 NAME_FIELDS = ("name", "lora", "adapter_name", "lora_name")
 LOAD_BODY = body_schema(
     {
@@ -51,16 +51,24 @@ def _name(request: Request, fields: dict, required: bool) -> str | None:
         if isinstance(value, str) and value.strip():
             name = value.strip()
             if not ADAPTER_NAME_RE.match(name):
-                raise HTTPException(400, f"{key} must be an adapter name from GET /v1/loras, got {name!r}")
+                raise HTTPException(
+                    400, f"{key} must be an adapter name from GET /v1/loras, got {shown(name)}"
+                )
             return name
     path = fields.get("lora_path")
     if isinstance(path, str) and path.strip():
+        if "\0" in path or len(path) > MAX_PATH_CHARS:  # no file has such a path; resolve() would raise
+            raise HTTPException(400, f"lora_path: no NUL byte and at most {MAX_PATH_CHARS} characters")
         folder = request.app.state.loras.folder.resolve()
-        target = Path(path.strip()).expanduser()
-        target = (target if target.is_absolute() else folder / target).resolve()
+        try:
+            target = Path(path.strip()).expanduser()
+            target = (target if target.is_absolute() else folder / target).resolve()
+        except (OSError, RuntimeError):  # e.g. an unknown ~user, a symlink loop
+            raise HTTPException(400, f"lora_path cannot be resolved: {shown(path)}") from None
         if target.parent != folder:
             raise HTTPException(
-                403, f"lora_path must be an adapter directly inside the LoRA folder ({folder}); got {path!r}"
+                403,
+                f"lora_path must be an adapter directly inside the LoRA folder ({folder}); got {shown(path)}",
             )
         return target.stem if target.suffix == ".safetensors" else target.name
     if required:
@@ -83,12 +91,12 @@ def _scale(fields: dict, default: float | None = 1.0) -> float | None:
 
 async def _run(function, *args):
     """A LoRA command (it may wait for the running job): its refusal is a 4xx with the reason, a
-    worker that fails otherwise a 503."""
+    worker that fails otherwise, or a job still running past the wait limit, a 503."""
     try:
-        return await anyio.to_thread.run_sync(function, *args, limiter=_WAITERS)
+        return await run_command(function, *args)
     except (LoraError, ValueError) as exc:
         raise _refusal(exc) from None
-    except JobError as exc:
+    except (JobError, CommandTimeout) as exc:
         raise HTTPException(503, str(exc)) from None
 
 

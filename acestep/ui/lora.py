@@ -13,7 +13,10 @@ import anyio
 import gradio as gr
 
 from acestep.engine.request import MAX_LORA_SCALE
+from acestep.lora.catalog import LoraError
 from acestep.lora.selection import resident
+from acestep.serving.waits import CommandTimeout, run_command
+from acestep.worker.runner import JobError
 
 COLUMNS = ("name", "format", "base_variant", "rank", "alpha", "modules", "compatible")
 
@@ -78,7 +81,11 @@ def tab(state, text: dict) -> tuple[gr.Dataframe, gr.Markdown, object]:
         return await anyio.to_thread.run_sync(catalog_text, state, text)
 
     async def unload_all():
-        await anyio.to_thread.run_sync(state.loras.unload, state.manager, None)
+        # It waits for the running job: bounded and off the shared thread pool, like REST and MCP.
+        try:
+            await run_command(state.loras.unload, state.manager, None)
+        except (CommandTimeout, LoraError, JobError) as exc:
+            raise gr.Error(str(exc)) from None
         return await show()
 
     refresh.click(show, None, [table, summary])

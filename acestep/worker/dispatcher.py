@@ -3,7 +3,9 @@
 Admission and idleness share one lock: ``submit`` appends under it, and the loop decides "idle,
 unload now" under it only when nothing is queued. An unload that wins the race simply runs before
 the new job, which then reloads; no job is ever dropped. Explicit load and unload commands run
-between jobs (after the running one), never during one.
+between jobs (after the running one), never during one. A caller waiting for one may set a
+``WaitScope``: its wait then ends at the scope's deadline, or when the caller goes away, and a
+command that has not started by then is withdrawn.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from contextlib import AbstractContextManager, nullcontext
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +38,25 @@ class GuardError(RuntimeError):
 
 class BusyError(RuntimeError):
     """An unload was asked for while a job runs, and the server refuses rather than waits."""
+
+
+class CommandTimeout(TimeoutError):
+    """A load, unload or LoRA command was still waiting for the running job when its caller's
+    patience ran out (or the caller went away); the message says whether it was withdrawn."""
+
+
+@dataclass(frozen=True)
+class WaitScope:
+    """How long a caller waits for its commands: until ``deadline`` (``time.monotonic()``) or
+    until ``gone`` completes (the caller went away), whichever comes first."""
+
+    deadline: float
+    gone: Future
+
+
+# Set by the faces around a blocking command (``acestep.serving.waits``); a context variable, so
+# the layers in between (the LoRA selection, the memory manager) need not pass it on.
+WAIT_SCOPE: ContextVar[WaitScope | None] = ContextVar("acestep_wait_scope", default=None)
 
 
 @dataclass
@@ -149,19 +171,39 @@ class Dispatcher:
         """Unload after the running job (if any); returns the measured report."""
         if level not in ("park", "free"):
             raise ValueError(f"unload level must be park or free, got {level!r}")
-        return self._command(level).result(timeout)
+        return self._await(self._command(level), "unload", timeout)
 
     def load(self, timeout: float | None = None) -> MemoryReport:
-        return self._command("load").result(timeout)
+        return self._await(self._command("load"), "load", timeout)
 
     def load_lora(self, names: list[str], timeout: float | None = None) -> MemoryReport:
         """Load LoRA adapters into the DiT after the running job (they stay inactive until a job
         names them)."""
-        return self._command("lora_load", list(names)).result(timeout)
+        return self._await(self._command("lora_load", list(names)), "LoRA load", timeout)
 
     def unload_lora(self, names: list[str] | None = None, timeout: float | None = None) -> MemoryReport:
         """Remove LoRA adapters (all by default) after the running job."""
-        return self._command("lora_unload", names).result(timeout)
+        return self._await(self._command("lora_unload", names), "LoRA unload", timeout)
+
+    def _await(self, future: Future, what: str, timeout: float | None) -> MemoryReport:
+        """The command's report, waiting at most ``timeout`` s and no longer than the caller's
+        ``WaitScope``; past that, a command that has not started is withdrawn (``CommandTimeout``)."""
+        scope = WAIT_SCOPE.get()
+        started = time.monotonic()
+        deadline = None if timeout is None else started + timeout
+        if scope is not None:
+            deadline = scope.deadline if deadline is None else min(deadline, scope.deadline)
+        left = None if deadline is None else max(0.0, deadline - started)
+        wait([future] if scope is None else [future, scope.gone], timeout=left, return_when=FIRST_COMPLETED)
+        if future.done():
+            return future.result()
+        withdrawn = future.cancel()  # False once the worker has begun it: it then completes
+        with self._cond:
+            running = self._running.id if self._running is not None else None
+        waited = time.monotonic() - started
+        because = f"the running job ({running}) has not finished" if running else "the worker is busy"
+        outcome = "it was withdrawn; nothing changed" if withdrawn else "it has started and will complete"
+        raise CommandTimeout(f"the {what} waited {waited:.0f} s: {because}; {outcome}. Retry later.")
 
     def request_load(self) -> Future:
         """Queue a load without waiting for it (warm-up at start)."""
@@ -261,6 +303,8 @@ class Dispatcher:
                 self._control(item)
 
     def _control(self, command: _Command) -> None:
+        if not command.future.set_running_or_notify_cancel():
+            return  # withdrawn by its caller before it began
         reason = "keep-alive expired" if command.idle else "requested"
         try:
             if command.action == "load":
@@ -353,9 +397,10 @@ class Dispatcher:
         with self._cond:
             leftovers, self._commands = list(self._commands), deque()
         for command in leftovers:
-            command.future.set_exception(RuntimeError("the dispatcher shut down first"))
+            if command.future.set_running_or_notify_cancel():  # a withdrawn one has nobody to tell
+                command.future.set_exception(RuntimeError("the dispatcher shut down first"))
         if unload:
             self.runner.unload("free")
 
 
-__all__ = ["NEVER", "BusyError", "Dispatcher", "Job"]
+__all__ = ["NEVER", "WAIT_SCOPE", "BusyError", "CommandTimeout", "Dispatcher", "Job", "WaitScope"]

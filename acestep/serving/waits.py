@@ -1,0 +1,75 @@
+"""Waiting for a memory or LoRA command in every face (REST, MCP and the UI): ``run_command``.
+
+Loads, unloads and LoRA changes run after the current job, which may take minutes. The blocking
+call runs on a small pool of its own, never on anyio's shared thread pool: every route's blocking
+work (/health included) needs that one, and abandoned waits parked there once hung them all. A
+wait is bounded by ``ACESTEP_CONTROL_TIMEOUT`` seconds, and a caller that goes away (its task is
+cancelled) stops waiting at once; either way a command that has not started is withdrawn, through
+the dispatcher's ``WaitScope``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import anyio
+
+from acestep.settings import env_int
+from acestep.worker.dispatcher import WAIT_SCOPE, CommandTimeout, WaitScope
+
+T = TypeVar("T")
+DEFAULT_WAIT_S = 600
+# A wait ends with its caller (its thread is freed when the scope's ``gone`` completes), so a few
+# threads serve any number of callers; a cluster's broadcast, which reads no scope, may hold one
+# until its own deadline.
+THREADS = 4
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+__all__ = ["CommandTimeout", "run_command", "wait_limit"]
+
+
+@functools.cache
+def wait_limit() -> int:
+    """``ACESTEP_CONTROL_TIMEOUT``: the longest a command waits for the running job, in seconds."""
+    return env_int(os.environ, "ACESTEP_CONTROL_TIMEOUT", DEFAULT_WAIT_S, minimum=1)
+
+
+def _executor() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(THREADS, thread_name_prefix="acestep-command")
+        return _pool
+
+
+def _within(scope: WaitScope, function: Callable[..., T], args: tuple) -> T:
+    token = WAIT_SCOPE.set(scope)
+    try:
+        return function(*args)
+    finally:
+        WAIT_SCOPE.reset(token)
+
+
+async def run_command(function: Callable[..., T], *args: Any) -> T:
+    """``function(*args)`` (a manager's or LoRA selection's load or unload), waited for without
+    holding the shared pool. ``CommandTimeout`` past the limit; cancelling the caller withdraws it."""
+    limit = wait_limit()
+    scope = WaitScope(deadline=time.monotonic() + limit, gone=Future())
+    task = _executor().submit(_within, scope, function, args)
+    try:
+        # A backstop: the dispatcher ends its own wait at the deadline, but a call queued behind
+        # busy threads, or one that reads no scope (a cluster's broadcast), might not.
+        with anyio.move_on_after(limit + 1):
+            return await asyncio.wrap_future(task)
+        raise CommandTimeout(f"gave up after {limit} s: the worker is still busy; retry later")
+    finally:
+        task.cancel()  # queued here and not begun: it never begins
+        scope.gone.set_result(None)  # a thread still waiting stops, withdrawing its command
