@@ -25,6 +25,7 @@ from acestep.cluster.store import JobStore
 from acestep.engine.request import GenerationRequest
 from acestep.lora.selection import LoraSelection
 from acestep.serving.jobs import QueueFull, QueueUnavailable, average_fields, remove_paths
+from acestep.serving.retention import Retention, input_paths
 
 POLL_S = 0.2
 API_RETRIES = 2  # a blip is retried; a Redis that stays away is a 503 with Retry-After
@@ -46,6 +47,7 @@ class RedisJobQueue:
         seed_seconds: float = 5.0,
         repairs: bool = True,
         loras: LoraSelection | None = None,
+        uploads_dir: Path | None = None,
     ):
         self.settings = settings
         self.loras = loras
@@ -57,6 +59,7 @@ class RedisJobQueue:
         self.default_info = {"variant": default_variant, "tasks": sorted(default_tasks)}
         self.maxsize = maxsize
         self.result_ttl_s = result_ttl_s
+        self.retention = Retention.from_env(self.results_dir, result_ttl_s, uploads_dir)
         self.seed_seconds = seed_seconds
         self._suspects: dict[tuple[str, str], float] = {}
         self._stop = threading.Event()
@@ -226,10 +229,24 @@ class RedisJobQueue:
         remove_paths(self.results_dir / task_id for task_id in taken)
         return len(taken)
 
+    def sweep_files(self, now: float | None = None) -> int:
+        """Retention by age of the shared folders (see :mod:`acestep.serving.retention`); the
+        queued and running jobs of every server keep their inputs and result folders."""
+        with redis_unavailable("read the live jobs"):
+            ids = {
+                i.decode() if isinstance(i, bytes) else i
+                for state in ("queued", "running")
+                for i in self.client.smembers(self.store.key("jobs", state))
+            }
+            records = [r for r in map(self.store.get, sorted(ids)) if r is not None]
+        live = {Path(p).resolve() for r in records for p in r.cleanup}
+        live |= {path for r in records for path in input_paths(r.request)}
+        return self.retention.sweep(ids, live, now)
+
     def _sweep_loop(self, interval: int) -> None:
-        """Repairs every heartbeat timeout, retention every ``interval``."""
+        """Repairs every heartbeat timeout, retention at start and every ``interval``."""
         tick = min(interval, self.settings.heartbeat_timeout_s)
-        next_sweep = time.monotonic() + interval
+        next_sweep = time.monotonic()
         while not self._stop.wait(tick):
             try:
                 self.reap()
@@ -242,6 +259,9 @@ class RedisJobQueue:
                 removed = self.sweep()
                 if removed:
                     logger.info(f"retention: removed {removed} finished jobs and their files")
+                swept = self.sweep_files()
+                if swept:
+                    logger.info(f"retention: removed {swept} old result, upload and cache files")
             except Exception as exc:  # Redis away or a bad file: try again next round
                 logger.warning(f"retention sweep failed: {exc}")
 

@@ -25,6 +25,7 @@ from acestep.checkpoints.task_support import require_task
 from acestep.engine.request import GenerationRequest
 from acestep.lora.selection import LoraSelection
 from acestep.memory.manager import MemoryManager, worker_summary
+from acestep.serving.retention import Retention, input_paths
 from acestep.worker.dispatcher import Job
 
 AVERAGE_WINDOW = 50
@@ -125,9 +126,11 @@ class LocalJobQueue:
         model_name: str = "",
         loras: LoraSelection | None = None,
         checkpoint: CheckpointPaths | None = None,
+        uploads_dir: Path | None = None,
     ):
         """``loras`` fills in and checks each request's LoRA adapters (None: taken as they are);
-        ``checkpoint``, the served one, refuses a task its variant cannot run (None: no check)."""
+        ``checkpoint``, the served one, refuses a task its variant cannot run (None: no check);
+        ``uploads_dir`` is swept by age with Gradio's cache (None: only the results are)."""
         if manager.dispatcher is None:
             raise RuntimeError("start the memory manager's worker before the job queue")
         self.manager = manager
@@ -139,6 +142,7 @@ class LocalJobQueue:
         self.results_dir.mkdir(parents=True, exist_ok=True)
         self.maxsize = maxsize
         self.result_ttl_s = result_ttl_s
+        self.retention = Retention.from_env(self.results_dir, result_ttl_s, uploads_dir)
         self.seed_seconds = float(os.environ.get("ACESTEP_AVG_JOB_SECONDS", "5.0"))
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
@@ -250,30 +254,53 @@ class LocalJobQueue:
 
     # -- retention ----------------------------------------------------------------------
 
+    def _live_inputs(self) -> set[Path]:
+        """The files that queued and running jobs read (never swept)."""
+        with self._lock:
+            live = [job.request for job in self._jobs.values() if not job.done.is_set()]
+        return {path for request in live for path in input_paths(request)}
+
     def sweep(self, now: float | None = None) -> int:
-        """Delete finished records older than the TTL, with their result files; returns how many."""
+        """Delete finished records older than the TTL, with their result files; returns how many.
+        A result another job still reads (a cover of it, queued) waits for the next sweep."""
         if self.result_ttl_s <= 0:
             return 0
         now = time.time() if now is None else now
+        live, root = self._live_inputs(), self.results_dir.resolve()
+
+        def due(job: Job) -> bool:
+            if not job.done.is_set() or job.finished is None or now - job.finished < self.result_ttl_s:
+                return False
+            return not any(path.is_relative_to(root / job.id) for path in live)
+
         with self._lock:
-            expired = [
-                job
-                for job in self._jobs.values()
-                if job.done.is_set() and job.finished is not None and now - job.finished >= self.result_ttl_s
-            ]
+            expired = [job for job in self._jobs.values() if due(job)]
             for job in expired:
                 del self._jobs[job.id]
         remove_paths(self.results_dir / job.id for job in expired)
         return len(expired)
 
+    def sweep_files(self, now: float | None = None) -> int:
+        """Retention by age of what no record remembers (see :mod:`acestep.serving.retention`)."""
+        live = self._live_inputs()  # a job queued after this has new inputs, which their age keeps
+        with self._lock:
+            known = set(self._jobs)
+        return self.retention.sweep(known, live, now)
+
     def _sweep_loop(self, interval: int) -> None:
-        while not self._stop.wait(interval):
+        # At start too: a previous process's files are due at once, not after the first interval.
+        while True:
             try:
                 removed = self.sweep()
                 if removed:
                     logger.info(f"retention: removed {removed} finished jobs and their files")
+                swept = self.sweep_files()
+                if swept:
+                    logger.info(f"retention: removed {swept} old result, upload and cache files")
             except Exception as exc:  # the sweeper must outlive a bad file
                 logger.error(f"retention sweep failed: {exc}")
+            if self._stop.wait(interval):
+                return
 
     def close(self) -> None:
         self._stop.set()

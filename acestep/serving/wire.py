@@ -12,6 +12,12 @@ from urllib.parse import quote
 from acestep.worker.dispatcher import Job
 
 WIRE_STATUS = {"queued": 0, "running": 0, "succeeded": 1, "failed": 2}
+# The embedded queue keeps its jobs in memory: after a restart, what was queued or running is gone.
+UNKNOWN_TASK = (
+    "unknown task_id: never submitted to this server, its record has expired (ACESTEP_RESULT_TTL), "
+    "or the server restarted since: it keeps jobs in memory, so jobs queued or running at a restart "
+    "are lost; submit the job again"
+)
 ENV = "development"
 
 
@@ -86,7 +92,7 @@ def query_entry(task_id: str, job: Job | None, position: int | None = None) -> d
             "task_id": task_id,
             "status": 2,
             "result": "[]",
-            "error": "unknown task_id: never submitted to this server, or its record has expired",
+            "error": UNKNOWN_TASK,
             "progress_text": "",
         }
     progress_text = f"{job.stage} {job.progress * 100:.0f}%"

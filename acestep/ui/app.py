@@ -10,6 +10,7 @@ import gradio as gr
 from acestep.engine.request import GenerationRequest
 from acestep.engine.tasks import TRACK_NAMES
 from acestep.memory.keep_alive import KeepAlivePolicy
+from acestep.serving.jobs import remove_paths
 from acestep.serving.routes_lego import default_caption
 from acestep.ui import actions
 from acestep.ui import lora as lora_ui
@@ -146,25 +147,31 @@ def _generate_tab(state, text: dict, fmt) -> None:
     async def generate(task, duration, seed, batch, steps, caption, lyrics, source, start, end, strength, fmt,
                        *extra, progress=gr.Progress()):  # fmt: skip
         lm, (lora, lora_scale) = extra[: len(LM_FIELDS)], (list(extra[len(LM_FIELDS) :]) + [None, 1.0])[:2]
-        cleanup = [actions.stage_upload(state, source, text)] if task != "text2music" else []
-        values = {
-            "task_type": task,
-            "caption": caption,
-            "lyrics": lyrics,
-            "audio_duration": duration,
-            "seed": int(seed),
-            "batch_size": int(batch),
-            "inference_steps": _steps(steps, state.variant.default_steps),
-            "audio_format": fmt,
-            "src_audio": str(cleanup[0]) if cleanup else None,
-        }
-        values |= dict(zip(LM_FIELDS, lm, strict=True))  # without an LM, follow() refuses what needs it
-        values |= lora_ui.request_values(lora, lora_scale)
-        if task == "repaint":
-            values |= {"repainting_start": start, "repainting_end": end}
-        if task == "cover":
-            values["audio_cover_strength"] = strength
-        async for update in actions.follow(state, actions._request(values), cleanup, text, progress):
+        cleanup = [await actions.stage_upload(state, source, text)] if task != "text2music" else []
+        # Until follow() queues the job, any refusal removes the staged copy (then the job's end does).
+        try:
+            values = {
+                "task_type": task,
+                "caption": caption,
+                "lyrics": lyrics,
+                "audio_duration": duration,
+                "seed": int(seed),
+                "batch_size": int(batch),
+                "inference_steps": _steps(steps, state.variant.default_steps),
+                "audio_format": fmt,
+                "src_audio": str(cleanup[0]) if cleanup else None,
+            }
+            values |= dict(zip(LM_FIELDS, lm, strict=True))  # without an LM, follow() refuses what needs it
+            values |= lora_ui.request_values(lora, lora_scale)
+            if task == "repaint":
+                values |= {"repainting_start": start, "repainting_end": end}
+            if task == "cover":
+                values["audio_cover_strength"] = strength
+            request = actions._request(values)
+        except BaseException:
+            remove_paths(cleanup)
+            raise
+        async for update in actions.follow(state, request, cleanup, text, progress):
             yield update
 
     inputs = [task, duration, seed, batch, steps, caption, lyrics, source, start, end, strength, fmt]
@@ -192,23 +199,23 @@ def _lego_tab(state, text: dict, fmt) -> None:
 
     async def lego(source, track, bpm, key, caption, batch, seed, steps, fmt, lora, lora_scale,
                    progress=gr.Progress()):  # fmt: skip
-        staged = actions.stage_upload(state, source, text)
-        values = {
-            "task_type": "lego",
-            "track_name": track,
-            "src_audio": str(staged),
-            "caption": caption or default_caption(track),
-            "bpm": int(bpm) if bpm else None,
-            "key_scale": key.strip() or None,
-            "batch_size": int(batch),
-            "seed": int(seed),
-            "inference_steps": _steps(steps, state.variant.default_steps),
-            "audio_format": fmt,
-        } | lora_ui.request_values(lora, lora_scale)
-        try:
+        staged = await actions.stage_upload(state, source, text)
+        try:  # until follow() queues the job, any refusal removes the staged copy
+            values = {
+                "task_type": "lego",
+                "track_name": track,
+                "src_audio": str(staged),
+                "caption": caption or default_caption(track),
+                "bpm": int(bpm) if bpm else None,
+                "key_scale": key.strip() or None,
+                "batch_size": int(batch),
+                "seed": int(seed),
+                "inference_steps": _steps(steps, state.variant.default_steps),
+                "audio_format": fmt,
+            } | lora_ui.request_values(lora, lora_scale)
             request = actions._request(values)
-        except gr.Error:
-            staged.unlink(missing_ok=True)
+        except BaseException:
+            remove_paths([staged])
             raise
         async for update in actions.follow(state, request, [staged], text, progress):
             yield update

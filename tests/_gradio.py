@@ -1,0 +1,27 @@
+"""Calling the UI's Gradio API over HTTP, as any client (or attacker) can."""
+
+from __future__ import annotations
+
+from _server import Server
+
+
+def file_input(path: str) -> dict:
+    """A Gradio file input naming ``path`` (an upload's path, or any path a client makes up)."""
+    return {"path": path, "meta": {"_type": "gradio.FileData"}}
+
+
+def gradio_call(server: Server, api_name: str, data: list, timeout: float = 120) -> tuple[str, str]:
+    """A Gradio API call to its end: the last SSE event and its data."""
+    started = server.client.post(f"/gradio_api/call/{api_name}", json={"data": data}, timeout=timeout)
+    assert started.status_code == 200, started.text
+    event_id = started.json()["event_id"]
+    event = last = ""
+    with server.client.stream("GET", f"/gradio_api/call/{api_name}/{event_id}", timeout=timeout) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("event:"):
+                event = line.split(":", 1)[1].strip()
+            elif line.startswith("data:"):
+                last = line.split(":", 1)[1].strip()
+                if event in ("complete", "error"):
+                    break
+    return event, last
