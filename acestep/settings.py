@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# Settings that hold secrets: never passed to the GPU worker process, never written to a log.
+SECRET_SETTINGS = ("ACESTEP_API_KEY", "ACESTEP_QUEUE_URL")
+
 
 def _project_folder(env, variable: str, name: str) -> Path:
     """``$variable``, else ``$ACESTEP_PROJECT_ROOT/<name>``, else ``./<name>``."""

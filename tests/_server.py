@@ -42,6 +42,8 @@ class Server:
                 "ACESTEP_KEEP_ALIVE": "-1",
                 "ACESTEP_API_KEY": KEY,
                 "NO_PROXY": "127.0.0.1,localhost",
+                # Many tests send wrong keys on purpose; the throttle has its own tests.
+                "ACESTEP_AUTH_FAILURES": "1000",
             }
             | env
         )

@@ -35,7 +35,7 @@ def api_main(argv: list[str] | None = None) -> int:
     args = _api_parser().parse_args(argv)
     try:
         import fastapi  # noqa: F401 - the api extra is what this command needs
-        import uvicorn
+        import uvicorn  # noqa: F401
     except ImportError as exc:
         print(
             f"error: the REST server needs the api extra (pip install 'acestep[api]'): {exc}", file=sys.stderr
@@ -63,5 +63,7 @@ def api_main(argv: list[str] | None = None) -> int:
     if isinstance(built, int):
         return built
     config, app = built
-    uvicorn.run(app, host=config.host, port=config.port, log_level="info")
+    from acestep.serving.listen import serve
+
+    serve(app, config)
     return 0

@@ -27,6 +27,9 @@ def _server_app(
         config.allowed_paths += list(allowed)
         config.preload = preload
         config.check_bind()
+        from acestep.serving.log_setup import configure_server_logs
+
+        configure_server_logs([config.api_key])
         return config, create_app(config, include_api=include_api)
     except UnsafeBindError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -164,8 +164,18 @@ def run_ui(args: argparse.Namespace) -> int:
         auth = None
     blocks = build_ui(app.state, args.language)
     app = gr.mount_gradio_app(
-        app, blocks, path="/", auth=auth, allowed_paths=[str(config.results_dir)], footer_links=[]
+        app,
+        blocks,
+        path="/",
+        auth=auth,
+        allowed_paths=[str(config.results_dir)],
+        footer_links=[],
+        max_file_size=config.max_upload_bytes,
     )
+    # Gradio checks that a file input was uploaded through its upload route only once the app has
+    # "launched", which mounting never sets: without this, an API payload naming any server path
+    # (/etc/passwd, /dev/zero) would be read as an input (tests/test_security_gradio.py).
+    blocks.has_launched = True
     ports = [config.port] + ([args.api_port] if args.api_port and args.api_port != config.port else [])
-    serve(app, config.host, ports)
+    serve(app, config, ports)
     return 0

@@ -68,8 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         config.results_dir,
         config.queue_maxsize,
         config.result_ttl_s,
+        config.cleanup_interval_s,
         loras=LoraSelection(tag_of(paths.variant)),
         checkpoint=paths,
+        uploads_dir=config.uploads_dir,
     )
     try:
         build_server(StandaloneBackend(queue, manager, config, paths.variant.default_steps, lm)).run("stdio")

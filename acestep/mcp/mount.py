@@ -70,9 +70,12 @@ class KeyGuard:
         await self.app(scope, receive, send)
 
 
-def mount_mcp(app, api_key: str | None):
+def mount_mcp(app, config):
     """Mount the tools at ``/mcp/``; returns the MCP server, whose session manager the app's
-    lifespan must run."""
-    server = build_server(AppBackend(app), streamable_http_path="/")
-    app.mount("/mcp", KeyGuard(server.streamable_http_app(), api_key))
+    lifespan must run. Without a key the SDK's DNS-rebinding protection is on, with the server's
+    allowed hosts (the app's own guard checks the same rule first)."""
+    from acestep.serving.origins import mcp_transport_security
+
+    server = build_server(AppBackend(app), streamable_http_path="/", security=mcp_transport_security(config))
+    app.mount("/mcp", KeyGuard(server.streamable_http_app(), config.api_key))
     return server

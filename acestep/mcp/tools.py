@@ -3,7 +3,9 @@
 ``generate_music``, ``lego_stem``, ``get_status``, ``unload_model``, ``load_model``, and for LoRA
 adapters ``list_loras``, ``load_lora`` and ``unload_lora``. Results come
 back as file paths (in the JSON summary) and as embedded audio resources, so a client on another
-host gets the audio itself. Tools queue work and wait for it; they never touch the GPU.
+host gets the audio itself, while they fit ``ACESTEP_MCP_EMBED_MB``; past it, as links (the REST
+app's ``/v1/audio`` over HTTP, the file over stdio). Tools queue work and wait for it; they never
+touch the GPU.
 """
 
 from __future__ import annotations
@@ -11,26 +13,37 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
 from typing import Protocol
 
 import anyio
-import soundfile as sf
-from mcp.server.fastmcp import FastMCP
+from mcp.server.fastmcp import Context, FastMCP
 from mcp.server.fastmcp.exceptions import ToolError
 from mcp.server.transport_security import TransportSecuritySettings
-from mcp.types import BlobResourceContents, EmbeddedResource, TextContent
+from mcp.types import BlobResourceContents, EmbeddedResource, ResourceLink, TextContent
 from pydantic import ValidationError
 
-from acestep.engine.request import GenerationRequest
+from acestep.engine.audio_limits import AudioInputError
+from acestep.engine.audio_probe import checked_seconds
+from acestep.engine.bounds import shown
+from acestep.engine.disk_full import NoSpaceError, is_no_space
+from acestep.engine.request import ADAPTER_NAME_RE, GenerationRequest
 from acestep.engine.tasks import TRACK_NAMES
 from acestep.serving.routes_compat import MEDIA_TYPES
 from acestep.serving.routes_lego import default_caption
 from acestep.serving.uploads import UploadError, confine, sniff_audio
+from acestep.serving.waits import CommandTimeout, run_command
+from acestep.serving.wire import audio_url
+from acestep.settings import env_int
 
 TIMEOUT_S = 600.0
+# Audio embedded in one tool result, in MiB; past it, links (0: links only). The API process
+# briefly holds several copies of what it embeds (bytes, base64, the JSON message): about 8x.
+EMBED_ENV = "ACESTEP_MCP_EMBED_MB"
+DEFAULT_EMBED_MB = 16
 # What a result says about the LM's plan: the model, what it wrote, the values the DiT then used
 # and each item's audio codes.
 LM_RESULT_KEYS = (
@@ -58,7 +71,7 @@ def _request(values: dict) -> GenerationRequest:
         raise ToolError("; ".join(m.replace("Value error, ", "") for m in messages)) from None
 
 
-async def _run(backend: Backend, request: GenerationRequest, cleanup: list[Path]) -> list:
+async def _run(backend: Backend, request: GenerationRequest, cleanup: list[Path], delivery: Delivery) -> list:
     from acestep.memory.keep_alive import KeepAliveError
     from acestep.memory.limits import MemoryLimitError
     from acestep.serving.jobs import QueueFull, QueueUnavailable
@@ -67,10 +80,11 @@ async def _run(backend: Backend, request: GenerationRequest, cleanup: list[Path]
     try:
         # In a thread: a cluster's queue is Redis, which must not stall the event loop.
         job = await anyio.to_thread.run_sync(lambda: queue.submit(request, cleanup=cleanup))
-    except (QueueFull, QueueUnavailable, MemoryLimitError, KeepAliveError, ValueError) as exc:
-        for path in cleanup:
-            path.unlink(missing_ok=True)
-        raise ToolError(str(exc)) from None
+    except Exception as exc:
+        _discard(cleanup)  # not queued: the uploads are still ours (a queued job deletes them)
+        if isinstance(exc, (QueueFull, QueueUnavailable, MemoryLimitError, KeepAliveError, ValueError)):
+            raise ToolError(str(exc)) from None
+        raise
     deadline = time.monotonic() + TIMEOUT_S
     while (job := await anyio.to_thread.run_sync(queue.get, job.id) or job).state in ("queued", "running"):
         if time.monotonic() > deadline:
@@ -80,6 +94,7 @@ async def _run(backend: Backend, request: GenerationRequest, cleanup: list[Path]
     if job.state != "succeeded":
         raise ToolError(f"generation failed: {job.error}")
     result = job.result
+    audio, embedded = await delivery.audio(result.audio_paths)
     summary = {
         "task_id": job.id,
         "files": result.audio_paths,
@@ -87,17 +102,55 @@ async def _run(backend: Backend, request: GenerationRequest, cleanup: list[Path]
         "durations": [item.duration for item in result.items],
         "model": result.model,
         "lora": result.metas.get("lora", []),
+        "embedded": embedded,  # per file: its audio is in this result, else a link to it
     }
+    if delivery.base_url is not None:
+        summary["urls"] = [audio_url(path) for path in result.audio_paths]
     if result.metas.get("lm_model"):  # only when the LM ran
         summary |= {key: result.metas.get(key) for key in LM_RESULT_KEYS}
-    content: list = [TextContent(type="text", text=json.dumps(summary))]
-    for path in map(Path, result.audio_paths):
-        blob = base64.b64encode(await anyio.Path(path).read_bytes()).decode()
-        resource = BlobResourceContents(
-            uri=path.resolve().as_uri(), mimeType=MEDIA_TYPES.get(path.suffix, "audio/wav"), blob=blob
-        )
-        content.append(EmbeddedResource(type="resource", resource=resource))
-    return content
+    return [TextContent(type="text", text=json.dumps(summary)), *audio]
+
+
+def _discard(paths: list[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
+
+
+def _read_at_most(path: Path, limit: int) -> bytes | None:
+    """The file's bytes, or None when it holds more than ``limit`` (e.g. it grew since its size
+    was read): never more is read. ``read(n)`` allocates n bytes first, so n is the file's size."""
+    with path.open("rb") as handle:
+        data = handle.read(limit + 1)
+    return data if len(data) <= limit else None
+
+
+class Delivery:
+    """How one call's audio comes back: embedded while the total fits the budget, then links
+    (to the REST app's /v1/audio over HTTP, file URIs over stdio)."""
+
+    def __init__(self, budget_bytes: int, ctx: Context | None):
+        request = ctx.request_context.request if ctx is not None else None
+        url = getattr(request, "url", None)  # a starlette Request over HTTP, None over stdio
+        self.budget = budget_bytes
+        self.base_url = f"{url.scheme}://{url.netloc}" if url is not None else None
+
+    async def audio(self, paths: list[str]) -> tuple[list, list[bool]]:
+        left, content, embedded = self.budget, [], []
+        for path in map(Path, paths):
+            mime = MEDIA_TYPES.get(path.suffix, "audio/wav")
+            size = (await anyio.Path(path).stat()).st_size
+            data = await anyio.to_thread.run_sync(_read_at_most, path, size) if size <= left else None
+            embedded.append(data is not None)
+            if data is not None:
+                left -= len(data)
+                blob = base64.b64encode(data).decode()
+                resource = BlobResourceContents(uri=path.resolve().as_uri(), mimeType=mime, blob=blob)
+                content.append(EmbeddedResource(type="resource", resource=resource))
+                continue
+            uri = self.base_url + audio_url(str(path)) if self.base_url else path.resolve().as_uri()
+            link = ResourceLink(type="resource_link", name=path.name, uri=uri, mimeType=mime, size=size)
+            content.append(link)
+        return content, embedded
 
 
 def _lm_of(backend: Backend) -> tuple[str | None, str] | None:
@@ -116,6 +169,13 @@ def _require_lm(backend: Backend, request: GenerationRequest) -> None:
             f"thinking needs the 5Hz LM, and this server has none: {known[1]}; "
             "or leave thinking out to generate with the DiT alone"
         )
+
+
+def _adapter(name: str) -> str:
+    """An adapter name as ``list_loras`` gives it (never a path); ``ValueError`` otherwise."""
+    if not ADAPTER_NAME_RE.match(name.strip()):
+        raise ValueError(f"name must be an adapter name from list_loras, got {shown(name)}")
+    return name.strip()
 
 
 def _source(backend: Backend, audio_path: str | None, audio_base64: str | None) -> tuple[Path, list[Path]]:
@@ -139,16 +199,28 @@ def _source(backend: Backend, audio_path: str | None, audio_base64: str | None) 
     kind = sniff_audio(data[:12])
     if kind is None:
         raise ToolError("audio_base64 is not WAV, FLAC, MP3 or OGG audio")
-    backend.uploads_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=backend.uploads_dir, suffix=f".{kind}", delete=False) as handle:
-        handle.write(data)
-    return Path(handle.name), [Path(handle.name)]
+    staged: Path | None = None
+    try:
+        backend.uploads_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=backend.uploads_dir, suffix=f".{kind}", delete=False) as handle:
+            staged = Path(handle.name)
+            handle.write(data)  # a full disk may surface here or at the flush on close
+    except BaseException as exc:  # no partial file stays behind
+        if staged is not None:
+            _discard([staged])
+        if is_no_space(exc):
+            raise ToolError(str(NoSpaceError(backend.uploads_dir))) from None
+        raise
+    return staged, [staged]
 
 
-def build_server(backend: Backend, streamable_http_path: str = "/mcp") -> FastMCP:
-    # The API key (checked in front of the HTTP app) is the protection; the Host check would
-    # refuse clients that reach a container through its published port.
-    security = TransportSecuritySettings(enable_dns_rebinding_protection=False)
+def build_server(
+    backend: Backend, streamable_http_path: str = "/mcp", security: TransportSecuritySettings | None = None
+) -> FastMCP:
+    """``security``: the SDK's Host/Origin checks for HTTP (``acestep.serving.origins``); off by
+    default, for stdio, which has no Host."""
+    security = security or TransportSecuritySettings(enable_dns_rebinding_protection=False)
+    embed_bytes = env_int(os.environ, EMBED_ENV, DEFAULT_EMBED_MB) * 2**20
     server = FastMCP(
         "acestep",
         instructions="ACE-Step 1.5 music generation: songs from a caption, stems (lego) that fit a track.",
@@ -171,6 +243,7 @@ def build_server(backend: Backend, streamable_http_path: str = "/mcp") -> FastMC
         use_cot_language: bool | None = None,
         lora: list[str] | None = None,
         lora_scale: list[float] | float | None = None,
+        ctx: Context | None = None,
     ) -> list:
         """Generate music from a caption (and optional lyrics). Returns the files and their audio.
 
@@ -196,7 +269,7 @@ def build_server(backend: Backend, streamable_http_path: str = "/mcp") -> FastMC
             }
         )
         _require_lm(backend, request)
-        return await _run(backend, request, [])
+        return await _run(backend, request, [], Delivery(embed_bytes, ctx))
 
     @server.tool()
     async def lego_stem(
@@ -211,6 +284,7 @@ def build_server(backend: Backend, streamable_http_path: str = "/mcp") -> FastMC
         audio_format: str = "wav",
         lora: list[str] | None = None,
         lora_scale: list[float] | float | None = None,
+        ctx: Context | None = None,
     ) -> list:
         """Generate a stem (e.g. vocals, drums) that fits the given track; as long as the track.
         ``lora``/``lora_scale``: adapters from ``list_loras`` (an XL base model needs its lego LoRA)."""
@@ -218,30 +292,34 @@ def build_server(backend: Backend, streamable_http_path: str = "/mcp") -> FastMC
         if track not in TRACK_NAMES:
             raise ToolError(f"track_type must be one of {', '.join(TRACK_NAMES)}")
         source, cleanup = _source(backend, audio_path, audio_base64)
+        # Until the job is queued, any refusal removes the staged upload (then the job's end does).
         try:
-            seconds = sf.info(str(source)).duration
-        except Exception as exc:  # soundfile raises several types
-            for path in cleanup:
-                path.unlink(missing_ok=True)
-            raise ToolError(f"the source audio cannot be read: {exc}") from None
-        request = _request(
-            {
-                "task_type": "lego",
-                "track_name": track,
-                "src_audio": str(source),
-                "caption": caption or default_caption(track),
-                "bpm": bpm,
-                "key_scale": key_scale,
-                "seed": seed,
-                "batch_size": batch_size,
-                "audio_format": audio_format,
-                "audio_duration": seconds,
-                "inference_steps": backend.default_steps,
-                "lora": lora,
-                "lora_scale": lora_scale,
-            }
-        )
-        return await _run(backend, request, cleanup)
+            try:  # the header, read in a sandboxed child, against the REST API's input bounds
+                field = "audio_path" if audio_path else "audio_base64"
+                seconds = await anyio.to_thread.run_sync(checked_seconds, source, field)
+            except AudioInputError as exc:
+                raise ToolError(f"the source audio cannot be used: {exc}") from None
+            request = _request(
+                {
+                    "task_type": "lego",
+                    "track_name": track,
+                    "src_audio": str(source),
+                    "caption": caption or default_caption(track),
+                    "bpm": bpm,
+                    "key_scale": key_scale,
+                    "seed": seed,
+                    "batch_size": batch_size,
+                    "audio_format": audio_format,
+                    "audio_duration": seconds,
+                    "inference_steps": backend.default_steps,
+                    "lora": lora,
+                    "lora_scale": lora_scale,
+                }
+            )
+        except BaseException:
+            _discard(cleanup)
+            raise
+        return await _run(backend, request, cleanup, Delivery(embed_bytes, ctx))
 
     @server.tool()
     async def get_status() -> dict:
@@ -254,14 +332,22 @@ def build_server(backend: Backend, streamable_http_path: str = "/mcp") -> FastMC
     @server.tool()
     async def unload_model(level: str = "free") -> dict:
         """Unload the model after the running job: park (to CPU RAM) or free (GPU back to zero)."""
+        from acestep.worker.dispatcher import BusyError
+
         if level not in ("park", "free"):
             raise ToolError("level must be park or free")
-        return await anyio.to_thread.run_sync(backend.manager.unload, level)
+        try:
+            return await run_command(backend.manager.unload, level)
+        except (BusyError, CommandTimeout) as exc:
+            raise ToolError(str(exc)) from None
 
     @server.tool()
     async def load_model() -> dict:
         """Load (or wake) the model now, so the next job starts at once."""
-        return await anyio.to_thread.run_sync(backend.manager.load)
+        try:
+            return await run_command(backend.manager.load)
+        except CommandTimeout as exc:
+            raise ToolError(str(exc)) from None
 
     @server.tool()
     async def list_loras() -> dict:
@@ -283,8 +369,8 @@ def build_server(backend: Backend, streamable_http_path: str = "/mcp") -> FastMC
         if not 0.0 <= scale <= MAX_LORA_SCALE:
             raise ToolError(f"scale must be between 0 and {MAX_LORA_SCALE:g}")
         try:
-            return await anyio.to_thread.run_sync(backend.queue.loras.load, backend.manager, name, scale)
-        except (ValueError, JobError) as exc:
+            return await run_command(backend.queue.loras.load, backend.manager, _adapter(name), scale)
+        except (ValueError, JobError, CommandTimeout) as exc:
             raise ToolError(str(exc)) from None
 
     @server.tool()
@@ -293,10 +379,9 @@ def build_server(backend: Backend, streamable_http_path: str = "/mcp") -> FastMC
         from acestep.worker.runner import JobError
 
         try:
-            return await anyio.to_thread.run_sync(
-                backend.queue.loras.unload, backend.manager, [name] if name else None
-            )
-        except (ValueError, JobError) as exc:
+            names = [_adapter(name)] if name else None
+            return await run_command(backend.queue.loras.unload, backend.manager, names)
+        except (ValueError, JobError, CommandTimeout) as exc:
             raise ToolError(str(exc)) from None
 
     return server

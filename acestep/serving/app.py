@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
@@ -24,10 +24,14 @@ from acestep.cluster.settings import ClusterSettings, redacted
 from acestep.lora.catalog import tag_of
 from acestep.lora.selection import LoraSelection
 from acestep.memory.manager import MemoryManager
-from acestep.serving.config import ServerConfig
+from acestep.serving.auth import HeaderKeyGate
+from acestep.serving.config import MIN_KEY_LENGTH, ServerConfig
+from acestep.serving.errors import ErrorBoundary
 from acestep.serving.gpu_tokens import install_gpu_tokens
 from acestep.serving.jobs import LocalJobQueue, QueueUnavailable
-from acestep.serving.limits import BodyLimitMiddleware
+from acestep.serving.limits import BodyGuard
+from acestep.serving.origins import LocalOriginGuard
+from acestep.serving.throttle import AuthThrottle
 from acestep.worker.runner import EngineSpec
 
 
@@ -64,6 +68,7 @@ def create_app(
                 model_name=paths.dit_name,
                 loras=loras,
                 checkpoint=paths,
+                uploads_dir=config.uploads_dir,
             )
             if config.preload:
                 mm.dispatcher.request_load()  # runs on the worker; the server answers meanwhile
@@ -87,8 +92,12 @@ def create_app(
     docs = {} if not config.api_key else {"docs_url": None, "redoc_url": None, "openapi_url": None}
     app = FastAPI(title="acestep", version=__version__, lifespan=lifespan, **docs)
     app.state.config = config
-    # Two uploads at the limit plus form fields; anything larger is refused before it is read.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=2 * config.max_upload_bytes + 4 * 2**20)
+    if config.api_key and len(config.api_key) < MIN_KEY_LENGTH:
+        logger.warning(
+            f"the API key has {len(config.api_key)} characters; use at least {MIN_KEY_LENGTH} "
+            "(python -c 'import secrets; print(secrets.token_urlsafe(24))')"
+        )
+    _guard(app, config)
     if config.api_key:
         _protected_docs(app)
     mcp_server = _mount_mcp(app, config) if include_api else None
@@ -96,10 +105,6 @@ def create_app(
     app.state.lm_name, app.state.lm_missing = lm_availability(paths.root)
     app.state.variant = paths.variant
     app.state.loras = loras
-    if config.cors_origins:
-        app.add_middleware(
-            CORSMiddleware, allow_origins=config.cors_origins, allow_methods=["*"], allow_headers=["*"]
-        )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -112,24 +117,48 @@ def create_app(
             {"detail": str(exc)}, status_code=503, headers={"Retry-After": str(exc.retry_after)}
         )
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        if isinstance(exc, HTTPException):  # pragma: no cover - FastAPI routes these itself
-            raise exc
-        logger.exception(f"{request.method} {request.url.path} failed")
-        return JSONResponse({"detail": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
-
     from acestep.serving import routes_admin, routes_compat, routes_lego, routes_lm, routes_lora
 
+    routers = [r.router for r in (routes_compat, routes_lm, routes_admin, routes_lego, routes_lora)]
     if include_api:
-        app.include_router(routes_compat.router)
-        app.include_router(routes_lm.router)
-        app.include_router(routes_admin.router)
-        app.include_router(routes_lego.router)
-        app.include_router(routes_lora.router)
+        for router in routers:
+            app.include_router(router)
     else:
+        routers = []
         app.add_api_route("/health", routes_compat.health, methods=["GET"])
+    # The API's own paths, which the key guards (the UI mounted later has its own login).
+    app.state.api_paths = frozenset(
+        route.path
+        for router in (app.router, *routers)
+        for route in router.routes
+        if getattr(route, "path", "/health") != "/health"
+    )
     return app
+
+
+def _guard(app: FastAPI, config: ServerConfig) -> None:
+    """The ASGI guards every request passes before a route (or the UI, or MCP) sees it, outermost
+    first: each refuses with a 4xx/5xx that says why, before reading the body."""
+
+    def is_api_path(scope) -> bool:  # routes of this app, not the UI mounted on it later
+        path = scope["path"]
+        return path in app.state.api_paths or path == "/mcp" or path.startswith("/mcp/")
+
+    guards: list[tuple[type, dict]] = [
+        (ErrorBoundary, {}),
+        (LocalOriginGuard, {"config": config}) if not config.api_key else None,
+        (
+            CORSMiddleware,
+            {"allow_origins": config.cors_origins, "allow_methods": ["*"], "allow_headers": ["*"]},
+        )
+        if config.cors_origins
+        else None,
+        (AuthThrottle, {"limit": config.auth_failures_per_minute}),
+        (HeaderKeyGate, {"key": config.api_key, "is_api_path": is_api_path}) if config.api_key else None,
+        (BodyGuard, {"config": config}),
+    ]
+    for guard, options in reversed([g for g in guards if g is not None]):  # the last added runs first
+        app.add_middleware(guard, **options)
 
 
 def _cluster_front(cluster: ClusterSettings, config: ServerConfig, paths, loras: LoraSelection):
@@ -146,6 +175,7 @@ def _cluster_front(cluster: ClusterSettings, config: ServerConfig, paths, loras:
         maxsize=config.queue_maxsize,
         result_ttl_s=config.result_ttl_s,
         cleanup_interval_s=config.cleanup_interval_s,
+        uploads_dir=config.uploads_dir,
     )
     loras.store = RedisDefault(queue)  # one default for every API server of the cluster
     queue.loras = loras
@@ -183,4 +213,4 @@ def _mount_mcp(app: FastAPI, config: ServerConfig):
     except ImportError:
         logger.info("MCP tools not mounted: install acestep[mcp]")
         return None
-    return mount_mcp(app, config.api_key)
+    return mount_mcp(app, config)

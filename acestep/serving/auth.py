@@ -51,3 +51,31 @@ def check(request: Request, ai_token: str | None = None) -> None:
 def require_key(request: Request) -> None:
     """Dependency for routes without a body key."""
     check(request)
+
+
+PREAUTH_SCOPE_KEY = "acestep.preauth"  # set on requests whose key, if any, is still in the body
+
+
+class HeaderKeyGate:
+    """Check the Authorization header before anything reads the body.
+
+    A wrong header key is a 401 at once. A request to an API route without a header may still carry
+    upstream's ``ai_token`` in its body, so it goes on, marked: ``BodyGuard`` then reads at most a
+    small body for it, and the route checks the token. Paths that are not API routes (the UI, which
+    has its own login) pass untouched.
+    """
+
+    def __init__(self, app, key: str, is_api_path):
+        self.app, self.key, self.is_api_path = app, key, is_api_path
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and self.is_api_path(scope):
+            from acestep.serving.replies import header, send_refusal
+
+            token = token_from_header(header(scope, b"authorization"))
+            if token is None:
+                scope[PREAUTH_SCOPE_KEY] = True
+            elif not keys_match(token, self.key):
+                await send_refusal(send, 401, "Invalid API key")
+                return
+        await self.app(scope, receive, send)

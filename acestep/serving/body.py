@@ -8,7 +8,7 @@ from urllib.parse import parse_qsl
 from fastapi import HTTPException, Request
 from starlette.datastructures import UploadFile
 
-MAX_TEXT_BODY = 4 * 2**20  # non-file bodies larger than this are refused
+from acestep.serving.limits import MAX_TEXT_BODY
 
 
 async def read_body(request: Request) -> tuple[dict, dict[str, UploadFile]]:
@@ -31,6 +31,12 @@ async def read_body(request: Request) -> tuple[dict, dict[str, UploadFile]]:
     if len(raw) > MAX_TEXT_BODY:
         raise HTTPException(413, f"request body over {MAX_TEXT_BODY // 2**20} MiB")
     text = raw.decode("utf-8", errors="replace").strip()
+    if text.startswith(("{", "[")) and "json" not in content_type and not request.app.state.config.api_key:
+        # Upstream reads JSON under any content type. Without a key that would let any web page
+        # queue jobs with a simple text/plain POST, so a no-key server wants JSON to say so.
+        raise HTTPException(
+            415, f"JSON body sent as {content_type or 'no content type'}; send Content-Type: application/json"
+        )
     if "json" in content_type or text.startswith(("{", "[")):
         if not text:
             return {}, {}

@@ -11,11 +11,15 @@ from pathlib import Path
 from loguru import logger
 
 from acestep import settings
+from acestep.engine.audio_limits import DEFAULT_MAX_DECODED_MB, MAX_DECODED_ENV
 from acestep.memory.precision import validate_settings
 from acestep.serving.params import LM_BACKENDS
 from acestep.settings import env_int
 
 LOOPBACK_NAMES = ("localhost",)
+LOOPBACK_HOST_NAMES = ("localhost", "127.0.0.1", "::1")
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+MIN_KEY_LENGTH = 16  # shorter keys start with a warning
 
 
 class UnsafeBindError(RuntimeError):
@@ -46,11 +50,20 @@ class ServerConfig:
     in_process_worker: bool = False
     preload: bool = False  # load the model at start (upstream's --init_service), without waiting
     enable_mcp: bool = True  # mount the MCP tools at /mcp/ (ACESTEP_MCP=off to leave them out)
+    # Without a key: Host names besides loopback and the bind address that may reach the server.
+    allowed_hosts: list[str] = field(default_factory=list)
+    header_timeout_s: int = 10  # a connection must finish its request headers within this
+    body_idle_timeout_s: int = 30  # the longest pause while a request body arrives
+    body_timeout_s: int = 300  # the longest time a whole request body may take
+    max_connections: int = 200  # open connections and requests; beyond it uvicorn answers 503
+    max_uploads: int = 8  # multipart bodies received at once; beyond it a 503 with Retry-After
+    auth_failures_per_minute: int = 10  # failed keys or UI logins per client address; then 429
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> ServerConfig:
         env = os.environ if env is None else env
         validate_settings(env)  # the worker's precision settings: a typo stops the start
+        env_int(env, MAX_DECODED_ENV, DEFAULT_MAX_DECODED_MB, minimum=1)  # the audio bound, likewise
         _check_lm_backend(env.get("ACESTEP_LM_BACKEND"))
         root = _project_root(env)
         tmp_root = Path(env.get("ACESTEP_TMPDIR") or root / ".cache" / "acestep" / "tmp").expanduser()
@@ -75,6 +88,15 @@ class ServerConfig:
             cors_origins=[o.strip() for o in (env.get("ACESTEP_CORS_ORIGINS") or "").split(",") if o.strip()],
             in_process_worker=(env.get("ACESTEP_WORKER") or "").lower() == "inprocess",
             enable_mcp=(env.get("ACESTEP_MCP") or "on").strip().lower() not in ("0", "off", "false", "no"),
+            allowed_hosts=[
+                h.strip().lower() for h in (env.get("ACESTEP_ALLOWED_HOSTS") or "").split(",") if h.strip()
+            ],
+            header_timeout_s=env_int(env, "ACESTEP_HEADER_TIMEOUT", 10, minimum=1),
+            body_idle_timeout_s=env_int(env, "ACESTEP_BODY_IDLE_TIMEOUT", 30, minimum=1),
+            body_timeout_s=env_int(env, "ACESTEP_BODY_TIMEOUT", 300, minimum=1),
+            max_connections=env_int(env, "ACESTEP_MAX_CONNECTIONS", 200, minimum=1),
+            max_uploads=env_int(env, "ACESTEP_MAX_UPLOADS", 8, minimum=1),
+            auth_failures_per_minute=env_int(env, "ACESTEP_AUTH_FAILURES", 10, minimum=1),
         )
         for key, value in overrides.items():
             if value is not None:
@@ -85,6 +107,14 @@ class ServerConfig:
     def input_roots(self) -> list[Path]:
         """Where server-side input paths may point: uploads, results and the operator's extra roots."""
         return [self.uploads_dir, self.results_dir, *self.allowed_paths]
+
+    @property
+    def host_names(self) -> list[str]:
+        """The Host names a no-key server answers: loopback, the bind address when it is one
+        address, and ``ACESTEP_ALLOWED_HOSTS`` (``*`` for any). DNS rebinding needs a name the
+        attacker controls, so foreign names are refused."""
+        bound = [] if self.host in WILDCARD_HOSTS else [self.host.strip("[]").lower()]
+        return list(dict.fromkeys([*LOOPBACK_HOST_NAMES, *bound, *self.allowed_hosts]))
 
     def check_bind(self) -> None:
         """Upstream served everything without auth on any address when no key was set (defect #4)."""

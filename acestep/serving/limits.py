@@ -1,70 +1,127 @@
-"""A cap on request body size, enforced before any route reads the body.
+"""What a request body may cost before a route sees it: size, time and concurrent uploads.
 
-Without it, a client (even one without a key) could send a multi-gigabyte body: JSON bodies are
-read into memory and multipart files are spooled to disk before a route sees them.
+Checked from the headers first, so an oversized body is refused without reading a byte of it, and
+then while it arrives (chunked bodies have no length). A body that stalls is dropped after
+``ACESTEP_BODY_IDLE_TIMEOUT`` seconds without data, and any body after ``ACESTEP_BODY_TIMEOUT``;
+whatever the route had spooled is released with it. When a guard refuses a body after the route
+started reading, the route's own answer (often a 400 from a parser that saw the body end) is
+replaced by the guard's.
 """
 
 from __future__ import annotations
 
+import time
+
+import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from acestep.serving.auth import PREAUTH_SCOPE_KEY
+from acestep.serving.config import ServerConfig
+from acestep.serving.replies import header, send_refusal
 
-class BodyTooLarge(Exception):
-    pass
+MAX_TEXT_BODY = 4 * 2**20  # every body that is not a multipart upload (JSON, forms, MCP's JSON-RPC)
+PREAUTH_BODY = 2**20  # a body whose key is still inside it (upstream's ai_token)
+FORM_OVERHEAD = 4 * 2**20  # a multipart body's fields besides its two audio files
+UPLOAD_RETRY_AFTER_S = 5
 
 
-class BodyLimitMiddleware:
-    def __init__(self, app: ASGIApp, max_bytes: int):
-        self.app = app
-        self.max_bytes = max_bytes
+class BodyRefused(Exception):
+    """Raised into the route reading a body the guard refused; the guard answers instead."""
+
+
+def body_cap(config: ServerConfig, multipart: bool, preauth: bool) -> int:
+    if preauth:
+        return PREAUTH_BODY
+    return 2 * config.max_upload_bytes + FORM_OVERHEAD if multipart else MAX_TEXT_BODY
+
+
+class BodyGuard:
+    def __init__(self, app: ASGIApp, config: ServerConfig):
+        self.app, self.config = app, config
+        self.uploads = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
-        for name, value in scope.get("headers", []):
-            if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    await _reject(send, 400, "invalid Content-Length")
-                    return
-                if declared > self.max_bytes:
-                    await _reject(send, 413, self._message())
-                    return
-        seen = 0
-        started = False
+        multipart = "multipart/" in (header(scope, b"content-type") or "").lower()
+        preauth = bool(scope.get(PREAUTH_SCOPE_KEY))
+        cap = body_cap(self.config, multipart, preauth)
+        declared = header(scope, b"content-length")
+        if declared is not None:
+            if not declared.strip().isdigit():
+                await send_refusal(send, 400, "invalid Content-Length")
+                return
+            if int(declared) > cap:
+                await send_refusal(send, *self._too_large(cap, preauth))
+                return
+        if multipart and self.uploads >= self.config.max_uploads:
+            await send_refusal(
+                send, 503, f"{self.uploads} uploads are arriving; retry shortly (ACESTEP_MAX_UPLOADS)",
+                [(b"retry-after", str(UPLOAD_RETRY_AFTER_S).encode())],
+            )  # fmt: skip
+            return
+        self.uploads += multipart
+        try:
+            await self._guarded(scope, receive, send, cap, preauth)
+        finally:
+            self.uploads -= multipart
 
-        async def counted_receive() -> Message:
-            nonlocal seen
-            message = await receive()
+    async def _guarded(self, scope: Scope, receive: Receive, send: Send, cap: int, preauth: bool) -> None:
+        refusal: tuple[int, str] | None = None
+        seen, started = 0, time.monotonic()
+        body_done = False
+
+        async def guarded_receive() -> Message:
+            nonlocal refusal, seen, body_done
+            if body_done:  # after the body, receive only reports a disconnect: no deadline then
+                return await receive()
+            left = self.config.body_timeout_s - (time.monotonic() - started)
+            with anyio.move_on_after(max(0.0, min(self.config.body_idle_timeout_s, left))) as waited:
+                message = await receive()
+            if waited.cancelled_caught:
+                refusal = (408, self._stalled(left))
+                raise BodyRefused
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise BodyTooLarge
+                body_done = not message.get("more_body", False)
+                if seen > cap:
+                    refusal = self._too_large(cap, preauth)
+                    raise BodyRefused
             return message
 
-        async def tracked_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
+        answered = False
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal answered
+            if refusal is not None:  # the route answered a body the guard refused: answer for it
+                if not answered:
+                    answered = True
+                    await send_refusal(send, *refusal)
+                return
             await send(message)
 
         try:
-            await self.app(scope, counted_receive, tracked_send)
-        except BodyTooLarge:
-            if not started:
-                await _reject(send, 413, self._message())
+            await self.app(scope, guarded_receive, guarded_send)
+        except BodyRefused:
+            pass
+        if refusal is not None and not answered:
+            answered = True
+            await send_refusal(send, *refusal)
 
-    def _message(self) -> str:
-        limit = self.max_bytes // 2**20
-        return f"request body over {limit} MiB (raise ACESTEP_MAX_UPLOAD_MB for larger uploads)"
+    def _stalled(self, left: float) -> str:
+        if left <= self.config.body_idle_timeout_s:
+            return f"request body not received within {self.config.body_timeout_s} s (ACESTEP_BODY_TIMEOUT)"
+        return (
+            f"request body stalled: no data for {self.config.body_idle_timeout_s} s "
+            "(ACESTEP_BODY_IDLE_TIMEOUT)"
+        )
 
-
-async def _reject(send: Send, status: int, detail: str) -> None:
-    import json
-
-    body = json.dumps({"detail": detail}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    def _too_large(self, cap: int, preauth: bool) -> tuple[int, str]:
+        if preauth:
+            return 401, (
+                f"Missing Authorization header: a body over {cap // 2**20} MiB needs the API key in the "
+                "header, not in the body's ai_token"
+            )
+        hint = " (raise ACESTEP_MAX_UPLOAD_MB for larger uploads)" if cap > MAX_TEXT_BODY else ""
+        return 413, f"request body over {cap // 2**20} MiB{hint}"

@@ -16,8 +16,9 @@ import anyio
 import gradio as gr
 from pydantic import ValidationError
 
+from acestep.engine.audio_limits import AudioInputError
 from acestep.engine.request import GenerationRequest
-from acestep.serving.uploads import sniff_audio
+from acestep.serving.uploads import UploadError, confine, sniff_audio
 
 MAX_OUTPUTS = 2  # audio players shown per job (batch items beyond are in the file list)
 CAPTION_SHOWN = 200  # characters of the LM's caption in the status line
@@ -32,21 +33,44 @@ def _request(values: dict) -> GenerationRequest:
         raise gr.Error("; ".join(m.replace("Value error, ", "") for m in messages)) from None
 
 
-def stage_upload(state, path: str | None, text: dict) -> Path:
-    """Copy an uploaded file into the server's uploads directory (where job inputs may live)."""
+async def stage_upload(state, path: str | None, text: dict) -> Path:
+    """Copy a file uploaded through the UI into the server's uploads directory (where job inputs
+    may live), off the event loop. Gradio refuses paths it did not receive; this checks again,
+    without saying whether a refused path exists (only a regular file in Gradio's upload folder is
+    read), and checks the audio's header as the API does."""
     if not path:
         raise gr.Error(text["need_source"])
-    source = Path(path)
+    try:
+        return await anyio.to_thread.run_sync(_stage, state.config, path)
+    except AudioInputError as exc:
+        raise gr.Error(str(exc)) from None
+
+
+def _stage(config, path: str) -> Path:
+    from gradio.utils import get_upload_folder
+
+    from acestep.engine.audio_probe import checked_seconds
+
+    try:
+        source = confine(path, [Path(get_upload_folder())], "source")
+    except UploadError:
+        raise gr.Error("the source must be a file uploaded here") from None
+    if not source.is_file():  # a device (/dev/zero) or a folder would block or fail the read
+        raise gr.Error("the source must be a file uploaded here")
+    if source.stat().st_size > config.max_upload_bytes:
+        raise gr.Error(f"the uploaded file is over {config.max_upload_bytes // 2**20} MB")
     with source.open("rb") as handle:
         kind = sniff_audio(handle.read(12))
     if kind is None:
         raise gr.Error("the uploaded file is not WAV, FLAC, MP3 or OGG audio")
-    config = state.config
-    if source.stat().st_size > config.max_upload_bytes:
-        raise gr.Error(f"the uploaded file is over {config.max_upload_bytes // 2**20} MB")
+    checked_seconds(source, "source")  # rate, channels and decoded size, read in a sandbox
     config.uploads_dir.mkdir(parents=True, exist_ok=True)
     target = config.uploads_dir / f"ui_{uuid.uuid4().hex}.{kind}"
-    shutil.copyfile(source, target)
+    try:
+        shutil.copyfile(source, target)
+    except BaseException:  # a full disk or a cancelled copy leaves no partial file
+        target.unlink(missing_ok=True)
+        raise
     return target
 
 
@@ -152,10 +176,15 @@ def _cluster_text(status: dict, text: dict) -> str:
 
 
 async def memory_action(state, action: str, text: dict) -> str:
-    if action == "free":
-        await anyio.to_thread.run_sync(state.manager.unload, "free")
-    elif action == "park":
-        await anyio.to_thread.run_sync(state.manager.unload, "park")
-    elif action == "load":
-        await anyio.to_thread.run_sync(state.manager.load)
+    """Free, park or load (after the running job, waited for off the shared thread pool)."""
+    from acestep.serving.waits import CommandTimeout, run_command
+    from acestep.worker.dispatcher import BusyError
+
+    try:
+        if action in ("free", "park"):
+            await run_command(state.manager.unload, action)
+        elif action == "load":
+            await run_command(state.manager.load)
+    except (BusyError, CommandTimeout) as exc:
+        raise gr.Error(str(exc)) from None
     return await anyio.to_thread.run_sync(memory_text, state, text)

@@ -25,6 +25,7 @@ from acestep.engine.request import GenerationRequest, GenerationResult
 from acestep.memory.gpus import DeviceStatsSource
 from acestep.memory.report import MemoryReport, MemorySnapshot, Stopwatch
 from acestep.memory.residency import REPORTED, Place
+from acestep.settings import SECRET_SETTINGS
 from acestep.worker.runner import EngineSpec, JobError, Progress, no_adapters
 
 EXIT_TIMEOUT_S = 60.0
@@ -92,7 +93,10 @@ class ProcessRunner:
         """Start a fresh worker process (models load on the first job or ``load``)."""
         self.baseline_gpu_used = self._gpu_used()
         read_fd, write_fd = os.pipe()
-        env = os.environ | self.env | {"PYTHONUNBUFFERED": "1"}
+        # The worker needs no secret, and its tracebacks never show local variables (loguru's
+        # default would print them, request values included).
+        env = {k: v for k, v in (os.environ | self.env).items() if k not in SECRET_SETTINGS}
+        env |= {"PYTHONUNBUFFERED": "1", "LOGURU_DIAGNOSE": "NO"}
         command = [
             sys.executable,
             "-m",
