@@ -10,12 +10,10 @@ touch the GPU.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import os
 import tempfile
-import time
 from pathlib import Path
 from typing import Protocol
 
@@ -35,7 +33,7 @@ from acestep.engine.tasks import TRACK_NAMES
 from acestep.serving.routes_compat import MEDIA_TYPES
 from acestep.serving.routes_lego import default_caption
 from acestep.serving.uploads import UploadError, confine, sniff_audio
-from acestep.serving.waits import CommandTimeout, run_command
+from acestep.serving.waits import CommandTimeout, follow_to_end, run_command
 from acestep.serving.wire import audio_url
 from acestep.settings import env_int
 
@@ -85,12 +83,10 @@ async def _run(backend: Backend, request: GenerationRequest, cleanup: list[Path]
         if isinstance(exc, (QueueFull, QueueUnavailable, MemoryLimitError, KeepAliveError, ValueError)):
             raise ToolError(str(exc)) from None
         raise
-    deadline = time.monotonic() + TIMEOUT_S
-    while (job := await anyio.to_thread.run_sync(queue.get, job.id) or job).state in ("queued", "running"):
-        if time.monotonic() > deadline:
-            await anyio.to_thread.run_sync(queue.cancel, job.id)
-            raise ToolError(f"generation timed out after {TIMEOUT_S:.0f} s (task {job.id})")
-        await asyncio.sleep(0.05)
+    try:
+        job = await follow_to_end(queue, job, TIMEOUT_S)
+    except TimeoutError:
+        raise ToolError(f"generation timed out after {TIMEOUT_S:.0f} s (task {job.id})") from None
     if job.state != "succeeded":
         raise ToolError(f"generation failed: {job.error}")
     result = job.result

@@ -25,6 +25,19 @@ FORM_OVERHEAD = 4 * 2**20  # a multipart body's fields besides its two audio fil
 UPLOAD_RETRY_AFTER_S = 5
 
 
+class _Slot:
+    """One upload's place among ``ACESTEP_MAX_UPLOADS``, given back once (body received or request
+    ended, whichever comes first)."""
+
+    def __init__(self, semaphore: anyio.Semaphore):
+        self.semaphore, self.held = semaphore, True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.semaphore.release()
+
+
 class BodyRefused(Exception):
     """Raised into the route reading a body the guard refused; the guard answers instead."""
 
@@ -38,7 +51,7 @@ def body_cap(config: ServerConfig, multipart: bool, preauth: bool) -> int:
 class BodyGuard:
     def __init__(self, app: ASGIApp, config: ServerConfig):
         self.app, self.config = app, config
-        self.uploads = 0
+        self.upload_slots = anyio.Semaphore(config.max_uploads)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
@@ -55,19 +68,27 @@ class BodyGuard:
             if int(declared) > cap:
                 await send_refusal(send, *self._too_large(cap, preauth))
                 return
-        if multipart and self.uploads >= self.config.max_uploads:
-            await send_refusal(
-                send, 503, f"{self.uploads} uploads are arriving; retry shortly (ACESTEP_MAX_UPLOADS)",
-                [(b"retry-after", str(UPLOAD_RETRY_AFTER_S).encode())],
-            )  # fmt: skip
+        if not multipart:
+            await self._guarded(scope, receive, send, cap, preauth, None)
             return
-        self.uploads += multipart
+        # An upload waits for a slot before a byte of it is read (its data waits in the socket);
+        # the slot is given back as soon as its body has arrived.
+        slot = None
+        with anyio.move_on_after(self.config.body_timeout_s):
+            await self.upload_slots.acquire()
+            slot = _Slot(self.upload_slots)
+        if slot is None:
+            busy = f"{self.config.max_uploads} uploads are arriving; retry later (ACESTEP_MAX_UPLOADS)"
+            await send_refusal(send, 503, busy, [(b"retry-after", str(UPLOAD_RETRY_AFTER_S).encode())])
+            return
         try:
-            await self._guarded(scope, receive, send, cap, preauth)
+            await self._guarded(scope, receive, send, cap, preauth, slot)
         finally:
-            self.uploads -= multipart
+            slot.release()
 
-    async def _guarded(self, scope: Scope, receive: Receive, send: Send, cap: int, preauth: bool) -> None:
+    async def _guarded(
+        self, scope: Scope, receive: Receive, send: Send, cap: int, preauth: bool, slot: _Slot | None
+    ) -> None:
         refusal: tuple[int, str] | None = None
         seen, started = 0, time.monotonic()
         body_done = False
@@ -85,6 +106,8 @@ class BodyGuard:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 body_done = not message.get("more_body", False)
+                if body_done and slot is not None:
+                    slot.release()
                 if seen > cap:
                     refusal = self._too_large(cap, preauth)
                     raise BodyRefused

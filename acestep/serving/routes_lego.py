@@ -7,9 +7,7 @@ The form follows the plugin's wrapper: ``audio_file``, ``track_type``, ``bpm``, 
 
 from __future__ import annotations
 
-import asyncio
 import os
-import time
 from pathlib import Path
 
 from fastapi import APIRouter, HTTPException, Request
@@ -30,6 +28,7 @@ from acestep.serving.routes_compat import (
     validation_message,
 )
 from acestep.serving.uploads import UploadError, save_upload
+from acestep.serving.waits import CallerGone, follow_to_end
 from acestep.serving.wire import audio_url, envelope, result_items
 
 router = APIRouter()
@@ -97,15 +96,12 @@ async def lego(request: Request):
         raise
     queue = request.app.state.queue
     job = await submit(request, generation, [path])
-    deadline = time.monotonic() + TIMEOUT_S
-    while (job := await run_in_threadpool(queue.get, job.id) or job).state in ("queued", "running"):
-        if await request.is_disconnected():  # nobody will read the stem: free the GPU for others
-            await run_in_threadpool(queue.cancel, job.id)
-            raise HTTPException(499, "client disconnected; the job was cancelled")
-        if time.monotonic() > deadline:
-            await run_in_threadpool(queue.cancel, job.id)
-            raise HTTPException(504, f"Generation timeout after {TIMEOUT_S:.0f} s (task {job.id})")
-        await asyncio.sleep(0.05)
+    try:  # a client that leaves frees the GPU for others: nobody would read the stem
+        job = await follow_to_end(queue, job, TIMEOUT_S, gone=request.is_disconnected)
+    except CallerGone:
+        raise HTTPException(499, "client disconnected; the job was cancelled") from None
+    except TimeoutError:
+        raise HTTPException(504, f"Generation timeout after {TIMEOUT_S:.0f} s (task {job.id})") from None
     if job.state != "succeeded":
         raise HTTPException(FAILURE_STATUS.get(job.error_kind, 500), f"lego failed: {job.error}")
     if str(fields.get("response") or request.query_params.get("response") or "").lower() == "json":

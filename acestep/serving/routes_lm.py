@@ -10,12 +10,12 @@ import json
 
 from fastapi import APIRouter, HTTPException, Request
 from pydantic import ValidationError
-from starlette.concurrency import run_in_threadpool
 
 from acestep.engine.request import GenerationRequest
 from acestep.serving import auth
 from acestep.serving.body import read_body
 from acestep.serving.routes_compat import body_schema, submit, validation_message
+from acestep.serving.waits import CallerGone, follow_to_end
 from acestep.serving.wire import envelope
 
 router = APIRouter()
@@ -81,9 +81,10 @@ async def format_input(request: Request) -> dict:
         raise HTTPException(400, f"LLM not initialized: {state.lm_missing}")
     job = await submit(request, format_request(fields), [], lm_only=True)
     try:
-        job = await run_in_threadpool(state.queue.wait, job.id, FORMAT_TIMEOUT_S)
+        job = await follow_to_end(state.queue, job, FORMAT_TIMEOUT_S, gone=request.is_disconnected)
+    except CallerGone:
+        raise HTTPException(499, "client disconnected; the job was cancelled") from None
     except TimeoutError:
-        await run_in_threadpool(state.queue.cancel, job.id)  # nobody waits for it any more
         raise HTTPException(504, f"format_input did not finish in {FORMAT_TIMEOUT_S:.0f} s") from None
     if job.state != "succeeded":
         status = 400 if job.error_kind in ("input", "limit") else 500
