@@ -57,6 +57,14 @@ if [[ -z "${ACESTEP_API_KEY:-}" && -z "${ACESTEP_AUTH:-}" ]]; then
             ;;
     esac
 fi
+# A server without a key answers only the Host names it knows (docs/security.md); inside the
+# container it listens on 0.0.0.0, so the published address is one of them when it is a single one.
+if [[ -z "${ACESTEP_API_KEY:-}" ]]; then
+    case "${ACESTEP_PUBLISH_HOST:-}" in
+        "" | 0.0.0.0 | :: | 127.* | localhost | ::1) ;;
+        *) export ACESTEP_ALLOWED_HOSTS="${ACESTEP_ALLOWED_HOSTS:+$ACESTEP_ALLOWED_HOSTS,}${ACESTEP_PUBLISH_HOST}" ;;
+    esac
+fi
 
 serve_ui=(acestep --server-name 0.0.0.0 --port "${ACESTEP_UI_PORT:-7860}" --enable-api
           --api-port "${ACESTEP_API_PORT:-8001}")

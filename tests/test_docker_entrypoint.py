@@ -165,6 +165,24 @@ def test_without_a_key_only_loopback_publishing_may_serve(tmp_path, upstream_bas
     )
 
 
+def test_without_a_key_the_published_address_is_an_allowed_host(tmp_path, upstream_base):
+    """ACESTEP_AUTH=off published on one LAN address: requests naming it are answered, others 421."""
+    api = free_port()
+    env = entry_env(
+        tmp_path, "t4", upstream_base, ACESTEP_API_PORT=str(api), ACESTEP_PUBLISH_HOST="192.0.2.10",
+        ACESTEP_AUTH="off",
+    )  # fmt: skip
+    del env["ACESTEP_API_KEY"]
+    server = Entrypoint(env, tmp_path / "server.log")
+    try:
+        server.wait_port(api)
+        url = f"http://127.0.0.1:{api}/health"
+        assert httpx.get(url, headers={"Host": "192.0.2.10:8501"}, trust_env=False).status_code == 200
+        assert httpx.get(url, headers={"Host": "attacker.example"}, trust_env=False).status_code == 421
+    finally:
+        server.stop()
+
+
 def test_bad_serve_mode_is_refused(tmp_path, upstream_turbo):
     env = entry_env(tmp_path, "4090", upstream_turbo, ACESTEP_SERVE="bogus")
     done = subprocess.run(["bash", ENTRYPOINT], env=env, capture_output=True, text=True, timeout=60)

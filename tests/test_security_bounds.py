@@ -223,3 +223,24 @@ def test_abandoned_waits_starve_nothing_and_every_wait_is_bounded(server):
     memory = server.get("/v1/memory").json()["data"]
     assert memory["worker"]["unloads"] == 0
     assert not [report for report in memory["last_reports"] if report["action"] in ("park", "free")]
+
+
+def test_an_abandoned_rest_command_is_withdrawn_when_its_client_leaves(server):
+    """FastAPI does not cancel a handler whose client left: the REST routes watch for it, so an
+    unload whose client went away does not run when the job ends (nor hold a command thread)."""
+    before = server.get("/v1/memory").json()["data"]["worker"]["unloads"]
+    task = server.release(json=LONG_JOB)
+    deadline = time.monotonic() + 120
+    while (entry := server.query(task))["stage"] != "diffusion":
+        assert time.monotonic() < deadline and entry["status"] == 0, entry
+        time.sleep(0.1)
+    try:
+        for _ in range(3):
+            with pytest.raises(httpx.ReadTimeout):
+                server.post("/unload", json={"level": "free"}, timeout=1.0)
+        time.sleep(1.0)  # well inside ACESTEP_CONTROL_TIMEOUT: only the client's leaving withdraws
+    finally:
+        server.post("/v1/cancel", json={"task_id": task}, timeout=60)
+    assert server.wait(task)["status"] == 2
+    time.sleep(1)
+    assert server.get("/v1/memory").json()["data"]["worker"]["unloads"] == before

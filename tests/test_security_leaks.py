@@ -170,6 +170,8 @@ def restarted(upstream_base, tmp_path_factory):
         "old upload": plant(tmp / "uploads" / "src_audio_old.wav", OLD),
         "old result": plant(tmp / "api_audio" / str(uuid.uuid4()) / "old.wav", OLD),
         "old cache": plant(tmp / "gradio" / ("a" * 64) / "old.wav", OLD),
+        "old cut-off upload": plant(tmp / "gradio" / "tmpk3x_9zq1", OLD),  # Gradio's tempfile name
+        "gradio's other file": plant(tmp / "gradio" / "notes.txt", OLD),  # not a name Gradio makes
         "new upload": plant(tmp / "uploads" / "src_audio_new.wav", time.time()),
         "new result": plant(tmp / "api_audio" / str(uuid.uuid4()) / "new.wav", time.time()),
         "new cache": plant(tmp / "gradio" / ("b" * 64) / "new.wav", time.time()),
@@ -182,10 +184,10 @@ def restarted(upstream_base, tmp_path_factory):
 
 def test_a_restart_sweeps_old_files_and_says_what_it_forgot(restarted):
     server, planted, lost = restarted
-    old = [planted[name] for name in ("old upload", "old result", "old cache")]
+    old = [planted[name] for name in ("old upload", "old result", "old cache", "old cut-off upload")]
     wait_until(lambda: not any(p.exists() for p in old), what=f"the start sweep of {old}")
     assert not old[1].parent.exists() and not old[2].parent.exists()  # their folders went too
-    for name in ("new upload", "new result", "new cache", "operator's file"):
+    for name in ("new upload", "new result", "new cache", "operator's file", "gradio's other file"):
         assert planted[name].exists(), name
     # The first process's queued job is gone, and the answer says why it may be.
     entry = server.query(lost)

@@ -196,14 +196,15 @@ def login_ui(upstream_base, tmp_path_factory):
 
 
 def test_wrong_keys_are_throttled(login_ui):
-    statuses = [
-        login_ui.get("/v1/stats", headers={"Authorization": "Bearer wrong"}).status_code for _ in range(4)
-    ]
+    wrong = {"Authorization": "Bearer wrong"}
+    statuses = [login_ui.get("/v1/stats", headers=wrong).status_code for _ in range(4)]
     assert statuses == [401, 401, 401, 429], statuses
-    limited = login_ui.get("/v1/stats")  # the right key too, from this address, for the minute
+    limited = login_ui.get("/v1/stats", headers=wrong)
     assert limited.status_code == 429
     assert 0 < int(limited.headers["retry-after"]) <= 60
     assert httpx.get(f"http://127.0.0.1:{login_ui.port}/health", trust_env=False).status_code == 429
+    # A client with the right key, from the same address (a proxy's, say), is not locked out.
+    assert login_ui.get("/v1/stats").status_code == 200
 
 
 def test_ui_logins_are_throttled(upstream_base, tmp_path):
@@ -236,3 +237,41 @@ def test_the_worker_process_never_holds_the_key(api):
     environment = Path(f"/proc/{worker}/environ").read_bytes().split(b"\0")
     assert not any(entry.startswith(b"ACESTEP_API_KEY=") for entry in environment)
     assert b"LOGURU_DIAGNOSE=NO" in environment
+
+
+def closed_while_trickling(sock, seconds: float) -> bool:
+    """Whether the server closes ``sock`` while the client keeps sending a byte every 0.25 s."""
+    sock.settimeout(0.25)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            sock.sendall(b"x")
+            if sock.recv(65536) == b"":
+                return True
+        except TimeoutError:
+            continue
+        except OSError:
+            return True
+    return False
+
+
+@pytest.mark.parametrize("method, path", [("POST", "/v1/stats"), ("GET", "/health")])
+def test_a_body_nobody_reads_does_not_hold_the_connection(api, method, path):
+    """Answered before its body was read (405, or a GET that ignores it): a client trickling the rest
+    used to keep the socket forever, each byte putting off uvicorn's keep-alive timer."""
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json", "Content-Length": 2**20}
+    with connect(api.port) as sock:
+        sock.sendall(head(method, path, api.port, headers) + b"{")
+        sock.settimeout(10)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 ")
+        assert closed_while_trickling(sock, 10), "the connection stayed open"
+
+
+@pytest.mark.parametrize(
+    "path, content_type",
+    [("/query_result", "multipart/form-data; boundary=x"), ("/release_task", "text/plain; x=multipart/")],
+)
+def test_an_uploads_size_is_only_for_real_uploads_to_upload_routes(api, path, content_type):
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": content_type, "Content-Length": 50 * 2**20}
+    status, data = ask(api.port, head("POST", path, api.port, headers))
+    assert status == 413, data[:300]

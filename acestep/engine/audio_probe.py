@@ -4,7 +4,8 @@ libsndfile (and the FLAC, Vorbis, Opus and mpg123 decoders behind it) parses wha
 uploads; a parser bug or a pathological file then costs a throwaway process, bounded in address
 space and CPU time, instead of the API process that holds every request and the key. The child
 imports only soundfile (about 0.1 s); its answer is three numbers, checked here by
-:mod:`acestep.engine.audio_limits`.
+:mod:`acestep.engine.audio_limits`. It bounds resources; it is not a security sandbox (the child
+runs as the server's user, without the server's secrets in its environment).
 
 This file is also the child's script: it runs as ``python -P -B audio_probe.py <path>``, so
 nothing above the ``__main__`` block may import from acestep.
@@ -16,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -29,6 +31,8 @@ PROBE_ADDRESS_SPACE = 512 * 2**20  # python + numpy + libsndfile map about 110 M
 # core, against the address-space limit.
 INHERITED_ENV = ("PATH", "PYTHONPATH", "PYTHONHOME", "LD_LIBRARY_PATH", "LANG", "LC_ALL", "SYSTEMROOT")
 CHILD_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+# Probes at once: a burst of uploads costs at most this many children (each waits its turn).
+_RUNNING = threading.BoundedSemaphore(4)
 
 
 def checked_seconds(path: str | os.PathLike[str], name: str) -> float:
@@ -40,7 +44,7 @@ def checked_seconds(path: str | os.PathLike[str], name: str) -> float:
 
 
 def probe(path: str | os.PathLike[str], name: str) -> AudioHeader:
-    """The header of ``path`` as the sandboxed child read it; UnreadableAudioError (with
+    """The header of ``path`` as the bounded child read it; UnreadableAudioError (with
     libsndfile's reason, never a server path) when the file cannot be opened or the child did not
     finish."""
     from acestep.engine.audio_limits import AudioHeader, UnreadableAudioError
@@ -49,14 +53,15 @@ def probe(path: str | os.PathLike[str], name: str) -> AudioHeader:
         return UnreadableAudioError(f"{name}: the audio cannot be decoded ({reason})")
 
     try:
-        done = subprocess.run(
-            [sys.executable, "-P", "-B", __file__, os.fspath(path)],
-            capture_output=True,
-            timeout=PROBE_TIMEOUT_S,
-            env={k: os.environ[k] for k in INHERITED_ENV if k in os.environ} | CHILD_ENV,
-            stdin=subprocess.DEVNULL,
-            check=False,
-        )
+        with _RUNNING:
+            done = subprocess.run(
+                [sys.executable, "-P", "-B", __file__, os.fspath(path)],
+                capture_output=True,
+                timeout=PROBE_TIMEOUT_S,
+                env={k: os.environ[k] for k in INHERITED_ENV if k in os.environ} | CHILD_ENV,
+                stdin=subprocess.DEVNULL,
+                check=False,
+            )
     except subprocess.TimeoutExpired:
         raise unreadable(f"reading its header took over {PROBE_TIMEOUT_S:.0f} s") from None
     try:

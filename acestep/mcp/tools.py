@@ -290,7 +290,7 @@ def build_server(
         source, cleanup = _source(backend, audio_path, audio_base64)
         # Until the job is queued, any refusal removes the staged upload (then the job's end does).
         try:
-            try:  # the header, read in a sandboxed child, against the REST API's input bounds
+            try:  # the header, read in a bounded child, against the REST API's input bounds
                 field = "audio_path" if audio_path else "audio_base64"
                 seconds = await anyio.to_thread.run_sync(checked_seconds, source, field)
             except AudioInputError as exc:

@@ -153,7 +153,7 @@ def _guard(app: FastAPI, config: ServerConfig) -> None:
         )
         if config.cors_origins
         else None,
-        (AuthThrottle, {"limit": config.auth_failures_per_minute}),
+        (AuthThrottle, {"limit": config.auth_failures_per_minute, "key": config.api_key}),
         (HeaderKeyGate, {"key": config.api_key, "is_api_path": is_api_path}) if config.api_key else None,
         (BodyGuard, {"config": config}),
     ]

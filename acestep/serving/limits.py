@@ -23,6 +23,8 @@ MAX_TEXT_BODY = 4 * 2**20  # every body that is not a multipart upload (JSON, fo
 PREAUTH_BODY = 2**20  # a body whose key is still inside it (upstream's ai_token)
 FORM_OVERHEAD = 4 * 2**20  # a multipart body's fields besides its two audio files
 UPLOAD_RETRY_AFTER_S = 5
+# The routes that take audio files: the REST API's generation and lego routes, and the UI's upload.
+UPLOAD_PATHS = frozenset({"/release_task", "/lego", "/gradio_api/upload"})
 
 
 class _Slot:
@@ -57,7 +59,10 @@ class BodyGuard:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
-        multipart = "multipart/" in (header(scope, b"content-type") or "").lower()
+        media_type = (header(scope, b"content-type") or "").split(";", 1)[0].strip().lower()
+        # Only the routes that take audio files may receive an upload's size; anywhere else a
+        # multipart body (which frameworks parse before any login check) is held to 4 MiB.
+        multipart = media_type == "multipart/form-data" and scope["path"] in UPLOAD_PATHS
         preauth = bool(scope.get(PREAUTH_SCOPE_KEY))
         cap = body_cap(self.config, multipart, preauth)
         declared = header(scope, b"content-length")
@@ -68,7 +73,7 @@ class BodyGuard:
             if int(declared) > cap:
                 await send_refusal(send, *self._too_large(cap, preauth))
                 return
-        if not multipart:
+        if not multipart or preauth:  # a body held to 1 MiB or 4 MiB takes no upload place
             await self._guarded(scope, receive, send, cap, preauth, None)
             return
         # An upload waits for a slot before a byte of it is read (its data waits in the socket);

@@ -3,8 +3,8 @@
 uvicorn bounds open connections (``limit_concurrency``: a 503 past it) but has no deadline for a
 request's headers: a client that opens a socket and sends nothing, or a header a byte at a time,
 holds it forever. ``HeaderDeadline`` closes a connection whose request headers are not complete
-within ``ACESTEP_HEADER_TIMEOUT`` seconds of it opening or of the previous response. Bodies have
-their own deadlines (``acestep.serving.limits``).
+within ``ACESTEP_HEADER_TIMEOUT`` seconds of it opening or of the previous response, and one
+answered before its body arrived. Bodies have their own deadlines (``acestep.serving.limits``).
 """
 
 from __future__ import annotations
@@ -34,6 +34,12 @@ class HeaderDeadline(H11Protocol):
             self._disarm()
 
     def on_response_complete(self) -> None:
+        if self.conn.their_state is h11.SEND_BODY:
+            # Answered before its body was read (a refusal, a 404): uvicorn would go on reading
+            # the rest, and each byte would put off its keep-alive timer. Nobody will read it.
+            self.server_state.total_requests += 1
+            self.transport.close()
+            return
         super().on_response_complete()
         if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
             self._arm()  # the next request on this connection gets the same deadline

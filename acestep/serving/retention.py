@@ -30,8 +30,9 @@ DEFAULT_UPLOAD_TTL_S = 86400
 # Result folders are named by their job's id (a uuid4): nothing else in a shared output folder
 # (ACESTEP_OUTPUT_DIR may be the operator's own) is ever touched.
 JOB_FOLDER = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-# Gradio caches each file in a folder named by its SHA-256 (hex); nothing else there is swept.
-GRADIO_FOLDER = re.compile(r"[0-9a-f]{64}")
+# Gradio caches each file in a folder named by its SHA-256 (hex), and receives an upload into a
+# tempfile-named file beside them (left behind when the upload is cut off); nothing else is swept.
+GRADIO_FOLDER = re.compile(r"[0-9a-f]{64}|tmp[0-9a-z_]{6,}")
 
 
 def gradio_cache_dir(env: Mapping[str, str] | None = None) -> Path:

@@ -22,10 +22,11 @@ from acestep.worker.dispatcher import BusyError
 router = APIRouter(dependencies=[Depends(auth.require_key)])
 
 
-async def _wait(function, *args):
-    """A command that waits for the running job: 503 when it still runs past the wait limit."""
+async def _wait(request: Request, function, *args):
+    """A command that waits for the running job: 503 when it still runs past the wait limit;
+    withdrawn when the client leaves."""
     try:
-        return await run_command(function, *args)
+        return await run_command(function, *args, gone=request.is_disconnected)
     except CommandTimeout as exc:
         raise HTTPException(503, str(exc)) from None
 
@@ -38,7 +39,7 @@ async def unload(request: Request) -> dict:
     if level not in ("park", "free"):
         raise HTTPException(400, f"level must be park or free, got {shown(level)}")
     try:
-        report = await _wait(request.app.state.manager.unload, level)
+        report = await _wait(request, request.app.state.manager.unload, level)
     except BusyError as exc:
         raise HTTPException(409, str(exc)) from None
     return envelope(report)
@@ -47,7 +48,7 @@ async def unload(request: Request) -> dict:
 @router.post("/v1/load")
 async def load(request: Request) -> dict:
     """Warm the model up (after the running job); returns the measured load report."""
-    report = await _wait(request.app.state.manager.load)
+    report = await _wait(request, request.app.state.manager.load)
     return envelope(report)
 
 

@@ -123,7 +123,7 @@ async def build_request(
     except UploadError as exc:
         _discard(saved)
         raise HTTPException(exc.status, str(exc)) from None
-    except HTTPException:
+    except BaseException:  # any other failure, a client gone included: nothing stays behind
         _discard(saved)
         raise
     warnings = list(params.ignored and [f"ignored (no effect here): {', '.join(params.ignored)}"])
@@ -136,7 +136,7 @@ async def build_request(
 
 
 def check_audio(path: Path, field: str) -> float:
-    """The upload's length, from its header read now in a sandboxed child (audio_probe), so a
+    """The upload's length, from its header read now in a bounded child process (audio_probe), so a
     broken file, or one past the input bounds (length, rate, channels, decoded size), is a 4xx
     before it is queued, not a failed job or gigabytes in the worker."""
     from acestep.engine.audio_limits import AudioInputError, UnreadableAudioError

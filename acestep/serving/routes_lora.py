@@ -89,11 +89,11 @@ def _scale(fields: dict, default: float | None = 1.0) -> float | None:
     return scale
 
 
-async def _run(function, *args):
+async def _run(request: Request, function, *args):
     """A LoRA command (it may wait for the running job): its refusal is a 4xx with the reason, a
     worker that fails otherwise, or a job still running past the wait limit, a 503."""
     try:
-        return await run_command(function, *args)
+        return await run_command(function, *args, gone=request.is_disconnected)
     except (LoraError, ValueError) as exc:
         raise _refusal(exc) from None
     except (JobError, CommandTimeout) as exc:
@@ -116,7 +116,7 @@ async def load_lora(request: Request) -> dict:
     fields, _ = await read_body(request)
     name, scale = _name(request, fields, required=True), _scale(fields)
     state = request.app.state
-    return envelope(await _run(state.loras.load, state.manager, name, scale))
+    return envelope(await _run(request, state.loras.load, state.manager, name, scale))
 
 
 @router.post(
@@ -128,7 +128,7 @@ async def unload_lora(request: Request) -> dict:
     fields, _ = await read_body(request)
     name = _name(request, fields, required=False)
     state = request.app.state
-    return envelope(await _run(state.loras.unload, state.manager, [name] if name else None))
+    return envelope(await _run(request, state.loras.unload, state.manager, [name] if name else None))
 
 
 @router.get("/v1/lora/status")

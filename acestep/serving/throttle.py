@@ -2,8 +2,9 @@
 
 A failure is a 401 from any route, or a refused UI login (Gradio answers ``POST /login`` with 400).
 After ``limit`` failures within a minute the address is refused before its requests run, until
-the oldest failure is a minute old. Behind a reverse proxy every client shares its address; the
-limit then applies to all of them together.
+the oldest failure is a minute old, except requests that carry the right key in their header: a
+guesser sharing an address (a proxy's) with real clients does not lock them out. uvicorn takes the
+address from ``X-Forwarded-For`` only when the proxy connects from 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -15,19 +16,22 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from acestep.serving.replies import send_refusal
+from acestep.serving.auth import keys_match, token_from_header
+from acestep.serving.replies import header, send_refusal
 
 WINDOW_S = 60.0
 MAX_TRACKED = 10_000  # addresses remembered at once; the least recent are forgotten first
 
 
 class AuthThrottle:
-    def __init__(self, app: ASGIApp, limit: int, clock: Callable[[], float] = time.monotonic):
-        self.app, self.limit, self.clock = app, limit, clock
+    def __init__(
+        self, app: ASGIApp, limit: int, key: str | None = None, clock: Callable[[], float] = time.monotonic
+    ):
+        self.app, self.limit, self.key, self.clock = app, limit, key, clock
         self.failures: OrderedDict[str, deque[float]] = OrderedDict()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or self._has_the_key(scope):  # a throttled address keeps its key
             await self.app(scope, receive, send)
             return
         address = (scope.get("client") or ("?", 0))[0]
@@ -48,6 +52,10 @@ class AuthThrottle:
             await send(message)
 
         await self.app(scope, receive, watched_send)
+
+    def _has_the_key(self, scope: Scope) -> bool:
+        token = token_from_header(header(scope, b"authorization"))
+        return bool(self.key and token and keys_match(token, self.key))
 
     def _recent(self, address: str) -> deque[float] | None:
         times = self.failures.get(address)

@@ -30,16 +30,22 @@ DEFAULT_WAIT_S = 600
 # threads serve any number of callers; a cluster's broadcast, which reads no scope, may hold one
 # until its own deadline.
 THREADS = 4
+GONE_POLL_S = 0.25  # how often a REST caller is checked for having left
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
-__all__ = ["CommandTimeout", "run_command", "wait_limit"]
+__all__ = ["CallerGone", "CommandTimeout", "follow_to_end", "run_command", "wait_limit"]
 
 
 @functools.cache
 def wait_limit() -> int:
     """``ACESTEP_CONTROL_TIMEOUT``: the longest a command waits for the running job, in seconds."""
     return env_int(os.environ, "ACESTEP_CONTROL_TIMEOUT", DEFAULT_WAIT_S, minimum=1)
+
+
+class CallerGone(Exception):
+    """The caller left before its job or command ended; the job was cancelled, the command
+    withdrawn if it had not begun."""
 
 
 def _executor() -> ThreadPoolExecutor:
@@ -58,9 +64,26 @@ def _within(scope: WaitScope, function: Callable[..., T], args: tuple) -> T:
         WAIT_SCOPE.reset(token)
 
 
-async def run_command(function: Callable[..., T], *args: Any) -> T:
+async def run_command(function: Callable[..., T], *args: Any, gone: Callable[[], Any] | None = None) -> T:
     """``function(*args)`` (a manager's or LoRA selection's load or unload), waited for without
-    holding the shared pool. ``CommandTimeout`` past the limit; cancelling the caller withdraws it."""
+    holding the shared pool. ``CommandTimeout`` past the limit; cancelling the caller withdraws it,
+    and so does ``await gone()`` turning true (a REST client that left: FastAPI does not cancel its
+    handler), then with ``CallerGone``."""
+    if gone is None:
+        return await _command(function, args)
+    task = asyncio.ensure_future(_command(function, args))
+    try:
+        while not (await asyncio.wait({task}, timeout=GONE_POLL_S))[0]:
+            if await gone():
+                raise CallerGone("the caller left; the command was withdrawn if it had not begun")
+        return task.result()
+    finally:
+        if not task.done():
+            task.cancel()  # its own cleanup withdraws the command
+            await asyncio.gather(task, return_exceptions=True)
+
+
+async def _command(function: Callable[..., T], args: tuple) -> T:
     limit = wait_limit()
     scope = WaitScope(deadline=time.monotonic() + limit, gone=Future())
     task = _executor().submit(_within, scope, function, args)
@@ -76,10 +99,6 @@ async def run_command(function: Callable[..., T], *args: Any) -> T:
 
 
 ACTIVE = ("queued", "running")
-
-
-class CallerGone(Exception):
-    """The caller of a synchronous route left before its job ended; the job was cancelled."""
 
 
 async def follow_to_end(queue, job, timeout_s: float, gone: Callable[[], Any] | None = None):

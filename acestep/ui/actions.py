@@ -63,7 +63,7 @@ def _stage(config, path: str) -> Path:
         kind = sniff_audio(handle.read(12))
     if kind is None:
         raise gr.Error("the uploaded file is not WAV, FLAC, MP3 or OGG audio")
-    checked_seconds(source, "source")  # rate, channels and decoded size, read in a sandbox
+    checked_seconds(source, "source")  # rate, channels and decoded size, read in a bounded child process
     config.uploads_dir.mkdir(parents=True, exist_ok=True)
     target = config.uploads_dir / f"ui_{uuid.uuid4().hex}.{kind}"
     try:
