@@ -136,7 +136,8 @@ def test_health_models_stats(server):
     assert models["default_model"] == "acestep-v15-base"
     assert "lego" in models["models"][0]["supported_task_types"]
     stats = server.get("/v1/stats").json()["data"]
-    assert stats["queue_maxsize"] == 200 and stats["jobs"]["succeeded"] >= 1
+    # (This module's other tests may or may not have run first: random order.)
+    assert stats["queue_maxsize"] == 200 and {"total", "queued", "running", "succeeded"} <= set(stats["jobs"])
     assert server.post("/format_input", json={"prompt": "x"}).status_code == 400  # no LM folder here
     simple = server.post("/create_random_sample", json={}).json()["data"]
     assert set(simple) == {"description", "instrumental", "vocal_language"}  # upstream's default type
