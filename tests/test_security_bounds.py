@@ -190,12 +190,18 @@ def timed(call) -> tuple[float, object]:
     return time.monotonic() - started, result
 
 
-def test_abandoned_waits_starve_nothing_and_every_wait_is_bounded(server):
+def start_long_job(server: Server) -> str:
+    """Queue LONG_JOB and return its id once it is denoising (the worker is then busy for minutes)."""
     task = server.release(json=LONG_JOB)
     deadline = time.monotonic() + 120
     while (entry := server.query(task))["stage"] != "diffusion":
         assert time.monotonic() < deadline and entry["status"] == 0, entry
         time.sleep(0.1)
+    return task
+
+
+def test_abandoned_waits_starve_nothing_and_every_wait_is_bounded(server):
+    task = start_long_job(server)
     try:
         outcomes = asyncio.run(abandon(server, ABANDONED))
         assert outcomes == {"ReadTimeout"}  # every one was still waiting for the job
@@ -229,11 +235,7 @@ def test_an_abandoned_rest_command_is_withdrawn_when_its_client_leaves(server):
     """FastAPI does not cancel a handler whose client left: the REST routes watch for it, so an
     unload whose client went away does not run when the job ends (nor hold a command thread)."""
     before = server.get("/v1/memory").json()["data"]["worker"]["unloads"]
-    task = server.release(json=LONG_JOB)
-    deadline = time.monotonic() + 120
-    while (entry := server.query(task))["stage"] != "diffusion":
-        assert time.monotonic() < deadline and entry["status"] == 0, entry
-        time.sleep(0.1)
+    task = start_long_job(server)
     try:
         for _ in range(3):
             with pytest.raises(httpx.ReadTimeout):
