@@ -176,6 +176,8 @@ def prepare_environment() -> Path:
         if explicit or name not in os.environ:
             os.environ[name] = str(tmp_root)
     # Gradio's cache in our folder, not a /tmp/gradio other apps share: the retention sweep owns it.
-    os.environ.setdefault("GRADIO_TEMP_DIR", str(tmp_root / "gradio"))
+    # As for TMPDIR, an explicit ACESTEP_TMPDIR wins over an inherited GRADIO_TEMP_DIR.
+    if explicit or "GRADIO_TEMP_DIR" not in os.environ:
+        os.environ["GRADIO_TEMP_DIR"] = str(tmp_root / "gradio")
     tempfile.tempdir = None  # forget a cached default so the new one is used
     return tmp_root
