@@ -309,3 +309,15 @@ def test_dotenv_comments_quotes_export_and_no_override(tmp_path: Path, dotenv_na
     assert os.environ[already] == "from-the-environment"
     assert bare not in os.environ
     assert load_dotenv(tmp_path / "missing.env") == []
+
+
+def test_the_cli_imports_without_the_server_extras() -> None:
+    """The core install (no api or ui extra) runs ``acestep generate``: importing the CLI must not
+    need uvicorn, FastAPI or Gradio (the wheel smoke test installs only the core)."""
+    extras = ("uvicorn", "fastapi", "gradio", "starlette", "h11")
+    blocked = f"import sys\nfor name in {extras!r}: sys.modules[name] = None\n"
+    done = subprocess.run(
+        [sys.executable, "-c", blocked + "import acestep.cli, acestep.cli.generate"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -11,7 +11,6 @@ from acestep.cli.download import add_download_source_flag
 from acestep.cli.lora import _lora_dir_flag, apply_lora_dir
 from acestep.cli.memory_flags import BOOL_CHOICES, bool_word
 from acestep.cli.server import _server_app
-from acestep.serving.listen import serve
 from acestep.serving.params import LM_BACKENDS
 from acestep.settings import parse_bool_setting
 from acestep.ui.i18n import LANGUAGES as UI_LANGUAGES
@@ -176,6 +175,8 @@ def run_ui(args: argparse.Namespace) -> int:
     # "launched", which mounting never sets: without this, an API payload naming any server path
     # (/etc/passwd, /dev/zero) would be read as an input (tests/test_security_gradio.py).
     blocks.has_launched = True
+    from acestep.serving.listen import serve  # uvicorn: the api extra, needed only to serve
+
     ports = [config.port] + ([args.api_port] if args.api_port and args.api_port != config.port else [])
     serve(app, config, ports)
     return 0
