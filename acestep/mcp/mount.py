@@ -1,11 +1,9 @@
-"""Mounting the MCP tools on the REST app at ``/mcp`` (streamable HTTP), behind the API key."""
+"""Mounting the MCP tools on the REST app at ``/mcp`` (streamable HTTP), behind the API key (checked
+by the app's guards)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from acestep.mcp.tools import build_server
 
@@ -49,27 +47,6 @@ class AppBackend:
         return self.app.state.variant.default_steps
 
 
-class KeyGuard:
-    """Refuse MCP requests without the API key (Bearer or bare header), as every other route."""
-
-    def __init__(self, app: ASGIApp, key: str | None):
-        self.app, self.key = app, key
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.key and scope["type"] == "http":
-            from acestep.serving.auth import keys_match, token_from_header
-
-            header = dict(scope.get("headers", [])).get(b"authorization", b"").decode("latin-1")
-            token = token_from_header(header)
-            if not token or not keys_match(token, self.key):
-                body = json.dumps({"detail": "Invalid API key" if token else "Missing Authorization header"})
-                await send({"type": "http.response.start", "status": 401,
-                            "headers": [(b"content-type", b"application/json")]})  # fmt: skip
-                await send({"type": "http.response.body", "body": body.encode()})
-                return
-        await self.app(scope, receive, send)
-
-
 def mount_mcp(app, config):
     """Mount the tools at ``/mcp/``; returns the MCP server, whose session manager the app's
     lifespan must run. Without a key the SDK's DNS-rebinding protection is on, with the server's
@@ -77,5 +54,6 @@ def mount_mcp(app, config):
     from acestep.serving.origins import mcp_transport_security
 
     server = build_server(AppBackend(app), streamable_http_path="/", security=mcp_transport_security(config))
-    app.mount("/mcp", KeyGuard(server.streamable_http_app(), config.api_key))
+    # The key is checked in front of the whole app (serving.auth.HeaderKeyGate), /mcp included.
+    app.mount("/mcp", server.streamable_http_app())
     return server

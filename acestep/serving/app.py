@@ -142,7 +142,7 @@ def _guard(app: FastAPI, config: ServerConfig) -> None:
 
     def is_api_path(scope) -> bool:  # routes of this app, not the UI mounted on it later
         path = scope["path"]
-        return path in app.state.api_paths or path == "/mcp" or path.startswith("/mcp/")
+        return path in app.state.api_paths or HeaderKeyGate.header_only(scope)
 
     guards: list[tuple[type, dict]] = [
         (ErrorBoundary, {}),

@@ -61,18 +61,26 @@ class HeaderKeyGate:
 
     A wrong header key is a 401 at once. A request to an API route without a header may still carry
     upstream's ``ai_token`` in its body, so it goes on, marked: ``BodyGuard`` then reads at most a
-    small body for it, and the route checks the token. Paths that are not API routes (the UI, which
-    has its own login) pass untouched.
+    small body for it, and the route checks the token. MCP (``/mcp``) has no body token: there a
+    missing header is a 401 too. Paths that are not API routes (the UI, which has its own login)
+    pass untouched.
     """
 
     def __init__(self, app, key: str, is_api_path):
         self.app, self.key, self.is_api_path = app, key, is_api_path
+
+    @staticmethod
+    def header_only(scope) -> bool:
+        return scope["path"] == "/mcp" or scope["path"].startswith("/mcp/")
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http" and self.is_api_path(scope):
             from acestep.serving.replies import header, send_refusal
 
             token = token_from_header(header(scope, b"authorization"))
+            if token is None and self.header_only(scope):
+                await send_refusal(send, 401, "Missing Authorization header")
+                return
             if token is None:
                 scope[PREAUTH_SCOPE_KEY] = True
             elif not keys_match(token, self.key):
