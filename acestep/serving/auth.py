@@ -9,6 +9,7 @@ from __future__ import annotations
 import hmac
 
 from fastapi import HTTPException, Request
+from starlette.datastructures import Headers
 
 
 def keys_match(given: str, key: str) -> bool:
@@ -75,9 +76,9 @@ class HeaderKeyGate:
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http" and self.is_api_path(scope):
-            from acestep.serving.replies import header, send_refusal
+            from acestep.serving.replies import send_refusal
 
-            token = token_from_header(header(scope, b"authorization"))
+            token = token_from_header(Headers(scope=scope).get("authorization"))
             if token is None and self.header_only(scope):
                 await send_refusal(send, 401, "Missing Authorization header")
                 return

@@ -13,11 +13,12 @@ from __future__ import annotations
 import time
 
 import anyio
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from acestep.serving.auth import PREAUTH_SCOPE_KEY
 from acestep.serving.config import ServerConfig
-from acestep.serving.replies import header, send_refusal
+from acestep.serving.replies import send_refusal
 
 MAX_TEXT_BODY = 4 * 2**20  # every body that is not a multipart upload (JSON, forms, MCP's JSON-RPC)
 PREAUTH_BODY = 2**20  # a body whose key is still inside it (upstream's ai_token)
@@ -59,13 +60,13 @@ class BodyGuard:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
-        media_type = (header(scope, b"content-type") or "").split(";", 1)[0].strip().lower()
+        media_type = (Headers(scope=scope).get("content-type") or "").split(";", 1)[0].strip().lower()
         # Only the routes that take audio files may receive an upload's size; anywhere else a
         # multipart body (which frameworks parse before any login check) is held to 4 MiB.
         multipart = media_type == "multipart/form-data" and scope["path"] in UPLOAD_PATHS
         preauth = bool(scope.get(PREAUTH_SCOPE_KEY))
         cap = body_cap(self.config, multipart, preauth)
-        declared = header(scope, b"content-length")
+        declared = Headers(scope=scope).get("content-length")
         if declared is not None:
             if not declared.strip().isdigit():
                 await send_refusal(send, 400, "invalid Content-Length")

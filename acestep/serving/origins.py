@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from acestep.serving.config import ServerConfig
-from acestep.serving.replies import header, send_refusal
+from acestep.serving.replies import send_refusal
 
 
 def host_name(value: str) -> str:
@@ -47,13 +48,13 @@ class LocalOriginGuard:
         await self.app(scope, receive, send)
 
     def refusal(self, scope: Scope) -> tuple[int, str] | None:
-        host = header(scope, b"host") or ""
+        host = Headers(scope=scope).get("host") or ""
         if "*" not in self.names and host_name(host) not in self.names:
             return 421, (
                 f"Host {host!r} is not served here: without an API key only "
                 f"{', '.join(sorted(self.names))} are answered (ACESTEP_ALLOWED_HOSTS adds names)"
             )
-        origin = header(scope, b"origin")
+        origin = Headers(scope=scope).get("origin")
         if origin is None or origin.rstrip("/").lower() in self.origins:
             return None
         if origin == "null" or urlsplit(origin).netloc.lower() != host.strip().lower():

@@ -22,11 +22,3 @@ async def send_refusal(
     ]
     await send({"type": "http.response.start", "status": status, "headers": head})
     await send({"type": "http.response.body", "body": body})
-
-
-def header(scope, name: bytes) -> str | None:
-    """One request header as text (latin-1, as HTTP defines), or None."""
-    for key, value in scope.get("headers", []):
-        if key == name:
-            return value.decode("latin-1")
-    return None

@@ -14,10 +14,11 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from acestep.serving.auth import keys_match, token_from_header
-from acestep.serving.replies import header, send_refusal
+from acestep.serving.replies import send_refusal
 
 WINDOW_S = 60.0
 MAX_TRACKED = 10_000  # addresses remembered at once; the least recent are forgotten first
@@ -54,7 +55,7 @@ class AuthThrottle:
         await self.app(scope, receive, watched_send)
 
     def _has_the_key(self, scope: Scope) -> bool:
-        token = token_from_header(header(scope, b"authorization"))
+        token = token_from_header(Headers(scope=scope).get("authorization"))
         return bool(self.key and token and keys_match(token, self.key))
 
     def _recent(self, address: str) -> deque[float] | None:
