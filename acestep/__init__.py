@@ -14,15 +14,15 @@ __version__ = "0.1.0.dev0"
 _EXPORTS = {
     "AceStep": "acestep.engine.engine",
     "GenerationError": "acestep.engine.output",
-    "AudioItem": "acestep.engine.request",
-    "GenerationRequest": "acestep.engine.request",
-    "GenerationResult": "acestep.engine.request",
+    "AudioItem": "acestep.request",
+    "GenerationRequest": "acestep.request",
+    "GenerationResult": "acestep.request",
 }
 __all__ = ["AceStep", "AudioItem", "GenerationError", "GenerationRequest", "GenerationResult", "__version__"]
 
 if TYPE_CHECKING:
     from acestep.engine.engine import AceStep, GenerationError
-    from acestep.engine.request import AudioItem, GenerationRequest, GenerationResult
+    from acestep.request import AudioItem, GenerationRequest, GenerationResult
 
 
 def __getattr__(name: str):

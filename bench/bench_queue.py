@@ -28,7 +28,7 @@ from _common import git_commit, write_report
 
 from acestep.cluster.queue import RedisJobQueue
 from acestep.cluster.settings import ClusterSettings
-from acestep.engine.request import GenerationRequest
+from acestep.request import GenerationRequest
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_JSON = REPO / "bench" / "results" / "queue" / "queue.json"

@@ -144,9 +144,9 @@ def test_every_flag_has_help_and_shows_its_choices(script: str, monkeypatch: pyt
 
 def test_fixed_value_flags_take_their_values_from_the_constants(monkeypatch: pytest.MonkeyPatch) -> None:
     from acestep.engine.audio_io import FORMATS
-    from acestep.engine.request import TIME_SIGNATURES, VOCAL_LANGUAGES
-    from acestep.engine.tasks import TASK_TYPES, TRACK_NAMES
     from acestep.memory.precision import DTYPES
+    from acestep.request import TIME_SIGNATURES, VOCAL_LANGUAGES
+    from acestep.tasks import TASK_TYPES, TRACK_NAMES
 
     generate = dict(_walk(_parser_of("acestep", monkeypatch), "acestep"))["acestep generate"]
     choices = {a.option_strings[-1]: a.choices for a in generate._actions if a.option_strings}

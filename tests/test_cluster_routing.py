@@ -7,7 +7,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from acestep.cluster.routing import RoutingError, choose_model
 from acestep.cluster.settings import ClusterConfigError, ClusterSettings, redacted
-from acestep.serving.jobs import DurationHistogram
+from acestep.jobs.queue import DurationHistogram
 from acestep.serving.metrics import render
 
 BASE_TASKS = ["complete", "cover", "extract", "lego", "repaint", "text2music"]

@@ -17,7 +17,7 @@ from acestep.cluster.records import JobRecord
 from acestep.cluster.settings import ClusterSettings
 from acestep.cluster.store import JobStore
 from acestep.cluster.worker import ClusterWorker
-from acestep.engine.request import GenerationRequest
+from acestep.request import GenerationRequest
 
 
 @pytest.fixture(scope="module")

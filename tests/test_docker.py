@@ -20,11 +20,11 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from acestep.checkpoints.download import KNOWN_MODELS
-from acestep.engine.request import GenerationRequest
 from acestep.memory.gpus import GpuInfo, StaticSource
 from acestep.memory.limits import MemoryLimitError
 from acestep.memory.manager import MemoryManager
 from acestep.memory.tiers import lm_size_of
+from acestep.request import GenerationRequest
 from acestep.settings import parse_bool_setting
 
 ROOT = Path(__file__).resolve().parent.parent

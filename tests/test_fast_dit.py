@@ -9,7 +9,7 @@ from _util import generate
 
 from acestep import AceStep
 from acestep.engine.fast_dit import DitRunner, fast_mode
-from acestep.lm.capture import fail_next_capture
+from acestep.memory.capture import fail_next_capture
 
 
 def _inputs(engine: AceStep, batch: int = 2, frames: int = 40) -> dict:

@@ -23,9 +23,9 @@ from acestep.checkpoints.lm_folders import LmNotAvailable, find_lm_folder
 from acestep.checkpoints.registry import MAIN_REPO
 from acestep.checkpoints.task_support import TaskNotSupported, require_task
 from acestep.cli import download_main
+from acestep.jobs.queue import LocalJobQueue
 from acestep.memory.gpus import StaticSource
 from acestep.memory.manager import MemoryManager
-from acestep.serving.jobs import LocalJobQueue
 from acestep.testing import synthetic_audio
 from acestep.worker.runner import EngineSpec
 

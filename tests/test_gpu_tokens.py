@@ -19,7 +19,7 @@ import uvicorn
 from fastapi import FastAPI, HTTPException, Request
 from loguru import logger
 
-from acestep.serving.gpu_tokens import GpuTokenClient, GpuTokenError, GpuTokenSettings
+from acestep.jobs.gpu_tokens import GpuTokenClient, GpuTokenError, GpuTokenSettings
 
 
 def _free_port() -> int:
@@ -359,5 +359,5 @@ def test_module_does_not_import_torch() -> None:
     import subprocess
     import sys
 
-    code = "import sys, acestep.serving.gpu_tokens; sys.exit('torch' in sys.modules)"
+    code = "import sys, acestep.jobs.gpu_tokens; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

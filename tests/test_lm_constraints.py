@@ -10,9 +10,9 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from acestep.engine.request import VOCAL_LANGUAGES
 from acestep.lm.constraints import FIELDS, ConstraintTables, CotConstraint
 from acestep.lm.vocab import LmVocab
+from acestep.request import VOCAL_LANGUAGES
 from acestep.testing import make_tiny_lm
 
 PAD = 7  # extra logits columns beyond the tokenizer, as a padded LM head has

@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import save_file
 
 from acestep import AceStep
-from acestep.engine.request import GenerationRequest
 from acestep.lora.catalog import LoraError, LoraNotFound
+from acestep.request import GenerationRequest
 from acestep.testing import make_tiny_lora
 
 

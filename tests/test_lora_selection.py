@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from acestep.engine.request import GenerationRequest
 from acestep.lora.catalog import LoraError, LoraNotFound
 from acestep.lora.selection import DefaultFull, LoraSelection
+from acestep.request import GenerationRequest
 from acestep.testing import make_tiny_lora
 
 

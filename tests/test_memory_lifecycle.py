@@ -15,11 +15,12 @@ import soundfile as sf
 import torch
 
 from acestep import GenerationRequest
+from acestep.errors import JobError
 from acestep.memory.gpus import StaticSource
 from acestep.memory.keep_alive import NEVER, KeepAlivePolicy
 from acestep.memory.manager import MemoryManager
 from acestep.worker.dispatcher import BusyError, Dispatcher
-from acestep.worker.runner import EngineSpec, InProcessRunner, JobError
+from acestep.worker.runner import EngineSpec, InProcessRunner
 
 SECONDS = 6.0
 FRAMES = int(SECONDS * 25)

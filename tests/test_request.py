@@ -19,7 +19,7 @@ from acestep.engine.schedules import (
     turbo_table,
 )
 from acestep.engine.seeds import SEED_SPACE, resolve_seeds
-from acestep.engine.tasks import TRACK_NAMES, build_instruction, with_colon
+from acestep.tasks import TRACK_NAMES, build_instruction, with_colon
 
 SRC = "song.wav"  # request validation does not open files
 

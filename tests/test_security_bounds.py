@@ -12,9 +12,9 @@ import pytest
 from _server import KEY, Server
 from pydantic import BaseModel
 
-from acestep.engine.bounds import MAX_AUDIO_CODE_CHARS, MAX_PATH_CHARS, MAX_SEED_CHARS, MAX_TEXT_CHARS
-from acestep.engine.request import GenerationRequest
+from acestep.request import GenerationRequest
 from acestep.serving.params import ALL_SPECS, MAX_MODEL_CHARS, MAX_TASK_IDS
+from acestep.tasks import MAX_AUDIO_CODE_CHARS, MAX_PATH_CHARS, MAX_SEED_CHARS, MAX_TEXT_CHARS
 
 SIZED = {"str", "bytes", "list", "tuple", "set", "frozenset", "dict"}  # core-schema types with a length
 WAIT_LIMIT_S = 5  # the module server's ACESTEP_CONTROL_TIMEOUT

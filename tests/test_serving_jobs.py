@@ -7,9 +7,9 @@ import time
 import pytest
 
 from acestep import GenerationRequest
+from acestep.jobs.queue import LocalJobQueue, QueueFull
 from acestep.memory.gpus import StaticSource
 from acestep.memory.manager import MemoryManager
-from acestep.serving.jobs import LocalJobQueue, QueueFull
 from acestep.serving.wire import query_entry
 from acestep.worker.runner import EngineSpec
 

@@ -16,7 +16,7 @@ import pytest
 import soundfile as sf
 from starlette.datastructures import UploadFile
 
-from acestep.serving.uploads import (
+from acestep.jobs.uploads import (
     AUDIO_KINDS,
     CHUNK_BYTES,
     UploadError,

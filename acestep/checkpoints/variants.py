@@ -19,6 +19,11 @@ class Variant:
     accepts_custom_timesteps: bool
 
     @property
+    def tag(self) -> str:
+        """The variant as LoRA adapters record it: ``base``, ``turbo``, ``sft``, ``xl-base``, ..."""
+        return ("xl-" if self.is_xl else "") + self.name
+
+    @property
     def supported_tasks(self) -> frozenset[str]:
         return TURBO_TASKS if self.is_turbo else ALL_TASKS
 

@@ -17,7 +17,7 @@ def _demo_inputs(args: argparse.Namespace) -> str:
     """Build (once) the tiny demo checkpoint, and a synthetic source if the task needs one."""
     import soundfile as sf
 
-    from acestep.engine.tasks import SOURCE_TASKS
+    from acestep.tasks import SOURCE_TASKS
     from acestep.testing import make_tiny_checkpoint, synthetic_audio
 
     variant = "turbo" if args.task_type in ("text2music", "repaint", "cover") else "base"

@@ -48,9 +48,9 @@ REQUEST_ARGS = (
 
 
 def _generate_parser(sub: argparse._SubParsersAction) -> None:
-    from acestep.engine.request import AUDIO_FORMATS, TIME_SIGNATURES, VOCAL_LANGUAGES, GenerationRequest
-    from acestep.engine.tasks import TASK_TYPES, TRACK_NAMES
     from acestep.memory.precision import DTYPES
+    from acestep.request import AUDIO_FORMATS, TIME_SIGNATURES, VOCAL_LANGUAGES, GenerationRequest
+    from acestep.tasks import TASK_TYPES, TRACK_NAMES
 
     def default(name: str) -> object:  # the request's own default, shown in the help only
         return GenerationRequest.model_fields[name].default
@@ -206,7 +206,7 @@ def _generate_parser(sub: argparse._SubParsersAction) -> None:
 def run_generate(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from acestep.engine.request import GenerationRequest
+    from acestep.request import GenerationRequest
 
     started = time.perf_counter()
     configure_logs(args.verbose)
@@ -242,7 +242,7 @@ def run_generate(args: argparse.Namespace) -> int:
     from acestep.checkpoints import CheckpointError, resolve
     from acestep.checkpoints.lm_folders import LmNotAvailable
     from acestep.checkpoints.task_support import require_task
-    from acestep.lora.catalog import find, lora_dir, tag_of
+    from acestep.lora.catalog import find, lora_dir
     from acestep.memory.keep_alive import KeepAliveError, parse_keep_alive
     from acestep.memory.limits import MemoryLimitError
 
@@ -261,7 +261,7 @@ def run_generate(args: argparse.Namespace) -> int:
         manager = _memory_manager(args, MEMORY_FLAGS | LM_SWITCH_FLAGS)
         manager.lm_name = lm_folder.name if lm_folder is not None else None
         manager.validate(request)  # tier limits (the LM switch too): refused before anything is loaded
-        find(lora_dir(), request.lora or [], tag_of(paths.variant))  # the adapters, by their headers
+        find(lora_dir(), request.lora or [], paths.variant.tag)  # the adapters, by their headers
     except (KeepAliveError, ValueError) as exc:
         lm_off = isinstance(exc, MemoryLimitError) and exc.limit == "lm_enabled"
         hint = " (on the command line: --init-llm)" if lm_off else ""

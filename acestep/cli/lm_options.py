@@ -43,7 +43,7 @@ CODE_TOKEN = re.compile(r"<\|audio_code_\d+\|>")
 def _lm_flags(p: argparse.ArgumentParser) -> None:
     """The LM flags. Every default is None so that only what the user set reaches the request,
     whose own defaults (upstream's) stay the single source of truth."""
-    from acestep.engine.request import GenerationRequest
+    from acestep.request import GenerationRequest
 
     g = p.add_argument_group("5Hz LM", "the LM runs only with --thinking, --sample-query or --use-format")
     g.add_argument(

@@ -99,7 +99,6 @@ def _executor(args: argparse.Namespace):
         return NoopExecutor(model=args.dit or "noop", seconds=seconds)
     from acestep.checkpoints.layout import resolve
     from acestep.checkpoints.lm_folders import lm_availability
-    from acestep.lora.catalog import tag_of
     from acestep.memory.manager import MemoryManager
     from acestep.settings import checkpoints_dir
     from acestep.worker.runner import EngineSpec
@@ -115,10 +114,10 @@ def _executor(args: argparse.Namespace):
     tasks = list(paths.variant.supported_tasks)
     # The variant as adapters record it (xl-base for the XL base): API servers match LoRAs by it.
     executor = ManagerExecutor(
-        manager, spec, paths.dit_name, tag_of(paths.variant), tasks, preload=not args.no_preload
+        manager, spec, paths.dit_name, paths.variant.tag, tasks, preload=not args.no_preload
     )
     if os.environ.get("ACESTEP_GPU_QUEUE_URL"):
-        from acestep.serving.gpu_tokens import install_gpu_tokens
+        from acestep.jobs.gpu_tokens import install_gpu_tokens
 
         install_gpu_tokens(manager.dispatcher)
     return executor

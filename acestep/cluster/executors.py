@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Protocol
 
 from acestep.cluster.records import JobRecord
-from acestep.engine.request import AudioItem, GenerationResult
 from acestep.memory.manager import worker_summary
+from acestep.request import AudioItem, GenerationResult
 
 PROGRESS_S = 0.5
 # Answers True when the job should stop (a cancel was asked).
@@ -107,7 +107,7 @@ class NoopExecutor:
     of sleep first, to hold a job in flight in tests)."""
 
     def __init__(self, model: str = "noop", tasks: list[str] | None = None, seconds: float = 0.0):
-        from acestep.engine.tasks import TASK_TYPES
+        from acestep.tasks import TASK_TYPES
 
         self.model, self.variant = model, "noop"
         self.tasks = sorted(tasks or TASK_TYPES)

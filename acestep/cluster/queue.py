@@ -22,10 +22,10 @@ from acestep.cluster.records import JobRecord
 from acestep.cluster.routing import choose_model
 from acestep.cluster.settings import ClusterSettings, redacted
 from acestep.cluster.store import JobStore
-from acestep.engine.request import GenerationRequest
+from acestep.jobs.queue import QueueFull, QueueUnavailable, average_fields, remove_paths
+from acestep.jobs.retention import Retention, input_paths
 from acestep.lora.selection import LoraSelection
-from acestep.serving.jobs import QueueFull, QueueUnavailable, average_fields, remove_paths
-from acestep.serving.retention import Retention, input_paths
+from acestep.request import GenerationRequest
 
 POLL_S = 0.2
 API_RETRIES = 2  # a blip is retried; a Redis that stays away is a 503 with Retry-After
@@ -230,7 +230,7 @@ class RedisJobQueue:
         return len(taken)
 
     def sweep_files(self, now: float | None = None) -> int:
-        """Retention by age of the shared folders (see :mod:`acestep.serving.retention`); the
+        """Retention by age of the shared folders (see :mod:`acestep.jobs.retention`); the
         queued and running jobs of every server keep their inputs and result folders."""
         with redis_unavailable("read the live jobs"):
             ids = {

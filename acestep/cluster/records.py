@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from acestep.engine.request import GenerationRequest, GenerationResult
+from acestep.request import GenerationRequest, GenerationResult
 
 RESULT_COMPUTED = {"audio_paths", "seeds"}
 

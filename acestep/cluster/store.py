@@ -24,8 +24,8 @@ import redis
 
 from acestep.cluster.broker import QueuedMessage
 from acestep.cluster.records import JobRecord, result_json
-from acestep.engine.request import GenerationResult
-from acestep.serving.jobs import DURATION_BUCKETS
+from acestep.jobs.queue import DURATION_BUCKETS
+from acestep.request import GenerationResult
 
 STATES = ("queued", "running", "succeeded", "failed")
 RECENT_DURATIONS = 50

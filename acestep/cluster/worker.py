@@ -31,7 +31,7 @@ from acestep.cluster.broker import ACTOR_NAME, QueuedMessage, make_broker, queue
 from acestep.cluster.executors import Executor, JobFailed
 from acestep.cluster.settings import MAX_STARTS, ClusterSettings, redacted
 from acestep.cluster.store import JobStore
-from acestep.serving.jobs import remove_paths
+from acestep.jobs.queue import remove_paths
 
 POLL_MS = 100
 RETRY_CAP_S = 5.0

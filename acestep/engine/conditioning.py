@@ -21,8 +21,8 @@ import torch
 
 from acestep.engine.audio_io import SAMPLE_RATE, frames_for_seconds, seconds_to_frame
 from acestep.engine.codec import HOP, AudioCodec, pad_with, tile_frames
-from acestep.engine.request import GenerationRequest
-from acestep.engine.tasks import AUTO_DURATION_S, build_instruction, with_colon
+from acestep.request import GenerationRequest
+from acestep.tasks import AUTO_DURATION_S, build_instruction, with_colon
 
 MIN_FRAMES = 128  # upstream's minimum sequence (5.12 s)
 REFERENCE_SECONDS = 30

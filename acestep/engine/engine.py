@@ -23,18 +23,17 @@ from acestep.engine.lm_stage import LmStage
 from acestep.engine.output import GenerationError as GenerationError  # re-exported: a public name
 from acestep.engine.output import check_latents, fit_length, save_items
 from acestep.engine.prompts import caption_prompt, encode_text, lyric_prompt, metas_string
-from acestep.engine.request import GenerationRequest, GenerationResult
 from acestep.engine.sampler import Condition, Guidance, denoise
 from acestep.engine.schedules import build_schedule
 from acestep.engine.seeds import generators, item_noise, resolve_seeds
-from acestep.engine.tasks import SOURCE_TASKS
 from acestep.lora.adapters import Adapters
-from acestep.lora.catalog import tag_of
 from acestep.memory.devices import apply_vram_cap, resolve_device, total_gib
 from acestep.memory.limits import Limits
 from acestep.memory.mixed import use_rope_mode
 from acestep.memory.precision import PrecisionPlan, apply_attention, precision_plan
 from acestep.memory.residency import Place, Residency, ResidencyPlan, plan_for, resident_plan
+from acestep.request import GenerationRequest, GenerationResult
+from acestep.tasks import SOURCE_TASKS
 
 ProgressCallback = Callable[[str, float], None]
 
@@ -66,7 +65,7 @@ class AceStep:
         self.residency = Residency(components.modules(), plan or resident_plan(str(device)))
         self.residency.settle()
         self.dit = DitRunner(components.transformer, fast)
-        self.adapters = Adapters(components.transformer, tag_of(paths.variant))
+        self.adapters = Adapters(components.transformer, paths.variant.tag)
         self._adapters_seen = self.adapters.version
         # Captured graphs point at the DiT's weights: only worth it while they stay put.
         self.dit.graphs_allowed = self.residency.plan.idle["dit"] is not Place.CPU

@@ -8,7 +8,7 @@
   every step (the launch overhead of ~700 kernels per step disappears). Only while the DiT stays
   on the GPU between steps; the graphs are dropped whenever its weights move.
 
-Every compilation and capture runs under :func:`acestep.lm.capture.guarded_capture`: the CPU and
+Every compilation and capture runs under :func:`acestep.memory.capture.guarded_capture`: the CPU and
 CUDA RNG states are restored afterwards whatever happened, and a failure logs once and leaves the
 process eager, so a broken compiler or capture costs speed, never a job. The denoise loop draws no
 random numbers, so the fast path changes no seed's audio beyond the documented tolerance
@@ -25,7 +25,7 @@ from typing import TypeVar
 import torch
 from loguru import logger
 
-from acestep.lm.capture import guarded_capture
+from acestep.memory.capture import guarded_capture
 from acestep.memory.precision import FAST_MODES, fast_mode
 
 __all__ = ["FAST_MODES", "CompiledModules", "DitRunner", "compiled_decoder", "fast_mode"]

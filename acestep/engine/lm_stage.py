@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 
 from acestep.checkpoints.lm_folders import LmNotAvailable
-from acestep.engine.request import GenerationRequest
 from acestep.memory.residency import Residency
+from acestep.request import GenerationRequest
 
 
 def lm_dtype(device: torch.device) -> torch.dtype:

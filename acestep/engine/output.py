@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from acestep.engine import audio_io, conditioning
-from acestep.engine.request import AudioItem, GenerationRequest
+from acestep.request import AudioItem, GenerationRequest
 
 
 class GenerationError(RuntimeError):

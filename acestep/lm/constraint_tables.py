@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from acestep.engine.request import VOCAL_LANGUAGES
 from acestep.lm.vocab import LmVocab
+from acestep.request import VOCAL_LANGUAGES
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

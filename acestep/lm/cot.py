@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import yaml
 
-from acestep.engine.request import KEY_SCALE_RE, MAX_DURATION_S, TIME_SIGNATURES, VOCAL_LANGUAGES
+from acestep.request import KEY_SCALE_RE, MAX_DURATION_S, TIME_SIGNATURES, VOCAL_LANGUAGES
 
 CODE_TOKEN_RE = re.compile(r"<\|audio_code_(\d+)\|>")
 

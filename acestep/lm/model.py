@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 from loguru import logger
 
-from acestep.lm.capture import guarded_capture
 from acestep.lm.decoder import Forward, decode, eager_forward, last_logits
 from acestep.lm.sampling import SamplingParams
 from acestep.lm.vocab import LmVocab
+from acestep.memory.capture import guarded_capture
 
 MAX_MODEL_LEN = 4096
 CAPTURE_NAME = "5Hz LM fast path"

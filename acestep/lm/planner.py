@@ -15,13 +15,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from acestep.engine.request import INSTRUMENTAL_LYRICS, GenerationRequest
-from acestep.engine.tasks import AUTO_DURATION_S, CODES_PER_SECOND
 from acestep.lm import prompts
 from acestep.lm.constraints import CotConstraint
 from acestep.lm.cot import metas_for_dit, parse_output, serialize_cot
 from acestep.lm.model import LanguageModel
 from acestep.lm.sampling import SamplingParams
+from acestep.request import INSTRUMENTAL_LYRICS, GenerationRequest
+from acestep.tasks import AUTO_DURATION_S, CODES_PER_SECOND
 
 COT_TOKEN_BUDGET = 1024  # bpm..timesignature with a 512-token caption fits well inside
 COT_ALLOWANCE = 48  # tokens of the phase-2 CoT beyond its caption, for the early budget check

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from acestep.engine.request import INSTRUMENTAL_LYRICS
+from acestep.request import INSTRUMENTAL_LYRICS
 
 if TYPE_CHECKING:  # transformers is heavy; only the annotations need it
     from transformers import PreTrainedTokenizerBase

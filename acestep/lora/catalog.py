@@ -54,17 +54,12 @@ class LoraInfo:
         return asdict(self) | {"targets": list(self.targets)}
 
 
-def tag_of(variant) -> str:
-    """A DiT variant as adapters record it: ``base``, ``turbo``, ``sft``, ``xl-base``, ..."""
-    return ("xl-" if variant.is_xl else "") + variant.name
-
-
 def variant_tag(folder_or_path: str) -> str | None:
     """``acestep-v15-xl-base`` -> ``xl-base``; None unless the name is a DiT folder's."""
     name = Path(str(folder_or_path).rstrip("/")).name.lower()
     if not name.startswith("acestep-v15"):
         return None
-    return tag_of(detect_variant({}, name))
+    return detect_variant({}, name).tag
 
 
 def find(directory: str | Path, names: list[str] | tuple[str, ...], model_tag: str | None) -> list[LoraInfo]:
@@ -207,3 +202,8 @@ def _check_pairs(shapes: dict[str, tuple[int, ...]], name: str) -> tuple[int, in
         module.rsplit(".", 2)[-2] if module.endswith(".0") else module.rsplit(".", 1)[-1] for module in pairs
     }
     return ranks.pop(), len(pairs), tuple(sorted(kinds))
+
+
+def no_adapters() -> dict:
+    """The adapter status of a model with none attached (or of a runner without a model)."""
+    return {"loaded": [], "active": [], "bytes": 0}

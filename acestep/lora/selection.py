@@ -12,8 +12,9 @@ import threading
 from pathlib import Path
 from typing import Protocol
 
-from acestep.engine.request import MAX_ADAPTERS, GenerationRequest
-from acestep.lora.catalog import LoraError, LoraInfo, find, scan
+from acestep.errors import JobError
+from acestep.lora.catalog import LoraError, LoraInfo, find, no_adapters, scan
+from acestep.request import MAX_ADAPTERS, GenerationRequest
 from acestep.settings import lora_dir
 
 
@@ -191,8 +192,6 @@ class LoraSelection:
 
 def _on_worker(command, names) -> dict:
     """A worker process answers a refusal as an ``input`` job error: the adapter's own error."""
-    from acestep.worker.runner import JobError
-
     try:
         return command(names)
     except JobError as exc:
@@ -215,6 +214,4 @@ def resident(status: dict) -> dict | list:
     """The adapters in the model from a memory status: one server's, or per live cluster worker."""
     if status.get("mode") == "cluster":
         return [{"worker": w["id"], "adapters": w.get("adapters")} for w in status["workers"] if w["alive"]]
-    from acestep.worker.runner import no_adapters
-
     return status.get("adapters") or no_adapters()

@@ -44,12 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     from acestep.checkpoints import CheckpointError
     from acestep.checkpoints.layout import resolve
     from acestep.checkpoints.lm_folders import lm_availability
-    from acestep.lora.catalog import tag_of
+    from acestep.jobs.queue import LocalJobQueue
     from acestep.lora.selection import LoraSelection
     from acestep.mcp.tools import build_server
     from acestep.memory.manager import MemoryManager
     from acestep.serving.config import ServerConfig, prepare_environment
-    from acestep.serving.jobs import LocalJobQueue
     from acestep.worker.runner import EngineSpec
 
     prepare_environment()
@@ -69,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         config.queue_maxsize,
         config.result_ttl_s,
         config.cleanup_interval_s,
-        loras=LoraSelection(tag_of(paths.variant)),
+        loras=LoraSelection(paths.variant.tag),
         checkpoint=paths,
         uploads_dir=config.uploads_dir,
     )

@@ -26,16 +26,15 @@ from pydantic import ValidationError
 
 from acestep.engine.audio_limits import AudioInputError
 from acestep.engine.audio_probe import checked_seconds
-from acestep.engine.bounds import shown
 from acestep.engine.disk_full import NoSpaceError, is_no_space
-from acestep.engine.request import ADAPTER_NAME_RE, GenerationRequest
-from acestep.engine.tasks import TRACK_NAMES
+from acestep.errors import shown
+from acestep.jobs.uploads import UploadError, confine, sniff_audio
+from acestep.jobs.waits import CommandTimeout, follow_to_end, run_command
+from acestep.request import ADAPTER_NAME_RE, GenerationRequest
 from acestep.serving.routes_compat import MEDIA_TYPES
-from acestep.serving.routes_lego import default_caption
-from acestep.serving.uploads import UploadError, confine, sniff_audio
-from acestep.serving.waits import CommandTimeout, follow_to_end, run_command
 from acestep.serving.wire import audio_url
 from acestep.settings import env_int
+from acestep.tasks import TRACK_NAMES, default_caption
 
 TIMEOUT_S = 600.0
 # Audio embedded in one tool result, in MiB; past it, links (0: links only). The API process
@@ -70,9 +69,9 @@ def _request(values: dict) -> GenerationRequest:
 
 
 async def _run(backend: Backend, request: GenerationRequest, cleanup: list[Path], delivery: Delivery) -> list:
+    from acestep.jobs.queue import QueueFull, QueueUnavailable
     from acestep.memory.keep_alive import KeepAliveError
     from acestep.memory.limits import MemoryLimitError
-    from acestep.serving.jobs import QueueFull, QueueUnavailable
 
     queue = backend.queue
     try:
@@ -359,8 +358,8 @@ def build_server(
     async def load_lora(name: str, scale: float = 1.0) -> dict:
         """Load an adapter into the model and make it the default (at ``scale``) for jobs that name
         no adapter."""
-        from acestep.engine.request import MAX_LORA_SCALE
-        from acestep.worker.runner import JobError
+        from acestep.errors import JobError
+        from acestep.request import MAX_LORA_SCALE
 
         if not 0.0 <= scale <= MAX_LORA_SCALE:
             raise ToolError(f"scale must be between 0 and {MAX_LORA_SCALE:g}")
@@ -372,7 +371,7 @@ def build_server(
     @server.tool()
     async def unload_lora(name: str | None = None) -> dict:
         """Remove an adapter (all without a name) from the model and from the default."""
-        from acestep.worker.runner import JobError
+        from acestep.errors import JobError
 
         try:
             names = [_adapter(name)] if name else None

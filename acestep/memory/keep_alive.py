@@ -1,62 +1,19 @@
-"""Keep-alive: how long loaded models stay after the last job before they are unloaded.
+"""Keep-alive policy: how long loaded models stay after the last job before they are unloaded.
 
-``0`` unloads after every job, ``-1`` (any negative) never unloads, anything else is a duration
-(``300``, ``"90s"``, ``"5m"``, ``"1h30m"``). The server sets a default; a request may carry its own
-unless the operator forbids it. Time comes from an injected clock so the policy is testable.
+The duration grammar is ``acestep.tasks.parse_keep_alive``. The server sets a default; a request
+may carry its own unless the operator forbids it. Time comes from an injected clock so the policy
+is testable.
 """
 
 from __future__ import annotations
 
-import math
 import os
-import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from acestep.settings import parse_bool_setting
-
-NEVER = math.inf
-DEFAULT_KEEP_ALIVE = "5m"
-UNLOAD_LEVELS = ("park", "free")
-_PART = re.compile(r"(\d+(?:\.\d+)?)([hms]?)")
-_UNIT = {"h": 3600.0, "m": 60.0, "s": 1.0, "": 1.0}
-
-
-class KeepAliveError(ValueError):
-    pass
-
-
-def parse_keep_alive(value: str | float | int | None) -> float:
-    """Seconds to keep models loaded after a job; ``math.inf`` means never unload."""
-    if value is None:
-        raise KeepAliveError("keep_alive is empty")
-    if isinstance(value, bool):
-        raise KeepAliveError(f"keep_alive must be a duration, 0 or -1, got {value!r}")
-    if isinstance(value, int | float):
-        return _finite(value)
-    text = str(value).strip().lower()
-    if text in ("never", "forever"):
-        return NEVER
-    try:
-        number = float(text)
-    except ValueError:
-        number = None
-    if number is not None:
-        return _finite(number)
-    parts = _PART.findall(text)
-    if not parts or "".join(n + u for n, u in parts) != text.replace(" ", ""):
-        raise KeepAliveError(
-            f"keep_alive {value!r} is not a duration; use seconds (300), '5m', '1h30m', 0 or -1"
-        )
-    return sum(float(n) * _UNIT[u] for n, u in parts)
-
-
-def _finite(value: float) -> float:
-    """Negative means never; NaN and infinities are refused (a NaN deadline would never expire)."""
-    if math.isnan(value) or math.isinf(value):
-        raise KeepAliveError(f"keep_alive must be a finite number of seconds, 0 or -1, got {value!r}")
-    return NEVER if value < 0 else float(value)
+from acestep.tasks import DEFAULT_KEEP_ALIVE, NEVER, UNLOAD_LEVELS, KeepAliveError, parse_keep_alive
 
 
 def describe(seconds: float) -> str:

@@ -12,10 +12,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from acestep.engine.request import GenerationRequest
-from acestep.engine.tasks import AUTO_DURATION_S, CODES_PER_SECOND, SOURCE_TASKS
 from acestep.memory.tiers import LM_SIZES, Tier, lm_size_of, tier_for_gib
+from acestep.request import GenerationRequest
 from acestep.settings import parse_bool_setting
+from acestep.tasks import AUTO_DURATION_S, CODES_PER_SECOND, SOURCE_TASKS
 
 _CODE = re.compile(r"<\|audio_code_\d+\|>")
 

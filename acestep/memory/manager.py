@@ -18,13 +18,13 @@ from pathlib import Path
 
 from loguru import logger
 
-from acestep.engine.request import GenerationRequest
 from acestep.memory.gpus import DeviceStatsSource, GpuInfo, default_source, select_gpu
 from acestep.memory.keep_alive import KeepAlivePolicy
 from acestep.memory.limits import Limits
 from acestep.memory.precision import attention_backend, fast_mode, planned_dtype, rope_mode
 from acestep.memory.report import MemoryReport
 from acestep.memory.residency import ResidencyPlan, plan_for
+from acestep.request import GenerationRequest
 
 REPORTS_KEPT = 20
 

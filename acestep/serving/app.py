@@ -21,14 +21,13 @@ from acestep import __version__
 from acestep.checkpoints.layout import resolve
 from acestep.checkpoints.lm_folders import lm_availability
 from acestep.cluster.settings import ClusterSettings, redacted
-from acestep.lora.catalog import tag_of
+from acestep.jobs.gpu_tokens import install_gpu_tokens
+from acestep.jobs.queue import LocalJobQueue, QueueUnavailable
 from acestep.lora.selection import LoraSelection
 from acestep.memory.manager import MemoryManager
 from acestep.serving.auth import HeaderKeyGate
 from acestep.serving.config import MIN_KEY_LENGTH, ServerConfig
 from acestep.serving.errors import ErrorBoundary
-from acestep.serving.gpu_tokens import install_gpu_tokens
-from acestep.serving.jobs import LocalJobQueue, QueueUnavailable
 from acestep.serving.limits import BodyGuard
 from acestep.serving.origins import LocalOriginGuard
 from acestep.serving.throttle import AuthThrottle
@@ -43,7 +42,7 @@ def create_app(
     paths = resolve(config.checkpoint, config.dit)  # a wrong checkpoint fails at start, not per job
     cluster = ClusterSettings.from_env() if manager is None else None  # a bad URL fails at start too
     # The adapters requests may name; a cluster's workers serve several models and check their own.
-    loras = LoraSelection(None if cluster else tag_of(paths.variant))
+    loras = LoraSelection(None if cluster else paths.variant.tag)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -171,7 +170,7 @@ def _cluster_front(cluster: ClusterSettings, config: ServerConfig, paths, loras:
         config.results_dir,
         default_model=paths.dit_name,
         default_tasks=paths.variant.supported_tasks,
-        default_variant=tag_of(paths.variant),
+        default_variant=paths.variant.tag,
         maxsize=config.queue_maxsize,
         result_ttl_s=config.result_ttl_s,
         cleanup_interval_s=config.cleanup_interval_s,

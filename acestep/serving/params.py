@@ -4,7 +4,7 @@ Upstream looks every name up at the top level, then in ``param_obj``, then in th
 ``metas``/``meta``/``metadata``/``user_metadata``/``userMetadata`` (serving spec section 3.2). Form
 bodies carry strings, so booleans and numbers are converted here; unlike upstream, a value that
 cannot be understood is a :class:`ParamError` naming the field instead of a silent default.
-Range and value checks stay in :class:`~acestep.engine.request.GenerationRequest`.
+Range and value checks stay in :class:`~acestep.request.GenerationRequest`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from acestep.engine.bounds import MAX_NAME_CHARS, MAX_PATH_CHARS, shown
-from acestep.engine.request import GenerationRequest
+from acestep.errors import shown
+from acestep.request import GenerationRequest
+from acestep.tasks import MAX_NAME_CHARS, MAX_PATH_CHARS
 
 _TRUE = frozenset({"1", "true", "yes", "y", "on"})
 _FALSE = frozenset({"0", "false", "no", "n", "off"})

@@ -2,7 +2,7 @@
 the Prometheus GET /metrics.
 
 Loads and unloads run on the GPU worker between jobs; the handlers wait for them through
-``acestep.serving.waits`` (bounded, off the shared thread pool, withdrawn when the client goes).
+``acestep.jobs.waits`` (bounded, off the shared thread pool, withdrawn when the client goes).
 """
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ from __future__ import annotations
 import anyio
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 
-from acestep.engine.bounds import shown
+from acestep.errors import shown
+from acestep.jobs.waits import CommandTimeout, run_command
 from acestep.serving import auth
 from acestep.serving.body import read_body
 from acestep.serving.params import MAX_TASK_ID_CHARS
 from acestep.serving.routes_compat import body_schema
-from acestep.serving.waits import CommandTimeout, run_command
 from acestep.serving.wire import envelope
 from acestep.worker.dispatcher import BusyError
 

@@ -12,13 +12,13 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from acestep import __version__
-from acestep.engine.request import GenerationRequest
+from acestep.jobs.queue import QueueUnavailable
+from acestep.jobs.uploads import UploadError, confine, save_upload
+from acestep.request import GenerationRequest
 from acestep.serving import auth
 from acestep.serving.body import read_body
-from acestep.serving.jobs import QueueUnavailable
 from acestep.serving.lm_params import lm_fields, lm_warnings
 from acestep.serving.params import ParamError, parse_release_params, parse_task_id_list
-from acestep.serving.uploads import UploadError, confine, save_upload
 from acestep.serving.wire import envelope, query_entry
 
 router = APIRouter()
@@ -169,9 +169,9 @@ def _discard(paths: list[Path]) -> None:
 async def submit(request: Request, generation: GenerationRequest, saved: list[Path], lm_only: bool = False):
     """Queue, mapping refusals to 4xx/503; uploads are deleted if the job is not queued. Queue
     calls run in a thread: a cluster's queue is Redis, which must not stall the event loop."""
+    from acestep.jobs.queue import QueueFull
     from acestep.memory.keep_alive import KeepAliveError
     from acestep.memory.limits import MemoryLimitError
-    from acestep.serving.jobs import QueueFull
 
     model = getattr(request.state, "model", None)
     try:

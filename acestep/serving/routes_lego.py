@@ -15,8 +15,9 @@ from fastapi.responses import FileResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from acestep.engine.request import GenerationRequest
-from acestep.engine.tasks import TRACK_NAMES
+from acestep.jobs.uploads import UploadError, save_upload
+from acestep.jobs.waits import CallerGone, follow_to_end
+from acestep.request import GenerationRequest
 from acestep.serving import auth
 from acestep.serving.body import read_body
 from acestep.serving.routes_compat import (
@@ -27,24 +28,14 @@ from acestep.serving.routes_compat import (
     submit,
     validation_message,
 )
-from acestep.serving.uploads import UploadError, save_upload
-from acestep.serving.waits import CallerGone, follow_to_end
 from acestep.serving.wire import audio_url, envelope, result_items
+from acestep.tasks import TRACK_NAMES, default_caption
 
 router = APIRouter()
 
-DEFAULT_CAPTIONS = {
-    "vocals": "soulful indie vocalist, warm, wordless melody, expressive",
-    "backing_vocals": "background vocals, close harmony, wordless, warm",
-    "drums": "live acoustic drum kit, tight kick and snare, brushed hi-hats",
-}
 FORM_FIELDS = ("track_type", "bpm", "key_scale", "audio_duration", "batch_size", "caption", "seed", "format")
 TIMEOUT_S = float(os.environ.get("ACESTEP_GENERATION_TIMEOUT", "600"))
 FAILURE_STATUS = {"input": 422, "limit": 422, "generation": 422, "cancelled": 409, "oom": 507, "disk": 507}
-
-
-def default_caption(track: str) -> str:
-    return DEFAULT_CAPTIONS.get(track, f"{track.replace('_', ' ')}, clean, well played, fits the mix")
 
 
 LEGO_FORM = {

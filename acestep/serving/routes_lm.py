@@ -11,11 +11,11 @@ import json
 from fastapi import APIRouter, HTTPException, Request
 from pydantic import ValidationError
 
-from acestep.engine.request import GenerationRequest
+from acestep.jobs.waits import CallerGone, follow_to_end
+from acestep.request import GenerationRequest
 from acestep.serving import auth
 from acestep.serving.body import read_body
 from acestep.serving.routes_compat import body_schema, submit, validation_message
-from acestep.serving.waits import CallerGone, follow_to_end
 from acestep.serving.wire import envelope
 
 router = APIRouter()

@@ -14,16 +14,16 @@ from pathlib import Path
 from fastapi import APIRouter, Depends, HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
-from acestep.engine.bounds import MAX_PATH_CHARS, shown
-from acestep.engine.request import ADAPTER_NAME_RE, MAX_LORA_SCALE
+from acestep.errors import JobError, shown
+from acestep.jobs.waits import CommandTimeout, run_command
 from acestep.lora.catalog import LoraError, LoraNotFound
 from acestep.lora.selection import DefaultFull, resident
+from acestep.request import ADAPTER_NAME_RE, MAX_LORA_SCALE
 from acestep.serving import auth
 from acestep.serving.body import read_body
 from acestep.serving.routes_compat import body_schema
-from acestep.serving.waits import CommandTimeout, run_command
 from acestep.serving.wire import envelope
-from acestep.worker.runner import JobError
+from acestep.tasks import MAX_PATH_CHARS
 
 router = APIRouter(dependencies=[Depends(auth.require_key)])
 NAME_FIELDS = ("name", "lora", "adapter_name", "lora_name")

@@ -17,8 +17,8 @@ import gradio as gr
 from pydantic import ValidationError
 
 from acestep.engine.audio_limits import AudioInputError
-from acestep.engine.request import GenerationRequest
-from acestep.serving.uploads import UploadError, confine, sniff_audio
+from acestep.jobs.uploads import UploadError, confine, sniff_audio
+from acestep.request import GenerationRequest
 
 MAX_OUTPUTS = 2  # audio players shown per job (batch items beyond are in the file list)
 CAPTION_SHOWN = 200  # characters of the LM's caption in the status line
@@ -76,9 +76,9 @@ def _stage(config, path: str) -> Path:
 
 async def follow(state, request: GenerationRequest, cleanup: list[Path], text: dict, progress: gr.Progress):
     """Submit and yield (status text, audio paths, file paths) until the job ends."""
+    from acestep.jobs.queue import QueueFull, QueueUnavailable
     from acestep.memory.keep_alive import KeepAliveError
     from acestep.memory.limits import MemoryLimitError
-    from acestep.serving.jobs import QueueFull, QueueUnavailable
 
     queue = state.queue
     try:
@@ -177,7 +177,7 @@ def _cluster_text(status: dict, text: dict) -> str:
 
 async def memory_action(state, action: str, text: dict) -> str:
     """Free, park or load (after the running job, waited for off the shared thread pool)."""
-    from acestep.serving.waits import CommandTimeout, run_command
+    from acestep.jobs.waits import CommandTimeout, run_command
     from acestep.worker.dispatcher import BusyError
 
     try:

@@ -7,11 +7,10 @@ import re
 import anyio
 import gradio as gr
 
-from acestep.engine.request import GenerationRequest
-from acestep.engine.tasks import TRACK_NAMES
+from acestep.jobs.queue import remove_paths
 from acestep.memory.keep_alive import KeepAlivePolicy
-from acestep.serving.jobs import remove_paths
-from acestep.serving.routes_lego import default_caption
+from acestep.request import GenerationRequest
+from acestep.tasks import TRACK_NAMES, default_caption
 from acestep.ui import actions
 from acestep.ui import lora as lora_ui
 from acestep.ui.i18n import strings

@@ -12,11 +12,11 @@ import json
 import anyio
 import gradio as gr
 
-from acestep.engine.request import MAX_LORA_SCALE
+from acestep.errors import JobError
+from acestep.jobs.waits import CommandTimeout, run_command
 from acestep.lora.catalog import LoraError
 from acestep.lora.selection import resident
-from acestep.serving.waits import CommandTimeout, run_command
-from acestep.worker.runner import JobError
+from acestep.request import MAX_LORA_SCALE
 
 COLUMNS = ("name", "format", "base_variant", "rank", "alpha", "modules", "compatible")
 

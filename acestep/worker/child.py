@@ -16,9 +16,10 @@ from typing import TextIO
 
 
 def _serve(runner, out: TextIO) -> None:
-    from acestep.engine.request import GenerationRequest
+    from acestep.errors import JobError
     from acestep.memory.report import snapshot
-    from acestep.worker.runner import JobError, classify
+    from acestep.request import GenerationRequest
+    from acestep.worker.runner import classify
 
     def send(message: dict) -> None:
         out.write(json.dumps(message) + "\n")

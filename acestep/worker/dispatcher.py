@@ -24,10 +24,10 @@ from pathlib import Path
 
 from loguru import logger
 
-from acestep.engine.request import GenerationRequest, GenerationResult
+from acestep.errors import JobError
 from acestep.memory.keep_alive import NEVER, IdleTimer, KeepAlivePolicy
 from acestep.memory.report import MemoryReport
-from acestep.worker.runner import JobError
+from acestep.request import GenerationRequest, GenerationResult
 
 POLL_S = 0.5  # longest sleep between keep-alive checks (the clock may be a test's fake clock)
 
@@ -54,7 +54,7 @@ class WaitScope:
     gone: Future
 
 
-# Set by the faces around a blocking command (``acestep.serving.waits``); a context variable, so
+# Set by the faces around a blocking command (``acestep.jobs.waits``); a context variable, so
 # the layers in between (the LoRA selection, the memory manager) need not pass it on.
 WAIT_SCOPE: ContextVar[WaitScope | None] = ContextVar("acestep_wait_scope", default=None)
 

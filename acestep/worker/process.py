@@ -21,12 +21,14 @@ from pathlib import Path
 
 from loguru import logger
 
-from acestep.engine.request import GenerationRequest, GenerationResult
+from acestep.errors import JobError
+from acestep.lora.catalog import no_adapters
 from acestep.memory.gpus import DeviceStatsSource
 from acestep.memory.report import MemoryReport, MemorySnapshot, Stopwatch
 from acestep.memory.residency import REPORTED, Place
+from acestep.request import GenerationRequest, GenerationResult
 from acestep.settings import SECRET_SETTINGS
-from acestep.worker.runner import EngineSpec, JobError, Progress, no_adapters
+from acestep.worker.runner import EngineSpec, Progress
 
 EXIT_TIMEOUT_S = 60.0
 START_TIMEOUT_S = float(os.environ.get("ACESTEP_WORKER_START_TIMEOUT", "600"))

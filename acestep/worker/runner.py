@@ -14,18 +14,15 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from acestep.engine.request import GenerationRequest, GenerationResult
+from acestep.errors import JobError
+from acestep.lora.catalog import no_adapters
 from acestep.memory.gpus import DeviceStatsSource
 from acestep.memory.report import MemoryReport, Stopwatch, release_cached, reset_peak, snapshot
 from acestep.memory.residency import REPORTED, Place
+from acestep.request import GenerationRequest, GenerationResult
 
 Progress = Callable[[str, float], None]
 FAULT_KINDS = ("oom", "crash", "error")
-
-
-def no_adapters() -> dict:
-    """The adapter status of a runner without a model."""
-    return {"loaded": [], "active": [], "bytes": 0}
 
 
 @dataclass(frozen=True)
@@ -40,14 +37,6 @@ class EngineSpec:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-class JobError(RuntimeError):
-    """A job that failed; ``kind`` is oom | input | limit | generation | crash | internal."""
-
-    def __init__(self, kind: str, message: str):
-        super().__init__(message)
-        self.kind = kind
 
 
 def oom_advice(limits=None) -> str:
@@ -186,9 +175,9 @@ class InProcessRunner:
             before, watch = snapshot(self.source), Stopwatch()
             if self.engine is None:
                 from acestep.checkpoints import resolve
-                from acestep.lora.catalog import find, lora_dir, tag_of
+                from acestep.lora.catalog import find, lora_dir
 
-                find(lora_dir(), list(names), tag_of(resolve(self.spec.checkpoint, self.spec.dit).variant))
+                find(lora_dir(), list(names), resolve(self.spec.checkpoint, self.spec.dit).variant.tag)
                 note = "checked; it loads with the model at the next job that names it"
             else:
                 new = self.engine.adapters.load(list(names))

@@ -22,10 +22,10 @@ from loguru import logger
 
 from acestep.checkpoints.layout import CheckpointPaths
 from acestep.checkpoints.task_support import require_task
-from acestep.engine.request import GenerationRequest
+from acestep.jobs.retention import Retention, input_paths
 from acestep.lora.selection import LoraSelection
 from acestep.memory.manager import MemoryManager, worker_summary
-from acestep.serving.retention import Retention, input_paths
+from acestep.request import GenerationRequest
 from acestep.worker.dispatcher import Job
 
 AVERAGE_WINDOW = 50
@@ -281,7 +281,7 @@ class LocalJobQueue:
         return len(expired)
 
     def sweep_files(self, now: float | None = None) -> int:
-        """Retention by age of what no record remembers (see :mod:`acestep.serving.retention`)."""
+        """Retention by age of what no record remembers (see :mod:`acestep.jobs.retention`)."""
         live = self._live_inputs()  # a job queued after this has new inputs, which their age keeps
         with self._lock:
             known = set(self._jobs)
