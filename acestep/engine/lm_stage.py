@@ -9,19 +9,22 @@ import torch
 from acestep.checkpoints.lm_folders import LmNotAvailable
 from acestep.memory.residency import Residency
 from acestep.request import GenerationRequest
-
-
-def lm_dtype(device: torch.device) -> torch.dtype:
-    """bf16 on CUDA, fp32 elsewhere (spec lm.md section 1)."""
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
+from acestep.tasks import MAX_DURATION_S, MIN_DURATION_S
 
 
 class LmStage:
     """The engine's LM: found at start-up, loaded on first need, placed by the memory plan."""
 
-    def __init__(self, folder: Path | None, device: torch.device, max_duration: float = 600):
+    def __init__(
+        self,
+        folder: Path | None,
+        device: torch.device,
+        max_duration: float = MAX_DURATION_S,
+        dtype: torch.dtype = torch.float32,
+    ):
         self.folder = folder
         self.device = device
+        self.dtype = dtype  # the precision plan's ``lm`` entry (acestep/memory/precision.py)
         self.max_duration = int(max_duration)  # the tier's with-LM maximum: the LM cannot ask for more
         self.model = None  # acestep.lm.model.LanguageModel once loaded
 
@@ -42,8 +45,8 @@ class LmStage:
         if self.model is None:
             from acestep.lm.model import LanguageModel, compile_requested
 
-            self.model = LanguageModel.load(self.folder, dtype=lm_dtype(self.device))
-            self.model.max_duration = max(10, min(600, self.max_duration))
+            self.model = LanguageModel.load(self.folder, dtype=self.dtype)
+            self.model.max_duration = max(MIN_DURATION_S, min(int(MAX_DURATION_S), self.max_duration))
             residency.attach("lm", self.model.model)
             if compile_requested() and residency.plan.idle["lm"].value == "gpu":
                 self.model.try_fast_path()

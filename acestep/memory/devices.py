@@ -2,28 +2,39 @@
 
 from __future__ import annotations
 
-import os
-
 import torch
 
+from acestep.memory.device_choice import choose_device
+from acestep.memory.gpus import DeviceStatsSource, GpuInfo
+from acestep.settings import current as current_settings
+from acestep.settings import value as setting_value
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` picks CUDA, then MPS, then CPU; ``ACESTEP_DEVICE`` overrides ``auto``."""
-    if isinstance(device, torch.device):
-        device = str(device)
-    choice = (device or "auto").strip().lower()
-    if choice == "auto":
-        choice = os.environ.get("ACESTEP_DEVICE", "auto").strip().lower() or "auto"
-    if choice == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    resolved = torch.device(choice)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {choice!r} was asked for, but CUDA is not available")
-    return resolved
+
+def resolve_device(
+    device: str | torch.device = "auto", source: DeviceStatsSource | None = None
+) -> torch.device:
+    """The device this process computes on: ``device``, else ``ACESTEP_DEVICE``, decided by
+    :func:`acestep.memory.device_choice.choose_device` over torch's GPU facts (``source``; the
+    server applies the same function to the facts it reads without torch)."""
+    settings = current_settings()
+    setting = str(device or "auto").strip().lower()
+    if setting == "auto":
+        setting = setting_value(settings, "ACESTEP_DEVICE")
+    source = source or LocalTorchSource()
+    facts: list[GpuInfo] = []
+
+    def read() -> list[GpuInfo]:  # only when the settings need GPUs: reading makes CUDA contexts
+        facts.extend(source.gpus())
+        return facts
+
+    choice = choose_device(read, setting, settings.get("ACESTEP_GPU_DEVICE") or None, mps=mps_available())
+    if choice.gpu is not None and len(facts) == 1:
+        return torch.device("cuda")  # the only GPU (a server's worker sees one): named as before
+    return torch.device(choice.torch_name)
+
+
+def mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
 
 
 # The simulated GPU size set by apply_vram_cap (GiB), so memory-dependent sizes follow the cap.
@@ -52,7 +63,7 @@ def vae_decode_chunk_frames(device: torch.device) -> int:
     free at load time: tiling changes the audio slightly, and the same machine and settings must
     always give the same audio for a seed.
     """
-    override = os.environ.get("ACESTEP_VAE_DECODE_CHUNK_SIZE")
+    override = current_settings().get("ACESTEP_VAE_DECODE_CHUNK_SIZE")
     if override:
         return max(int(override), 16)
     if device.type == "cuda":
@@ -69,7 +80,7 @@ def vae_encode_chunk_seconds(device: torch.device) -> int:
     The real encoder holds roughly 140 MiB of fp32 activations per second of audio, so a 30 s tile
     (plus overlap) needs several GiB. ``ACESTEP_VAE_ENCODE_CHUNK_SECONDS`` overrides.
     """
-    override = os.environ.get("ACESTEP_VAE_ENCODE_CHUNK_SECONDS")
+    override = current_settings().get("ACESTEP_VAE_ENCODE_CHUNK_SECONDS")
     if override:
         return max(int(override), 5)
     if device.type == "cuda":
@@ -117,9 +128,7 @@ class LocalTorchSource:
     """GPU facts from torch in this process: for processes that run models themselves (the CLI,
     the worker). A server process uses :mod:`acestep.memory.gpus` sources, which never touch CUDA."""
 
-    def gpus(self):
-        from acestep.memory.gpus import GpuInfo
-
+    def gpus(self) -> list[GpuInfo]:
         out = []
         if torch.cuda.is_available():
             for index in range(torch.cuda.device_count()):

@@ -9,12 +9,13 @@ present, otherwise by a short-lived probe subprocess that asks torch and exits. 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import threading
 from dataclasses import asdict, dataclass, replace
 from typing import Protocol
+
+from acestep.settings import current as current_settings
 
 GIB = 2**30
 
@@ -190,7 +191,7 @@ def _text(value: str | bytes) -> str:
 
 def _visible_filter():
     """A predicate (index, uuid) for ``CUDA_VISIBLE_DEVICES`` (None = no restriction)."""
-    value = os.environ.get("CUDA_VISIBLE_DEVICES")
+    value = current_settings().get("CUDA_VISIBLE_DEVICES")
     if value is None:
         return None
     parts = [p.strip() for p in value.split(",") if p.strip()]

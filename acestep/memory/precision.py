@@ -9,16 +9,21 @@ The policy per GPU (:func:`planned_dtype`): bf16 from compute capability 8.0; be
 Turing, Volta) ``fp16-mixed``: fp16 weights for the DiT, VAE and text encoder, with the lyric
 encoder kept in float32, because that is where fp16 overflows into NaN latents whenever lyrics
 are present (upstream #1243, #1274, #924). See :class:`PrecisionPlan`.
+
+The 5 Hz LM has its own entry in the plan (:func:`planned_lm_dtype`): bf16 where the GPU has it,
+float32 everywhere else (docs/memory.md, "Precision").
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from loguru import logger
+
+from acestep.settings import current as current_settings
+from acestep.settings import value as setting_value
 
 if TYPE_CHECKING:
     import torch
@@ -65,13 +70,15 @@ class PrecisionPlan:
     ``dtype`` is what the DiT, VAE, text encoder and latents use; ``float32_parts`` are
     ``component.submodule`` paths kept in float32 (inputs cast in, outputs cast back);
     ``rope`` is ``fp32`` (rotary tables from float32 frequencies, diffusers' behaviour) or
-    ``upstream`` (frequencies rounded to ``dtype`` first, as upstream's bf16 models do).
+    ``upstream`` (frequencies rounded to ``dtype`` first, as upstream's bf16 models do);
+    ``lm`` is the 5 Hz LM's dtype (:func:`planned_lm_dtype`).
     """
 
     name: str
     dtype: str
     float32_parts: tuple[str, ...] = ()
     rope: str = "fp32"
+    lm: str = "float32"
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -79,11 +86,17 @@ class PrecisionPlan:
 
         return getattr(torch, self.dtype)
 
+    @property
+    def lm_torch_dtype(self) -> torch.dtype:
+        import torch
+
+        return getattr(torch, self.lm)
+
     @classmethod
     def uniform(cls, dtype: str | torch.dtype, rope: str = "fp32") -> PrecisionPlan:
-        """Everything in one dtype (a torch dtype or its name), no float32 parts."""
+        """Everything in one dtype (a torch dtype or its name), the LM included, no float32 parts."""
         name = str(dtype).removeprefix("torch.")
-        return cls(name, name, (), rope)
+        return cls(name, name, (), rope, name)
 
     def as_dict(self) -> dict:
         return {
@@ -91,32 +104,43 @@ class PrecisionPlan:
             "dtype": self.dtype,
             "float32_parts": list(self.float32_parts),
             "rope": self.rope,
+            "lm": self.lm,
         }
 
 
-def plan_named(name: str, rope: str = "fp32") -> PrecisionPlan:
-    """The plan for a policy name (``planned_dtype``'s answer)."""
+def plan_named(name: str, rope: str = "fp32", lm: str | None = None) -> PrecisionPlan:
+    """The plan for a policy name (``planned_dtype``'s answer); ``lm`` defaults to the name's own
+    LM dtype (float32 under fp16-mixed, see :func:`planned_lm_dtype`)."""
+    lm = lm or _LM_UNDER.get(name, name)
     if name == "fp16-mixed":
-        return PrecisionPlan(name, "float16", FLOAT32_PARTS, rope)
-    return PrecisionPlan.uniform(name, rope)
+        return PrecisionPlan(name, "float16", FLOAT32_PARTS, rope, lm)
+    return PrecisionPlan(name, name, (), rope, lm)
+
+
+def plan_for_device(
+    device_type: str, capability: int | None = None, setting: str | None = None, rope: str = "fp32"
+) -> PrecisionPlan:
+    """The whole plan for a device's facts, torch-free: what the server reports and the engine loads."""
+    name = planned_dtype(device_type, capability, setting)
+    return plan_named(name, rope, planned_lm_dtype(device_type, capability, setting))
 
 
 def precision_plan(
     device: torch.device, requested: str | torch.dtype | None = None, env: Mapping[str, str] | None = None
 ) -> PrecisionPlan:
     """``requested``, else ``ACESTEP_DTYPE``, else the per-GPU policy; ``ACESTEP_ROPE`` for RoPE."""
-    env = os.environ if env is None else env
+    env = current_settings() if env is None else env
     rope = rope_mode(env)
     if not isinstance(requested, str) and requested is not None:
         return PrecisionPlan.uniform(requested, rope)
     capability = _capability(device) if device.type == "cuda" else None
-    name = planned_dtype(device.type, capability, requested or env.get("ACESTEP_DTYPE"))
-    if name == "float16" and capability is not None and capability < 8:
+    plan = plan_for_device(device.type, capability, requested or env.get("ACESTEP_DTYPE"), rope)
+    if plan.name == "float16" and capability is not None and capability < 8:
         logger.warning(
             "plain float16 on a GPU below compute capability 8.0 gives NaN audio whenever lyrics are "
             "present (upstream #1243); ACESTEP_DTYPE=auto uses fp16-mixed there"
         )
-    return plan_named(name, rope)
+    return plan
 
 
 def default_dtype(device: torch.device, requested: str | torch.dtype | None = None) -> torch.dtype:
@@ -145,10 +169,33 @@ def planned_dtype(device_type: str, capability: int | None = None, setting: str 
     return "float32"
 
 
+# The LM's dtype under a DiT policy name that is not one dtype for every network.
+_LM_UNDER = {"fp16-mixed": "float32"}
+
+
+def planned_lm_dtype(device_type: str, capability: int | None = None, setting: str | None = None) -> str:
+    """The 5 Hz LM's dtype: the setting when it names one dtype, else bf16 on CUDA from compute
+    capability 8.0 and float32 everywhere else (pre-Ampere GPUs, MPS, CPU).
+
+    Not float16 below 8.0 (T4): the LM is a Qwen3 decoder trained in bf16, and Qwen models in fp16
+    overflow their activations into NaN (QwenLM/Qwen3 issues #826, #868). An overflowed LM does
+    not fail, it writes wrong codes and metadata, so no check catches it the way
+    ``check_latents`` catches the DiT's NaN. float32 costs twice the LM's memory (1.7B: about
+    6.8 GB), and on tier 5 cards the LM idles in CPU RAM anyway (acestep/memory/residency.py).
+    ``fp16-mixed`` keeps the LM in float32 for the same reason; an explicit ``float16`` is obeyed.
+    """
+    name = planned_dtype(device_type, capability, setting)
+    if (setting or "auto").strip().lower() != "auto":
+        return _LM_UNDER.get(name, name)
+    if device_type == "cuda" and (capability or 0) >= 8:
+        return "bfloat16"
+    return "float32"
+
+
 def rope_mode(env: Mapping[str, str] | None = None) -> str:
     """``ACESTEP_ROPE``: ``fp32`` (default) or ``upstream`` (bf16-rounded frequencies, opt-in)."""
-    env = os.environ if env is None else env
-    name = (env.get("ACESTEP_ROPE") or "fp32").strip().lower()
+    env = current_settings() if env is None else env
+    name = setting_value(env, "ACESTEP_ROPE").lower()
     if name not in ROPE_MODES:
         raise ValueError(f"ACESTEP_ROPE must be one of {', '.join(ROPE_MODES)}, got {name!r}")
     return name
@@ -156,8 +203,8 @@ def rope_mode(env: Mapping[str, str] | None = None) -> str:
 
 def attention_backend(env: Mapping[str, str] | None = None) -> str:
     """Our name for the attention kernel in force (``ACESTEP_ATTENTION``, default ``sdpa``)."""
-    env = os.environ if env is None else env
-    name = (env.get("ACESTEP_ATTENTION") or "sdpa").strip().lower()
+    env = current_settings() if env is None else env
+    name = setting_value(env, "ACESTEP_ATTENTION").lower()
     if name in ("auto", "native"):
         name = "sdpa"
     if name not in ATTENTION_BACKENDS:
@@ -183,8 +230,8 @@ def apply_attention(components, name: str | None = None) -> str:
 
 def fast_mode(env: Mapping[str, str] | None = None) -> str:
     """``ACESTEP_DIT_FAST``: ``off`` (default), ``compile`` or ``graphs``."""
-    env = os.environ if env is None else env
-    mode = (env.get("ACESTEP_DIT_FAST") or "off").strip().lower()
+    env = current_settings() if env is None else env
+    mode = setting_value(env, "ACESTEP_DIT_FAST").lower()
     if mode in ("0", "false", "no", "eager"):
         mode = "off"
     if mode not in FAST_MODES:
