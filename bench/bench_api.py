@@ -32,6 +32,7 @@ from acestep.serving.app import create_app
 from acestep.serving.config import ServerConfig
 from acestep.testing import make_tiny_checkpoint
 from acestep.worker.dispatcher import Dispatcher
+from acestep.worker.supervisor import Supervisor
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_JSON = REPO / "bench" / "results" / "api.json"
@@ -42,6 +43,10 @@ class NoopRunner:
 
     state = "ready"
     pid = None
+    alive = False
+
+    def restart(self) -> None:
+        pass
 
     def residency(self) -> dict:
         return {}
@@ -67,9 +72,9 @@ def serve(workdir: Path) -> tuple[uvicorn.Server, int]:
     config = ServerConfig.from_env(env={"ACESTEP_TMPDIR": str(workdir / "tmp")}, checkpoint=str(checkpoint))
     config.queue_maxsize = 100_000
     env = {"ACESTEP_DEVICE": "cpu", "ACESTEP_KEEP_ALIVE": "-1"}
-    manager = MemoryManager(source=StaticSource([]), env=env)
-    manager.dispatcher = Dispatcher(NoopRunner(), KeepAlivePolicy(default=float("inf")))
-    app = create_app(config, manager)
+    supervisor = Supervisor(MemoryManager(source=StaticSource([]), env=env))
+    supervisor.dispatcher = Dispatcher(NoopRunner(), KeepAlivePolicy(default=float("inf")))
+    app = create_app(config, supervisor)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -34,6 +34,7 @@ from acestep.memory.gpus import default_source
 from acestep.memory.manager import MemoryManager
 from acestep.testing import _tiny_tokenizer, make_tiny_checkpoint, synthetic_audio
 from acestep.worker.runner import EngineSpec
+from acestep.worker.supervisor import Supervisor
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_JSON = REPO / "bench" / "results" / "memory.json"
@@ -95,7 +96,8 @@ def mib(value: int | None) -> float | None:
 
 def run_plan(name: str, checkpoint: Path, source_wav: Path, env: dict, args) -> dict:
     source = default_source()
-    manager = MemoryManager(source=source, env=env)
+    decider = MemoryManager(source=source, env=env)
+    manager = Supervisor(decider)  # owns the worker; ``decider`` holds the limits and plan
     dispatcher = manager.start(EngineSpec(str(checkpoint), dit="acestep-v15-base", device="auto"))
     runner = dispatcher.runner
     request = GenerationRequest(
@@ -109,7 +111,7 @@ def run_plan(name: str, checkpoint: Path, source_wav: Path, env: dict, args) -> 
         seed=0,
         audio_format="flac",
     )
-    out = {"plan": name, "tier": manager.limits.tier.name, "residency_plan": manager.plan.as_dict()}
+    out = {"plan": name, "tier": decider.limits.tier.name, "residency_plan": decider.plan.as_dict()}
     with tempfile.TemporaryDirectory() as outputs:
         started = time.perf_counter()
         with NvmlPeak(source, lambda: runner.pid) as nvml:

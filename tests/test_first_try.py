@@ -28,6 +28,7 @@ from acestep.memory.gpus import StaticSource
 from acestep.memory.manager import MemoryManager
 from acestep.testing import synthetic_audio
 from acestep.worker.runner import EngineSpec
+from acestep.worker.supervisor import Supervisor
 
 TURBO = "acestep-v15-turbo"
 BASE = "acestep-v15-base"
@@ -131,7 +132,7 @@ def test_a_fitting_model_in_the_root_is_named_instead(upstream_turbo: Path, upst
 
 def test_the_job_queue_refuses_before_the_worker_loads(broken_turbo: Path, source_wav: Path, tmp_path):
     """The queue behind REST, the UI and MCP: nothing is queued, nothing loads."""
-    manager = MemoryManager(source=StaticSource([]), env={"ACESTEP_KEEP_ALIVE": "-1"})
+    manager = Supervisor(MemoryManager(source=StaticSource([]), env={"ACESTEP_KEEP_ALIVE": "-1"}))
     manager.start(EngineSpec(str(broken_turbo), device="cpu"), in_process=True)
     queue = LocalJobQueue(manager, tmp_path / "results", checkpoint=resolve(broken_turbo))
     try:

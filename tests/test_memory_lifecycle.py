@@ -21,6 +21,7 @@ from acestep.memory.keep_alive import NEVER, KeepAlivePolicy
 from acestep.memory.manager import MemoryManager
 from acestep.worker.dispatcher import BusyError, Dispatcher
 from acestep.worker.runner import EngineSpec, InProcessRunner
+from acestep.worker.supervisor import Supervisor
 
 SECONDS = 6.0
 FRAMES = int(SECONDS * 25)
@@ -254,11 +255,10 @@ def test_submissions_racing_keep_alive_unloads_all_complete(runner, tmp_path):
     assert len(outputs) == 1  # the same seed gave the same audio across every unload and reload
 
 
-def test_manager_runs_jobs_in_process_and_reports(upstream_turbo, tmp_path):
-    mm = MemoryManager(
-        source=StaticSource([]), env={"ACESTEP_KEEP_ALIVE": "-1", "ACESTEP_MAX_BATCH_SIZE": "2"}
-    )
-    with pytest.raises(RuntimeError, match="call MemoryManager.start"):
+def test_supervisor_runs_jobs_in_process_and_reports(upstream_turbo, tmp_path):
+    env = {"ACESTEP_KEEP_ALIVE": "-1", "ACESTEP_MAX_BATCH_SIZE": "2"}
+    mm = Supervisor(MemoryManager(source=StaticSource([]), env=env))
+    with pytest.raises(RuntimeError, match="call Supervisor.start"):
         mm.submit(request(), tmp_path)
     mm.start(EngineSpec(str(upstream_turbo), device="cpu"), in_process=True)
     try:

@@ -12,11 +12,12 @@ from acestep.memory.gpus import StaticSource
 from acestep.memory.manager import MemoryManager
 from acestep.serving.wire import query_entry
 from acestep.worker.runner import EngineSpec
+from acestep.worker.supervisor import Supervisor
 
 
 @pytest.fixture
 def queue(upstream_turbo, tmp_path):
-    manager = MemoryManager(source=StaticSource([]), env={"ACESTEP_KEEP_ALIVE": "-1"})
+    manager = Supervisor(MemoryManager(source=StaticSource([]), env={"ACESTEP_KEEP_ALIVE": "-1"}))
     manager.start(EngineSpec(str(upstream_turbo), device="cpu"), in_process=True)
     jobs = LocalJobQueue(manager, tmp_path / "results", maxsize=2, result_ttl_s=3600, cleanup_interval_s=3600)
     yield jobs

@@ -136,7 +136,7 @@ def test_park_then_free_ends_the_worker_process(dispatcher, tmp_path):
 
 
 def test_a_server_process_never_imports_torch_and_free_leaves_no_worker(upstream_turbo, tmp_path):
-    """The whole server side in a fresh interpreter: manager + process worker, one job, free."""
+    """The whole server side in a fresh interpreter: manager, supervisor + process worker, one job, free."""
     script = textwrap.dedent(
         f"""
         import json, os, sys
@@ -144,8 +144,9 @@ def test_a_server_process_never_imports_torch_and_free_leaves_no_worker(upstream
         from acestep.memory.gpus import StaticSource
         from acestep.memory.manager import MemoryManager
         from acestep.worker.runner import EngineSpec
+        from acestep.worker.supervisor import Supervisor
 
-        mm = MemoryManager(StaticSource([]), env={{"ACESTEP_KEEP_ALIVE": "-1"}})
+        mm = Supervisor(MemoryManager(StaticSource([]), env={{"ACESTEP_KEEP_ALIVE": "-1"}}))
         mm.start(EngineSpec({str(upstream_turbo)!r}, device="cpu"))
         request = GenerationRequest(audio_duration=6, batch_size=1, seed=1)
         job = mm.submit(request, {str(tmp_path)!r}).wait(300)

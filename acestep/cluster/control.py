@@ -1,6 +1,6 @@
 """``ClusterControl``: the memory controls of an API server whose GPUs are in worker processes.
 
-It stands where a single server's ``MemoryManager`` stands (``app.state.manager``): ``unload``,
+It stands where a single server's ``Supervisor`` stands (``app.state.manager``): ``unload``,
 ``load`` and the LoRA loads and unloads are sent to every live worker over Redis and run there
 between jobs; ``get_status`` lists the workers' adverts. The server itself holds no model and
 never touches a GPU.
@@ -13,6 +13,7 @@ import time
 import uuid
 
 from acestep.cluster.queue import RedisJobQueue, redis_unavailable
+from acestep.memory.status import MemoryStatus
 
 DEFAULT_TIMEOUT_S = 600.0  # an unload waits for the running job on each worker
 BLOCK_S = 5
@@ -39,14 +40,11 @@ class ClusterControl:
         self.queue = queue
         self.lm_name: str | None = None
 
+    def status(self) -> MemoryStatus:
+        return MemoryStatus.cluster(self.queue.workers())
+
     def get_status(self) -> dict:
-        workers = self.queue.workers()
-        return {
-            "mode": "cluster",
-            "device": "workers",
-            "workers": workers,
-            "live_workers": sum(1 for w in workers if w["alive"]),
-        }
+        return self.status().as_dict()
 
     def unload(self, level: str = "free", timeout: float | None = None) -> dict:
         if level not in ("park", "free"):

@@ -1,9 +1,9 @@
-"""What a cluster worker runs a job on: its own memory manager (the real engine), or a no-op.
+"""What a cluster worker runs a job on: its own manager and supervisor (the real engine), or a no-op.
 
-``ManagerExecutor`` is the worker's GPU: a ``MemoryManager`` with its dispatcher, keep-alive and
-worker process, exactly as in a single server; it only adds progress reporting and cancellation
-across Redis. ``NoopExecutor`` writes a short silent file at once: it measures the queue itself
-(``bench/bench_queue.py``) and lets tests run many workers cheaply.
+``ManagerExecutor`` is the worker's GPU: a ``MemoryManager``'s decisions and a ``Supervisor``'s
+dispatcher, keep-alive and worker process, exactly as in a single server; it only adds progress
+reporting and cancellation across Redis. ``NoopExecutor`` writes a short silent file at once: it
+measures the queue itself (``bench/bench_queue.py``) and lets tests run many workers cheaply.
 """
 
 from __future__ import annotations
@@ -15,8 +15,11 @@ from pathlib import Path
 from typing import Protocol
 
 from acestep.cluster.records import JobRecord
-from acestep.memory.manager import worker_summary
+from acestep.memory.manager import MemoryManager, worker_summary
 from acestep.request import AudioItem, GenerationResult
+from acestep.worker.job import Job, JobState
+from acestep.worker.runner import EngineSpec
+from acestep.worker.supervisor import Supervisor
 
 PROGRESS_S = 0.5
 # Answers True when the job should stop (a cancel was asked).
@@ -45,20 +48,30 @@ class Executor(Protocol):
 
 
 class ManagerExecutor:
-    def __init__(self, manager, spec, model: str, variant: str, tasks: list[str], preload: bool = True):
-        self.manager = manager
+    """The worker's GPU: ``manager`` decides, and this executor's ``Supervisor`` runs the jobs."""
+
+    def __init__(
+        self,
+        manager: MemoryManager,
+        spec: EngineSpec,
+        model: str,
+        variant: str,
+        tasks: list[str],
+        preload: bool = True,
+    ):
+        self.supervisor = Supervisor(manager)
         self.model, self.variant, self.tasks = model, variant, sorted(tasks)
-        self.manager.start(spec)
+        dispatcher = self.supervisor.start(spec)
         if preload:  # warm before the first job; keep-alive may unload it again later
-            self.manager.dispatcher.request_load()
-        self._job = None
+            dispatcher.request_load()
+        self._job: Job | None = None
 
     def run(self, record: JobRecord, output_dir: Path, report: Report) -> GenerationResult:
         from acestep.memory.keep_alive import KeepAliveError
         from acestep.memory.limits import MemoryLimitError
 
         try:
-            job = self.manager.submit(
+            job = self.supervisor.submit(
                 record.request, output_dir, uses_lm=record.uses_lm, job_id=record.id, lm_only=record.lm_only
             )
         except MemoryLimitError as exc:  # this worker's GPU is smaller than the server assumed
@@ -69,37 +82,42 @@ class ManagerExecutor:
         try:
             while not job.done.wait(PROGRESS_S):
                 if report(job.stage, job.progress):
-                    self.manager.dispatcher.cancel(job.id)
+                    self._cancel(job)
         finally:
             self._job = None
-        if job.state != "succeeded":
+        if job.state != JobState.SUCCEEDED:
             raise JobFailed(job.error or "failed", job.error_kind or "internal")
         return job.result
+
+    def _cancel(self, job: Job) -> None:
+        dispatcher = self.supervisor.dispatcher
+        if dispatcher is not None:
+            dispatcher.cancel(job.id)
 
     def cancel(self) -> None:
         job = self._job
         if job is not None:
-            self.manager.dispatcher.cancel(job.id)
+            self._cancel(job)
 
     def status(self) -> dict:
-        summary = worker_summary(self.manager.get_status())
+        summary = worker_summary(self.supervisor.get_status())
         summary.pop("running")  # the cluster worker reports its own job
         return summary
 
     def unload(self, level: str) -> dict:
-        return self.manager.unload(level)
+        return self.supervisor.unload(level)
 
     def load(self) -> dict:
-        return self.manager.load()
+        return self.supervisor.load()
 
     def load_lora(self, names: list[str]) -> dict:
-        return self.manager.load_lora(names)
+        return self.supervisor.load_lora(names)
 
     def unload_lora(self, names: list[str] | None) -> dict:
-        return self.manager.unload_lora(names)
+        return self.supervisor.unload_lora(names)
 
     def close(self) -> None:
-        self.manager.close()
+        self.supervisor.close()
 
 
 class NoopExecutor:

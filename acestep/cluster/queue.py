@@ -26,6 +26,7 @@ from acestep.jobs.queue import QueueFull, QueueUnavailable, average_fields, remo
 from acestep.jobs.retention import Retention, input_paths
 from acestep.lora.selection import LoraSelection
 from acestep.request import GenerationRequest
+from acestep.worker.job import JobState
 
 POLL_S = 0.2
 API_RETRIES = 2  # a blip is retried; a Redis that stays away is a 503 with Retry-After
@@ -109,10 +110,11 @@ class RedisJobQueue:
     def get(self, task_id: str) -> JobRecord | None:
         with redis_unavailable("read the job"):
             record = self.store.get(task_id)
-            if record is not None and record.state == "running" and not self.store.alive(record.worker or ""):
+            running = record is not None and record.state == JobState.RUNNING
+            if running and not self.store.alive(record.worker or ""):
                 # Its worker stopped; the broker gives the job to another worker (or fails it after
                 # a second stop). Shown as waiting, which is what it does now.
-                record.state, record.stage = "queued", f"requeued: worker {record.worker} stopped"
+                record.state, record.stage = JobState.QUEUED, f"requeued: worker {record.worker} stopped"
         return record
 
     def position(self, task_id: str) -> int | None:

@@ -1,8 +1,9 @@
 """``JobRecord``: a job as stored in Redis, read back as a plain snapshot.
 
-It has the attributes the faces read from the embedded queue's ``Job`` (``state``, ``stage``,
-``progress``, ``result``, ``error``, ``error_kind``, ``request``, ``created``...), so the wire
-format, the UI and the MCP tools serve either backend unchanged. A snapshot never changes: callers
+It extends ``JobInfo`` (``acestep/worker/job.py``), the fields the faces read from the embedded
+queue's ``Job`` too (``state``, ``stage``, ``progress``, ``result``, ``error``, ``error_kind``,
+``request``, ``created``...), so the wire format, the UI and the MCP tools serve either backend
+unchanged. A snapshot never changes: callers
 poll ``queue.get(task_id)`` for news.
 """
 
@@ -12,6 +13,7 @@ import json
 from dataclasses import dataclass, field
 
 from acestep.request import GenerationRequest, GenerationResult
+from acestep.worker.job import JobInfo, JobState
 
 RESULT_COMPUTED = {"audio_paths", "seeds"}
 
@@ -29,31 +31,20 @@ def _float(value: str | None) -> float | None:
     return float(value) if value not in (None, "") else None
 
 
-@dataclass
-class JobRecord:
-    id: str
-    request: GenerationRequest
+@dataclass(kw_only=True)
+class JobRecord(JobInfo):
+    """A ``JobInfo`` as stored in Redis, with the cluster's own fields."""
+
     model: str
-    state: str = "queued"  # queued | running | succeeded | failed
-    stage: str = "queued"
-    progress: float = 0.0
-    result: GenerationResult | None = None
-    error: str | None = None
-    error_kind: str | None = None
-    created: float = 0.0
-    started: float | None = None
-    finished: float | None = None
     attempts: int = 0
     worker: str | None = None
-    lm_only: bool = False
     uses_lm: bool | None = None
     cleanup: list[str] = field(default_factory=list)
-    cancel_requested: bool = False
     warnings: list[str] = field(default_factory=list)  # routing notes for the client (not stored)
 
     @property
     def done(self) -> bool:
-        return self.state in ("succeeded", "failed")
+        return self.state.ended
 
     def new_fields(self) -> dict[str, str]:
         """What ``create`` stores besides the state fields."""
@@ -72,7 +63,7 @@ class JobRecord:
             id=task_id,
             request=GenerationRequest.model_validate_json(data["request"]),
             model=data.get("model", ""),
-            state=data.get("state", "queued"),
+            state=JobState(data.get("state") or JobState.QUEUED),
             stage=data.get("stage", "queued"),
             progress=float(data.get("progress") or 0.0),
             result=GenerationResult.model_validate_json(data["result"]) if data.get("result") else None,

@@ -26,8 +26,9 @@ from acestep.cluster.broker import QueuedMessage
 from acestep.cluster.records import JobRecord, result_json
 from acestep.jobs.queue import DURATION_BUCKETS
 from acestep.request import GenerationResult
+from acestep.worker.job import JobState
 
-STATES = ("queued", "running", "succeeded", "failed")
+STATES = tuple(state.value for state in JobState)  # the sets ns:jobs:<state>
 RECENT_DURATIONS = 50
 WORKERS_FORGOTTEN_AFTER_S = 86400  # an offline worker's last advert is shown for a day
 

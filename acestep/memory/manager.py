@@ -1,30 +1,32 @@
 """``MemoryManager``: one object that knows the GPU, the tier and limits, the residency plan and
 keep-alive, validates requests before they are queued, and reports measured figures.
 
-It decides; the GPU worker executes. The manager itself never imports torch, so a server process
+It decides; the GPU worker executes (``acestep.worker.supervisor.Supervisor`` starts and owns it,
+following these decisions). The manager itself never imports torch, so a server process
 built on it never creates a CUDA context. ``get_memory_manager()`` is the process-wide instance
 (``acestep.memory_manager`` re-exports it under the name users already know).
 """
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import replace
-from pathlib import Path
 
 from loguru import logger
 
-from acestep.memory.gpus import DeviceStatsSource, GpuInfo, default_source, select_gpu
+from acestep.memory.device_choice import choose_device
+from acestep.memory.gpus import DeviceStatsSource, GpuInfo, default_source
 from acestep.memory.keep_alive import KeepAlivePolicy
 from acestep.memory.limits import Limits
-from acestep.memory.precision import attention_backend, fast_mode, planned_dtype, rope_mode
+from acestep.memory.precision import attention_backend, fast_mode, plan_for_device, rope_mode
 from acestep.memory.report import MemoryReport
 from acestep.memory.residency import ResidencyPlan, plan_for
+from acestep.memory.status import MemoryStatus
 from acestep.request import GenerationRequest
+from acestep.settings import current as current_settings
+from acestep.settings import value as setting_value
 
 REPORTS_KEPT = 20
 
@@ -36,28 +38,33 @@ class MemoryManager:
         env: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
-        self.env = dict(os.environ if env is None else env)
+        self.env = dict(current_settings() if env is None else env)
         self.source = source or default_source()
         self.clock = clock
-        device = (self.env.get("ACESTEP_DEVICE") or "auto").strip().lower()
-        gpus = [] if device == "cpu" else self.source.gpus()
-        self.gpu: GpuInfo | None = select_gpu(gpus, self.env.get("ACESTEP_GPU_DEVICE"))
+        # The same function decides in the worker (acestep/memory/devices.py); a server has no
+        # torch to ask about MPS, so it plans for CUDA or the CPU and tells its worker which.
+        env = self.env
+        self.gpu: GpuInfo | None = choose_device(
+            self.source.gpus, env.get("ACESTEP_DEVICE"), env.get("ACESTEP_GPU_DEVICE")
+        ).gpu
         self.limits = Limits.for_gpu(self.gpu.total_gib if self.gpu else None, self.env)
         self.plan: ResidencyPlan = plan_for(self.limits, "cuda" if self.gpu else "cpu")
         self.keep_alive = KeepAlivePolicy.from_env(self.env)
-        busy = (self.env.get("ACESTEP_UNLOAD_WHEN_BUSY") or "wait").strip().lower()
+        busy = setting_value(self.env, "ACESTEP_UNLOAD_WHEN_BUSY").lower()
         if busy not in ("wait", "refuse"):
             raise ValueError(f"ACESTEP_UNLOAD_WHEN_BUSY must be wait or refuse, got {busy!r}")
         self.refuse_unload_when_busy = busy == "refuse"
         capability = self.gpu.compute_capability[0] if self.gpu and self.gpu.compute_capability else None
-        self.dtype = planned_dtype("cuda" if self.gpu else "cpu", capability, self.env.get("ACESTEP_DTYPE"))
+        self.precision = plan_for_device(
+            "cuda" if self.gpu else "cpu", capability, self.env.get("ACESTEP_DTYPE"), rope_mode(self.env)
+        )
+        self.dtype = self.precision.name
         self.attention = attention_backend(self.env)
         self.fast = fast_mode(self.env)
         self.rope = rope_mode(self.env)
-        self.dispatcher = None
+        self.worker_in_process = setting_value(self.env, "ACESTEP_WORKER").lower() == "inprocess"
         self.lm_name: str | None = None  # the LM folder the worker will load, when known
         self.reports: deque[dict] = deque(maxlen=REPORTS_KEPT)
-        self._lock = threading.Lock()
 
     # -- policy --------------------------------------------------------------------------
 
@@ -79,6 +86,7 @@ class MemoryManager:
             env["CUDA_VISIBLE_DEVICES"] = ""
         else:
             env["ACESTEP_DEVICE"] = "cuda"
+            env["ACESTEP_GPU_DEVICE"] = "0"  # the only GPU the worker sees
             env["CUDA_VISIBLE_DEVICES"] = self.gpu.uuid or str(self.gpu.index)
         return env
 
@@ -100,93 +108,14 @@ class MemoryManager:
             f"keep-alive {self.keep_alive.as_dict()['default']}"
         )
 
-    # -- the GPU worker --------------------------------------------------------------------
+    def in_process_device(self, device: str) -> str:
+        """The device an in-process engine asked for ``device`` uses: the chosen GPU for ``auto``."""
+        if self.gpu is not None and self.gpu.ordinal is not None and device == "auto":
+            return f"cuda:{self.gpu.ordinal}"
+        return device
 
-    def start(self, spec, in_process: bool | None = None):
-        """Start the dispatcher over a runner for ``spec`` (an ``EngineSpec``). By default the runner
-        is a worker process; ``ACESTEP_WORKER=inprocess`` (or ``in_process=True``) keeps it here."""
-        from acestep.worker.dispatcher import Dispatcher
-
-        if in_process is None:
-            in_process = (self.env.get("ACESTEP_WORKER") or "process").lower() == "inprocess"
-        with self._lock:
-            if self.dispatcher is not None:
-                raise RuntimeError("the memory manager already runs a worker")
-            if in_process:
-                from acestep.worker.runner import InProcessRunner
-
-                if self.gpu is not None and self.gpu.ordinal is not None and spec.device == "auto":
-                    spec = replace(spec, device=f"cuda:{self.gpu.ordinal}")
-                runner = InProcessRunner(spec, source=self.source, limits=self.limits)
-            else:
-                from acestep.worker.process import ProcessRunner
-
-                runner = ProcessRunner(
-                    spec,
-                    source=self.source,
-                    env=self.worker_env(),
-                    gpu_index=self.gpu.index if self.gpu else None,
-                )
-            self.dispatcher = Dispatcher(
-                runner,
-                self.keep_alive,
-                clock=self.clock,
-                refuse_unload_when_busy=self.refuse_unload_when_busy,
-                on_report=self._record,
-            )
-        logger.info(self.banner())
-        return self.dispatcher
-
-    def _require_worker(self):
-        if self.dispatcher is None:
-            raise RuntimeError("no model is being served; call MemoryManager.start(spec) first")
-        return self.dispatcher
-
-    def submit(
-        self,
-        request: GenerationRequest,
-        output_dir: str | Path,
-        uses_lm: bool | None = None,
-        job_id: str | None = None,
-        on_done: list | None = None,
-        lm_only: bool = False,
-        on_progress: list | None = None,
-    ):
-        """Validate, then queue; returns the dispatcher's ``Job``."""
-        keep_alive = self.validate(request, uses_lm=uses_lm)
-        return self._require_worker().submit(
-            request,
-            output_dir,
-            keep_alive,
-            job_id=job_id,
-            on_done=on_done,
-            lm_only=lm_only,
-            on_progress=on_progress,
-        )
-
-    def unload(self, level: str = "free", timeout: float | None = None) -> dict:
-        """Unload after the running job; the measured report (a no-op report when nothing runs)."""
-        if self.dispatcher is None:
-            return {"action": level, "note": "no model is loaded", "seconds": 0.0}
-        return self.dispatcher.unload(level, timeout).as_dict()
-
-    def load(self, timeout: float | None = None) -> dict:
-        return self._require_worker().load(timeout).as_dict()
-
-    def load_lora(self, names: list[str], timeout: float | None = None) -> dict:
-        """Load LoRA adapters into the served DiT after the running job; the measured report, with
-        the adapters now resident."""
-        report = self._require_worker().load_lora(names, timeout).as_dict()
-        return report | {"adapters": self.dispatcher.runner.adapters()}
-
-    def unload_lora(self, names: list[str] | None = None, timeout: float | None = None) -> dict:
-        """Remove LoRA adapters (all by default) after the running job; the measured report."""
-        if self.dispatcher is None:
-            return {"action": "lora_unload", "note": "no model is loaded", "seconds": 0.0}
-        report = self.dispatcher.unload_lora(names, timeout).as_dict()
-        return report | {"adapters": self.dispatcher.runner.adapters()}
-
-    def _record(self, report: MemoryReport, reason: str) -> None:
+    def record(self, report: MemoryReport, reason: str) -> None:
+        """Keep (and log) a measured report of the worker; the last ``REPORTS_KEPT`` are shown."""
         entry = report.as_dict() | {"reason": reason, "at": time.time()}
         self.reports.append(entry)
         logger.info(
@@ -194,49 +123,33 @@ class MemoryManager:
             f"{report.before.reserved_bytes / 2**20:.0f} -> {report.after.reserved_bytes / 2**20:.0f} MiB"
         )
 
-    def close(self) -> None:
-        with self._lock:
-            dispatcher, self.dispatcher = self.dispatcher, None
-        if dispatcher is not None:
-            dispatcher.stop(unload=True)
-
     # -- reports ---------------------------------------------------------------------------
 
-    def get_status(self) -> dict:
-        """Tier, limits, plan, keep-alive, residency, worker and the last measured reports."""
+    def status(self) -> MemoryStatus:
+        """Tier, limits, plan, keep-alive, precision and the last measured reports; the worker's part
+        is filled in by whoever runs it (``acestep/worker/supervisor.py``)."""
         gpus = self.source.gpus() if self.gpu is not None else []
         live = next((g for g in gpus if g.index == self.gpu.index), self.gpu) if self.gpu else None
-        status = {
-            "device": "cpu" if self.gpu is None else f"cuda:{self.gpu.index}",
-            "gpu": live.as_dict() if live else None,
-            "tier": self.limits.tier.name,
-            "limits": self.limits.as_dict(),
-            "plan": self.plan.as_dict(),
-            "keep_alive": self.keep_alive.as_dict(),
-            "unload_when_busy": "refuse" if self.refuse_unload_when_busy else "wait",
-            "precision": {
+        return MemoryStatus(
+            device="cpu" if self.gpu is None else f"cuda:{self.gpu.index}",
+            gpu=live.as_dict() if live else None,
+            tier=self.limits.tier.name,
+            limits=self.limits.as_dict(),
+            plan=self.plan.as_dict(),
+            keep_alive=self.keep_alive.as_dict(),
+            unload_when_busy="refuse" if self.refuse_unload_when_busy else "wait",
+            precision={
                 "dtype": self.dtype,
                 "attention": self.attention,
                 "rope": self.rope,
                 "fast_dit": self.fast,
             },
-            "worker": None,
-            "residency": None,
-            "adapters": None,
-            "last_reports": list(self.reports),
-        }
-        dispatcher = self.dispatcher
-        if dispatcher is not None:
-            runner = dispatcher.runner
-            status["worker"] = {
-                "mode": type(runner).__name__,
-                "pid": runner.pid,
-                "state": runner.state,
-                "process_gpu_bytes": self.source.process_gpu_bytes(runner.pid) if runner.pid else None,
-            } | dispatcher.status()
-            status["residency"] = runner.residency()
-            status["adapters"] = runner.adapters()
-        return status
+            last_reports=list(self.reports),
+        )
+
+    def get_status(self) -> dict:
+        """``status()`` as plain data (no worker: this object decides, it runs nothing)."""
+        return self.status().as_dict()
 
 
 def worker_summary(status: dict) -> dict:

@@ -19,57 +19,62 @@ def _serve(runner, out: TextIO) -> None:
     from acestep.errors import JobError
     from acestep.memory.report import snapshot
     from acestep.request import GenerationRequest
+    from acestep.worker import messages as wire
     from acestep.worker.runner import classify
 
-    def send(message: dict) -> None:
-        out.write(json.dumps(message) + "\n")
+    def send(message: wire.Answer) -> None:
+        out.write(wire.encode(message))
         out.flush()
 
-    send({"event": "ready", "pid": os.getpid()})
+    send(wire.Ready(os.getpid()))
     for line in sys.stdin:
         if not line.strip():
             continue
-        message = json.loads(line)
-        op, ident = message.get("op"), message.get("id")
+        ident = None
         try:
-            if op == "generate":
-                request = GenerationRequest.model_validate(message["request"])
-                result = runner.generate(
-                    request,
-                    message["output_dir"],
-                    lambda stage, fraction, ident=ident: send({"id": ident, "progress": [stage, fraction]}),
-                    lm_only=bool(message.get("lm_only")),
-                )
-                load = runner.take_job_load()
-                reply = {"result": result.model_dump(mode="json"), "load": load and load.as_dict()}
-            elif op == "load":
-                reply = runner.load().as_dict()
-            elif op == "unload":
-                reply = runner.unload(message["level"]).as_dict()
-            elif op == "lora_load":
-                reply = runner.load_lora(message["names"]).as_dict()
-            elif op == "lora_unload":
-                reply = runner.unload_lora(message.get("names")).as_dict()
-            elif op == "status":
-                reply = {
-                    "state": runner.state,
-                    "residency": runner.residency(),
-                    "adapters": runner.adapters(),
-                    "memory": snapshot(runner.source).as_dict(),
-                }
-            elif op == "fault":
-                runner.inject_fault(message["stage"], message["kind"])
-                reply = {}
-            elif op == "exit":
-                runner.unload("free")
-                send({"id": ident, "ok": True, "reply": {}})
-                return
-            else:
-                raise JobError("internal", f"unknown worker command {op!r}")
-            send({"id": ident, "ok": True, "reply": reply})
+            command = wire.decode(line)
+            ident = command.id
+            match command:
+                case wire.Generate():
+                    request = GenerationRequest.model_validate(command.request)
+                    result = runner.generate(
+                        request,
+                        command.output_dir,
+                        lambda stage, fraction, ident=ident: send(wire.Progress(ident, stage, fraction)),
+                        lm_only=command.lm_only,
+                    )
+                    load = runner.take_job_load()
+                    reply = {"result": result.model_dump(mode="json"), "load": load and load.as_dict()}
+                case wire.Load():
+                    reply = runner.load().as_dict()
+                case wire.Unload():
+                    reply = runner.unload(command.level).as_dict()
+                case wire.LoraLoad():
+                    reply = runner.load_lora(command.names).as_dict()
+                case wire.LoraUnload():
+                    reply = runner.unload_lora(command.names).as_dict()
+                case wire.Status():
+                    reply = {
+                        "state": runner.state,
+                        "residency": runner.residency(),
+                        "adapters": runner.adapters(),
+                        "memory": snapshot(runner.source).as_dict(),
+                    }
+                case wire.Fault():
+                    runner.inject_fault(command.stage, command.kind)
+                    reply = {}
+                case wire.Exit():
+                    runner.unload("free")
+                    send(wire.Done(ident, {}))
+                    return
+                case _:
+                    raise JobError("internal", f"not a worker command: {command!r}")
+            send(wire.Done(ident, reply))
+        except wire.MessageError as exc:  # a bad line is answered too; the worker keeps serving
+            send(wire.Failed(exc.ident, "internal", str(exc)))
         except Exception as exc:  # every failure becomes an answer; the worker keeps serving
             error = classify(exc)
-            send({"id": ident, "ok": False, "error": {"kind": error.kind, "message": str(error)}})
+            send(wire.Failed(ident, error.kind, str(error)))
 
 
 def main(argv: list[str] | None = None) -> int:

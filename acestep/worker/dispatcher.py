@@ -19,7 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from contextlib import AbstractContextManager, nullcontext
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from loguru import logger
@@ -27,7 +27,9 @@ from loguru import logger
 from acestep.errors import JobError
 from acestep.memory.keep_alive import NEVER, IdleTimer, KeepAlivePolicy
 from acestep.memory.report import MemoryReport
-from acestep.request import GenerationRequest, GenerationResult
+from acestep.request import GenerationRequest
+from acestep.worker.job import Job, JobState
+from acestep.worker.runner import Runner
 
 POLL_S = 0.5  # longest sleep between keep-alive checks (the clock may be a test's fake clock)
 
@@ -60,38 +62,6 @@ WAIT_SCOPE: ContextVar[WaitScope | None] = ContextVar("acestep_wait_scope", defa
 
 
 @dataclass
-class Job:
-    id: str
-    request: GenerationRequest
-    output_dir: str
-    keep_alive: float
-    lm_only: bool = False  # stop after the LM (/format_input): a result with metas and no audio
-    state: str = "queued"  # queued | running | succeeded | failed
-    stage: str = "queued"
-    progress: float = 0.0
-    result: GenerationResult | None = None
-    error: str | None = None
-    error_kind: str | None = None
-    created: float = field(default_factory=time.time)
-    started: float | None = None
-    finished: float | None = None
-    done: threading.Event = field(default_factory=threading.Event)
-    cancel_requested: bool = False
-    # Called once the job has ended (its files written or its failure recorded); e.g. upload cleanup.
-    on_done: list[Callable[[Job], None]] = field(default_factory=list)
-    # Called with (stage, fraction) at each progress report of the running job (the CLI's bar).
-    on_progress: list[Callable[[str, float], None]] = field(default_factory=list)
-
-    def fail(self, message: str, kind: str) -> None:
-        self.state, self.stage, self.error, self.error_kind = "failed", "failed", message, kind
-
-    def wait(self, timeout: float | None = None) -> Job:
-        if not self.done.wait(timeout):
-            raise TimeoutError(f"job {self.id} still {self.state} after {timeout} s")
-        return self
-
-
-@dataclass
 class _Command:
     action: str  # load | park | free | lora_load | lora_unload
     future: Future
@@ -102,7 +72,7 @@ class _Command:
 class Dispatcher:
     def __init__(
         self,
-        runner,
+        runner: Runner,
         policy: KeepAlivePolicy,
         clock: Callable[[], float] = time.monotonic,
         refuse_unload_when_busy: bool = False,
@@ -289,7 +259,7 @@ class Dispatcher:
         if self.policy.idle_level == "park":
             return state == "ready"
         # A live worker process with nothing loaded still holds a process (and maybe a context).
-        return state != "unloaded" or bool(getattr(self.runner, "alive", False))
+        return state != "unloaded" or self.runner.alive
 
     def _loop(self) -> None:
         while True:
@@ -324,7 +294,7 @@ class Dispatcher:
             command.future.set_exception(exc)
 
     def _run(self, job: Job) -> None:
-        job.state, job.stage, job.started = "running", "starting", time.time()
+        job.state, job.stage, job.started = JobState.RUNNING, "starting", time.time()
 
         def progress(stage: str, fraction: float) -> None:
             if job.cancel_requested:
@@ -338,7 +308,7 @@ class Dispatcher:
                 if job.cancel_requested:  # cancelled while the guard waited (e.g. for GPU tokens)
                     raise JobError("cancelled", "cancelled by request")
                 job.result = self.runner.generate(job.request, job.output_dir, progress, lm_only=job.lm_only)
-            job.state, job.progress, job.stage = "succeeded", 1.0, "done"
+            job.state, job.progress, job.stage = JobState.SUCCEEDED, 1.0, "done"
             load = self.runner.take_job_load()
             if load is not None:
                 self._report(load, f"needed by {job.id}")
@@ -375,11 +345,8 @@ class Dispatcher:
             logger.error(f"memory report hook failed: {exc}")
 
     def _replace_worker(self) -> None:
-        restart = getattr(self.runner, "restart", None)
-        if restart is None:
-            return
         try:
-            restart()
+            self.runner.restart()
         except Exception as exc:  # the next job will try again
             logger.error(f"could not restart the GPU worker: {exc}")
 
@@ -403,4 +370,4 @@ class Dispatcher:
             self.runner.unload("free")
 
 
-__all__ = ["NEVER", "WAIT_SCOPE", "BusyError", "CommandTimeout", "Dispatcher", "Job", "WaitScope"]
+__all__ = ["NEVER", "WAIT_SCOPE", "BusyError", "CommandTimeout", "Dispatcher", "Job", "JobState", "WaitScope"]

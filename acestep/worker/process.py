@@ -27,11 +27,14 @@ from acestep.memory.gpus import DeviceStatsSource
 from acestep.memory.report import MemoryReport, MemorySnapshot, Stopwatch
 from acestep.memory.residency import REPORTED, Place
 from acestep.request import GenerationRequest, GenerationResult
-from acestep.settings import SECRET_SETTINGS
+from acestep.settings import child_environment
+from acestep.settings import current as current_settings
+from acestep.settings import value as setting_value
+from acestep.worker import messages as wire
 from acestep.worker.runner import EngineSpec, Progress
 
 EXIT_TIMEOUT_S = 60.0
-START_TIMEOUT_S = float(os.environ.get("ACESTEP_WORKER_START_TIMEOUT", "600"))
+START_TIMEOUT_S: float = setting_value(current_settings(), "ACESTEP_WORKER_START_TIMEOUT")
 POLL_S = 1.0  # how often a blocked read checks that the worker is still alive
 
 
@@ -97,7 +100,7 @@ class ProcessRunner:
         read_fd, write_fd = os.pipe()
         # The worker needs no secret, and its tracebacks never show local variables (loguru's
         # default would print them, request values included).
-        env = {k: v for k, v in (os.environ | self.env).items() if k not in SECRET_SETTINGS}
+        env = child_environment(self.env)  # secrets stripped (the registry's secret flag)
         env |= {"PYTHONUNBUFFERED": "1", "LOGURU_DIAGNOSE": "NO"}
         command = [
             sys.executable,
@@ -120,7 +123,7 @@ class ProcessRunner:
         self.starts += 1
         self._set_unloaded()
         hello = self._read("while starting", timeout=START_TIMEOUT_S)
-        if hello.get("event") != "ready":
+        if not isinstance(hello, wire.Ready):
             raise WorkerCrashed(f"the GPU worker did not start: {hello}")
         logger.info(f"GPU worker process {self.proc.pid} started")
 
@@ -183,7 +186,7 @@ class ProcessRunner:
         code = self._reap()
         return WorkerCrashed(f"the GPU worker process {pid} {describe_exit(code)} {context}")
 
-    def _read(self, context: str, timeout: float | None = None) -> dict:
+    def _read(self, context: str, timeout: float | None = None) -> wire.Answer:
         """One message; a dead worker (even one whose pipe a stray child keeps open) or a timeout
         raises :class:`WorkerCrashed`."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -202,29 +205,31 @@ class ProcessRunner:
             if deadline is not None and time.monotonic() > deadline:
                 raise self._crashed(f"{context} (no answer in {timeout:.0f} s)")
         line, _, self._buffer = self._buffer.partition(b"\n")
-        return json.loads(line)
+        try:
+            return wire.decode(line)
+        except wire.MessageError as exc:  # a worker that speaks nonsense is not kept
+            raise self._crashed(f"{context} (unreadable answer: {exc})") from None
 
-    def _call(self, op: str, progress: Progress | None = None, start: bool = True, **fields) -> dict:
-        """Send one command and wait for its answer; ``start=False`` never starts a worker."""
+    def _call(self, command: wire.Command, progress: Progress | None = None, start: bool = True) -> dict:
+        """Send one command and wait for its reply; ``start=False`` never starts a worker."""
         if start:
             self._ensure_started()
         elif not self.alive:
             raise WorkerCrashed("the GPU worker process is not running")
-        context = "during the job" if op == "generate" else f"during {op}"
-        ident = next(self._ids)
+        context = "during the job" if command.op is wire.Op.GENERATE else f"during {command.op}"
         try:
-            self.proc.stdin.write(json.dumps({"op": op, "id": ident, **fields}) + "\n")
+            self.proc.stdin.write(wire.encode(command))
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError):
             raise self._crashed(context) from None
         while True:
             message = self._read(context)
-            if message.get("id") != ident:
+            if isinstance(message, wire.Ready) or message.id != command.id:
                 continue
-            if "progress" in message:
+            if isinstance(message, wire.Progress):
                 if progress is not None:
                     try:
-                        progress(*message["progress"])
+                        progress(message.stage, message.fraction)
                     except BaseException:
                         # The caller gave up on this job (e.g. cancelled it) while the worker runs
                         # it; the worker cannot be interrupted mid-command, so it is ended.
@@ -232,9 +237,12 @@ class ProcessRunner:
                         self._reap()
                         raise
                 continue
-            if message["ok"]:
-                return message["reply"]
-            raise JobError(message["error"]["kind"], message["error"]["message"])
+            if isinstance(message, wire.Done):
+                return message.reply
+            raise JobError(message.kind, message.message)
+
+    def _id(self) -> int:
+        return next(self._ids)
 
     # -- the runner interface ------------------------------------------------------------
 
@@ -255,7 +263,7 @@ class ProcessRunner:
 
     def load(self) -> MemoryReport:
         with self._lock:
-            report = self._note(self._call("load"))
+            report = self._note(self._call(wire.Load(self._id())))
             self._state = "ready"
             return report
 
@@ -268,13 +276,13 @@ class ProcessRunner:
     ) -> GenerationResult:
         with self._lock:
             try:
-                reply = self._call(
-                    "generate",
-                    progress,
+                command = wire.Generate(
+                    self._id(),
                     request=request.model_dump(mode="json", exclude_unset=True),  # keeps "seed given" facts
                     output_dir=str(output_dir),
                     lm_only=lm_only,
                 )
+                reply = self._call(command, progress)
             finally:
                 self._refresh()  # a failed job may have loaded the model or changed its adapters
             self._job_load = MemoryReport.from_dict(reply["load"]) if reply["load"] else None
@@ -290,7 +298,7 @@ class ProcessRunner:
         if not self.alive:
             return
         try:
-            status = self._call("status", start=False)
+            status = self._call(wire.Status(self._id()), start=False)
         except JobError as exc:  # the command's outcome stands; the worker is reaped
             logger.warning(f"the worker's status could not be read after the command: {exc}")
             return
@@ -300,7 +308,7 @@ class ProcessRunner:
     def load_lora(self, names: list[str]) -> MemoryReport:
         with self._lock:
             try:
-                return self._note(self._call("lora_load", names=list(names)))
+                return self._note(self._call(wire.LoraLoad(self._id(), list(names))))
             finally:
                 self._refresh()
 
@@ -309,7 +317,7 @@ class ProcessRunner:
             if not self.alive:  # no worker, no adapters
                 return MemoryReport("lora_unload", MemorySnapshot(), MemorySnapshot(), 0.0, self.residency())
             try:
-                return self._note(self._call("lora_unload", start=False, names=names))
+                return self._note(self._call(wire.LoraUnload(self._id(), names), start=False))
             finally:
                 self._refresh()
 
@@ -317,11 +325,11 @@ class ProcessRunner:
         with self._lock:
             if not self.alive:
                 return {"state": "unloaded", "residency": self.residency(), "memory": None}
-            return self._call("status")
+            return self._call(wire.Status(self._id()))
 
     def inject_fault(self, stage: str, kind: str) -> None:
         with self._lock:
-            self._call("fault", stage=stage, kind=kind)
+            self._call(wire.Fault(self._id(), stage, kind))
 
     def unload(self, level: str) -> MemoryReport:
         if level not in ("park", "free"):
@@ -330,7 +338,7 @@ class ProcessRunner:
             if level == "park":
                 if not self.alive:
                     return MemoryReport("park", MemorySnapshot(), MemorySnapshot(), 0.0, self.residency())
-                report = self._note(self._call("unload", level="park"))
+                report = self._note(self._call(wire.Unload(self._id(), "park")))
                 self._state = "parked"
                 return report
             return self._stop()
@@ -343,10 +351,9 @@ class ProcessRunner:
         pid = self.proc.pid
         before = MemorySnapshot(pid=pid)
         try:
-            before = MemorySnapshot(
-                **self._call("status", start=False)["memory"] | {"gpu_used_bytes": self._gpu_used()}
-            )
-            self._call("exit", start=False)
+            memory = self._call(wire.Status(self._id()), start=False)["memory"]
+            before = MemorySnapshot(**memory | {"gpu_used_bytes": self._gpu_used()})
+            self._call(wire.Exit(self._id()), start=False)
             self.proc.wait(timeout=EXIT_TIMEOUT_S)
         except (JobError, subprocess.TimeoutExpired):
             if self.proc is not None and self.proc.poll() is None:

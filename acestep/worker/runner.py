@@ -13,6 +13,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 from acestep.errors import JobError
 from acestep.lora.catalog import no_adapters
@@ -37,6 +38,44 @@ class EngineSpec:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+class Runner(Protocol):
+    """What the dispatcher drives: ``InProcessRunner`` here, ``ProcessRunner`` over a worker process.
+    Calls never overlap (the dispatcher serialises them)."""
+
+    @property
+    def pid(self) -> int | None: ...
+
+    @property
+    def state(self) -> str: ...  # unloaded | ready | parked
+
+    @property
+    def alive(self) -> bool: ...  # a worker process of its own is running (holds a GPU context)
+
+    def residency(self) -> dict[str, str]: ...
+
+    def adapters(self) -> dict: ...
+
+    def load(self) -> MemoryReport: ...
+
+    def unload(self, level: str) -> MemoryReport: ...
+
+    def load_lora(self, names: list[str]) -> MemoryReport: ...
+
+    def unload_lora(self, names: list[str] | None = None) -> MemoryReport: ...
+
+    def generate(
+        self,
+        request: GenerationRequest,
+        output_dir: str | Path,
+        progress: Progress | None = None,
+        lm_only: bool = False,
+    ) -> GenerationResult: ...
+
+    def take_job_load(self) -> MemoryReport | None: ...
+
+    def restart(self) -> None: ...  # after a crash: a fresh worker (a no-op where there is none)
 
 
 def oom_advice(limits=None) -> str:
@@ -106,6 +145,13 @@ class InProcessRunner:
     @property
     def pid(self) -> int:
         return os.getpid()
+
+    @property
+    def alive(self) -> bool:
+        return False  # no worker process of its own: idle unloads follow the engine's state alone
+
+    def restart(self) -> None:
+        """Nothing to replace: a crash here ends this process."""
 
     @property
     def state(self) -> str:
