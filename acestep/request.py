@@ -26,6 +26,7 @@ from acestep.errors import shown
 from acestep.tasks import (
     MAX_AUDIO_CODE_CHARS,
     MAX_BATCH_SIZE,
+    MAX_BPM,
     MAX_DURATION_S,
     MAX_LYRICS_CHARS,
     MAX_NAME_CHARS,
@@ -34,6 +35,7 @@ from acestep.tasks import (
     MAX_STEPS,
     MAX_TEXT_CHARS,
     MAX_TIMESTEPS,
+    MIN_BPM,
     SOURCE_TASKS,
     TASK_TYPES,
     TRACK_NAMES,
@@ -111,7 +113,7 @@ class GenerationRequest(BaseModel):
     audio_format: str = Field("flac", max_length=MAX_NAME_CHARS)
     enable_normalization: bool = True
     normalization_db: float = Field(-1.0, le=0.0, ge=-60.0)
-    # The 5 Hz LM (spec lm.md). thinking, sample_mode/sample_query and use_format run it; the
+    # The 5 Hz LM (docs/lm.md). thinking, sample_mode/sample_query and use_format run it; the
     # use_cot_* switches (upstream's defaults, true) only shape a run that one of those asked for.
     thinking: bool = False
     use_cot_caption: bool = Field(True, validation_alias=_alias("use_cot_caption", "cot_caption"))
@@ -247,9 +249,11 @@ class GenerationRequest(BaseModel):
         try:
             bpm = int(float(value))  # type: ignore[arg-type]
         except (TypeError, ValueError, OverflowError):
-            raise ValueError(f"bpm must be a number between 30 and 300, got {shown(value)}") from None
-        if not 30 <= bpm <= 300:
-            raise ValueError(f"bpm must be between 30 and 300, got {bpm}")
+            raise ValueError(
+                f"bpm must be a number between {MIN_BPM} and {MAX_BPM}, got {shown(value)}"
+            ) from None
+        if not MIN_BPM <= bpm <= MAX_BPM:
+            raise ValueError(f"bpm must be between {MIN_BPM} and {MAX_BPM}, got {bpm}")
         return bpm
 
     @field_validator("key_scale")

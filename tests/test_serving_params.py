@@ -1,6 +1,6 @@
 """``/release_task`` parameter parsing: aliases, the three lookup places, form strings and refusals.
 
-Names and aliases come from shared/spec/serving.md section 3.2; refusals from section 9 (#1, #5, #11, #23).
+Names and aliases are upstream's (docs/api.md); refusals as patches/0022 describes.
 """
 
 from __future__ import annotations

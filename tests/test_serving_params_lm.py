@@ -1,5 +1,5 @@
 """``/release_task``'s LM parameters: which switches ask for the LM (defect 5), which are only
-options of an LM run, and how they become request fields (spec serving.md section 3.2, lm.md 7.1)."""
+options of an LM run, and how they become request fields (docs/api.md, docs/lm.md)."""
 
 from __future__ import annotations
 

@@ -17,43 +17,16 @@ from acestep.cli.output_file import move_to_output, resolve_format
 from acestep.cli.progress import StageBar, diffusion_steps, progress_wanted
 from acestep.cli.quiet import configure_logs, silence_third_party
 from acestep.cli.summary import summary_lines
+from acestep.fields import GENERATION
 
 DEFAULT_OUTPUT_DIR = "outputs"
 
-REQUEST_ARGS = (
-    "task_type",
-    "caption",
-    "lyrics",
-    "instrumental",
-    "track_name",
-    "track_classes",
-    "src_audio",
-    "reference_audio",
-    "audio_code_string",
-    "audio_duration",
-    "bpm",
-    "key_scale",
-    "time_signature",
-    "vocal_language",
-    "inference_steps",
-    "guidance_scale",
-    "shift",
-    "seed",
-    "batch_size",
-    "repainting_start",
-    "repainting_end",
-    "audio_cover_strength",
-    "audio_format",
-)
+# The request fields with a flag, in the help's order: the field table's (acestep.fields).
+REQUEST_ARGS = tuple(spec.target for spec in GENERATION if spec.flag and spec.target)
 
 
 def _generate_parser(sub: argparse._SubParsersAction) -> None:
     from acestep.memory.precision import DTYPES
-    from acestep.request import AUDIO_FORMATS, TIME_SIGNATURES, VOCAL_LANGUAGES, GenerationRequest
-    from acestep.tasks import TASK_TYPES, TRACK_NAMES
-
-    def default(name: str) -> object:  # the request's own default, shown in the help only
-        return GenerationRequest.model_fields[name].default
 
     p = sub.add_parser(
         "generate",
@@ -69,99 +42,9 @@ def _generate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--dit", default=None, help="DiT folder name in the root (default: ACESTEP_CONFIG_PATH or turbo)"
     )
-    p.add_argument(
-        "--task",
-        default="text2music",
-        dest="task_type",
-        type=str.lower,
-        choices=TASK_TYPES,
-        help="what to make (default %(default)s; all the others work on --src-audio)",
-    )
-    p.add_argument("--caption", "--prompt", default="", dest="caption", help="the music, described in words")
-    p.add_argument("--lyrics", default="", help="the lyrics, with [verse]/[chorus] tags (default: none)")
-    p.add_argument("--instrumental", action="store_true", help="no vocals (the lyrics become [Instrumental])")
-    p.add_argument(
-        "--track-name",
-        default=None,
-        type=str.lower,
-        choices=TRACK_NAMES,
-        metavar="NAME",
-        help="the track lego generates or extract takes out: %(choices)s",
-    )
-    p.add_argument(
-        "--track-classes",
-        default=None,
-        help=f"the tracks complete adds, comma-separated, from: {', '.join(TRACK_NAMES)}",
-    )
-    p.add_argument("--src-audio", default=None, help="the source audio file (WAV, FLAC, MP3, OGG)")
-    p.add_argument("--reference-audio", default=None, help="an audio file whose style the result takes")
-    p.add_argument(
-        "--audio-codes",
-        default="",
-        dest="audio_code_string",
-        help="5 Hz audio codes (<|audio_code_N|>...) to build on, in place of a source (cover)",
-    )
-    p.add_argument(
-        "--duration",
-        type=float,
-        default=-1.0,
-        dest="audio_duration",
-        help="seconds to generate (default -1: the source's length, else automatic)",
-    )
-    p.add_argument("--bpm", type=int, default=None, help="tempo in beats per minute (default: free)")
-    p.add_argument("--key-scale", default="", help="the key, e.g. 'C major' or 'F# minor' (default: free)")
-    p.add_argument(
-        "--time-signature",
-        default="",
-        choices=tuple(TIME_SIGNATURES),
-        help="beats per bar (default: free)",
-    )
-    p.add_argument(
-        "--language",
-        default="unknown",
-        dest="vocal_language",
-        type=str.lower,
-        choices=sorted(VOCAL_LANGUAGES),
-        metavar="CODE",
-        help="the language of the lyrics (default %(default)s): %(choices)s",
-    )
-    p.add_argument(
-        "--steps",
-        type=int,
-        default=None,
-        dest="inference_steps",
-        help="diffusion steps (default: the model's own: 8 for turbo, 50 for base and SFT)",
-    )
-    p.add_argument(
-        "--guidance-scale",
-        type=float,
-        default=None,
-        help=f"how strongly the caption steers base and SFT models (default {default('guidance_scale')})",
-    )
-    p.add_argument("--shift", type=float, default=None, help=f"timestep shift (default {default('shift')})")
-    p.add_argument("--seed", default=None, help="an integer or a comma list; omitted = random")
-    p.add_argument("--batch-size", type=int, default=1, help="how many takes to make at once (default 1)")
-    p.add_argument(
-        "--repainting-start", type=float, default=None, help="repaint and lego: where the window starts (s)"
-    )
-    p.add_argument(
-        "--repainting-end", type=float, default=None, help="repaint and lego: where it ends (s; -1: the end)"
-    )
-    p.add_argument(
-        "--cover-strength",
-        type=float,
-        default=None,
-        dest="audio_cover_strength",
-        help=f"cover: how closely to follow the source, 0-1 (default {default('audio_cover_strength')})",
-    )
-    p.add_argument(
-        "--format",
-        default=None,
-        dest="audio_format",
-        type=str.lower,
-        choices=AUDIO_FORMATS,
-        help="the file format (default: -o's extension, else wav)",
-    )
+    for spec in GENERATION:
+        if spec.flag is not None:
+            p.add_argument(*spec.flag.names, dest=spec.target, **spec.flag.options)
     p.add_argument(
         "-o",
         "--output",
@@ -206,6 +89,7 @@ def _generate_parser(sub: argparse._SubParsersAction) -> None:
 def run_generate(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
+    from acestep.errors import validation_lines
     from acestep.request import GenerationRequest
 
     started = time.perf_counter()
@@ -235,9 +119,8 @@ def run_generate(args: argparse.Namespace) -> int:
     try:
         request = GenerationRequest(**fields)
     except ValidationError as exc:
-        for error in exc.errors():
-            where = ".".join(str(p) for p in error["loc"]) or "request"
-            print(f"error: {where}: {error['msg'].removeprefix('Value error, ')}", file=sys.stderr)
+        for line in validation_lines(exc.errors()):
+            print(f"error: {line}", file=sys.stderr)
         return 2
     from acestep.checkpoints import CheckpointError, resolve
     from acestep.checkpoints.lm_folders import LmNotAvailable
@@ -268,6 +151,7 @@ def run_generate(args: argparse.Namespace) -> int:
         print(f"error: {exc}{hint}", file=sys.stderr)
         return 2
     from acestep.worker.runner import EngineSpec
+    from acestep.worker.supervisor import Supervisor
 
     silence_third_party()
     spec = EngineSpec(
@@ -282,20 +166,21 @@ def run_generate(args: argparse.Namespace) -> int:
         if progress_wanted(args.progress, sys.stderr)
         else None
     )
+    supervisor = Supervisor(manager)
     try:
-        manager.start(spec, in_process=True)
-        job = manager.submit(request, output_dir, on_progress=[bar] if bar else None).wait()
+        supervisor.start(spec, in_process=True)
+        job = supervisor.submit(request, output_dir, on_progress=[bar] if bar else None).wait()
         if keep_alive == 0:
-            manager.unload("free")
+            supervisor.unload("free")
     except (ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        manager.close()
+        supervisor.close()
         return 1
     finally:
         if bar is not None:
             bar.close()
     reports = list(manager.reports)
-    manager.close()
+    supervisor.close()
     if job.state != "succeeded":
         print(f"error: {job.error}", file=sys.stderr)
         return 1

@@ -8,34 +8,12 @@ import re
 from pathlib import Path
 
 from acestep.cli.memory_flags import _lm_switch_flag
+from acestep.fields import LM_FEATURES, LM_KNOBS
 
-# The sampling flags, each a request field of the same name, with its type.
-SAMPLING_FLAGS = {
-    "lm_temperature": float,
-    "lm_cfg_scale": float,
-    "lm_top_k": int,
-    "lm_top_p": float,
-    "lm_repetition_penalty": float,
-    "lm_negative_prompt": str,
-}
-SAMPLING_HELP = {
-    "lm_temperature": "LM sampling temperature",
-    "lm_cfg_scale": "LM classifier-free guidance scale",
-    "lm_top_k": "LM top-k sampling (0: off)",
-    "lm_top_p": "LM nucleus sampling",
-    "lm_repetition_penalty": "LM repetition penalty",
-    "lm_negative_prompt": "what the LM's guidance steers away from",
-}
-# Request fields that take a flag's value as it is (sample_mode is derived, see lm_fields).
-LM_REQUEST_ARGS = (
-    "thinking",
-    "use_cot_caption",
-    "use_cot_language",
-    "use_cot_metas",
-    "sample_query",
-    "use_format",
-    *SAMPLING_FLAGS,
-)
+# Request fields that take a flag's value as it is (sample_mode is derived, see lm_fields): the
+# field table's LM entries with a flag (acestep.fields), in the help's order.
+LM_FLAG_FIELDS = tuple(spec for spec in (*LM_FEATURES, *LM_KNOBS) if spec.flag and spec.target)
+LM_REQUEST_ARGS = tuple(spec.target for spec in LM_FLAG_FIELDS)
 LM_ENV = "ACESTEP_LM_MODEL_PATH"
 CODE_TOKEN = re.compile(r"<\|audio_code_\d+\|>")
 
@@ -43,50 +21,9 @@ CODE_TOKEN = re.compile(r"<\|audio_code_\d+\|>")
 def _lm_flags(p: argparse.ArgumentParser) -> None:
     """The LM flags. Every default is None so that only what the user set reaches the request,
     whose own defaults (upstream's) stay the single source of truth."""
-    from acestep.request import GenerationRequest
-
     g = p.add_argument_group("5Hz LM", "the LM runs only with --thinking, --sample-query or --use-format")
-    g.add_argument(
-        "--thinking", action="store_true", default=None, help="the LM writes metadata and audio codes"
-    )
-    g.add_argument(
-        "--no-cot-caption",
-        action="store_false",
-        default=None,
-        dest="use_cot_caption",
-        help="keep the caption as written (the LM does not rewrite it)",
-    )
-    g.add_argument(
-        "--no-cot-language",
-        action="store_false",
-        default=None,
-        dest="use_cot_language",
-        help="the LM does not choose the vocal language",
-    )
-    g.add_argument(
-        "--no-cot-metas",
-        action="store_false",
-        default=None,
-        dest="use_cot_metas",
-        help="the LM does not fill bpm, key, time signature and duration",
-    )
-    g.add_argument(
-        "--sample-query",
-        default=None,
-        metavar="TEXT",
-        help="describe a song; the LM writes its caption, lyrics and metadata (sample mode)",
-    )
-    g.add_argument(
-        "--use-format", action="store_true", default=None, help="the LM tidies the caption and lyrics"
-    )
-    for name, kind in SAMPLING_FLAGS.items():
-        default = GenerationRequest.model_fields[name].default  # shown, never passed on
-        g.add_argument(
-            f"--{name.replace('_', '-')}",
-            type=kind,
-            default=None,
-            help=f"{SAMPLING_HELP[name]} (default {default!r})",
-        )
+    for spec in LM_FLAG_FIELDS:
+        g.add_argument(*spec.flag.names, dest=spec.target, **spec.flag.options)
     g.add_argument(
         "--lm",
         default=None,

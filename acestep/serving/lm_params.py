@@ -1,27 +1,16 @@
 """What ``/release_task``'s LM options do once parsed (``params.py`` parses them): the request
 fields they set, with upstream's REST defaults, and the warnings for options that change nothing
-here (never a silent backend or model switch)."""
+here (never a silent backend or model switch). Which options are request fields is the field
+table's (``acestep.fields``)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from acestep.fields import LM_FEATURES, LM_KNOBS
+
 # LM values that become GenerationRequest fields (the rest only steer which LM or backend).
-_LM_REQUEST_FIELDS = (
-    "thinking",
-    "sample_mode",
-    "sample_query",
-    "use_format",
-    "use_cot_caption",
-    "use_cot_language",
-    "use_cot_metas",
-    "lm_temperature",
-    "lm_cfg_scale",
-    "lm_top_k",
-    "lm_top_p",
-    "lm_repetition_penalty",
-    "lm_negative_prompt",
-)
+_LM_REQUEST_FIELDS = tuple(spec.target for spec in (*LM_FEATURES, *LM_KNOBS) if spec.target)
 REST_LM_DEFAULTS = {"lm_cfg_scale": 2.5}  # upstream's /release_task default (the library uses 2.0)
 
 
