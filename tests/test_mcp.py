@@ -68,7 +68,7 @@ def test_stdio(upstream_base, tmp_path):
         "ACESTEP_ALLOWED_PATHS": str(source.parent),
         "ACESTEP_KEEP_ALIVE": "-1",
     }
-    params = StdioServerParameters(command=sys.executable, args=["-m", "acestep.mcp"], env=env)
+    params = StdioServerParameters(command=sys.executable, args=["-m", "acestep.cli.mcp"], env=env)
 
     async def run() -> None:
         async with stdio_client(params) as (read, write), ClientSession(read, write) as session:

@@ -5,30 +5,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mcp.server.transport_security import TransportSecuritySettings
+
 from acestep.mcp.tools import build_server
 
 
 class AppBackend:
-    """The REST app's queue and manager, read when a tool runs (they exist once the app started)."""
+    """The REST app's service and manager, read when a tool runs (they exist once the app started)."""
 
     def __init__(self, app):
         self.app = app
 
     @property
-    def queue(self):
-        return self.app.state.queue
+    def service(self):
+        return self.app.state.service
 
     @property
     def manager(self):
         return self.app.state.manager
-
-    @property
-    def lm_name(self) -> str | None:
-        return self.app.state.lm_name
-
-    @property
-    def lm_missing(self) -> str:
-        return self.app.state.lm_missing
 
     @property
     def input_roots(self) -> list[Path]:
@@ -47,13 +41,12 @@ class AppBackend:
         return self.app.state.variant.default_steps
 
 
-def mount_mcp(app, config):
+def mount_mcp(app, security: TransportSecuritySettings):
     """Mount the tools at ``/mcp/``; returns the MCP server, whose session manager the app's
-    lifespan must run. Without a key the SDK's DNS-rebinding protection is on, with the server's
-    allowed hosts (the app's own guard checks the same rule first)."""
-    from acestep.serving.origins import mcp_transport_security
-
-    server = build_server(AppBackend(app), streamable_http_path="/", security=mcp_transport_security(config))
+    lifespan must run. ``security`` is the SDK's DNS-rebinding protection as the app configures it
+    (on without a key, with the server's allowed hosts: serving/origins.py checks the same rule
+    first); the app passes it in, since a face does not import another."""
+    server = build_server(AppBackend(app), streamable_http_path="/", security=security)
     # The key is checked in front of the whole app (serving.auth.HeaderKeyGate), /mcp included.
     app.mount("/mcp", server.streamable_http_app())
     return server

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import tempfile
 from pathlib import Path
 from typing import Protocol
@@ -27,20 +26,21 @@ from pydantic import ValidationError
 from acestep.engine.audio_limits import AudioInputError
 from acestep.engine.audio_probe import checked_seconds
 from acestep.engine.disk_full import NoSpaceError, is_no_space
-from acestep.errors import shown
+from acestep.errors import shown, validation_message
+from acestep.jobs.failures import Refusal
+from acestep.jobs.outputs import MEDIA_TYPES, audio_url
+from acestep.jobs.service import JobService, discard
 from acestep.jobs.uploads import UploadError, confine, sniff_audio
-from acestep.jobs.waits import CommandTimeout, follow_to_end, run_command
+from acestep.jobs.waits import CommandTimeout, run_command
 from acestep.request import ADAPTER_NAME_RE, GenerationRequest
-from acestep.serving.routes_compat import MEDIA_TYPES
-from acestep.serving.wire import audio_url
-from acestep.settings import env_int
+from acestep.settings import current as current_settings
+from acestep.settings import value as setting_value
 from acestep.tasks import TRACK_NAMES, default_caption
 
 TIMEOUT_S = 600.0
 # Audio embedded in one tool result, in MiB; past it, links (0: links only). The API process
 # briefly holds several copies of what it embeds (bytes, base64, the JSON message): about 8x.
 EMBED_ENV = "ACESTEP_MCP_EMBED_MB"
-DEFAULT_EMBED_MB = 16
 # What a result says about the LM's plan: the model, what it wrote, the values the DiT then used
 # and each item's audio codes.
 LM_RESULT_KEYS = (
@@ -52,7 +52,7 @@ LM_RESULT_KEYS = (
 class Backend(Protocol):
     """What the tools need: the REST app's state, or a standalone server's own."""
 
-    queue: object  # its ``loras`` (a LoraSelection) fills in and checks each job's adapters
+    service: JobService  # the front door: queue, LM check, LoRA selection (``service.loras``)
     manager: object
     input_roots: list[Path]
     uploads_dir: Path
@@ -64,30 +64,18 @@ def _request(values: dict) -> GenerationRequest:
     try:
         return GenerationRequest(**{k: v for k, v in values.items() if v is not None})
     except ValidationError as exc:
-        messages = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
-        raise ToolError("; ".join(m.replace("Value error, ", "") for m in messages)) from None
+        raise ToolError(validation_message(exc)) from None
 
 
 async def _run(backend: Backend, request: GenerationRequest, cleanup: list[Path], delivery: Delivery) -> list:
-    from acestep.jobs.queue import QueueFull, QueueUnavailable
-    from acestep.memory.keep_alive import KeepAliveError
-    from acestep.memory.limits import MemoryLimitError
-
-    queue = backend.queue
+    """Queue through the service and wait; a refusal or a failure is a tool error with the reason
+    REST and the UI give (acestep/jobs/failures.py). Refused, the uploads are deleted."""
+    service = backend.service
     try:
-        # In a thread: a cluster's queue is Redis, which must not stall the event loop.
-        job = await anyio.to_thread.run_sync(lambda: queue.submit(request, cleanup=cleanup))
-    except Exception as exc:
-        _discard(cleanup)  # not queued: the uploads are still ours (a queued job deletes them)
-        if isinstance(exc, (QueueFull, QueueUnavailable, MemoryLimitError, KeepAliveError, ValueError)):
-            raise ToolError(str(exc)) from None
-        raise
-    try:
-        job = await follow_to_end(queue, job, TIMEOUT_S)
-    except TimeoutError:
-        raise ToolError(f"generation timed out after {TIMEOUT_S:.0f} s (task {job.id})") from None
-    if job.state != "succeeded":
-        raise ToolError(f"generation failed: {job.error}")
+        job = await service.submit(request, cleanup)
+        job = await service.await_job(job, TIMEOUT_S)
+    except Refusal as exc:
+        raise ToolError(exc.reason) from None
     result = job.result
     audio, embedded = await delivery.audio(result.audio_paths)
     summary = {
@@ -104,11 +92,6 @@ async def _run(backend: Backend, request: GenerationRequest, cleanup: list[Path]
     if result.metas.get("lm_model"):  # only when the LM ran
         summary |= {key: result.metas.get(key) for key in LM_RESULT_KEYS}
     return [TextContent(type="text", text=json.dumps(summary)), *audio]
-
-
-def _discard(paths: list[Path]) -> None:
-    for path in paths:
-        path.unlink(missing_ok=True)
 
 
 def _read_at_most(path: Path, limit: int) -> bytes | None:
@@ -148,24 +131,6 @@ class Delivery:
         return content, embedded
 
 
-def _lm_of(backend: Backend) -> tuple[str | None, str] | None:
-    """(the LM's name or None, why there is none) as the server knows it before any job; None for a
-    backend that cannot tell (its worker then refuses the job with the same advice)."""
-    if not hasattr(backend, "lm_name"):
-        return None
-    return backend.lm_name, getattr(backend, "lm_missing", "")
-
-
-def _require_lm(backend: Backend, request: GenerationRequest) -> None:
-    """Refuse an LM request on a server without an LM before it is queued, as the REST API does."""
-    known = _lm_of(backend)
-    if request.uses_lm and known is not None and known[0] is None:
-        raise ToolError(
-            f"thinking needs the 5Hz LM, and this server has none: {known[1]}; "
-            "or leave thinking out to generate with the DiT alone"
-        )
-
-
 def _adapter(name: str) -> str:
     """An adapter name as ``list_loras`` gives it (never a path); ``ValueError`` otherwise."""
     if not ADAPTER_NAME_RE.match(name.strip()):
@@ -202,7 +167,7 @@ def _source(backend: Backend, audio_path: str | None, audio_base64: str | None) 
             handle.write(data)  # a full disk may surface here or at the flush on close
     except BaseException as exc:  # no partial file stays behind
         if staged is not None:
-            _discard([staged])
+            discard([staged])
         if is_no_space(exc):
             raise ToolError(str(NoSpaceError(backend.uploads_dir))) from None
         raise
@@ -212,10 +177,10 @@ def _source(backend: Backend, audio_path: str | None, audio_base64: str | None) 
 def build_server(
     backend: Backend, streamable_http_path: str = "/mcp", security: TransportSecuritySettings | None = None
 ) -> FastMCP:
-    """``security``: the SDK's Host/Origin checks for HTTP (``acestep.serving.origins``); off by
+    """``security``: the SDK's Host/Origin checks for HTTP (the REST app passes its own); off by
     default, for stdio, which has no Host."""
     security = security or TransportSecuritySettings(enable_dns_rebinding_protection=False)
-    embed_bytes = env_int(os.environ, EMBED_ENV, DEFAULT_EMBED_MB) * 2**20
+    embed_bytes = setting_value(current_settings(), EMBED_ENV) * 2**20
     server = FastMCP(
         "acestep",
         instructions="ACE-Step 1.5 music generation: songs from a caption, stems (lego) that fit a track.",
@@ -224,6 +189,13 @@ def build_server(
         transport_security=security,
     )
 
+    _add_song_tool(server, backend, embed_bytes)
+    _add_lego_tool(server, backend, embed_bytes)
+    _add_model_tools(server, backend)
+    return server
+
+
+def _add_song_tool(server: FastMCP, backend: Backend, embed_bytes: int) -> None:
     @server.tool()
     async def generate_music(
         caption: str,
@@ -263,9 +235,10 @@ def build_server(
                 "lora_scale": lora_scale,
             }
         )
-        _require_lm(backend, request)
         return await _run(backend, request, [], Delivery(embed_bytes, ctx))
 
+
+def _add_lego_tool(server: FastMCP, backend: Backend, embed_bytes: int) -> None:
     @server.tool()
     async def lego_stem(
         track_type: str,
@@ -312,15 +285,19 @@ def build_server(
                 }
             )
         except BaseException:
-            _discard(cleanup)
+            discard(cleanup)
             raise
         return await _run(backend, request, cleanup, Delivery(embed_bytes, ctx))
+
+
+def _add_model_tools(server: FastMCP, backend: Backend) -> None:
+    """Status, load/unload and the LoRA commands."""
 
     @server.tool()
     async def get_status() -> dict:
         """Memory tier, limits, residency and the job queue's state."""
         status, stats = await anyio.to_thread.run_sync(
-            lambda: (backend.manager.get_status(), backend.queue.stats())
+            lambda: (backend.manager.get_status(), backend.service.queue.stats())
         )
         return status | {"queue": stats}
 
@@ -350,7 +327,7 @@ def build_server(
         served model; the unusable files with the reason; the default and what the model holds."""
         from acestep.lora.selection import resident
 
-        catalog = await anyio.to_thread.run_sync(backend.queue.loras.catalog)
+        catalog = await anyio.to_thread.run_sync(backend.service.loras.catalog)
         status = await anyio.to_thread.run_sync(backend.manager.get_status)
         return catalog | {"resident": resident(status)}
 
@@ -364,7 +341,7 @@ def build_server(
         if not 0.0 <= scale <= MAX_LORA_SCALE:
             raise ToolError(f"scale must be between 0 and {MAX_LORA_SCALE:g}")
         try:
-            return await run_command(backend.queue.loras.load, backend.manager, _adapter(name), scale)
+            return await run_command(backend.service.loras.load, backend.manager, _adapter(name), scale)
         except (ValueError, JobError, CommandTimeout) as exc:
             raise ToolError(str(exc)) from None
 
@@ -375,8 +352,6 @@ def build_server(
 
         try:
             names = [_adapter(name)] if name else None
-            return await run_command(backend.queue.loras.unload, backend.manager, names)
+            return await run_command(backend.service.loras.unload, backend.manager, names)
         except (ValueError, JobError, CommandTimeout) as exc:
             raise ToolError(str(exc)) from None
-
-    return server

@@ -12,6 +12,8 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from acestep import __version__
+from acestep.errors import validation_message
+from acestep.jobs.outputs import MEDIA_TYPES
 from acestep.jobs.queue import QueueUnavailable
 from acestep.jobs.uploads import UploadError, confine, save_upload
 from acestep.request import GenerationRequest
@@ -27,7 +29,6 @@ UPLOAD_FIELDS = {
     "src_audio": ("ctx_audio", "src_audio"),
     "reference_audio": ("ref_audio", "reference_audio"),
 }
-MEDIA_TYPES = {".mp3": "audio/mpeg", ".wav": "audio/wav", ".flac": "audio/flac", ".ogg": "audio/ogg"}
 REST_DEFAULTS = {"audio_format": "mp3"}  # upstream's REST default (the Python API writes flac)
 EXAMPLES = (
     {
@@ -72,14 +73,6 @@ def body_schema(properties: dict, required: list[str] = (), content: str = "appl
     return {"requestBody": {"content": {content: {"schema": schema}}}}
 
 
-def validation_message(exc: ValidationError) -> str:
-    parts = []
-    for error in exc.errors():
-        where = ".".join(str(p) for p in error["loc"]) or "request"
-        parts.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
-    return "; ".join(parts)
-
-
 async def build_request(
     request: Request, fields: dict, files: dict
 ) -> tuple[GenerationRequest, list[Path], list]:
@@ -114,12 +107,7 @@ async def build_request(
             generation = GenerationRequest(**values)
         except ValidationError as exc:
             raise HTTPException(400, validation_message(exc)) from None
-        if generation.uses_lm and request.app.state.lm_name is None:
-            raise HTTPException(
-                400,
-                f"{', '.join(params.lm_features)} need the 5Hz LM, and this server has none: "
-                f"{request.app.state.lm_missing}; or leave them out to generate with the DiT alone",
-            )
+        request.app.state.service.require_lm(generation, params.lm_features)  # a Refusal: 400
     except UploadError as exc:
         _discard(saved)
         raise HTTPException(exc.status, str(exc)) from None
@@ -167,23 +155,10 @@ def _discard(paths: list[Path]) -> None:
 
 
 async def submit(request: Request, generation: GenerationRequest, saved: list[Path], lm_only: bool = False):
-    """Queue, mapping refusals to 4xx/503; uploads are deleted if the job is not queued. Queue
-    calls run in a thread: a cluster's queue is Redis, which must not stall the event loop."""
-    from acestep.jobs.queue import QueueFull
-    from acestep.memory.keep_alive import KeepAliveError
-    from acestep.memory.limits import MemoryLimitError
-
+    """Queue through the app's ``JobService``: a refusal is a ``Refusal`` (its status from
+    acestep/jobs/failures.py, answered by serving/app.py), and the uploads are then deleted."""
     model = getattr(request.state, "model", None)
-    try:
-        queue = request.app.state.queue
-        return await run_in_threadpool(queue.submit, generation, cleanup=saved, lm_only=lm_only, model=model)
-    except (QueueFull, QueueUnavailable) as exc:
-        _discard(saved)
-        status = 429 if isinstance(exc, QueueFull) else 503
-        raise HTTPException(status, str(exc), headers={"Retry-After": str(exc.retry_after)}) from None
-    except (MemoryLimitError, KeepAliveError, ValueError) as exc:
-        _discard(saved)
-        raise HTTPException(400, str(exc)) from None
+    return await request.app.state.service.submit(generation, saved, lm_only=lm_only, model=model)
 
 
 @router.post("/release_task", openapi_extra=GENERATION_REQUEST_SCHEMA)

@@ -7,7 +7,6 @@ The form follows the plugin's wrapper: ``audio_file``, ``track_type``, ``bpm``, 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from fastapi import APIRouter, HTTPException, Request
@@ -15,8 +14,9 @@ from fastapi.responses import FileResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from acestep.errors import validation_message
+from acestep.fields import BY_NAME
 from acestep.jobs.uploads import UploadError, save_upload
-from acestep.jobs.waits import CallerGone, follow_to_end
 from acestep.request import GenerationRequest
 from acestep.serving import auth
 from acestep.serving.body import read_body
@@ -26,29 +26,28 @@ from acestep.serving.routes_compat import (
     body_schema,
     check_audio,
     submit,
-    validation_message,
 )
 from acestep.serving.wire import audio_url, envelope, result_items
+from acestep.settings import current as current_settings
+from acestep.settings import value as setting_value
 from acestep.tasks import TRACK_NAMES, default_caption
 
 router = APIRouter()
 
 FORM_FIELDS = ("track_type", "bpm", "key_scale", "audio_duration", "batch_size", "caption", "seed", "format")
-TIMEOUT_S = float(os.environ.get("ACESTEP_GENERATION_TIMEOUT", "600"))
-FAILURE_STATUS = {"input": 422, "limit": 422, "generation": 422, "cancelled": 409, "oom": 507, "disk": 507}
+TIMEOUT_S: float = setting_value(current_settings(), "ACESTEP_GENERATION_TIMEOUT")
 
 
 LEGO_FORM = {
     "audio_file": {"type": "string", "format": "binary"},
     "track_type": {"type": "string", "enum": list(TRACK_NAMES)},
-    "bpm": {"type": "integer", "minimum": 30, "maximum": 300},
-    "key_scale": {"type": "string"},
-    "audio_duration": {"type": "number"},
-    "batch_size": {"type": "integer", "minimum": 1, "maximum": 8},
-    "caption": {"type": "string"},
-    "seed": {"type": "integer"},
+    # Types and bounds are the field table's (acestep.fields), so they follow acestep.tasks.
+    **{
+        name: BY_NAME[name].schema()
+        for name in ("bpm", "key_scale", "audio_duration", "batch_size", "caption", "seed")
+    },
     "format": {"type": "string", "enum": ["wav", "wav32", "flac", "mp3"]},
-    "keep_alive": {"type": "string"},
+    "keep_alive": BY_NAME["keep_alive"].schema(),
     "lora": {"type": "string", "description": "LoRA adapter name(s), comma-separated"},
     "lora_scale": {"type": "string", "description": "one scale, or one per adapter"},
     "response": {"type": "string", "enum": ["audio", "json"]},
@@ -85,16 +84,10 @@ async def lego(request: Request):
     except HTTPException:
         _discard([path])
         raise
-    queue = request.app.state.queue
     job = await submit(request, generation, [path])
-    try:  # a client that leaves frees the GPU for others: nobody would read the stem
-        job = await follow_to_end(queue, job, TIMEOUT_S, gone=request.is_disconnected)
-    except CallerGone:
-        raise HTTPException(499, "client disconnected; the job was cancelled") from None
-    except TimeoutError:
-        raise HTTPException(504, f"Generation timeout after {TIMEOUT_S:.0f} s (task {job.id})") from None
-    if job.state != "succeeded":
-        raise HTTPException(FAILURE_STATUS.get(job.error_kind, 500), f"lego failed: {job.error}")
+    # A client that leaves frees the GPU for others: nobody would read the stem. A failure is a
+    # Refusal, answered with the status of acestep/jobs/failures.py.
+    job = await request.app.state.service.await_job(job, TIMEOUT_S, gone=request.is_disconnected)
     if str(fields.get("response") or request.query_params.get("response") or "").lower() == "json":
         return envelope(
             {

@@ -11,11 +11,11 @@ import json
 from fastapi import APIRouter, HTTPException, Request
 from pydantic import ValidationError
 
-from acestep.jobs.waits import CallerGone, follow_to_end
+from acestep.errors import validation_message
 from acestep.request import GenerationRequest
 from acestep.serving import auth
 from acestep.serving.body import read_body
-from acestep.serving.routes_compat import body_schema, submit, validation_message
+from acestep.serving.routes_compat import body_schema
 from acestep.serving.wire import envelope
 
 router = APIRouter()
@@ -75,20 +75,11 @@ def format_request(fields: dict) -> GenerationRequest:
 async def format_input(request: Request) -> dict:
     fields, _ = await read_body(request)
     auth.check(request, fields.pop("ai_token", None))
-    state = request.app.state
-    if state.lm_name is None:
-        # 400 like /release_task's refusal (upstream: 503): the request asks for what is not configured.
-        raise HTTPException(400, f"LLM not initialized: {state.lm_missing}")
-    job = await submit(request, format_request(fields), [], lm_only=True)
-    try:
-        job = await follow_to_end(state.queue, job, FORMAT_TIMEOUT_S, gone=request.is_disconnected)
-    except CallerGone:
-        raise HTTPException(499, "client disconnected; the job was cancelled") from None
-    except TimeoutError:
-        raise HTTPException(504, f"format_input did not finish in {FORMAT_TIMEOUT_S:.0f} s") from None
-    if job.state != "succeeded":
-        status = 400 if job.error_kind in ("input", "limit") else 500
-        raise HTTPException(status, f"format_input failed: {job.error}")
+    service = request.app.state.service
+    generation = format_request(fields)
+    # Without an LM, the service refuses it as it refuses thinking on /release_task (a 400; upstream: 503).
+    job = await service.submit(generation, lm_only=True, features=["format_input"])
+    job = await service.await_job(job, FORMAT_TIMEOUT_S, gone=request.is_disconnected)
     metas = job.result.metas
     names = ("caption", "lyrics", "bpm", "key_scale", "time_signature", "duration", "vocal_language")
     return envelope({name: metas.get(name) for name in names})

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
 from acestep.errors import JobError, shown
+from acestep.fields import word_bool
 from acestep.jobs.waits import CommandTimeout, run_command
 from acestep.lora.catalog import LoraError, LoraNotFound
 from acestep.lora.selection import DefaultFull, resident
@@ -172,8 +173,7 @@ async def lora_toggle(request: Request) -> dict:
     """Upstream's toggle: keep the default adapters, but use them (or not) for later requests."""
     fields, _ = await read_body(request)
     value = fields.get("use_lora", fields.get("enabled"))
-    text = str(value).strip().lower()
-    if text not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+    enabled = word_bool(str(value))
+    if enabled is None:
         raise HTTPException(400, f"use_lora must be true or false, got {value!r}")
-    enabled = text in ("true", "1", "yes", "on")
     return envelope(await run_in_threadpool(request.app.state.loras.set_enabled, enabled))

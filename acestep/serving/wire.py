@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import json
 import time
-from urllib.parse import quote
 
+from acestep.jobs.outputs import audio_url
 from acestep.worker.dispatcher import Job
 
 WIRE_STATUS = {"queued": 0, "running": 0, "succeeded": 1, "failed": 2}
@@ -19,14 +19,11 @@ UNKNOWN_TASK = (
     "are lost; submit the job again"
 )
 ENV = "development"
+__all__ = ["audio_url", "envelope", "query_entry", "result_items"]
 
 
 def envelope(data, code: int = 200, error: str | None = None) -> dict:
     return {"data": data, "code": code, "error": error, "timestamp": int(time.time() * 1000), "extra": None}
-
-
-def audio_url(path: str) -> str:
-    return f"/v1/audio?path={quote(path, safe='')}"
 
 
 def _metas(job: Job) -> dict:

@@ -6,7 +6,6 @@ server's event loop stays free for other sessions.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 import uuid
@@ -17,6 +16,7 @@ import gradio as gr
 from pydantic import ValidationError
 
 from acestep.engine.audio_limits import AudioInputError
+from acestep.errors import validation_message
 from acestep.jobs.uploads import UploadError, confine, sniff_audio
 from acestep.request import GenerationRequest
 
@@ -29,8 +29,7 @@ def _request(values: dict) -> GenerationRequest:
     try:
         return GenerationRequest(**{k: v for k, v in values.items() if v is not None})
     except ValidationError as exc:
-        messages = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
-        raise gr.Error("; ".join(m.replace("Value error, ", "") for m in messages)) from None
+        raise gr.Error(validation_message(exc)) from None
 
 
 async def stage_upload(state, path: str | None, text: dict) -> Path:
@@ -75,35 +74,30 @@ def _stage(config, path: str) -> Path:
 
 
 async def follow(state, request: GenerationRequest, cleanup: list[Path], text: dict, progress: gr.Progress):
-    """Submit and yield (status text, audio paths, file paths) until the job ends."""
-    from acestep.jobs.queue import QueueFull, QueueUnavailable
-    from acestep.memory.keep_alive import KeepAliveError
-    from acestep.memory.limits import MemoryLimitError
+    """Submit through the app's ``JobService`` and yield (status text, audio paths, file paths)
+    until the job ends. A refusal or a failure shows the reason REST and MCP give."""
+    from acestep.jobs.failures import Refusal
 
-    queue = state.queue
-    try:
-        if request.uses_lm and state.lm_name is None:  # refused here, not by a failed job
-            raise ValueError(f"{text['lm_unavailable']}: {state.lm_missing}")
-        # In a thread: a cluster's queue is Redis, which must not stall the event loop.
-        job = await anyio.to_thread.run_sync(lambda: queue.submit(request, cleanup=cleanup))
-    except (QueueFull, QueueUnavailable, MemoryLimitError, KeepAliveError, ValueError) as exc:
-        for path in cleanup:
-            path.unlink(missing_ok=True)
-        raise gr.Error(str(exc)) from None
+    service = state.service
     last = None
-    while (job := await anyio.to_thread.run_sync(queue.get, job.id) or job).state in ("queued", "running"):
-        if job.state == "queued":
-            position = await anyio.to_thread.run_sync(queue.position, job.id)
-            line = f"{text['queued']} ({position})" if position else text["queued"]
-        else:
-            line = f"{job.stage} {job.progress * 100:.0f}%"
-        progress(job.progress, desc=job.stage)
-        if line != last:
-            last = line
-            yield line, *([None] * MAX_OUTPUTS), None
-        await asyncio.sleep(0.1)
-    if job.state != "succeeded":
-        raise gr.Error(f"{text['failed']}: {job.error}")
+    try:
+        queued = await service.submit(request, cleanup)  # refused: the uploads are deleted
+        job = queued
+        async for job in service.watch(queued):  # noqa: B007 (the last snapshot is the ended job)
+            if job.state not in ("queued", "running"):
+                continue  # the last one: its outcome follows
+            if job.state == "queued":
+                position = await anyio.to_thread.run_sync(service.queue.position, job.id)
+                line = f"{text['queued']} ({position})" if position else text["queued"]
+            else:
+                line = f"{job.stage} {job.progress * 100:.0f}%"
+            progress(job.progress, desc=job.stage)
+            if line != last:
+                last = line
+                yield line, *([None] * MAX_OUTPUTS), None
+        job = service.outcome(job)
+    except Refusal as exc:
+        raise gr.Error(exc.reason) from None
     paths = job.result.audio_paths
     players = [paths[i] if i < len(paths) else None for i in range(MAX_OUTPUTS)]
     summary = (

@@ -1,4 +1,5 @@
-"""``acestep-mcp``: the MCP tools over stdio, with their own memory manager, worker and queue."""
+"""``acestep-mcp``: the MCP tools over stdio, with their own memory manager, worker, queue and
+``JobService`` (the REST app builds its own in serving/app.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,8 @@ from pathlib import Path
 
 
 class StandaloneBackend:
-    def __init__(self, queue, manager, config, default_steps: int, lm: tuple[str | None, str] = (None, "")):
-        self.queue, self.manager = queue, manager
-        self.lm_name, self.lm_missing = lm
+    def __init__(self, service, manager, config, default_steps: int):
+        self.service, self.manager = service, manager
         self.input_roots: list[Path] = config.input_roots
         self.uploads_dir: Path = config.uploads_dir
         self.max_upload_bytes: int = config.max_upload_bytes
@@ -19,7 +19,7 @@ class StandaloneBackend:
 
 def _mcp_parser() -> argparse.ArgumentParser:
     """The flags, parsed before anything is read: ``--help`` and ``--version`` need no checkpoint.
-    (This module is the console script's entry point, so it may use the CLI's version flag.)"""
+    (The console script's entry point lives in the CLI, the top layer, which may build every part.)"""
     from acestep.cli.version import add_version_flag
 
     p = argparse.ArgumentParser(
@@ -45,11 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     from acestep.checkpoints.layout import resolve
     from acestep.checkpoints.lm_folders import lm_availability
     from acestep.jobs.queue import LocalJobQueue
+    from acestep.jobs.service import JobService
     from acestep.lora.selection import LoraSelection
     from acestep.mcp.tools import build_server
     from acestep.memory.manager import MemoryManager
     from acestep.serving.config import ServerConfig, prepare_environment
     from acestep.worker.runner import EngineSpec
+    from acestep.worker.supervisor import Supervisor
 
     prepare_environment()
     config = ServerConfig.from_env(checkpoint=args.checkpoint, dit=args.dit)
@@ -59,21 +61,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     lm = lm_availability(paths.root)
-    manager = MemoryManager()
+    manager = Supervisor(MemoryManager())
     manager.lm_name = lm[0]
     manager.start(EngineSpec(config.checkpoint, dit=paths.dit_name), in_process=config.in_process_worker)
+    loras = LoraSelection(paths.variant.tag)
     queue = LocalJobQueue(
         manager,
         config.results_dir,
         config.queue_maxsize,
         config.result_ttl_s,
         config.cleanup_interval_s,
-        loras=LoraSelection(paths.variant.tag),
+        loras=loras,
         checkpoint=paths,
         uploads_dir=config.uploads_dir,
     )
+    service = JobService(queue, manager, loras, *lm)  # the one front door, as in serving/app.py
     try:
-        build_server(StandaloneBackend(queue, manager, config, paths.variant.default_steps, lm)).run("stdio")
+        build_server(StandaloneBackend(service, manager, config, paths.variant.default_steps)).run("stdio")
     finally:
         queue.close()
         manager.close()

@@ -1,0 +1,16 @@
+"""Facts about a job's output files that every face shares: their media types and their URL."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+MEDIA_TYPES = {".mp3": "audio/mpeg", ".wav": "audio/wav", ".flac": "audio/flac", ".ogg": "audio/ogg"}
+
+
+def media_type(suffix: str, default: str = "application/octet-stream") -> str:
+    return MEDIA_TYPES.get(suffix.lower(), default)
+
+
+def audio_url(path: str) -> str:
+    """The REST app's link to a result file (``GET /v1/audio``), relative to the server."""
+    return f"/v1/audio?path={quote(path, safe='')}"

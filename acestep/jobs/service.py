@@ -1,0 +1,135 @@
+"""``JobService``: the one front door the faces (REST, the UI, MCP) queue work through.
+
+Built once per process (serving/app.py's lifespan, or the stdio MCP entry in cli/mcp.py) from the
+parts that process runs: the job queue (embedded, or the cluster's Redis queue, passed in), the
+memory control (the ``MemoryManager``, or a cluster's control), the LoRA selection and whether an
+LM is here. ``submit`` checks a request and queues it or raises one :class:`Refusal`; ``watch`` and
+``await_job`` follow a job to its end. A face only turns a ``Refusal`` into its own shape (an HTTP
+status from ``acestep.jobs.failures``, a Gradio error, an MCP tool error), with the same reason.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from acestep.errors import JobErrorKind
+from acestep.jobs.failures import Refusal, RefusalCause, failure_reason, lm_missing_reason
+from acestep.jobs.queue import JobQueue, QueueFull, QueueUnavailable
+from acestep.jobs.waits import CallerGone
+from acestep.lora.selection import LoraSelection
+from acestep.memory.limits import MemoryLimitError
+from acestep.request import GenerationRequest
+from acestep.worker.dispatcher import Job
+
+POLL_S = 0.05
+ACTIVE = ("queued", "running")
+# The request fields that make a job run the LM (GenerationRequest.uses_lm), as a refusal names them.
+LM_SWITCHES = ("thinking", "sample_mode", "sample_query", "use_format")
+
+
+def lm_switches(request: GenerationRequest) -> list[str]:
+    return [name for name in LM_SWITCHES if getattr(request, name)]
+
+
+def discard(paths: Iterable[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
+
+
+@dataclass
+class JobService:
+    queue: JobQueue
+    control: Any  # MemoryManager, or the cluster's ClusterControl: get_status, load, unload
+    loras: LoraSelection | None = None
+    lm_name: str | None = None
+    lm_missing: str = ""  # why there is no LM (the fix included), when lm_name is None
+
+    def require_lm(
+        self, request: GenerationRequest, features: list[str] | None = None, lm_only: bool = False
+    ) -> None:
+        """Refuse, before anything is queued, a request that needs the LM on a server without one."""
+        if self.lm_name is None and (lm_only or request.uses_lm):
+            names = features if features is not None else lm_switches(request)
+            raise Refusal(RefusalCause.LM_MISSING, lm_missing_reason(names, self.lm_missing, lm_only))
+
+    async def submit(
+        self,
+        request: GenerationRequest,
+        cleanup: Iterable[Path] = (),
+        lm_only: bool = False,
+        model: str | None = None,
+        features: list[str] | None = None,
+    ) -> Job:
+        """Queue ``request``: the LM check, then the queue's checks against the model (task support,
+        LoRA admission, memory limits, keep-alive). Refused: :class:`Refusal`, and the ``cleanup``
+        files (uploads) are deleted; queued, the job deletes them when it ends."""
+        cleanup = list(cleanup)
+        try:
+            self.require_lm(request, features, lm_only)
+            # In a thread: a cluster's queue is Redis, which must not stall the event loop.
+            return await anyio.to_thread.run_sync(
+                lambda: self.queue.submit(request, cleanup=cleanup, lm_only=lm_only, model=model)
+            )
+        except QueueFull as exc:
+            discard(cleanup)
+            raise Refusal(RefusalCause.QUEUE_FULL, str(exc), exc.retry_after) from None
+        except QueueUnavailable as exc:
+            discard(cleanup)
+            raise Refusal(RefusalCause.UNAVAILABLE, str(exc), exc.retry_after) from None
+        except MemoryLimitError as exc:
+            discard(cleanup)
+            raise Refusal(JobErrorKind.LIMIT, str(exc)) from None
+        except ValueError as exc:  # a wrong request: keep-alive, LoRA, a task the model cannot run
+            discard(cleanup)
+            raise Refusal(JobErrorKind.INPUT, str(exc)) from None
+        except BaseException:  # anything else, a caller gone included: nothing stays behind
+            discard(cleanup)
+            raise
+
+    async def watch(
+        self, job: Job, timeout_s: float | None = None, gone: Callable[[], Any] | None = None
+    ) -> AsyncIterator[Job]:
+        """Each snapshot of ``job`` until it ends (the last one is the ended job), a short thread
+        call at a time. Past ``timeout_s`` (a 504 ``Refusal``), when ``await gone()`` says the caller
+        left (``CallerGone``), or when the watcher is cancelled, the job is cancelled: nobody would
+        read its result."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        try:
+            while True:
+                job = await anyio.to_thread.run_sync(self.queue.get, job.id) or job
+                yield job
+                if job.state not in ACTIVE:
+                    return
+                if gone is not None and await gone():
+                    raise CallerGone(f"the caller left; task {job.id} was cancelled")
+                if deadline is not None and time.monotonic() > deadline:
+                    raise Refusal(
+                        RefusalCause.TIMEOUT,
+                        f"the job did not finish in {timeout_s:.0f} s (task {job.id}); it was cancelled",
+                    )
+                await anyio.sleep(POLL_S)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self.queue.cancel, job.id)
+            raise
+
+    async def await_job(
+        self, job: Job, timeout_s: float | None = None, gone: Callable[[], Any] | None = None
+    ) -> Job:
+        """The ended job when it succeeded; a :class:`Refusal` with its failure's kind otherwise."""
+        last = job
+        async for last in self.watch(job, timeout_s, gone):  # noqa: B007 (the last one is kept)
+            pass
+        return self.outcome(last)
+
+    @staticmethod
+    def outcome(job: Job) -> Job:
+        if job.state != "succeeded":
+            raise Refusal(job.error_kind or JobErrorKind.INTERNAL, failure_reason(job))
+        return job
