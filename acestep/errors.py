@@ -6,7 +6,9 @@ does next (a crash restarts the worker process; an out-of-memory error releases 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from enum import StrEnum
+from typing import Any
 
 SHOWN_CHARS = 80  # how much of a refused value an error message quotes
 
@@ -36,3 +38,20 @@ def shown(value: object) -> str:
     """A value's repr for an error message, clipped: a refusal never echoes a huge input."""
     text = repr(value)
     return text if len(text) <= SHOWN_CHARS else f"{text[: SHOWN_CHARS - 1]}… ({len(text)} characters)"
+
+
+# pydantic's validation errors, as every face words them: "where: message", joined by "; ".
+# (Duck-typed: ``errors()`` is pydantic's list of dicts; this module imports no library.)
+def error_message(error: Mapping[str, Any]) -> str:
+    """One pydantic error's message, without the "Value error, " pydantic puts before our own."""
+    return str(error["msg"]).removeprefix("Value error, ")
+
+
+def validation_lines(errors: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Each error as ``field.path: message`` (``request`` where the whole request is wrong)."""
+    return [f"{'.'.join(str(p) for p in e['loc']) or 'request'}: {error_message(e)}" for e in errors]
+
+
+def validation_message(exc: Any) -> str:
+    """A ``ValidationError`` (or FastAPI's ``RequestValidationError``) as one line."""
+    return "; ".join(validation_lines(exc.errors()))

@@ -74,6 +74,8 @@ def with_colon(instruction: str) -> str:
 MIN_DURATION_S = 10  # the shortest song the LM's metadata may ask for
 MAX_DURATION_S = 600.0
 MAX_BATCH_SIZE = 8
+MIN_BPM = 30  # upstream's tempo range
+MAX_BPM = 300
 MAX_STEPS = 200
 MAX_TIMESTEPS = MAX_STEPS + 1  # a custom schedule may also write its final 0
 MAX_TEXT_CHARS = 4096  # caption, instruction, sample query, LM negative prompt
@@ -101,8 +103,7 @@ def default_caption(track: str) -> str:
 
 # Keep-alive: how long loaded models stay after the last job. ``0`` unloads after every job, ``-1``
 # (any negative) never unloads, anything else is a duration (``300``, ``"90s"``, ``"5m"``, ``"1h30m"``).
-NEVER = math.inf
-DEFAULT_KEEP_ALIVE = "5m"
+NEVER = math.inf  # the default duration is ACESTEP_KEEP_ALIVE's, in acestep/setting_table.py
 UNLOAD_LEVELS = ("park", "free")
 _PART = re.compile(r"(\d+(?:\.\d+)?)([hms]?)")
 _UNIT = {"h": 3600.0, "m": 60.0, "s": 1.0, "": 1.0}

@@ -113,3 +113,21 @@ def engine_with_lm(lm_checkpoint: Path, lm_limits):
     from acestep import AceStep
 
     return AceStep.from_pretrained(lm_checkpoint, device="cpu", limits=lm_limits)
+
+
+@pytest.fixture(autouse=True)
+def _settings_follow_monkeypatch(monkeypatch: pytest.MonkeyPatch):
+    """The process reads its settings once (acestep/settings.py); a test that changes the
+    environment with ``monkeypatch`` stands for a process started with that environment."""
+    from acestep import settings
+
+    settings.reload()
+    for method in ("setenv", "delenv"):
+        original = getattr(monkeypatch, method)
+
+        def changed(*args, _original=original, **kwargs):
+            _original(*args, **kwargs)
+            settings.reload()
+
+        monkeypatch.__dict__[method] = changed
+    yield

@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from acestep.checkpoints.registry import KNOWN_MODELS, download_command
+from acestep.settings import current as current_settings
+from acestep.settings import value as setting_value
 
 LM_PREFIX = "acestep-5Hz-lm-"
 DEFAULT_LM = f"{LM_PREFIX}1.7B"  # the LM in the main repo
@@ -21,8 +22,8 @@ def find_lm_folder(
 ) -> Path | None:
     """The LM folder: ``lm`` (a path or a folder name under ``root``), else ``ACESTEP_LM_MODEL_PATH``,
     else the alphabetically first ``acestep-5Hz-lm-*`` under ``root`` (upstream's UI default)."""
-    env = os.environ if env is None else env
-    wanted = lm if lm not in (None, "") else env.get("ACESTEP_LM_MODEL_PATH", "").strip() or None
+    env = current_settings() if env is None else env
+    wanted = lm if lm not in (None, "") else setting_value(env, "ACESTEP_LM_MODEL_PATH")
     if wanted is not None:
         direct = Path(wanted).expanduser()
         for candidate in (direct, root / str(wanted)):

@@ -56,7 +56,7 @@ def api_main(argv: list[str] | None = None) -> int:
         os.environ["ACESTEP_INIT_LLM"] = "true"
     if args.lm_model_path:
         os.environ["ACESTEP_LM_MODEL_PATH"] = args.lm_model_path
-    apply_lora_dir(args)
+    apply_lora_dir(args)  # also reads the settings again, with the flags above in force
     built = _server_app(
         dict(host=args.host, port=args.port, api_key=args.api_key, dit=args.dit), args.checkpoint
     )

@@ -8,7 +8,6 @@ a model already complete is skipped unless ``--force``; exit 1 on an unknown mod
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -196,11 +195,12 @@ def _download_missing(root: str, token: str | None) -> int:
     from acestep.checkpoints.registry import KNOWN_MODELS
 
     try:
-        with_lm = settings.parse_bool_setting("ACESTEP_INIT_LLM", os.environ.get("ACESTEP_INIT_LLM")) is True
+        init_llm = settings.current().get("ACESTEP_INIT_LLM")
+        with_lm = settings.parse_bool_setting("ACESTEP_INIT_LLM", init_llm) is True
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    lm = os.environ.get("ACESTEP_LM_MODEL_PATH") or None
+    lm = settings.current().get("ACESTEP_LM_MODEL_PATH") or None
     models = missing_models(root, settings.dit_name(), lm, with_lm)
     if not models:
         print(f"all models are in {root}")

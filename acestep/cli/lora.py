@@ -8,6 +8,8 @@ import json
 import os
 import sys
 
+from acestep.settings import reload as reload_settings
+
 
 def _lora_dir_flag(p) -> None:
     p.add_argument(
@@ -32,6 +34,7 @@ def apply_lora_dir(args: argparse.Namespace) -> None:
     """``--lora-dir`` as the setting the engine and the servers read."""
     if getattr(args, "lora_dir", None):
         os.environ["ACESTEP_LORA_DIR"] = args.lora_dir
+    reload_settings()  # the callers wrote their flags into the environment just before
 
 
 def lora_fields(args: argparse.Namespace) -> dict:

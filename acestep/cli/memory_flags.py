@@ -7,10 +7,10 @@ environment that the manager reads, never into ``os.environ``.
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Mapping
 
 from acestep.settings import FALSE_WORDS, TRUE_WORDS
+from acestep.settings import current as current_settings
 
 MEMORY_FLAGS = {
     "offload_to_cpu": "ACESTEP_OFFLOAD_TO_CPU",
@@ -65,7 +65,7 @@ def _lm_switch_flag(p: FlagTarget) -> None:
 
 def _memory_env(args: argparse.Namespace, flags: Mapping[str, str] = MEMORY_FLAGS) -> dict[str, str]:
     """This process's environment with the flags in ``flags`` (attribute -> variable) applied."""
-    env = dict(os.environ)
+    env = dict(current_settings())
     for attr, variable in flags.items():
         value = getattr(args, attr, None)
         if value is not None:

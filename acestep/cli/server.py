@@ -16,12 +16,14 @@ def _server_app(
 ):
     """The server's config and app, or an exit code after printing why (2: unsafe bind, 1: bad
     checkpoint or setting)."""
+    from acestep import settings
     from acestep.checkpoints import CheckpointError
     from acestep.serving.app import create_app
     from acestep.serving.config import ServerConfig, UnsafeBindError
 
     try:
-        config = ServerConfig.from_env(**overrides)
+        # Read once, after .env and the flags are in the environment; the config carries it down.
+        config = ServerConfig.from_env(settings.reload(), **overrides)
         if checkpoint:
             config.checkpoint = checkpoint
         config.allowed_paths += list(allowed)

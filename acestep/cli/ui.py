@@ -12,6 +12,7 @@ from acestep.cli.lora import _lora_dir_flag, apply_lora_dir
 from acestep.cli.memory_flags import BOOL_CHOICES, bool_word
 from acestep.cli.server import _server_app
 from acestep.serving.params import LM_BACKENDS
+from acestep.settings import current as current_settings
 from acestep.settings import parse_bool_setting
 from acestep.ui.i18n import LANGUAGES as UI_LANGUAGES
 
@@ -144,7 +145,7 @@ def run_ui(args: argparse.Namespace) -> int:
         print(f"note: the 5Hz LM runs with transformers (pt) here, not {args.backend}", file=sys.stderr)
     if args.share:
         print("warning: --share needs the internet; serving locally only", file=sys.stderr)
-    key = args.api_key or os.environ.get("ACESTEP_API_KEY") or None
+    key = args.api_key or current_settings().get("ACESTEP_API_KEY") or None
     built = _server_app(
         dict(host=args.server_name, port=args.port, api_key=key, dit=args.config_path),
         args.checkpoint,

@@ -11,10 +11,13 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Mapping
 
 from acestep.cli.lora import _lora_dir_flag
 from acestep.cli.memory_flags import _lm_switch_flag, _memory_env, _memory_flags
 from acestep.cli.version import add_version_flag
+from acestep.settings import reload as reload_settings
+from acestep.settings import value as setting_value
 
 
 def _worker_parser() -> argparse.ArgumentParser:
@@ -72,13 +75,14 @@ def worker_main(argv: list[str] | None = None) -> int:
         "ACESTEP_LORA_DIR": args.lora_dir,
     }
     os.environ.update({k: v for k, v in overrides.items() if v is not None})
+    snapshot = reload_settings()  # read once, with .env and the flags in force; passed down
     logging.basicConfig(level=logging.WARNING)  # dramatiq logs through the standard library
     try:
-        settings = ClusterSettings.from_env(url=args.queue_url)
+        settings = ClusterSettings.from_env(snapshot, url=args.queue_url)
         if settings is None:
             raise ClusterConfigError("no queue: set ACESTEP_QUEUE_URL or --queue-url (redis://host:6379/0)")
-        results_dir = ServerConfig.from_env().results_dir
-        executor = _executor(args)
+        results_dir = ServerConfig.from_env(snapshot).results_dir
+        executor = _executor(args, snapshot)
     except (ClusterConfigError, CheckpointError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -91,11 +95,11 @@ def worker_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _executor(args: argparse.Namespace):
+def _executor(args: argparse.Namespace, snapshot: Mapping[str, str]):
     from acestep.cluster.executors import ManagerExecutor, NoopExecutor
 
     if args.engine == "noop":
-        seconds = float(os.environ.get("ACESTEP_NOOP_SECONDS") or 0.0)
+        seconds = setting_value(snapshot, "ACESTEP_NOOP_SECONDS")
         return NoopExecutor(model=args.dit or "noop", seconds=seconds)
     from acestep.checkpoints.layout import resolve
     from acestep.checkpoints.lm_folders import lm_availability
@@ -103,8 +107,8 @@ def _executor(args: argparse.Namespace):
     from acestep.settings import checkpoints_dir
     from acestep.worker.runner import EngineSpec
 
-    checkpoint = args.checkpoint or str(checkpoints_dir())
-    paths = resolve(checkpoint, args.dit or os.environ.get("ACESTEP_CONFIG_PATH") or None)
+    checkpoint = args.checkpoint or str(checkpoints_dir(snapshot))
+    paths = resolve(checkpoint, args.dit or snapshot.get("ACESTEP_CONFIG_PATH") or None)
     env = _memory_env(args)
     if args.init_llm is not None:
         env["ACESTEP_INIT_LLM"] = str(args.init_llm)
@@ -116,8 +120,8 @@ def _executor(args: argparse.Namespace):
     executor = ManagerExecutor(
         manager, spec, paths.dit_name, paths.variant.tag, tasks, preload=not args.no_preload
     )
-    if os.environ.get("ACESTEP_GPU_QUEUE_URL"):
+    if snapshot.get("ACESTEP_GPU_QUEUE_URL"):
         from acestep.jobs.gpu_tokens import install_gpu_tokens
 
-        install_gpu_tokens(manager.dispatcher)
+        install_gpu_tokens(executor.supervisor.dispatcher)
     return executor

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from acestep.settings import env_int
+from acestep import settings
 
 URL_SCHEMES = ("redis://", "rediss://", "unix://")
 # A job whose worker stopped is started again once; the next stop fails it with the reason.
@@ -22,16 +21,16 @@ class ClusterConfigError(ValueError):
 @dataclass(frozen=True)
 class ClusterSettings:
     url: str
-    namespace: str = "acestep"
+    namespace: str = settings.value({}, "ACESTEP_QUEUE_NAMESPACE")
     # A worker silent for this long is dead: its unacknowledged job goes back to the queue.
-    heartbeat_timeout_s: int = 30
+    heartbeat_timeout_s: int = settings.value({}, "ACESTEP_WORKER_HEARTBEAT_TIMEOUT")
     # How long a stopping worker lets its running job finish before it exits.
-    stop_timeout_s: int = 120
+    stop_timeout_s: int = settings.value({}, "ACESTEP_WORKER_STOP_TIMEOUT")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, url: str | None = None) -> ClusterSettings | None:
         """None when no queue URL is configured (the embedded queue serves)."""
-        env = os.environ if env is None else env
+        env = settings.current() if env is None else env
         url = (url or env.get("ACESTEP_QUEUE_URL") or "").strip()
         if not url:
             return None
@@ -39,13 +38,13 @@ class ClusterSettings:
             raise ClusterConfigError(
                 f"ACESTEP_QUEUE_URL must be a Redis URL ({', '.join(URL_SCHEMES)}), got {url!r}"
             )
-        namespace = (env.get("ACESTEP_QUEUE_NAMESPACE") or "acestep").strip()
+        namespace = settings.value(env, "ACESTEP_QUEUE_NAMESPACE")
         if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", namespace):
             raise ClusterConfigError(
                 f"ACESTEP_QUEUE_NAMESPACE must be letters, digits, _.- ; got {namespace!r}"
             )
-        heartbeat = env_int(env, "ACESTEP_WORKER_HEARTBEAT_TIMEOUT", 30, minimum=2)
-        stop = env_int(env, "ACESTEP_WORKER_STOP_TIMEOUT", 120, minimum=0)
+        heartbeat = settings.value(env, "ACESTEP_WORKER_HEARTBEAT_TIMEOUT")
+        stop = settings.value(env, "ACESTEP_WORKER_STOP_TIMEOUT")
         return cls(url=url, namespace=namespace, heartbeat_timeout_s=heartbeat, stop_timeout_s=stop)
 
     @property

@@ -8,10 +8,10 @@ frames x channels samples; these bounds keep that product (the worker's memory) 
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass
 
-from acestep.settings import env_int
+from acestep.settings import current as current_settings
+from acestep.settings import value as setting_value
 
 MAX_INPUT_SECONDS = 600.0
 MIN_INPUT_SECONDS = 1.0  # shorter inputs are too short for the VAE's receptive field
@@ -24,7 +24,7 @@ MAX_DECODED_ENV = "ACESTEP_MAX_DECODED_MB"
 # Two float32 channels at the file's own rate: every 600 s file up to 96 kHz fits (440 MiB),
 # 192 kHz up to 349 s. Past this a single upload costs the worker more than the model's own
 # working set on a small machine.
-DEFAULT_MAX_DECODED_MB = 512
+DEFAULT_MAX_DECODED_MB: int = setting_value({}, MAX_DECODED_ENV)  # 512, in acestep/setting_table.py
 
 
 class AudioInputError(ValueError):
@@ -47,7 +47,7 @@ class AudioHeader:
 @functools.cache
 def max_decoded_bytes() -> int:
     """``ACESTEP_MAX_DECODED_MB`` (whole MiB, default 512) in bytes, read once per process."""
-    return env_int(os.environ, MAX_DECODED_ENV, DEFAULT_MAX_DECODED_MB, minimum=1) * MIB
+    return setting_value(current_settings(), MAX_DECODED_ENV) * MIB
 
 
 def decoded_bytes(frames: int) -> int:

@@ -20,6 +20,8 @@ import sys
 import threading
 from typing import TYPE_CHECKING
 
+from acestep.settings import child_environment
+
 if TYPE_CHECKING:
     from acestep.engine.audio_limits import AudioHeader
 
@@ -58,7 +60,7 @@ def probe(path: str | os.PathLike[str], name: str) -> AudioHeader:
                 [sys.executable, "-P", "-B", __file__, os.fspath(path)],
                 capture_output=True,
                 timeout=PROBE_TIMEOUT_S,
-                env={k: os.environ[k] for k in INHERITED_ENV if k in os.environ} | CHILD_ENV,
+                env=child_environment(CHILD_ENV, keep=INHERITED_ENV.__contains__),
                 stdin=subprocess.DEVNULL,
                 check=False,
             )

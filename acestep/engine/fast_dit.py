@@ -17,7 +17,6 @@ random numbers, so the fast path changes no seed's audio beyond the documented t
 
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import TypeVar
@@ -27,6 +26,8 @@ from loguru import logger
 
 from acestep.memory.capture import guarded_capture
 from acestep.memory.precision import FAST_MODES, fast_mode
+from acestep.settings import current as current_settings
+from acestep.settings import value as setting_value
 
 __all__ = ["FAST_MODES", "CompiledModules", "DitRunner", "compiled_decoder", "fast_mode"]
 
@@ -52,7 +53,7 @@ class CompiledModules:
         self.modules = modules
         self.dynamic = dynamic
         # ACESTEP_DIT_COMPILE_BACKEND: inductor (default) needs Triton on CUDA, a C++ compiler on CPU.
-        self.backend = backend or os.environ.get("ACESTEP_DIT_COMPILE_BACKEND") or "inductor"
+        self.backend = backend or setting_value(current_settings(), "ACESTEP_DIT_COMPILE_BACKEND")
         self.compiled = False
         self.failed = False
 

@@ -2,7 +2,7 @@
 
 The service (Go + Redis, usually port 8085) hands out a weighted budget of "tokens" so several GPU
 services on one host do not run at once. Its source is not available: the API used here is
-reconstructed from three of its callers (shared/spec/README.md) and is unverified:
+reconstructed from three of its callers and is unverified:
 
 - ``POST /tasks`` ``{session_id, task_type, data (a JSON string), tokens}`` ->
   ``{status: queued|processing|ready, queue_status: {...}}``
@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -28,7 +27,8 @@ from urllib.parse import quote
 import httpx
 from loguru import logger
 
-from acestep.settings import env_int
+from acestep.settings import current as current_settings
+from acestep.settings import value as setting_value
 from acestep.worker.dispatcher import GuardError
 
 # Statuses meaning "the claim is granted": `ready` still has to be marked started, `processing` already is.
@@ -77,11 +77,14 @@ def _env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
 @dataclass(frozen=True)
 class GpuTokenSettings:
     url: str  # ACESTEP_GPU_QUEUE_URL, e.g. http://127.0.0.1:8085 ; unset = feature off
-    tokens: int = 1000  # ACESTEP_GPU_QUEUE_TOKENS: the claim per job (the ACE wrappers sent 1000)
+    # ACESTEP_GPU_QUEUE_TOKENS: the claim per job (the ACE wrappers sent 1000).
+    tokens: int = setting_value({}, "ACESTEP_GPU_QUEUE_TOKENS")
     task_type: str = "acestep"
     poll_s: float = 0.5
-    timeout_s: float = 600.0  # ACESTEP_GPU_QUEUE_TIMEOUT: how long to wait for the claim to be granted
-    fail_open: bool = False  # ACESTEP_GPU_QUEUE_FAIL_OPEN: run without tokens when the queue is unreachable
+    # ACESTEP_GPU_QUEUE_TIMEOUT: how long to wait for the claim to be granted.
+    timeout_s: float = setting_value({}, "ACESTEP_GPU_QUEUE_TIMEOUT")
+    # ACESTEP_GPU_QUEUE_FAIL_OPEN: run without tokens when the queue is unreachable.
+    fail_open: bool = setting_value({}, "ACESTEP_GPU_QUEUE_FAIL_OPEN")
 
     def __post_init__(self) -> None:
         if not self.url.startswith(("http://", "https://")):
@@ -94,7 +97,7 @@ class GpuTokenSettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> GpuTokenSettings | None:
         """Settings from ``ACESTEP_GPU_QUEUE_*``; None (feature off) when the URL is unset or empty."""
-        env = os.environ if env is None else env
+        env = current_settings() if env is None else env
         url = (env.get("ACESTEP_GPU_QUEUE_URL") or "").strip().rstrip("/")
         if not url:
             return None
@@ -102,7 +105,7 @@ class GpuTokenSettings:
             raise ValueError(f"ACESTEP_GPU_QUEUE_URL must start with http:// or https://, got {url!r}")
         return cls(
             url=url,
-            tokens=env_int(env, "ACESTEP_GPU_QUEUE_TOKENS", cls.tokens, minimum=1),
+            tokens=setting_value(env, "ACESTEP_GPU_QUEUE_TOKENS"),
             timeout_s=_env_seconds(env, "ACESTEP_GPU_QUEUE_TIMEOUT", cls.timeout_s),
             fail_open=_env_bool(env, "ACESTEP_GPU_QUEUE_FAIL_OPEN", cls.fail_open),
         )

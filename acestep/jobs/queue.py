@@ -1,4 +1,4 @@
-"""The job queue every face shares: the embedded implementation over the memory manager's dispatcher.
+"""The job queue every face shares: the embedded implementation over the supervisor's dispatcher.
 
 Bounded (a full queue is :class:`QueueFull` -> 429 with Retry-After), FIFO, one GPU worker.
 Records stay until the retention policy removes them with their files. ``JobQueue`` is the
@@ -8,7 +8,6 @@ interface both backends implement: this one, and ``acestep.cluster.queue.RedisJo
 
 from __future__ import annotations
 
-import os
 import shutil
 import threading
 import time
@@ -24,9 +23,12 @@ from acestep.checkpoints.layout import CheckpointPaths
 from acestep.checkpoints.task_support import require_task
 from acestep.jobs.retention import Retention, input_paths
 from acestep.lora.selection import LoraSelection
-from acestep.memory.manager import MemoryManager, worker_summary
+from acestep.memory.manager import worker_summary
 from acestep.request import GenerationRequest
+from acestep.settings import current as current_settings
+from acestep.settings import value as setting_value
 from acestep.worker.dispatcher import Job
+from acestep.worker.supervisor import Supervisor
 
 AVERAGE_WINDOW = 50
 # Job-duration histogram bounds (seconds), shared with the Redis backend and /metrics.
@@ -118,7 +120,7 @@ class LocalJobQueue:
 
     def __init__(
         self,
-        manager: MemoryManager,
+        manager: Supervisor,
         results_dir: Path,
         maxsize: int = 200,
         result_ttl_s: int = 86400,
@@ -132,7 +134,7 @@ class LocalJobQueue:
         ``checkpoint``, the served one, refuses a task its variant cannot run (None: no check);
         ``uploads_dir`` is swept by age with Gradio's cache (None: only the results are)."""
         if manager.dispatcher is None:
-            raise RuntimeError("start the memory manager's worker before the job queue")
+            raise RuntimeError("start the supervisor's worker before the job queue")
         self.manager = manager
         self.model_name = model_name
         self.loras = loras
@@ -143,7 +145,7 @@ class LocalJobQueue:
         self.maxsize = maxsize
         self.result_ttl_s = result_ttl_s
         self.retention = Retention.from_env(self.results_dir, result_ttl_s, uploads_dir)
-        self.seed_seconds = float(os.environ.get("ACESTEP_AVG_JOB_SECONDS", "5.0"))
+        self.seed_seconds = setting_value(current_settings(), "ACESTEP_AVG_JOB_SECONDS")
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
         self._durations: deque[float] = deque(maxlen=AVERAGE_WINDOW)

@@ -23,10 +23,10 @@ from pathlib import Path
 
 from loguru import logger
 
-from acestep.settings import env_int
+from acestep.settings import current as current_settings
+from acestep.settings import value as setting_value
 
 UPLOAD_TTL_ENV = "ACESTEP_UPLOAD_TTL"
-DEFAULT_UPLOAD_TTL_S = 86400
 # Result folders are named by their job's id (a uuid4): nothing else in a shared output folder
 # (ACESTEP_OUTPUT_DIR may be the operator's own) is ever touched.
 JOB_FOLDER = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -38,7 +38,7 @@ GRADIO_FOLDER = re.compile(r"[0-9a-f]{64}|tmp[0-9a-z_]{6,}")
 def gradio_cache_dir(env: Mapping[str, str] | None = None) -> Path:
     """Where Gradio keeps uploads and the files it serves: Gradio's own rule
     (``gradio.utils.get_upload_folder``), restated so that the API never imports Gradio."""
-    env = os.environ if env is None else env
+    env = current_settings() if env is None else env
     explicit = env.get("GRADIO_TEMP_DIR")
     return Path(explicit).expanduser() if explicit else Path(tempfile.gettempdir()) / "gradio"
 
@@ -55,7 +55,7 @@ class Retention:
     results_dir: Path
     result_ttl_s: int
     uploads_dir: Path | None = None
-    upload_ttl_s: int = DEFAULT_UPLOAD_TTL_S
+    upload_ttl_s: int = setting_value({}, UPLOAD_TTL_ENV)
     gradio_dir: Path | None = None  # swept with the uploads' age: it holds the UI's uploads
 
     @classmethod
@@ -66,12 +66,12 @@ class Retention:
         uploads_dir: Path | None,
         env: Mapping[str, str] | None = None,
     ) -> Retention:
-        env = os.environ if env is None else env
+        env = current_settings() if env is None else env
         return cls(
             results_dir=Path(results_dir),
             result_ttl_s=result_ttl_s,
             uploads_dir=None if uploads_dir is None else Path(uploads_dir),
-            upload_ttl_s=env_int(env, UPLOAD_TTL_ENV, DEFAULT_UPLOAD_TTL_S),
+            upload_ttl_s=setting_value(env, UPLOAD_TTL_ENV),
             # A server (which has an uploads folder) owns the cache; a bare queue leaves it alone.
             gradio_dir=None if uploads_dir is None else gradio_cache_dir(env),
         )

@@ -18,10 +18,11 @@ from typing import Protocol
 import anyio.to_thread
 
 from acestep.engine.disk_full import NoSpaceError, is_no_space
+from acestep.settings import current as current_settings
+from acestep.settings import value as setting_value
 
 CHUNK_BYTES = 2**20  # 1 MiB: bounded memory per request, few enough calls for a 100 MB file
 HEAD_BYTES = 12  # enough for every signature below (RIFF....WAVE is the longest)
-DEFAULT_MAX_UPLOAD_MB = 100
 MAX_UPLOAD_ENV = "ACESTEP_MAX_UPLOAD_MB"
 
 AUDIO_KINDS: dict[str, str] = {"wav": ".wav", "flac": ".flac", "mp3": ".mp3", "ogg": ".ogg"}
@@ -187,14 +188,4 @@ def max_upload_bytes(env: Mapping[str, str] | None = None) -> int:
     Unset or blank means the default; anything else must be a positive integer (ValueError naming
     the variable otherwise), matching how :mod:`acestep.serving.config` reads the same variable.
     """
-    env = os.environ if env is None else env
-    value = env.get(MAX_UPLOAD_ENV)
-    if value is None or not value.strip():
-        return DEFAULT_MAX_UPLOAD_MB * 2**20
-    try:
-        mb = int(value.strip())
-    except ValueError:
-        raise ValueError(f"{MAX_UPLOAD_ENV} must be a whole number of MB, got {value!r}") from None
-    if mb <= 0:
-        raise ValueError(f"{MAX_UPLOAD_ENV} must be positive, got {value!r}")
-    return mb * 2**20
+    return setting_value(current_settings() if env is None else env, MAX_UPLOAD_ENV) * 2**20

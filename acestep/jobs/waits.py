@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -21,11 +20,11 @@ from typing import Any, TypeVar
 
 import anyio
 
-from acestep.settings import env_int
+from acestep.settings import current as current_settings
+from acestep.settings import value as setting_value
 from acestep.worker.dispatcher import WAIT_SCOPE, CommandTimeout, WaitScope
 
 T = TypeVar("T")
-DEFAULT_WAIT_S = 600
 # A wait ends with its caller (its thread is freed when the scope's ``gone`` completes), so a few
 # threads serve any number of callers; a cluster's broadcast, which reads no scope, may hold one
 # until its own deadline.
@@ -40,7 +39,7 @@ __all__ = ["CallerGone", "CommandTimeout", "follow_to_end", "run_command", "wait
 @functools.cache
 def wait_limit() -> int:
     """``ACESTEP_CONTROL_TIMEOUT``: the longest a command waits for the running job, in seconds."""
-    return env_int(os.environ, "ACESTEP_CONTROL_TIMEOUT", DEFAULT_WAIT_S, minimum=1)
+    return setting_value(current_settings(), "ACESTEP_CONTROL_TIMEOUT")
 
 
 class CallerGone(Exception):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import os
 import threading
 import time
 import warnings
@@ -30,22 +29,23 @@ import torch
 from loguru import logger
 
 from acestep.lora.catalog import LoraError, LoraInfo, find
+from acestep.settings import current as current_settings
 from acestep.settings import lora_dir
+from acestep.settings import value as setting_value
 
 PREFIX = "transformer"
-MAX_LOADED_DEFAULT = 4
 
 
 def fuse_setting(env=None) -> bool:
-    env = os.environ if env is None else env
+    env = current_settings() if env is None else env
     return (env.get("ACESTEP_LORA_FUSE") or "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def max_loaded_setting(env=None) -> int:
-    env = os.environ if env is None else env
+    env = current_settings() if env is None else env
     value = (env.get("ACESTEP_LORA_MAX_LOADED") or "").strip()
     try:
-        count = int(value) if value else MAX_LOADED_DEFAULT
+        count = int(value) if value else setting_value({}, "ACESTEP_LORA_MAX_LOADED")
     except ValueError:
         raise ValueError(f"ACESTEP_LORA_MAX_LOADED must be a whole number, got {value!r}") from None
     if count < 1:

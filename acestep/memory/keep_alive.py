@@ -7,13 +7,13 @@ is testable.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from acestep.settings import parse_bool_setting
-from acestep.tasks import DEFAULT_KEEP_ALIVE, NEVER, UNLOAD_LEVELS, KeepAliveError, parse_keep_alive
+from acestep.settings import current as current_settings
+from acestep.settings import value as setting_value
+from acestep.tasks import NEVER, UNLOAD_LEVELS, KeepAliveError, parse_keep_alive
 
 
 def describe(seconds: float) -> str:
@@ -27,15 +27,15 @@ def describe(seconds: float) -> str:
 @dataclass(frozen=True)
 class KeepAlivePolicy:
     default: float
-    allow_override: bool = True
-    idle_level: str = "free"  # what an expired keep-alive does: park or free
+    allow_override: bool = setting_value({}, "ACESTEP_KEEP_ALIVE_OVERRIDE")
+    idle_level: str = setting_value({}, "ACESTEP_IDLE_UNLOAD")  # an expired keep-alive: park or free
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> KeepAlivePolicy:
-        env = os.environ if env is None else env
-        default = parse_keep_alive(env.get("ACESTEP_KEEP_ALIVE") or DEFAULT_KEEP_ALIVE)
-        allow = parse_bool_setting("ACESTEP_KEEP_ALIVE_OVERRIDE", env.get("ACESTEP_KEEP_ALIVE_OVERRIDE"))
-        level = (env.get("ACESTEP_IDLE_UNLOAD") or "free").strip().lower()
+        env = current_settings() if env is None else env
+        default = parse_keep_alive(setting_value(env, "ACESTEP_KEEP_ALIVE"))
+        allow = setting_value(env, "ACESTEP_KEEP_ALIVE_OVERRIDE")
+        level = setting_value(env, "ACESTEP_IDLE_UNLOAD").lower()
         if level not in UNLOAD_LEVELS:
             raise ValueError(f"ACESTEP_IDLE_UNLOAD must be park or free, got {level!r}")
         return cls(default=default, allow_override=allow is not False, idle_level=level)

@@ -7,13 +7,13 @@ user's back).
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from acestep.memory.tiers import LM_SIZES, Tier, lm_size_of, tier_for_gib
 from acestep.request import GenerationRequest
+from acestep.settings import current as current_settings
 from acestep.settings import parse_bool_setting
 from acestep.tasks import AUTO_DURATION_S, CODES_PER_SECOND, SOURCE_TASKS
 
@@ -64,7 +64,7 @@ class Limits:
     ) -> Limits:
         """The tier's limits with ``ACESTEP_MAX_DURATION``, ``ACESTEP_MAX_BATCH_SIZE``,
         ``ACESTEP_OFFLOAD_TO_CPU``, ``ACESTEP_OFFLOAD_DIT_TO_CPU`` and ``ACESTEP_INIT_LLM`` applied."""
-        env = os.environ if env is None else env
+        env = current_settings() if env is None else env
         origin = dict.fromkeys(
             ("max_duration", "max_batch", "offload_to_cpu", "offload_dit_to_cpu", "lm_enabled"), tier.name
         )
@@ -103,7 +103,7 @@ class Limits:
     @classmethod
     def for_gpu(cls, total_gib: float | None, env: Mapping[str, str] | None = None) -> Limits:
         """Limits for a GPU of ``total_gib`` (None: no GPU); ``MAX_CUDA_VRAM`` makes it look smaller."""
-        env = os.environ if env is None else env
+        env = current_settings() if env is None else env
         cap = _positive("MAX_CUDA_VRAM", env.get("MAX_CUDA_VRAM"), float)
         simulated = bool(total_gib and cap is not None and cap < total_gib)
         gib = cap if simulated else total_gib

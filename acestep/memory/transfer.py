@@ -10,14 +10,15 @@ it off (plain copies).
 
 from __future__ import annotations
 
-import os
-
 import torch
+
+from acestep.settings import FALSE_WORDS
+from acestep.settings import current as current_settings
 
 
 def pinning_enabled(env=None) -> bool:
-    env = os.environ if env is None else env
-    return (env.get("ACESTEP_PIN_MEMORY") or "1").strip().lower() not in ("0", "false", "no", "off")
+    env = current_settings() if env is None else env
+    return (env.get("ACESTEP_PIN_MEMORY") or "").strip().lower() not in FALSE_WORDS  # on unless switched off
 
 
 class HostCopies:

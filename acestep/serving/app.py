@@ -21,8 +21,12 @@ from acestep import __version__
 from acestep.checkpoints.layout import resolve
 from acestep.checkpoints.lm_folders import lm_availability
 from acestep.cluster.settings import ClusterSettings, redacted
+from acestep.errors import validation_message
+from acestep.jobs.failures import Refusal, RefusalCause, status_of
 from acestep.jobs.gpu_tokens import install_gpu_tokens
 from acestep.jobs.queue import LocalJobQueue, QueueUnavailable
+from acestep.jobs.service import JobService
+from acestep.jobs.waits import CallerGone
 from acestep.lora.selection import LoraSelection
 from acestep.memory.manager import MemoryManager
 from acestep.serving.auth import HeaderKeyGate
@@ -32,15 +36,17 @@ from acestep.serving.limits import BodyGuard
 from acestep.serving.origins import LocalOriginGuard
 from acestep.serving.throttle import AuthThrottle
 from acestep.worker.runner import EngineSpec
+from acestep.worker.supervisor import Supervisor
 
 
 def create_app(
-    config: ServerConfig, manager: MemoryManager | None = None, include_api: bool = True
+    config: ServerConfig, supervisor: Supervisor | None = None, include_api: bool = True
 ) -> FastAPI:
-    """``manager`` defaults to one built from the environment; its worker is started here.
+    """``supervisor`` defaults to one over a ``MemoryManager`` built from ``config.env``; its worker
+    is started here unless it already runs one.
     ``include_api=False`` keeps only /health (the UI alone, without ``--enable-api``)."""
     paths = resolve(config.checkpoint, config.dit)  # a wrong checkpoint fails at start, not per job
-    cluster = ClusterSettings.from_env() if manager is None else None  # a bad URL fails at start too
+    cluster = ClusterSettings.from_env(config.env) if supervisor is None else None  # a bad URL fails at start
     # The adapters requests may name; a cluster's workers serve several models and check their own.
     loras = LoraSelection(None if cluster else paths.variant.tag)
 
@@ -52,7 +58,7 @@ def create_app(
             mm, queue = _cluster_front(cluster, config, paths, loras)
             mm.lm_name = app.state.lm_name
         else:
-            mm = manager or MemoryManager()
+            mm = supervisor or Supervisor(MemoryManager(env=config.env))
             mm.lm_name = app.state.lm_name
             if mm.dispatcher is None:
                 mm.start(
@@ -73,6 +79,8 @@ def create_app(
                 mm.dispatcher.request_load()  # runs on the worker; the server answers meanwhile
             token_client = install_gpu_tokens(mm.dispatcher)
         app.state.manager, app.state.queue = mm, queue
+        # The one front door every face (REST, UI, MCP) queues through.
+        app.state.service = JobService(queue, mm, loras, app.state.lm_name, app.state.lm_missing)
         where = f"the cluster at {redacted(cluster.url)}" if cluster else paths.dit_name
         logger.info(f"acestep-api serving {where} on http://{config.host}:{config.port}")
         try:
@@ -107,8 +115,16 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        messages = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
-        return JSONResponse({"detail": "; ".join(messages)}, status_code=400)
+        return JSONResponse({"detail": validation_message(exc)}, status_code=400)
+
+    @app.exception_handler(Refusal)
+    async def _refused(request: Request, exc: Refusal) -> JSONResponse:
+        return JSONResponse({"detail": exc.reason}, status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(CallerGone)
+    async def _gone(request: Request, exc: CallerGone) -> JSONResponse:
+        detail = "client disconnected; the job was cancelled"
+        return JSONResponse({"detail": detail}, status_code=status_of(RefusalCause.CALLER_GONE))
 
     @app.exception_handler(QueueUnavailable)
     async def _queue_down(request: Request, exc: QueueUnavailable) -> JSONResponse:
@@ -209,7 +225,8 @@ def _mount_mcp(app: FastAPI, config: ServerConfig):
         return None
     try:
         from acestep.mcp.mount import mount_mcp
+        from acestep.serving.origins import mcp_transport_security
     except ImportError:
         logger.info("MCP tools not mounted: install acestep[mcp]")
         return None
-    return mount_mcp(app, config)
+    return mount_mcp(app, mcp_transport_security(config))

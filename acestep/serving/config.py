@@ -1,4 +1,5 @@
-"""Server settings: upstream's ``ACESTEP_*`` names and ``acestep-api`` flags, read once at start."""
+"""Server settings: upstream's ``ACESTEP_*`` names (declared in :mod:`acestep.settings`) and
+``acestep-api`` flags, read once at start."""
 
 from __future__ import annotations
 
@@ -7,14 +8,14 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from loguru import logger
 
 from acestep import settings
-from acestep.engine.audio_limits import DEFAULT_MAX_DECODED_MB, MAX_DECODED_ENV
+from acestep.engine.audio_limits import MAX_DECODED_ENV
 from acestep.memory.precision import validate_settings
 from acestep.serving.params import LM_BACKENDS
-from acestep.settings import env_int
 
 LOOPBACK_NAMES = ("localhost",)
 LOOPBACK_HOST_NAMES = ("localhost", "127.0.0.1", "::1")
@@ -26,77 +27,85 @@ class UnsafeBindError(RuntimeError):
     """Listening beyond loopback with no API key and auth not explicitly switched off."""
 
 
-def _project_root(env: Mapping[str, str]) -> Path:
-    root = env.get("ACESTEP_PROJECT_ROOT")
-    return Path(root).expanduser() if root else Path.cwd()
-
-
 @dataclass
 class ServerConfig:
-    host: str = "127.0.0.1"
-    port: int = 8001
+    host: str = settings.value({}, "ACESTEP_API_HOST")  # each default is the registry's
+    port: int = settings.value({}, "ACESTEP_API_PORT")
     api_key: str | None = None
     auth_disabled: bool = False  # ACESTEP_AUTH=off: the operator's explicit "no key, any bind"
     checkpoint: str = ""
     dit: str | None = None
-    queue_maxsize: int = 200
+    queue_maxsize: int = settings.value({}, "ACESTEP_QUEUE_MAXSIZE")
     results_dir: Path = field(default_factory=lambda: Path(".cache/acestep/tmp/api_audio"))
     uploads_dir: Path = field(default_factory=lambda: Path(".cache/acestep/tmp/uploads"))
     allowed_paths: list[Path] = field(default_factory=list)  # extra roots for server-side path fields
-    max_upload_bytes: int = 100 * 2**20
-    result_ttl_s: int = 86400  # finished records and their files are deleted after this (0 = keep)
-    cleanup_interval_s: int = 300
+    max_upload_bytes: int = settings.value({}, "ACESTEP_MAX_UPLOAD_MB") * 2**20
+    # Finished records and their files are deleted after this (0 = keep).
+    result_ttl_s: int = settings.value({}, "ACESTEP_RESULT_TTL")
+    cleanup_interval_s: int = settings.value({}, "ACESTEP_CLEANUP_INTERVAL")
     cors_origins: list[str] = field(default_factory=list)
     in_process_worker: bool = False
     preload: bool = False  # load the model at start (upstream's --init_service), without waiting
     enable_mcp: bool = True  # mount the MCP tools at /mcp/ (ACESTEP_MCP=off to leave them out)
     # Without a key: Host names besides loopback and the bind address that may reach the server.
     allowed_hosts: list[str] = field(default_factory=list)
-    header_timeout_s: int = 10  # a connection must finish its request headers within this
-    body_idle_timeout_s: int = 30  # the longest pause while a request body arrives
-    body_timeout_s: int = 300  # the longest time a whole request body may take
-    max_connections: int = 200  # open connections and requests; beyond it uvicorn answers 503
-    max_uploads: int = 8  # multipart bodies received at once; beyond it a 503 with Retry-After
-    auth_failures_per_minute: int = 10  # failed keys or UI logins per client address; then 429
+    # A connection must finish its request headers within this.
+    header_timeout_s: int = settings.value({}, "ACESTEP_HEADER_TIMEOUT")
+    # The longest pause while a request body arrives, and the longest time a whole body may take.
+    body_idle_timeout_s: int = settings.value({}, "ACESTEP_BODY_IDLE_TIMEOUT")
+    body_timeout_s: int = settings.value({}, "ACESTEP_BODY_TIMEOUT")
+    # Open connections and requests; beyond it uvicorn answers 503.
+    max_connections: int = settings.value({}, "ACESTEP_MAX_CONNECTIONS")
+    # Multipart bodies received at once; beyond it a 503 with Retry-After.
+    max_uploads: int = settings.value({}, "ACESTEP_MAX_UPLOADS")
+    # Failed keys or UI logins per client address; then 429.
+    auth_failures_per_minute: int = settings.value({}, "ACESTEP_AUTH_FAILURES")
+    # The settings this config was read from: the parts built at start (the memory manager, the
+    # cluster settings) read theirs from it, not from the environment again.
+    env: Mapping[str, str] = field(default_factory=settings.current, repr=False, compare=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> ServerConfig:
-        env = os.environ if env is None else env
+        env = settings.current() if env is None else env
+
+        def value(name: str) -> Any:  # the registry's default, minimum and parse (one place each)
+            return settings.value(env, name)
+
         validate_settings(env)  # the worker's precision settings: a typo stops the start
-        env_int(env, MAX_DECODED_ENV, DEFAULT_MAX_DECODED_MB, minimum=1)  # the audio bound, likewise
-        _check_lm_backend(env.get("ACESTEP_LM_BACKEND"))
-        root = _project_root(env)
+        value(MAX_DECODED_ENV)  # the audio bound, likewise
+        _check_lm_backend(env)
+        root = settings.project_root(env)
         tmp_root = Path(env.get("ACESTEP_TMPDIR") or root / ".cache" / "acestep" / "tmp").expanduser()
-        upload_mb = env_int(env, "ACESTEP_MAX_UPLOAD_MB", 100, minimum=1)
         config = cls(
-            host=env.get("ACESTEP_API_HOST") or "127.0.0.1",
-            port=env_int(env, "ACESTEP_API_PORT", 8001, minimum=0),
-            api_key=env.get("ACESTEP_API_KEY") or None,
-            auth_disabled=(env.get("ACESTEP_AUTH") or "").strip().lower() == "off",
-            checkpoint=str(settings.checkpoints_dir()),
-            dit=settings.dit_name(),
-            queue_maxsize=env_int(env, "ACESTEP_QUEUE_MAXSIZE", 200, minimum=1),
+            env=env,
+            host=value("ACESTEP_API_HOST"),
+            port=value("ACESTEP_API_PORT"),
+            api_key=value("ACESTEP_API_KEY"),
+            auth_disabled=(value("ACESTEP_AUTH") or "").lower() == "off",
+            checkpoint=str(settings.checkpoints_dir(env)),
+            dit=settings.dit_name(env),
+            queue_maxsize=value("ACESTEP_QUEUE_MAXSIZE"),
             # ACESTEP_OUTPUT_DIR: where generated audio is kept (the Docker images' outputs volume).
             results_dir=Path(env.get("ACESTEP_OUTPUT_DIR") or tmp_root / "api_audio").expanduser(),
             uploads_dir=tmp_root / "uploads",
             allowed_paths=[
                 Path(p).expanduser() for p in (env.get("ACESTEP_ALLOWED_PATHS") or "").split(os.pathsep) if p
             ],
-            max_upload_bytes=upload_mb * 2**20,
-            result_ttl_s=env_int(env, "ACESTEP_RESULT_TTL", 86400),
-            cleanup_interval_s=env_int(env, "ACESTEP_CLEANUP_INTERVAL", 300, minimum=1),
+            max_upload_bytes=value("ACESTEP_MAX_UPLOAD_MB") * 2**20,
+            result_ttl_s=value("ACESTEP_RESULT_TTL"),
+            cleanup_interval_s=value("ACESTEP_CLEANUP_INTERVAL"),
             cors_origins=[o.strip() for o in (env.get("ACESTEP_CORS_ORIGINS") or "").split(",") if o.strip()],
-            in_process_worker=(env.get("ACESTEP_WORKER") or "").lower() == "inprocess",
-            enable_mcp=(env.get("ACESTEP_MCP") or "on").strip().lower() not in ("0", "off", "false", "no"),
+            in_process_worker=value("ACESTEP_WORKER").lower() == "inprocess",
+            enable_mcp=value("ACESTEP_MCP"),
             allowed_hosts=[
                 h.strip().lower() for h in (env.get("ACESTEP_ALLOWED_HOSTS") or "").split(",") if h.strip()
             ],
-            header_timeout_s=env_int(env, "ACESTEP_HEADER_TIMEOUT", 10, minimum=1),
-            body_idle_timeout_s=env_int(env, "ACESTEP_BODY_IDLE_TIMEOUT", 30, minimum=1),
-            body_timeout_s=env_int(env, "ACESTEP_BODY_TIMEOUT", 300, minimum=1),
-            max_connections=env_int(env, "ACESTEP_MAX_CONNECTIONS", 200, minimum=1),
-            max_uploads=env_int(env, "ACESTEP_MAX_UPLOADS", 8, minimum=1),
-            auth_failures_per_minute=env_int(env, "ACESTEP_AUTH_FAILURES", 10, minimum=1),
+            header_timeout_s=value("ACESTEP_HEADER_TIMEOUT"),
+            body_idle_timeout_s=value("ACESTEP_BODY_IDLE_TIMEOUT"),
+            body_timeout_s=value("ACESTEP_BODY_TIMEOUT"),
+            max_connections=value("ACESTEP_MAX_CONNECTIONS"),
+            max_uploads=value("ACESTEP_MAX_UPLOADS"),
+            auth_failures_per_minute=value("ACESTEP_AUTH_FAILURES"),
         )
         for key, value in overrides.items():
             if value is not None:
@@ -126,12 +135,12 @@ class ServerConfig:
         )
 
 
-def _check_lm_backend(value: str | None) -> None:
+def _check_lm_backend(env: Mapping[str, str]) -> None:
     """Upstream's ``ACESTEP_LM_BACKEND``: the LM always runs on transformers (pt) here; an existing
     ``.env`` asking for vllm or mlx still starts, with a warning that says so."""
-    backend = (value or "pt").strip().lower()
+    backend, raw = settings.value(env, "ACESTEP_LM_BACKEND").lower(), env.get("ACESTEP_LM_BACKEND")
     if backend not in LM_BACKENDS:
-        raise ValueError(f"ACESTEP_LM_BACKEND must be one of {', '.join(LM_BACKENDS)}, got {value!r}")
+        raise ValueError(f"ACESTEP_LM_BACKEND must be one of {', '.join(LM_BACKENDS)}, got {raw!r}")
     if backend != "pt":
         logger.warning(f"ACESTEP_LM_BACKEND={backend}: the 5 Hz LM runs on transformers (pt) in acestep")
 
@@ -153,13 +162,9 @@ def load_dotenv(path: Path) -> list[str]:
         return []
     from dotenv import dotenv_values
 
-    added = []
-    for key, value in dotenv_values(path, encoding="utf-8").items():
-        # A bare ``KEY`` line has no value (None): nothing to set.
-        if value is not None and key not in os.environ:
-            os.environ[key] = value
-            added.append(key)
-    return added
+    # A bare ``KEY`` line has no value (None): nothing to set.
+    values = {k: v for k, v in dotenv_values(path, encoding="utf-8").items() if v is not None}
+    return settings.set_unset(values)
 
 
 def prepare_environment() -> Path:
@@ -167,17 +172,19 @@ def prepare_environment() -> Path:
     the upload spool) under ``ACESTEP_TMPDIR`` (which wins over TMPDIR/TEMP/TMP, as upstream)."""
     import tempfile
 
-    root = _project_root(os.environ)
-    load_dotenv(root / ".env")
-    explicit = os.environ.get("ACESTEP_TMPDIR")
+    load_dotenv(settings.project_root(settings.reload()) / ".env")
+    env = settings.current()
+    root = settings.project_root(env)
+    explicit = env.get("ACESTEP_TMPDIR")
     tmp_root = Path(explicit or root / ".cache" / "acestep" / "tmp").expanduser()
     tmp_root.mkdir(parents=True, exist_ok=True)
     for name in ("TMPDIR", "TEMP", "TMP"):
-        if explicit or name not in os.environ:
+        if explicit or name not in env:
             os.environ[name] = str(tmp_root)
     # Gradio's cache in our folder, not a /tmp/gradio other apps share: the retention sweep owns it.
     # As for TMPDIR, an explicit ACESTEP_TMPDIR wins over an inherited GRADIO_TEMP_DIR.
-    if explicit or "GRADIO_TEMP_DIR" not in os.environ:
+    if explicit or "GRADIO_TEMP_DIR" not in env:
         os.environ["GRADIO_TEMP_DIR"] = str(tmp_root / "gradio")
+    settings.reload()  # the rest of the process sees the folders set here
     tempfile.tempdir = None  # forget a cached default so the new one is used
     return tmp_root

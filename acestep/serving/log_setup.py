@@ -13,6 +13,7 @@ import sys
 from loguru import logger
 
 from acestep.settings import SECRET_SETTINGS
+from acestep.settings import current as current_settings
 
 MASK = "***"
 MIN_MASKED = 4
@@ -21,7 +22,7 @@ MIN_MASKED = 4
 def configure_server_logs(secrets: list[str | None] = ()) -> None:
     """One stderr handler at INFO, without diagnose; the given secrets and ``SECRET_SETTINGS``'
     values are replaced by ``***``. Child processes inherit ``LOGURU_DIAGNOSE=NO``."""
-    values = [*secrets, *(os.environ.get(name) for name in SECRET_SETTINGS)]
+    values = [*secrets, *(current_settings().get(name) for name in SECRET_SETTINGS)]
     # Longest first, so a secret that contains another is masked whole. A value of a few characters
     # is no secret worth masking, and masking it would garble every line.
     hidden = sorted({v for v in values if v and len(v) >= MIN_MASKED}, key=len, reverse=True)
