@@ -1,7 +1,7 @@
 """Real 2B-configuration timings on one CUDA GPU, with random weights (no download needed).
 
 Builds the diffusers ACE-Step 1.5 modules at the real 2B DiT configuration
-(``shared/spec/checkpoints.md`` section 5) and the real Oobleck VAE configuration (section 9)
+(upstream's published configs) and the real Oobleck VAE configuration (section 9)
 directly on the GPU with random initialisation, then times what dominates a generation:
 
 - ``t2m_60s``: turbo text2music, 60 s = 1500 latent frames, 8 steps, no guidance;
@@ -52,7 +52,7 @@ DEFAULT_JSON = REPO / "bench" / "results" / "gpu_real_config.json"
 FRAMES_PER_SECOND = 25
 SAMPLE_RATE = 48000
 
-# shared/spec/checkpoints.md section 5 (the 2B column) and section 9 (the VAE), shared with the
+# upstream's published 2B DiT and VAE configs, shared with the
 # ``python -m bench run`` suite.
 REAL_2B = DIT_2B | {"dtype": "bfloat16"}
 REAL_VAE = VAE
@@ -134,7 +134,7 @@ def check_config() -> int:
     if wrong:
         print(f"MISMATCH with the spec (got, expected): {wrong}", file=sys.stderr)
         return 1
-    print("parameter counts match shared/spec/checkpoints.md (2B: 2,393,872,518 in 677 tensors)")
+    print("parameter counts match upstream's (2B: 2,393,872,518 in 677 tensors)")
     return 0
 
 

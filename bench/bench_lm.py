@@ -29,7 +29,7 @@ from acestep.testing import _tiny_lm_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_JSON = REPO / "bench" / "results" / "lm.json"
-VOCAB = 217204  # Qwen3's 151,669 tokens + 65,535 audio-code tokens (spec lm.md section 1)
+VOCAB = 217204  # Qwen3's 151,669 tokens + 65,535 audio-code tokens (docs/lm.md)
 QWEN3 = {  # the published Qwen3 base configurations the LMs are built on
     "0.6B": {
         "hidden_size": 1024,

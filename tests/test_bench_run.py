@@ -68,7 +68,7 @@ def test_bad_requests_are_refused_with_a_reason():
     [("2b-turbo", 2_393_872_518, 1_575_458_880), ("xl-turbo", 4_987_310_726, None)],
 )
 def test_the_real_configurations_match_the_spec(config, dit_total, transformer):
-    """Built on the meta device (no memory): shared/spec/checkpoints.md section 5's counts."""
+    """Built on the meta device (no memory): the real configs' parameter counts (BENCHMARKS.md)."""
     from bench.speed import models
 
     built = models.build(config, torch.device("meta"), plan_named("bfloat16"))

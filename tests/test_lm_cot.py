@@ -1,5 +1,5 @@
 """The LM's CoT block: parsing completions, re-serialising metadata for phase 2, and the mapping
-onto request fields. Rules from shared/spec/lm.md §3, §5 and §6."""
+onto request fields. Rules as docs/lm.md states them."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ import torch
 
 from acestep import AceStep, GenerationRequest
 from acestep.checkpoints.lm_folders import LmNotAvailable
-from acestep.lm import capture
+from acestep.memory import capture
 from acestep.memory.limits import Limits, MemoryLimitError
 
 CODE = re.compile(r"<\|audio_code_(\d+)\|>")
@@ -245,7 +245,9 @@ def test_codes_become_hints_of_five_frames_per_code(engine_with_lm):
     hints = conditioning.decode_codes(codes, tokenizer, detokenizer, torch.float32)
     assert hints.shape == (1, 50, engine_with_lm.codec.latent_dim)  # 25 Hz latent frames
     request = GenerationRequest(task_type="cover", audio_codes="".join(f"<|audio_code_{c}|>" for c in codes))
-    plan = engine_with_lm._codes_plan(request, request.audio_code_string)
+    engine = engine_with_lm
+    silence = engine.silence_latent
+    plan = conditioning.plan_task(request, comps, engine.codec, None, None, silence, engine.dtype)
     assert plan.target_samples == 2 * 48000 and plan.is_cover
 
 

@@ -1,5 +1,5 @@
 """The LM prompts, rendered with the tiny LM's real tokenizer and chat template (ChatML, as Qwen3).
-Exact strings from shared/spec/lm.md §2 and §7.2."""
+Exact strings as docs/lm.md states them (upstream's)."""
 
 from __future__ import annotations
 

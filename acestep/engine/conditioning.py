@@ -1,7 +1,7 @@
 """What the DiT is conditioned on, per task: context latents, chunk mask and target length.
 
 The DiT input is ``[src_latents (C), chunk_mask (C), noisy latents (C)]``; mask 1 means
-"generate here", 0 "keep / condition here". Rules per task (spec generation.md section 4):
+"generate here", 0 "keep / condition here". Rules per task (docs/tasks.md; patches/0001, 0012):
 
 - text2music: silence-latent context, mask all 1.
 - cover: the source's FSQ round trip (or decoded audio codes), mask all 1.
@@ -246,3 +246,41 @@ def window_envelope(window: tuple[int, int], samples: int, fade_frames: int = 10
     before = ((position - (start - fade)) / fade).clamp(0, 1)
     after = (((end + fade) - position) / fade).clamp(0, 1)
     return torch.minimum(before, after)
+
+
+def plan_task(
+    request: GenerationRequest,
+    comps,
+    codec: AudioCodec,
+    source: torch.Tensor | None,
+    item_codes: list[str] | None,
+    silence: torch.Tensor,
+    dtype: torch.dtype,
+) -> TaskPlan:
+    """The plan of any task: from the LM's per-item codes, a request's own codes, the source audio
+    (VAE-encoded, FSQ round trip where the task wants it) or nothing (text2music)."""
+    if item_codes:
+        # The LM wrote one code string per item, all of the same length (the target duration).
+        plans = [
+            _codes_plan(request.model_copy(update={"audio_code_string": codes}), codes, comps, silence, dtype)
+            for codes in item_codes
+        ]
+        plans[0].src_latents = torch.cat([p.src_latents for p in plans])
+        return plans[0]
+    if request.audio_code_string.strip():
+        if not parse_audio_codes(request.audio_code_string, comps.audio_tokenizer.quantizer.codebook_size):
+            raise ValueError("audio_code_string holds no <|audio_code_N|> tokens")
+        return _codes_plan(request, request.audio_code_string, comps, silence, dtype)
+    if source is None:
+        return plan_text2music(request, silence)
+
+    def fsq(latents: torch.Tensor) -> torch.Tensor:
+        return fsq_round_trip(latents, silence, comps.audio_tokenizer, comps.audio_token_detokenizer)
+
+    return plan_from_source(request, codec, source, silence, dtype, fsq)
+
+
+def _codes_plan(request: GenerationRequest, code_string: str, comps, silence, dtype) -> TaskPlan:
+    codes = parse_audio_codes(code_string, comps.audio_tokenizer.quantizer.codebook_size)
+    hints = decode_codes(codes, comps.audio_tokenizer, comps.audio_token_detokenizer, dtype)
+    return plan_from_codes(request, hints, silence)

@@ -33,7 +33,7 @@ from acestep.memory.mixed import use_rope_mode
 from acestep.memory.precision import PrecisionPlan, apply_attention, precision_plan
 from acestep.memory.residency import Place, Residency, ResidencyPlan, plan_for, resident_plan
 from acestep.request import GenerationRequest, GenerationResult
-from acestep.tasks import SOURCE_TASKS
+from acestep.tasks import MAX_DURATION_S, SOURCE_TASKS
 
 ProgressCallback = Callable[[str, float], None]
 
@@ -72,7 +72,8 @@ class AceStep:
         self.codec = AudioCodec(components.vae, compute=device)
         if fast != "off":
             self.codec.compiled = compiled_decoder(components.vae)
-        self.lm = LmStage(lm_folder, device, limits.max_duration_lm if limits is not None else 600)
+        lm_seconds = limits.max_duration_lm if limits is not None else MAX_DURATION_S
+        self.lm = LmStage(lm_folder, device, lm_seconds, self.precision.lm_torch_dtype)
         # Small tensors every stage needs, kept on the compute device so that their owner (the
         # condition encoder) may wait on the CPU between uses.
         encoder = components.condition_encoder
@@ -185,34 +186,43 @@ class AceStep:
     ) -> GenerationResult:
         """Generate audio files into ``output_dir``; ``lm_only`` stops after the LM and returns its
         completed inputs (caption, lyrics, metadata) with no audio (``/format_input``)."""
+        self.check_inputs(request, lm_only)
+        run = _Run(progress)
+        seeds = resolve_seeds(request.seed, request.batch_size, request.wants_random_seed)
+        request, song = self._think(request, seeds, run)
+        if lm_only:
+            return self._lm_result(request, song, run.timings)
+        self._attach_adapters(request, run)
+        source, reference = self._load_audio(request, run)
+        plan, refer = self._encode_audio(request, source, reference, song, run)
+        schedule, warnings = self._schedule(request, plan, song)
+        condition, switch, guidance = self._encode_text(request, plan, refer, len(schedule), run)
+        latents = self._denoise(seeds, plan, schedule, condition, guidance, switch, run)
+        audio = self._decode(latents, plan, run)
+        items = save_items(request, audio, seeds, plan, output_dir, self.paths.dit_name)
+        run.lap("save")
+        return self._result(request, items, plan, schedule, song, warnings, run)
+
+    def check_inputs(self, request: GenerationRequest, lm_only: bool = False) -> None:
+        """Everything that can refuse a request, before any tensor is allocated."""
         if lm_only and not request.uses_lm:
             raise ValueError("an LM-only job needs thinking, sample_mode or use_format")
         self.check(request)
         if self.limits is not None:
             self.limits.check(request, uses_lm=request.uses_lm)
-        use = self.residency.use
-        timings: dict[str, float] = {}
-        started = clock = time.perf_counter()
 
-        def lap(name: str) -> None:
-            nonlocal clock
-            now = time.perf_counter()
-            timings[name] = round(now - clock, 4)
-            clock = now
-
-        report = progress or (lambda stage, fraction: None)
-        seeds = resolve_seeds(request.seed, request.batch_size, request.wants_random_seed)
-        song = None
-        if request.uses_lm:
-            request, song = self._think(request, seeds, report)
-            lap("lm")
-            if lm_only:
-                return self._lm_result(request, song, timings)
+    def _attach_adapters(self, request: GenerationRequest, run: _Run) -> None:
+        """The request's LoRA adapters into the DiT; captured graphs of another set are dropped."""
         if self.adapters.apply(request.adapters):
-            lap("lora")
+            run.lap("lora")
         if self.adapters.version != self._adapters_seen:
             self.dit.reset()  # captured graphs ran another adapter set (or freed adapter weights)
             self._adapters_seen = self.adapters.version
+
+    def _load_audio(
+        self, request: GenerationRequest, run: _Run
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The source and reference audio the task uses (48 kHz stereo); silence is refused."""
         uses_source = request.effective_task in SOURCE_TASKS and not request.audio_code_string.strip()
         source = audio_io.load_audio(request.src_audio) if uses_source else None
         reference = audio_io.load_audio(request.reference_audio) if request.reference_audio else None
@@ -220,32 +230,50 @@ class AceStep:
             raise audio_io.AudioInputError("reference audio is silent")
         if source is not None and audio_io.is_silent(source):
             raise audio_io.AudioInputError("source audio is silent")
-        lap("load_audio")
+        run.lap("load_audio")
+        return source, reference
 
-        report("conditioning", 0.0)
+    def _encode_audio(self, request, source, reference, song, run: _Run):
+        """The task's conditioning plan (VAE-encoded source or LM codes) and the timbre latents."""
+        run.report("conditioning", 0.0)
         needs_codec = (
             source is not None or bool(request.audio_code_string.strip()) or bool(song and song.codes)
         )
+        use = self.residency.use
         with use(*(("vae", "condition_encoder") if needs_codec else ())):
-            plan = self._plan(request, source, song.codes if song else None)
+            plan = conditioning.plan_task(
+                request,
+                self.components,
+                self.codec,
+                source,
+                song.codes if song else None,
+                self.silence_latent,
+                self.dtype,
+            )
         with use(*(("vae",) if reference is not None else ())):
             refer = conditioning.reference_latents(self.codec, reference, self.silence_latent, self.dtype)
-        lap("audio_encode")
+        run.lap("audio_encode")
+        return plan, refer
+
+    def _schedule(self, request: GenerationRequest, plan: conditioning.TaskPlan, song):
+        """The timesteps, and every note the plan, the schedule and the LM left for the result."""
         schedule, notes = build_schedule(
             self.variant, request.inference_steps, request.shift, request.timesteps
         )
         warnings = plan.notes + notes + (song.notes if song else [])
         for note in warnings:
             logger.info(note)
+        return schedule, warnings
+
+    def _encode_text(self, request, plan: conditioning.TaskPlan, refer, steps: int, run: _Run):
+        """The condition (and a cover's late switch to the non-cover condition) and guidance."""
         metas = metas_string(request.bpm, request.time_signature, request.key_scale, plan.metas_duration_s)
         condition = self._condition(request, plan, metas, refer)
         switch = None
         if plan.is_cover and request.audio_cover_strength < 1.0:
             alt_plan = conditioning.non_cover_plan(plan, self.silence_latent)
-            switch = (
-                int(len(schedule) * request.audio_cover_strength),
-                self._condition(request, alt_plan, metas, refer),
-            )
+            late = int(steps * request.audio_cover_strength)
+            switch = (late, self._condition(request, alt_plan, metas, refer))
         guidance = None
         if self.variant.uses_guidance and request.guidance_scale > 1.0:
             guidance = Guidance(
@@ -253,12 +281,15 @@ class AceStep:
                 interval=(request.cfg_interval_start, request.cfg_interval_end),
                 null_embedding=self._null_embedding,
             )
-        lap("text_encode")
+        run.lap("text_encode")
+        return condition, switch, guidance
 
+    def _denoise(self, seeds, plan, schedule, condition, guidance, switch, run: _Run) -> torch.Tensor:
+        """Seeded noise through the DiT's sampling loop."""
         noise = item_noise(
             generators(seeds, self.device), (plan.frames, self.codec.latent_dim), self.device, self.dtype
         )
-        with use("dit"):
+        with self.residency.use("dit"):
             latents = denoise(
                 self.dit,
                 noise,
@@ -266,22 +297,23 @@ class AceStep:
                 condition,
                 guidance,
                 switch,
-                on_step=lambda done, total: report("diffusion", done / total),
+                on_step=lambda done, total: run.report("diffusion", done / total),
             )
         check_latents(latents, self.precision.name)
-        lap("dit")
+        run.lap("dit")
+        return latents
 
-        report("decode", 0.0)
-        with use("vae"):
+    def _decode(self, latents: torch.Tensor, plan: conditioning.TaskPlan, run: _Run) -> torch.Tensor:
+        """Latents to audio at the planned length, kept below clipping."""
+        run.report("decode", 0.0)
+        with self.residency.use("vae"):
             audio = self.codec.decode(latents)
-        audio = fit_length(audio, plan)
-        audio = audio_io.anti_clip(audio)
-        lap("vae_decode")
+        audio = audio_io.anti_clip(fit_length(audio, plan))
+        run.lap("vae_decode")
+        return audio
 
-        items = save_items(request, audio, seeds, plan, output_dir, self.paths.dit_name)
-        lap("save")
-        timings["total"] = round(time.perf_counter() - started, 4)
-        report("done", 1.0)
+    def _result(self, request, items, plan, schedule, song, warnings, run: _Run) -> GenerationResult:
+        run.finish()
         return GenerationResult(
             items=items,
             sample_rate=audio_io.SAMPLE_RATE,
@@ -301,16 +333,20 @@ class AceStep:
                 "lora": [{"name": name, "scale": scale} for name, scale in request.adapters],
                 **(self.lm.metas_of(song) if song else {}),
             },
-            timings=timings,
+            timings=run.timings,
             warnings=warnings,
         )
 
-    def _think(self, request: GenerationRequest, seeds: list[int], report: ProgressCallback):
-        """Run the LM (loading it on first use) and return the request it completes."""
-        report("lm", 0.0)
+    def _think(self, request: GenerationRequest, seeds: list[int], run: _Run):
+        """Run the LM when the request asks for it (loading it on first use) and return the
+        request it completes; without the LM, the request as it came."""
+        if not request.uses_lm:
+            return request, None
+        run.report("lm", 0.0)
         request, song = self.lm.think(request, seeds, self.residency)
         if self.limits is not None:
             self.limits.check(request, uses_lm=True)  # the LM may have chosen the duration
+        run.lap("lm")
         return request, song
 
     def _lm_result(self, request: GenerationRequest, song, timings: dict[str, float]) -> GenerationResult:
@@ -325,44 +361,6 @@ class AceStep:
             timings=timings,
             warnings=song.notes,
         )
-
-    def _plan(
-        self, request: GenerationRequest, source: torch.Tensor | None, item_codes: list[str] | None = None
-    ) -> conditioning.TaskPlan:
-        silence = self.silence_latent
-        comps = self.components
-        if item_codes:
-            # The LM wrote one code string per item, all of the same length (the target duration).
-            plans = [
-                self._codes_plan(request.model_copy(update={"audio_code_string": codes}), codes)
-                for codes in item_codes
-            ]
-            plans[0].src_latents = torch.cat([p.src_latents for p in plans])
-            return plans[0]
-        if request.audio_code_string.strip():
-            codes = conditioning.parse_audio_codes(
-                request.audio_code_string, comps.audio_tokenizer.quantizer.codebook_size
-            )
-            if not codes:
-                raise ValueError("audio_code_string holds no <|audio_code_N|> tokens")
-            return self._codes_plan(request, request.audio_code_string)
-        if source is None:
-            return conditioning.plan_text2music(request, silence)
-
-        def fsq(latents: torch.Tensor) -> torch.Tensor:
-            return conditioning.fsq_round_trip(
-                latents, silence, comps.audio_tokenizer, comps.audio_token_detokenizer
-            )
-
-        return conditioning.plan_from_source(request, self.codec, source, silence, self.dtype, fsq)
-
-    def _codes_plan(self, request: GenerationRequest, code_string: str) -> conditioning.TaskPlan:
-        comps = self.components
-        codes = conditioning.parse_audio_codes(code_string, comps.audio_tokenizer.quantizer.codebook_size)
-        hints = conditioning.decode_codes(
-            codes, comps.audio_tokenizer, comps.audio_token_detokenizer, self.dtype
-        )
-        return conditioning.plan_from_codes(request, hints, self.silence_latent)
 
     @torch.inference_mode()
     def _condition(
@@ -386,3 +384,21 @@ class AceStep:
                 refer_audio_order_mask=torch.zeros(1, dtype=torch.long, device=self.device),
             )
         return Condition(encoder_hidden_states=states, context_latents=plan.context())
+
+
+class _Run:
+    """One generation's progress callback and per-stage timings (seconds, rounded)."""
+
+    def __init__(self, progress: ProgressCallback | None):
+        self.report: ProgressCallback = progress or (lambda stage, fraction: None)
+        self.timings: dict[str, float] = {}
+        self.started = self._clock = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.timings[name] = round(now - self._clock, 4)
+        self._clock = now
+
+    def finish(self) -> None:
+        self.timings["total"] = round(time.perf_counter() - self.started, 4)
+        self.report("done", 1.0)

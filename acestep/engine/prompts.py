@@ -1,6 +1,6 @@
 """Text conditioning: the caption and lyric prompts, and running the Qwen3 text encoder.
 
-Templates and rules are upstream's (spec generation.md section 2): the caption prompt goes
+Templates and rules are upstream's (docs/tasks.md): the caption prompt goes
 through the whole encoder (last hidden state, no attention mask); lyrics only through its
 input embedding table, the DiT's lyric encoder contextualises them.
 """

@@ -1,4 +1,4 @@
-"""Timestep schedules (spec generation.md section 7).
+"""Timestep schedules (docs/tasks.md).
 
 Flow convention: x_t = t * noise + (1 - t) * x0, t = 1 is pure noise. A schedule is the list
 of timesteps the DiT is evaluated at; the sampler steps from each to the next and finally to 0.

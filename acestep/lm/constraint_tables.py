@@ -11,6 +11,7 @@ import torch
 
 from acestep.lm.vocab import LmVocab
 from acestep.request import VOCAL_LANGUAGES
+from acestep.tasks import MAX_BPM, MAX_DURATION_S, MIN_BPM, MIN_DURATION_S
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -19,8 +20,7 @@ FIELDS = ("bpm", "caption", "duration", "genres", "keyscale", "language", "times
 USER_FIELDS = frozenset({"bpm", "duration", "keyscale", "language", "timesignature"})
 PHASES = ("cot", "codes", "understand")
 CAPTION_MAX_TOKENS = 512
-BPM_RANGE = (30, 300)
-MIN_DURATION = 10
+BPM_RANGE = (MIN_BPM, MAX_BPM)
 TIME_SIGNATURES = ("2", "3", "4", "6")
 KEY_SCALES = tuple(
     f"{note}{accidental} {mode}"
@@ -71,10 +71,10 @@ class ConstraintTables:
 
     @classmethod
     def build(
-        cls, tokenizer: PreTrainedTokenizerBase, vocab: LmVocab, max_duration: int = 600
+        cls, tokenizer: PreTrainedTokenizerBase, vocab: LmVocab, max_duration: int = int(MAX_DURATION_S)
     ) -> ConstraintTables:
-        if max_duration < MIN_DURATION:
-            raise ValueError(f"max_duration must be at least {MIN_DURATION}, got {max_duration}")
+        if max_duration < MIN_DURATION_S:
+            raise ValueError(f"max_duration must be at least {MIN_DURATION_S}, got {max_duration}")
 
         def encode(text: str) -> list[int]:
             return list(tokenizer.encode(text, add_special_tokens=False))
@@ -131,7 +131,7 @@ class ConstraintTables:
 
         tries = {
             "bpm": values_trie([str(v) for v in range(BPM_RANGE[0], BPM_RANGE[1] + 1)]),
-            "duration": values_trie([str(v) for v in range(MIN_DURATION, max_duration + 1)]),
+            "duration": values_trie([str(v) for v in range(MIN_DURATION_S, max_duration + 1)]),
             "timesignature": values_trie(list(TIME_SIGNATURES)),
             "keyscale": values_trie(list(KEY_SCALES)),
             "language": values_trie(sorted(VOCAL_LANGUAGES)),

@@ -21,7 +21,7 @@ from acestep.lm.constraint_tables import (  # noqa: F401  (FIELDS etc. are this 
     CAPTION_MAX_TOKENS,
     FIELDS,
     KEY_SCALES,
-    MIN_DURATION,
+    MIN_DURATION_S,
     PHASES,
     TIME_SIGNATURES,
     USER_FIELDS,

@@ -1,5 +1,5 @@
 """The LM's chain-of-thought block: parsing its output, re-serialising it for phase 2, and mapping
-its metadata onto ``GenerationRequest`` fields (``shared/spec/lm.md`` §3, §5, §6)."""
+its metadata onto ``GenerationRequest`` fields (docs/lm.md)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 import yaml
 
-from acestep.request import KEY_SCALE_RE, MAX_DURATION_S, TIME_SIGNATURES, VOCAL_LANGUAGES
+from acestep.request import KEY_SCALE_RE, TIME_SIGNATURES, VOCAL_LANGUAGES
+from acestep.tasks import MAX_BPM, MAX_DURATION_S, MIN_BPM, MIN_DURATION_S
 
 CODE_TOKEN_RE = re.compile(r"<\|audio_code_(\d+)\|>")
 
@@ -35,7 +36,7 @@ class LmOutput:
 
 
 def parse_output(text: str) -> LmOutput:
-    """Parse an LM completion into metadata, audio codes and lyrics (spec §5).
+    """Parse an LM completion into metadata, audio codes and lyrics (docs/lm.md).
 
     Codes are every ``<|audio_code_N|>`` in the text, in order, unclamped (the DiT side clamps).
     Metadata comes from the first ``<think>…</think>`` or ``<reasoning>…</reasoning>`` block; lyrics
@@ -124,7 +125,7 @@ def _clean_lyrics(tail: str) -> str:
 
 
 def serialize_cot(metas: dict) -> str:
-    """The phase-2 CoT block, ``<think>\\n{yaml}\\n</think>`` (spec §3).
+    """The phase-2 CoT block, ``<think>\\n{yaml}\\n</think>`` (docs/lm.md).
 
     ``genres`` and empty values are dropped, a ``/4`` time signature becomes its numerator, and
     digit strings become integers. Keys are sorted and PyYAML's default width wraps long captions
@@ -152,15 +153,16 @@ def serialize_cot(metas: dict) -> str:
 def metas_for_dit(metas: dict) -> dict:
     """Map parsed LM metadata to ``GenerationRequest`` field names, keeping only valid values.
 
-    bpm → ``bpm`` (int 30–300), keyscale → ``key_scale``, timesignature → ``time_signature`` (the
-    numerator string), duration → ``audio_duration`` (float 10–600), language → ``vocal_language``
-    and caption → ``caption``. Out-of-domain, unparsable and "N/A" values are dropped, so the caller
-    can fill missing request fields without the request validator rejecting the LM's guesses.
+    bpm → ``bpm`` (an integer), keyscale → ``key_scale``, timesignature → ``time_signature`` (the
+    numerator string), duration → ``audio_duration`` (seconds), language → ``vocal_language`` and
+    caption → ``caption``. Values outside acestep.tasks' bounds, unparsable and "N/A" values are
+    dropped, so the caller can fill missing request fields without the request validator rejecting
+    the LM's guesses.
     """
     values = {k: v for k, v in metas.items() if not (isinstance(v, str) and v.strip().upper() == "N/A")}
     out: dict[str, object] = {}
     bpm = _as_number(values.get("bpm"))
-    if bpm is not None and bpm == int(bpm) and 30 <= bpm <= 300:
+    if bpm is not None and bpm == int(bpm) and MIN_BPM <= bpm <= MAX_BPM:
         out["bpm"] = int(bpm)
     key = values.get("keyscale")
     if isinstance(key, str) and KEY_SCALE_RE.match(key.strip()):
@@ -171,7 +173,7 @@ def metas_for_dit(metas: dict) -> dict:
         if numerator:
             out["time_signature"] = numerator
     duration = _as_number(values.get("duration"))
-    if duration is not None and 10 <= duration <= MAX_DURATION_S:
+    if duration is not None and MIN_DURATION_S <= duration <= MAX_DURATION_S:
         out["audio_duration"] = float(duration)
     language = values.get("language")
     if isinstance(language, str) and language.strip().lower() in VOCAL_LANGUAGES:

@@ -9,7 +9,6 @@ abandoned for the process on any failure.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,8 @@ from acestep.lm.decoder import Forward, decode, eager_forward, last_logits
 from acestep.lm.sampling import SamplingParams
 from acestep.lm.vocab import LmVocab
 from acestep.memory.capture import guarded_capture
+from acestep.settings import current as current_settings
+from acestep.tasks import MAX_DURATION_S
 
 MAX_MODEL_LEN = 4096
 CAPTURE_NAME = "5Hz LM fast path"
@@ -42,7 +43,7 @@ class LmRun:
 
 
 def compile_requested(env: dict[str, str] | None = None) -> bool:
-    value = (env if env is not None else os.environ).get("ACESTEP_LM_COMPILE", "").strip().lower()
+    value = ((env if env is not None else current_settings()).get("ACESTEP_LM_COMPILE") or "").strip().lower()
     return value in ("1", "true", "yes", "on")
 
 
@@ -74,14 +75,17 @@ class LanguageModel:
         positions = getattr(model.config, "max_position_embeddings", MAX_MODEL_LEN) or MAX_MODEL_LEN
         self.max_model_len = min(MAX_MODEL_LEN, int(positions))
         self._tables = None
-        self.max_duration = 600  # the CoT's duration domain; the engine lowers it to its tier's limit
+        # The CoT's duration domain; the engine lowers it to its tier's limit.
+        self.max_duration = int(MAX_DURATION_S)
         self._fast: Forward | None = None
         self._caches: dict[int, object] = {}  # the fast path's static KV caches, by row count
         self.fast_path = "off"  # off | on | failed
 
     @classmethod
     def load(cls, folder: str | Path, dtype: torch.dtype = torch.float32) -> LanguageModel:
-        """Load to the CPU (the memory plan places it); no ``trust_remote_code``, no pickle."""
+        """Load to the CPU (the memory plan places it); no ``trust_remote_code``, no pickle.
+
+        ``dtype`` is the precision plan's ``lm`` entry (``acestep/memory/precision.py``)."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         folder = Path(folder)

@@ -1,6 +1,6 @@
 """What the LM does for one generation request: rewrite inputs, write the CoT, write codes.
 
-Order (spec lm.md sections 4 and 6):
+Order (docs/lm.md):
 1. ``sample_mode`` / ``sample_query`` expands a short query, ``use_format`` rewrites caption and
    lyrics (both free text after a CoT, no CFG);
 2. phase 1 writes the CoT metadata once for the batch (user values forced, not generated);
@@ -21,12 +21,11 @@ from acestep.lm.cot import metas_for_dit, parse_output, serialize_cot
 from acestep.lm.model import LanguageModel
 from acestep.lm.sampling import SamplingParams
 from acestep.request import INSTRUMENTAL_LYRICS, GenerationRequest
-from acestep.tasks import AUTO_DURATION_S, CODES_PER_SECOND
+from acestep.tasks import AUTO_DURATION_S, CODES_PER_SECOND, MAX_DURATION_S, MIN_DURATION_S
 
 COT_TOKEN_BUDGET = 1024  # bpm..timesignature with a 512-token caption fits well inside
 COT_ALLOWANCE = 48  # tokens of the phase-2 CoT beyond its caption, for the early budget check
 TEXT_TOKEN_BUDGET = 2048  # sample / format: a CoT plus lyrics
-MIN_DURATION_S, MAX_DURATION_S = 10, 600
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The 5 Hz LM's prompts, rendered with the tokenizer's own chat template (``shared/spec/lm.md`` §2
+"""The 5 Hz LM's prompts, rendered with the tokenizer's own chat template (docs/lm.md
 and §7.2). The exact wording matters: the checkpoints were trained on these strings."""
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def _render(tokenizer, instruction: str, user: str) -> str:
 def _with_cot(prompt: str, cot: str) -> str:
     # The CoT is appended by hand rather than passed as an assistant message: the chat template
     # would close that turn with <|im_end|>, and the model would then see a finished answer
-    # instead of continuing the turn with audio codes (spec §2, chat-template caveat).
+    # instead of continuing the turn with audio codes (the chat-template caveat in docs/lm.md).
     return prompt + (cot if cot.endswith("\n") else cot + "\n")
 
 
@@ -58,7 +58,7 @@ def _meaningful(negative_prompt: str) -> bool:
 def unconditional_prompt(
     tokenizer: PreTrainedTokenizerBase, lyrics: str, negative_prompt: str, cot: str | None
 ) -> str:
-    """The CFG unconditional prompt (spec §7.2).
+    """The CFG unconditional prompt (docs/lm.md).
 
     The caption is the negative prompt when it says something, else the caption section is left
     out. With ``cot=None`` this pairs with :func:`phase1_prompt`; with a CoT (phase 2) the real

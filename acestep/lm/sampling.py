@@ -1,6 +1,6 @@
 """One decoding step's logits -> token: CFG, constraints, penalties, top-k/top-p, temperature.
 
-The order is upstream's pt backend (spec lm.md section 7.3): CFG in float32, the constraint mask,
+The order is upstream's pt backend (docs/lm.md): CFG in float32, the constraint mask,
 the repetition penalty, top-k, top-p, temperature, then a draw. The draw uses the caller's own
 CPU ``torch.Generator``; nothing here touches torch's global RNG, which the DiT and VAE share.
 """

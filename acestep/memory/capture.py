@@ -2,7 +2,7 @@
 
 Upstream captured CUDA graphs by default; a capture that failed left the default CUDA generator
 marked as capturing, so the next random op anywhere in the process (the DiT's noise included)
-raised, and a successful one could still shift the sampler's RNG (spec lm.md section 9.3). Here
+raised, and a successful one could still shift the sampler's RNG (patches/0024). Here
 capture is opt-in (``ACESTEP_LM_COMPILE=1``) and always runs inside :func:`guarded_capture`:
 the CPU and every CUDA device's RNG state are saved first and restored afterwards, whatever
 happened; a failure is logged once and the caller stays eager for the life of the process.

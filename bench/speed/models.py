@@ -25,7 +25,7 @@ from acestep.memory.precision import PrecisionPlan
 from acestep.memory.residency import plan_for, resident_plan
 from acestep.testing import _build_components, _tiny_tokenizer, tiny_dit_config
 
-# shared/spec/checkpoints.md section 5 (2B and XL columns) and section 9 (VAE).
+# upstream's published configs: the 2B and XL DiTs and the VAE.
 DIT_2B = {
     "hidden_size": 2048,
     "intermediate_size": 6144,
