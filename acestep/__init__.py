@@ -14,15 +14,16 @@ __version__ = "0.1.0.dev0"
 _EXPORTS = {
     "AceStep": "acestep.engine.engine",
     "GenerationError": "acestep.engine.output",
-    "AudioItem": "acestep.request",
+    "AudioItem": "acestep.result",
     "GenerationRequest": "acestep.request",
-    "GenerationResult": "acestep.request",
+    "GenerationResult": "acestep.result",
 }
 __all__ = ["AceStep", "AudioItem", "GenerationError", "GenerationRequest", "GenerationResult", "__version__"]
 
 if TYPE_CHECKING:
     from acestep.engine.engine import AceStep, GenerationError
-    from acestep.request import AudioItem, GenerationRequest, GenerationResult
+    from acestep.request import GenerationRequest
+    from acestep.result import AudioItem, GenerationResult
 
 
 def __getattr__(name: str):

@@ -27,7 +27,8 @@ from _common import git_commit, write_report
 from acestep.memory.gpus import StaticSource
 from acestep.memory.keep_alive import KeepAlivePolicy
 from acestep.memory.manager import MemoryManager
-from acestep.request import GenerationRequest, GenerationResult
+from acestep.request import GenerationRequest
+from acestep.result import GenerationResult
 from acestep.serving.app import create_app
 from acestep.serving.config import ServerConfig
 from acestep.testing import make_tiny_checkpoint

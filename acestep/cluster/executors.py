@@ -16,7 +16,7 @@ from typing import Protocol
 
 from acestep.cluster.records import JobRecord
 from acestep.memory.manager import MemoryManager, worker_summary
-from acestep.request import AudioItem, GenerationResult
+from acestep.result import AudioItem, GenerationResult
 from acestep.worker.job import Job, JobState
 from acestep.worker.runner import EngineSpec
 from acestep.worker.supervisor import Supervisor

@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from acestep.request import GenerationRequest, GenerationResult
+from acestep.request import GenerationRequest
+from acestep.result import GenerationResult
 from acestep.worker.job import JobInfo, JobState
 
 RESULT_COMPUTED = {"audio_paths", "seeds"}

@@ -25,7 +25,7 @@ import redis
 from acestep.cluster.broker import QueuedMessage
 from acestep.cluster.records import JobRecord, result_json
 from acestep.jobs.queue import DURATION_BUCKETS
-from acestep.request import GenerationResult
+from acestep.result import GenerationResult
 from acestep.worker.job import JobState
 
 STATES = tuple(state.value for state in JobState)  # the sets ns:jobs:<state>

@@ -32,7 +32,8 @@ from acestep.memory.limits import Limits
 from acestep.memory.mixed import use_rope_mode
 from acestep.memory.precision import PrecisionPlan, apply_attention, precision_plan
 from acestep.memory.residency import Place, Residency, ResidencyPlan, plan_for, resident_plan
-from acestep.request import GenerationRequest, GenerationResult
+from acestep.request import GenerationRequest
+from acestep.result import GenerationResult
 from acestep.tasks import MAX_DURATION_S, SOURCE_TASKS
 
 ProgressCallback = Callable[[str, float], None]

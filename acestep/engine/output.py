@@ -7,7 +7,8 @@ from pathlib import Path
 import torch
 
 from acestep.engine import audio_io, conditioning
-from acestep.request import AudioItem, GenerationRequest
+from acestep.request import GenerationRequest
+from acestep.result import AudioItem
 
 
 class GenerationError(RuntimeError):

@@ -13,7 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from acestep.request import GenerationRequest, GenerationResult
+from acestep.request import GenerationRequest
+from acestep.result import GenerationResult
 
 
 class JobState(StrEnum):

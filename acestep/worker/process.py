@@ -26,7 +26,8 @@ from acestep.lora.catalog import no_adapters
 from acestep.memory.gpus import DeviceStatsSource
 from acestep.memory.report import MemoryReport, MemorySnapshot, Stopwatch
 from acestep.memory.residency import REPORTED, Place
-from acestep.request import GenerationRequest, GenerationResult
+from acestep.request import GenerationRequest
+from acestep.result import GenerationResult
 from acestep.settings import child_environment
 from acestep.settings import current as current_settings
 from acestep.settings import value as setting_value

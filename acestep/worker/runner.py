@@ -20,7 +20,8 @@ from acestep.lora.catalog import no_adapters
 from acestep.memory.gpus import DeviceStatsSource
 from acestep.memory.report import MemoryReport, Stopwatch, release_cached, reset_peak, snapshot
 from acestep.memory.residency import REPORTED, Place
-from acestep.request import GenerationRequest, GenerationResult
+from acestep.request import GenerationRequest
+from acestep.result import GenerationResult
 
 Progress = Callable[[str, float], None]
 FAULT_KINDS = ("oom", "crash", "error")
