@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from acestep import settings
@@ -86,22 +87,63 @@ def _generate_parser(sub: argparse._SubParsersAction) -> None:
     _lora_flags(p)
 
 
+class _Stop(Exception):
+    """``acestep generate`` ends early: an exit code and the lines it prints on stderr."""
+
+    def __init__(self, code: int, *lines: str):
+        super().__init__(*lines)
+        self.code, self.lines = code, lines
+
+
+@dataclass
+class _Job:
+    """What the checks settled on, for the run."""
+
+    request: object  # GenerationRequest (imported lazily: argument checks do not load pydantic)
+    checkpoint: str
+    output_dir: Path
+    demo_source: bool
+    paths: object  # CheckpointPaths
+    lm_folder: Path | None
+    manager: object  # MemoryManager
+    keep_alive: float | None
+
+
 def run_generate(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    configure_logs(args.verbose)
+    try:
+        job = _check_inputs(args)
+        result, reports = _run(args, job)
+    except _Stop as stop:
+        for line in stop.lines:
+            print(f"error: {line}", file=sys.stderr)
+        return stop.code
+    if args.output:
+        move_to_output(result, args.output)
+    if args.json:
+        print(json.dumps(result.model_dump(mode="json") | {"memory_reports": reports}, indent=2))
+        if args.demo:
+            print(DEMO_NOTICE, file=sys.stderr)  # stdout stays JSON; the warning is said once, here
+    else:
+        print("\n".join(summary_lines(result, args, time.perf_counter() - started, job.demo_source)))
+    return 0
+
+
+def _check_inputs(args: argparse.Namespace) -> _Job:
+    """Every refusal before a weight loads: flags, the request, the checkpoint and LM, the task,
+    keep-alive, the tier's limits and the adapters."""
     from pydantic import ValidationError
 
     from acestep.errors import validation_lines
     from acestep.request import GenerationRequest
 
-    started = time.perf_counter()
-    configure_logs(args.verbose)
     if args.output and args.output_dir:
-        print("error: -o names the file and --output-dir the folder; give one of them", file=sys.stderr)
-        return 2
+        raise _Stop(2, "-o names the file and --output-dir the folder; give one of them")
     try:
         args.audio_format = resolve_format(args.output, args.audio_format)
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise _Stop(2, str(exc)) from None
     output_dir = Path(args.output).parent if args.output else Path(args.output_dir or DEFAULT_OUTPUT_DIR)
     demo_source = False
     if args.demo:
@@ -119,9 +161,7 @@ def run_generate(args: argparse.Namespace) -> int:
     try:
         request = GenerationRequest(**fields)
     except ValidationError as exc:
-        for line in validation_lines(exc.errors()):
-            print(f"error: {line}", file=sys.stderr)
-        return 2
+        raise _Stop(2, *validation_lines(exc.errors())) from None
     from acestep.checkpoints import CheckpointError, resolve
     from acestep.checkpoints.lm_folders import LmNotAvailable
     from acestep.checkpoints.task_support import require_task
@@ -134,8 +174,7 @@ def run_generate(args: argparse.Namespace) -> int:
         # A missing LM is a missing checkpoint: refused here, before the DiT loads.
         lm_folder = resolve_lm(paths.root, args.lm, request.uses_lm)
     except (CheckpointError, LmNotAvailable) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        raise _Stop(1, str(exc)) from None
     try:
         require_task(paths, request.effective_task)  # e.g. lego on turbo: refused before weights load
         keep_alive = parse_keep_alive(args.keep_alive) if args.keep_alive is not None else None
@@ -148,49 +187,39 @@ def run_generate(args: argparse.Namespace) -> int:
     except (KeepAliveError, ValueError) as exc:
         lm_off = isinstance(exc, MemoryLimitError) and exc.limit == "lm_enabled"
         hint = " (on the command line: --init-llm)" if lm_off else ""
-        print(f"error: {exc}{hint}", file=sys.stderr)
-        return 2
+        raise _Stop(2, f"{exc}{hint}") from None
+    return _Job(request, checkpoint, output_dir, demo_source, paths, lm_folder, manager, keep_alive)
+
+
+def _run(args: argparse.Namespace, job: _Job):
+    """Load the model in this process, run the one job with a progress bar, give memory back."""
     from acestep.worker.runner import EngineSpec
     from acestep.worker.supervisor import Supervisor
 
     silence_third_party()
     spec = EngineSpec(
-        checkpoint,
+        job.checkpoint,
         dit=args.dit or settings.dit_name(),
         device=args.device,
         dtype=args.dtype,
-        lm=str(lm_folder.resolve()) if lm_folder is not None else None,
+        lm=str(job.lm_folder.resolve()) if job.lm_folder is not None else None,
     )
-    bar = (
-        StageBar(diffusion_steps(paths.variant, request))
-        if progress_wanted(args.progress, sys.stderr)
-        else None
-    )
-    supervisor = Supervisor(manager)
+    wanted = progress_wanted(args.progress, sys.stderr)
+    bar = StageBar(diffusion_steps(job.paths.variant, job.request)) if wanted else None
+    supervisor = Supervisor(job.manager)
     try:
         supervisor.start(spec, in_process=True)
-        job = supervisor.submit(request, output_dir, on_progress=[bar] if bar else None).wait()
-        if keep_alive == 0:
+        done = supervisor.submit(job.request, job.output_dir, on_progress=[bar] if bar else None).wait()
+        if job.keep_alive == 0:
             supervisor.unload("free")
     except (ValueError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
         supervisor.close()
-        return 1
+        raise _Stop(1, str(exc)) from None
     finally:
         if bar is not None:
             bar.close()
-    reports = list(manager.reports)
+    reports = list(job.manager.reports)
     supervisor.close()
-    if job.state != "succeeded":
-        print(f"error: {job.error}", file=sys.stderr)
-        return 1
-    result = job.result
-    if args.output:
-        move_to_output(result, args.output)
-    if args.json:
-        print(json.dumps(result.model_dump(mode="json") | {"memory_reports": reports}, indent=2))
-        if args.demo:
-            print(DEMO_NOTICE, file=sys.stderr)  # stdout stays JSON; the warning is said once, here
-    else:
-        print("\n".join(summary_lines(result, args, time.perf_counter() - started, demo_source)))
-    return 0
+    if done.state != "succeeded":
+        raise _Stop(1, str(done.error))
+    return done.result, reports
