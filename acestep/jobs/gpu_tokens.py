@@ -27,6 +27,7 @@ from urllib.parse import quote
 import httpx
 from loguru import logger
 
+from acestep.settings import FALSE_WORDS, TRUE_WORDS
 from acestep.settings import current as current_settings
 from acestep.settings import value as setting_value
 from acestep.worker.dispatcher import GuardError
@@ -38,8 +39,6 @@ _DROPPED = frozenset({"completed", "failed", "cancelled", "canceled", "error", "
 _REQUEST_TIMEOUT_S = 10.0
 # One failed poll is a blip; this many in a row means the queue went away while we waited.
 _MAX_POLL_ERRORS = 3
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off"})
 
 
 class GpuTokenError(GuardError):
@@ -67,9 +66,9 @@ def _env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     value = (env.get(name) or "").strip().lower()
     if not value:
         return default
-    if value in _TRUE:
+    if value in TRUE_WORDS:
         return True
-    if value in _FALSE:
+    if value in FALSE_WORDS:
         return False
     raise ValueError(f"{name} must be one of 1/0, true/false, yes/no, on/off, got {value!r}")
 

@@ -20,6 +20,7 @@ from acestep.lm.decoder import Forward, decode, eager_forward, last_logits
 from acestep.lm.sampling import SamplingParams
 from acestep.lm.vocab import LmVocab
 from acestep.memory.capture import guarded_capture
+from acestep.settings import TRUE_WORDS
 from acestep.settings import current as current_settings
 from acestep.tasks import MAX_DURATION_S
 
@@ -44,7 +45,7 @@ class LmRun:
 
 def compile_requested(env: dict[str, str] | None = None) -> bool:
     value = ((env if env is not None else current_settings()).get("ACESTEP_LM_COMPILE") or "").strip().lower()
-    return value in ("1", "true", "yes", "on")
+    return value in TRUE_WORDS  # off unless switched on
 
 
 def check_folder(folder: Path) -> dict:

@@ -1,5 +1,5 @@
-"""The 5 Hz LM's prompts, rendered with the tokenizer's own chat template (docs/lm.md
-and §7.2). The exact wording matters: the checkpoints were trained on these strings."""
+"""The 5 Hz LM's prompts, rendered with the tokenizer's own chat template (docs/lm.md). The
+exact wording matters: the checkpoints were trained on these strings."""
 
 from __future__ import annotations
 

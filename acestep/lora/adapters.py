@@ -29,8 +29,8 @@ import torch
 from loguru import logger
 
 from acestep.lora.catalog import LoraError, LoraInfo, find
+from acestep.settings import TRUE_WORDS, lora_dir
 from acestep.settings import current as current_settings
-from acestep.settings import lora_dir
 from acestep.settings import value as setting_value
 
 PREFIX = "transformer"
@@ -38,7 +38,7 @@ PREFIX = "transformer"
 
 def fuse_setting(env=None) -> bool:
     env = current_settings() if env is None else env
-    return (env.get("ACESTEP_LORA_FUSE") or "").strip().lower() in ("1", "true", "yes", "on")
+    return (env.get("ACESTEP_LORA_FUSE") or "").strip().lower() in TRUE_WORDS  # off unless switched on
 
 
 def max_loaded_setting(env=None) -> int:

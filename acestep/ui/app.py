@@ -46,7 +46,7 @@ def build_ui(state, language: str = "en") -> gr.Blocks:
         memory_tab.select(show, None, status)
         with gr.Tab(text["tab_settings"], elem_id="tab-settings"):
             gr.Markdown(f"**{text['model']}:** `{state.model_name}` · **{text['language']}:** {language}")
-            keep = KeepAlivePolicy.from_env().as_dict()["default"]  # the manager starts with the server
+            keep = KeepAlivePolicy.from_env(state.config.env).as_dict()["default"]  # the server's snapshot
             gr.Markdown(f"**{text['keep_alive']}:** {keep} (ACESTEP_KEEP_ALIVE)")
             fmt.render()
 
