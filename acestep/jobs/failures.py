@@ -11,7 +11,11 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from acestep.errors import JobErrorKind
+from acestep.errors import JobError, JobErrorKind
+from acestep.jobs.waits import CommandTimeout
+from acestep.lora.catalog import LoraNotFound
+from acestep.lora.selection import DefaultFull
+from acestep.worker.dispatcher import BusyError
 
 
 class RefusalCause(StrEnum):
@@ -22,6 +26,17 @@ class RefusalCause(StrEnum):
     UNAVAILABLE = "unavailable"  # the queue's store (Redis) does not answer (Retry-After)
     TIMEOUT = "timeout"  # a synchronous route waited its limit; the job was cancelled
     CALLER_GONE = "caller_gone"  # the client left; the job was cancelled
+    UNAUTHORIZED = "unauthorized"  # an API key is configured and the request has none, or a wrong one
+    FORBIDDEN = "forbidden"  # a server path outside the folders clients may name
+    NOT_FOUND = "not_found"  # an unknown task id, adapter or result file
+    CONFLICT = "conflict"  # the server's state refuses it now: busy, default adapters full or none set
+    TOO_LARGE = "too_large"  # an upload or a body over its size limit
+    UNSUPPORTED_MEDIA = "unsupported_media"  # a body or upload this server does not read (not audio, ...)
+    COMMAND_TIMEOUT = "command_timeout"  # a model/LoRA command outwaited its limit, or the worker failed it
+    MISDIRECTED = "misdirected"  # a Host name this key-less server does not answer to
+    STALLED = "stalled"  # a request body that stopped arriving, or took too long
+    THROTTLED = "throttled"  # too many failed keys or logins from one address (Retry-After)
+    UPLOADS_BUSY = "uploads_busy"  # every upload slot is taken (Retry-After)
 
 
 FAILURE_STATUS: dict[str, int] = {
@@ -38,6 +53,17 @@ FAILURE_STATUS: dict[str, int] = {
     RefusalCause.UNAVAILABLE: 503,
     RefusalCause.TIMEOUT: 504,
     RefusalCause.CALLER_GONE: 499,  # nginx's "client closed request": nobody reads it
+    RefusalCause.UNAUTHORIZED: 401,
+    RefusalCause.FORBIDDEN: 403,
+    RefusalCause.NOT_FOUND: 404,
+    RefusalCause.CONFLICT: 409,
+    RefusalCause.TOO_LARGE: 413,
+    RefusalCause.UNSUPPORTED_MEDIA: 415,
+    RefusalCause.COMMAND_TIMEOUT: 503,  # no Retry-After: when the running job ends is unknown
+    RefusalCause.MISDIRECTED: 421,
+    RefusalCause.STALLED: 408,
+    RefusalCause.THROTTLED: 429,
+    RefusalCause.UPLOADS_BUSY: 503,
 }
 
 
@@ -62,6 +88,20 @@ class Refusal(Exception):
     @property
     def headers(self) -> dict[str, str] | None:
         return None if self.retry_after is None else {"Retry-After": str(self.retry_after)}
+
+
+def command_refusal(exc: Exception) -> Refusal:
+    """The refusal of a worker command (model load/unload, LoRA load/unload/scale) that raised
+    ``exc``: one mapping for REST, UI and MCP, the reason always ``str(exc)``."""
+    if isinstance(exc, LoraNotFound):
+        cause = RefusalCause.NOT_FOUND
+    elif isinstance(exc, (DefaultFull, BusyError)):
+        cause = RefusalCause.CONFLICT
+    elif isinstance(exc, (JobError, CommandTimeout)):
+        cause = RefusalCause.COMMAND_TIMEOUT
+    else:  # LoraError, ValueError: the command asked for something wrong
+        cause = JobErrorKind.INPUT
+    return Refusal(cause, str(exc))
 
 
 def lm_missing_reason(features: list[str], missing: str, lm_only: bool = False) -> str:

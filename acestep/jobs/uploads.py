@@ -18,6 +18,8 @@ from typing import Protocol
 import anyio.to_thread
 
 from acestep.engine.disk_full import NoSpaceError, is_no_space
+from acestep.errors import JobErrorKind
+from acestep.jobs.failures import Refusal, RefusalCause
 from acestep.settings import current as current_settings
 from acestep.settings import value as setting_value
 
@@ -28,17 +30,20 @@ MAX_UPLOAD_ENV = "ACESTEP_MAX_UPLOAD_MB"
 AUDIO_KINDS: dict[str, str] = {"wav": ".wav", "flac": ".flac", "mp3": ".mp3", "ogg": ".ogg"}
 
 
-class UploadError(Exception):
-    """A refused upload with the HTTP status it maps to: 400 bad/empty, 403 path, 413 size, 415 type,
-    507 no space left on the server's disk."""
+class UploadError(Refusal):
+    """A refused upload or server path, a :class:`Refusal` whose cause gives the HTTP status
+    (acestep/jobs/failures.py): a wrong or empty one, a path outside the allowed folders, too
+    large, not audio, or no space left on the server's disk."""
 
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
+    def __init__(self, cause: str, message: str):
+        super().__init__(cause, message)
+
+    @property
+    def message(self) -> str:
+        return self.reason
 
     def __repr__(self) -> str:
-        return f"UploadError({self.status}, {self.message!r})"
+        return f"UploadError({self.cause}, {self.message!r})"
 
 
 class AsyncReadable(Protocol):
@@ -81,11 +86,13 @@ def _size_text(n: int) -> str:
 
 
 def _no_space(dest_dir: Path) -> UploadError:
-    return UploadError(507, str(NoSpaceError(dest_dir)))
+    return UploadError(JobErrorKind.DISK, str(NoSpaceError(dest_dir)))
 
 
 def _too_large(max_bytes: int) -> UploadError:
-    return UploadError(413, f"upload too large: the limit is {_size_text(max_bytes)} ({MAX_UPLOAD_ENV})")
+    return UploadError(
+        RefusalCause.TOO_LARGE, f"upload too large: the limit is {_size_text(max_bytes)} ({MAX_UPLOAD_ENV})"
+    )
 
 
 async def save_upload(upload: AsyncReadable, dest_dir: Path, max_bytes: int, prefix: str = "upload_") -> Path:
@@ -115,11 +122,12 @@ async def save_upload(upload: AsyncReadable, dest_dir: Path, max_bytes: int, pre
             break
         head += chunk
     if not head:
-        raise UploadError(400, "upload is empty")
+        raise UploadError(JobErrorKind.INPUT, "upload is empty")
     kind = sniff_audio(head)
     if kind is None:
         raise UploadError(
-            415, "upload is not audio: expected WAV, FLAC, MP3 or OGG content (checked by content, not name)"
+            RefusalCause.UNSUPPORTED_MEDIA,
+            "upload is not audio: expected WAV, FLAC, MP3 or OGG content (checked by content, not name)",
         )
     if len(head) > max_bytes:
         raise _too_large(max_bytes)
@@ -164,13 +172,13 @@ def confine(path: str | os.PathLike[str], roots: Sequence[Path], field: str) -> 
     """
     text = os.fsdecode(os.fspath(path))
     if not text.strip():
-        raise UploadError(400, f"{field}: empty path")
+        raise UploadError(JobErrorKind.INPUT, f"{field}: empty path")
     if "\0" in text:
-        raise UploadError(400, f"{field}: path contains a NUL byte")
+        raise UploadError(JobErrorKind.INPUT, f"{field}: path contains a NUL byte")
     try:
         resolved = Path(text).resolve()
     except (OSError, RuntimeError):  # symlink loops, over-long names: nothing we could open anyway
-        raise UploadError(400, f"{field}: path cannot be resolved") from None
+        raise UploadError(JobErrorKind.INPUT, f"{field}: path cannot be resolved") from None
     for root in roots:
         try:
             real_root = Path(root).resolve()
@@ -179,7 +187,7 @@ def confine(path: str | os.PathLike[str], roots: Sequence[Path], field: str) -> 
         # is_relative_to compares whole components: /data/up does not contain /data/upload_evil.
         if resolved.is_relative_to(real_root):
             return resolved
-    raise UploadError(403, f"{field}: path outside the allowed directories")
+    raise UploadError(RefusalCause.FORBIDDEN, f"{field}: path outside the allowed directories")
 
 
 def max_upload_bytes(env: Mapping[str, str] | None = None) -> int:

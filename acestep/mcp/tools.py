@@ -27,7 +27,7 @@ from acestep.engine.audio_limits import AudioInputError
 from acestep.engine.audio_probe import checked_seconds
 from acestep.engine.disk_full import NoSpaceError, is_no_space
 from acestep.errors import shown, validation_message
-from acestep.jobs.failures import Refusal
+from acestep.jobs.failures import Refusal, command_refusal
 from acestep.jobs.outputs import MEDIA_TYPES, audio_url
 from acestep.jobs.service import JobService, discard
 from acestep.jobs.uploads import UploadError, confine, sniff_audio
@@ -311,7 +311,7 @@ def _add_model_tools(server: FastMCP, backend: Backend) -> None:
         try:
             return await run_command(backend.manager.unload, level)
         except (BusyError, CommandTimeout) as exc:
-            raise ToolError(str(exc)) from None
+            raise ToolError(command_refusal(exc).reason) from None
 
     @server.tool()
     async def load_model() -> dict:
@@ -319,7 +319,7 @@ def _add_model_tools(server: FastMCP, backend: Backend) -> None:
         try:
             return await run_command(backend.manager.load)
         except CommandTimeout as exc:
-            raise ToolError(str(exc)) from None
+            raise ToolError(command_refusal(exc).reason) from None
 
     @server.tool()
     async def list_loras() -> dict:
@@ -343,7 +343,7 @@ def _add_model_tools(server: FastMCP, backend: Backend) -> None:
         try:
             return await run_command(backend.service.loras.load, backend.manager, _adapter(name), scale)
         except (ValueError, JobError, CommandTimeout) as exc:
-            raise ToolError(str(exc)) from None
+            raise ToolError(command_refusal(exc).reason) from None
 
     @server.tool()
     async def unload_lora(name: str | None = None) -> dict:
@@ -354,4 +354,4 @@ def _add_model_tools(server: FastMCP, backend: Backend) -> None:
             names = [_adapter(name)] if name else None
             return await run_command(backend.service.loras.unload, backend.manager, names)
         except (ValueError, JobError, CommandTimeout) as exc:
-            raise ToolError(str(exc)) from None
+            raise ToolError(command_refusal(exc).reason) from None

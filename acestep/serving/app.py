@@ -21,7 +21,7 @@ from acestep import __version__
 from acestep.checkpoints.layout import resolve
 from acestep.checkpoints.lm_folders import lm_availability
 from acestep.cluster.settings import ClusterSettings, redacted
-from acestep.errors import validation_message
+from acestep.errors import JobErrorKind, validation_message
 from acestep.jobs.failures import Refusal, RefusalCause, status_of
 from acestep.jobs.gpu_tokens import install_gpu_tokens
 from acestep.jobs.queue import LocalJobQueue, QueueUnavailable
@@ -58,26 +58,7 @@ def create_app(
             mm, queue = _cluster_front(cluster, config, paths, loras)
             mm.lm_name = app.state.lm_name
         else:
-            mm = supervisor or Supervisor(MemoryManager(env=config.env))
-            mm.lm_name = app.state.lm_name
-            if mm.dispatcher is None:
-                mm.start(
-                    EngineSpec(config.checkpoint, dit=paths.dit_name), in_process=config.in_process_worker
-                )
-            queue = LocalJobQueue(
-                mm,
-                config.results_dir,
-                config.queue_maxsize,
-                config.result_ttl_s,
-                config.cleanup_interval_s,
-                model_name=paths.dit_name,
-                loras=loras,
-                checkpoint=paths,
-                uploads_dir=config.uploads_dir,
-            )
-            if config.preload:
-                mm.dispatcher.request_load()  # runs on the worker; the server answers meanwhile
-            token_client = install_gpu_tokens(mm.dispatcher)
+            mm, queue, token_client = _local_front(supervisor, config, paths, loras, app.state.lm_name)
         app.state.manager, app.state.queue = mm, queue
         # The one front door every face (REST, UI, MCP) queues through.
         app.state.service = JobService(queue, mm, loras, app.state.lm_name, app.state.lm_missing)
@@ -113,9 +94,40 @@ def create_app(
     app.state.variant = paths.variant
     app.state.loras = loras
 
+    _answer_refusals(app)
+    _include_routes(app, include_api)
+    return app
+
+
+def _local_front(supervisor: Supervisor | None, config: ServerConfig, paths, loras, lm_name):
+    """The single-server queue: a supervisor (started here unless it runs a worker already), the
+    job queue over its dispatcher, and the optional GPU token guard."""
+    mm = supervisor or Supervisor(MemoryManager(env=config.env))
+    mm.lm_name = lm_name
+    if mm.dispatcher is None:
+        mm.start(EngineSpec(config.checkpoint, dit=paths.dit_name), in_process=config.in_process_worker)
+    queue = LocalJobQueue(
+        mm,
+        config.results_dir,
+        config.queue_maxsize,
+        config.result_ttl_s,
+        config.cleanup_interval_s,
+        model_name=paths.dit_name,
+        loras=loras,
+        checkpoint=paths,
+        uploads_dir=config.uploads_dir,
+    )
+    if config.preload:
+        mm.dispatcher.request_load()  # runs on the worker; the server answers meanwhile
+    return mm, queue, install_gpu_tokens(mm.dispatcher)
+
+
+def _answer_refusals(app: FastAPI) -> None:
+    """Refusals raised anywhere below a route, answered with the failure table's status."""
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": validation_message(exc)}, status_code=400)
+        return JSONResponse({"detail": validation_message(exc)}, status_code=status_of(JobErrorKind.INPUT))
 
     @app.exception_handler(Refusal)
     async def _refused(request: Request, exc: Refusal) -> JSONResponse:
@@ -128,9 +140,13 @@ def create_app(
 
     @app.exception_handler(QueueUnavailable)
     async def _queue_down(request: Request, exc: QueueUnavailable) -> JSONResponse:
-        return JSONResponse(
-            {"detail": str(exc)}, status_code=503, headers={"Retry-After": str(exc.retry_after)}
-        )
+        status = status_of(RefusalCause.UNAVAILABLE)
+        headers = {"Retry-After": str(exc.retry_after)}
+        return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
+
+
+def _include_routes(app: FastAPI, include_api: bool) -> None:
+    """Every API route (only /health without ``include_api``), and the paths the key guards."""
 
     from acestep.serving import routes_admin, routes_compat, routes_lego, routes_lm, routes_lora
 
@@ -148,7 +164,6 @@ def create_app(
         for route in router.routes
         if getattr(route, "path", "/health") != "/health"
     )
-    return app
 
 
 def _guard(app: FastAPI, config: ServerConfig) -> None:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import hmac
 
-from fastapi import HTTPException, Request
+from fastapi import Request
 from starlette.datastructures import Headers
+
+from acestep.jobs.failures import Refusal, RefusalCause, status_of
 
 
 def keys_match(given: str, key: str) -> bool:
@@ -40,13 +42,13 @@ def check(request: Request, ai_token: str | None = None) -> None:
         return
     if ai_token is not None:
         if not keys_match(str(ai_token), key):
-            raise HTTPException(401, "Invalid ai_token")
+            raise Refusal(RefusalCause.UNAUTHORIZED, "Invalid ai_token")
         return
     token = header_token(request)
     if token is None:
-        raise HTTPException(401, "Missing ai_token or Authorization header")
+        raise Refusal(RefusalCause.UNAUTHORIZED, "Missing ai_token or Authorization header")
     if not keys_match(token, key):
-        raise HTTPException(401, "Invalid API key")
+        raise Refusal(RefusalCause.UNAUTHORIZED, "Invalid API key")
 
 
 def require_key(request: Request) -> None:
@@ -80,11 +82,11 @@ class HeaderKeyGate:
 
             token = token_from_header(Headers(scope=scope).get("authorization"))
             if token is None and self.header_only(scope):
-                await send_refusal(send, 401, "Missing Authorization header")
+                await send_refusal(send, status_of(RefusalCause.UNAUTHORIZED), "Missing Authorization header")
                 return
             if token is None:
                 scope[PREAUTH_SCOPE_KEY] = True
             elif not keys_match(token, self.key):
-                await send_refusal(send, 401, "Invalid API key")
+                await send_refusal(send, status_of(RefusalCause.UNAUTHORIZED), "Invalid API key")
                 return
         await self.app(scope, receive, send)

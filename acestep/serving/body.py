@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from urllib.parse import parse_qsl
 
-from fastapi import HTTPException, Request
+from fastapi import Request
 from starlette.datastructures import UploadFile
 
+from acestep.errors import JobErrorKind
+from acestep.jobs.failures import Refusal, RefusalCause
 from acestep.serving.limits import MAX_TEXT_BODY
 
 
@@ -18,7 +20,7 @@ async def read_body(request: Request) -> tuple[dict, dict[str, UploadFile]]:
         try:
             form = await request.form(max_files=4, max_fields=200)
         except Exception as exc:  # python-multipart raises several types for a broken body
-            raise HTTPException(400, f"malformed form body: {exc}") from None
+            raise Refusal(JobErrorKind.INPUT, f"malformed form body: {exc}") from None
         fields: dict = {}
         files: dict[str, UploadFile] = {}
         for key, value in form.multi_items():
@@ -29,13 +31,14 @@ async def read_body(request: Request) -> tuple[dict, dict[str, UploadFile]]:
         return fields, files
     raw = await request.body()
     if len(raw) > MAX_TEXT_BODY:
-        raise HTTPException(413, f"request body over {MAX_TEXT_BODY // 2**20} MiB")
+        raise Refusal(RefusalCause.TOO_LARGE, f"request body over {MAX_TEXT_BODY // 2**20} MiB")
     text = raw.decode("utf-8", errors="replace").strip()
     if text.startswith(("{", "[")) and "json" not in content_type and not request.app.state.config.api_key:
         # Upstream reads JSON under any content type. Without a key that would let any web page
         # queue jobs with a simple text/plain POST, so a no-key server wants JSON to say so.
-        raise HTTPException(
-            415, f"JSON body sent as {content_type or 'no content type'}; send Content-Type: application/json"
+        raise Refusal(
+            RefusalCause.UNSUPPORTED_MEDIA,
+            f"JSON body sent as {content_type or 'no content type'}; send Content-Type: application/json",
         )
     if "json" in content_type or text.startswith(("{", "[")):
         if not text:
@@ -44,12 +47,15 @@ async def read_body(request: Request) -> tuple[dict, dict[str, UploadFile]]:
             data = json.loads(text)
         except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
             hint = "" if "json" in content_type else " (send Content-Type: application/json)"
-            raise HTTPException(400, f"invalid JSON body: {exc}{hint}") from None
+            raise Refusal(JobErrorKind.INPUT, f"invalid JSON body: {exc}{hint}") from None
         if not isinstance(data, dict):
-            raise HTTPException(400, "JSON payload must be an object")
+            raise Refusal(JobErrorKind.INPUT, "JSON payload must be an object")
         return data, {}
     if not text:
         return {}, {}
     if "=" in text:
         return dict(parse_qsl(text, keep_blank_values=True)), {}
-    raise HTTPException(415, f"Unsupported Content-Type: {content_type or 'none'}; send JSON or a form")
+    raise Refusal(
+        RefusalCause.UNSUPPORTED_MEDIA,
+        f"Unsupported Content-Type: {content_type or 'none'}; send JSON or a form",
+    )

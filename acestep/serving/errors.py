@@ -12,6 +12,8 @@ from loguru import logger
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from acestep.errors import JobErrorKind
+from acestep.jobs.failures import status_of
 from acestep.serving.replies import send_refusal
 
 
@@ -44,4 +46,9 @@ class ErrorBoundary:
                 return
             logger.opt(exception=exc).error(f"{scope['method']} {scope['path']} failed")
             if not started:
-                await send_refusal(send, 500, f"internal error: {type(exc).__name__}", close=False)
+                await send_refusal(
+                    send,
+                    status_of(JobErrorKind.INTERNAL),
+                    f"internal error: {type(exc).__name__}",
+                    close=False,
+                )

@@ -16,6 +16,8 @@ import anyio
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from acestep.errors import JobErrorKind
+from acestep.jobs.failures import RefusalCause, status_of
 from acestep.serving.auth import PREAUTH_SCOPE_KEY
 from acestep.serving.config import ServerConfig
 from acestep.serving.replies import send_refusal
@@ -69,7 +71,7 @@ class BodyGuard:
         declared = Headers(scope=scope).get("content-length")
         if declared is not None:
             if not declared.strip().isdigit():
-                await send_refusal(send, 400, "invalid Content-Length")
+                await send_refusal(send, status_of(JobErrorKind.INPUT), "invalid Content-Length")
                 return
             if int(declared) > cap:
                 await send_refusal(send, *self._too_large(cap, preauth))
@@ -85,7 +87,12 @@ class BodyGuard:
             slot = _Slot(self.upload_slots)
         if slot is None:
             busy = f"{self.config.max_uploads} uploads are arriving; retry later (ACESTEP_MAX_UPLOADS)"
-            await send_refusal(send, 503, busy, [(b"retry-after", str(UPLOAD_RETRY_AFTER_S).encode())])
+            await send_refusal(
+                send,
+                status_of(RefusalCause.UPLOADS_BUSY),
+                busy,
+                [(b"retry-after", str(UPLOAD_RETRY_AFTER_S).encode())],
+            )
             return
         try:
             await self._guarded(scope, receive, send, cap, preauth, slot)
@@ -107,7 +114,7 @@ class BodyGuard:
             with anyio.move_on_after(max(0.0, min(self.config.body_idle_timeout_s, left))) as waited:
                 message = await receive()
             if waited.cancelled_caught:
-                refusal = (408, self._stalled(left))
+                refusal = (status_of(RefusalCause.STALLED), self._stalled(left))
                 raise BodyRefused
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
@@ -148,9 +155,9 @@ class BodyGuard:
 
     def _too_large(self, cap: int, preauth: bool) -> tuple[int, str]:
         if preauth:
-            return 401, (
+            return status_of(RefusalCause.UNAUTHORIZED), (
                 f"Missing Authorization header: a body over {cap // 2**20} MiB needs the API key in the "
                 "header, not in the body's ai_token"
             )
         hint = " (raise ACESTEP_MAX_UPLOAD_MB for larger uploads)" if cap > MAX_TEXT_BODY else ""
-        return 413, f"request body over {cap // 2**20} MiB{hint}"
+        return status_of(RefusalCause.TOO_LARGE), f"request body over {cap // 2**20} MiB{hint}"

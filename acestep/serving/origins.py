@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from acestep.jobs.failures import RefusalCause, status_of
 from acestep.serving.config import ServerConfig
 from acestep.serving.replies import send_refusal
 
@@ -50,7 +51,7 @@ class LocalOriginGuard:
     def refusal(self, scope: Scope) -> tuple[int, str] | None:
         host = Headers(scope=scope).get("host") or ""
         if "*" not in self.names and host_name(host) not in self.names:
-            return 421, (
+            return status_of(RefusalCause.MISDIRECTED), (
                 f"Host {host!r} is not served here: without an API key only "
                 f"{', '.join(sorted(self.names))} are answered (ACESTEP_ALLOWED_HOSTS adds names)"
             )
@@ -58,7 +59,7 @@ class LocalOriginGuard:
         if origin is None or origin.rstrip("/").lower() in self.origins:
             return None
         if origin == "null" or urlsplit(origin).netloc.lower() != host.strip().lower():
-            return 403, (
+            return status_of(RefusalCause.FORBIDDEN), (
                 f"cross-site request from {origin!r} refused: without an API key only the server's own "
                 "pages may call it (ACESTEP_CORS_ORIGINS allows other origins)"
             )

@@ -8,9 +8,10 @@ Loads and unloads run on the GPU worker between jobs; the handlers wait for them
 from __future__ import annotations
 
 import anyio
-from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 
-from acestep.errors import shown
+from acestep.errors import JobErrorKind, shown
+from acestep.jobs.failures import Refusal, RefusalCause, command_refusal
 from acestep.jobs.waits import CommandTimeout, run_command
 from acestep.serving import auth
 from acestep.serving.body import read_body
@@ -28,7 +29,7 @@ async def _wait(request: Request, function, *args):
     try:
         return await run_command(function, *args, gone=request.is_disconnected)
     except CommandTimeout as exc:
-        raise HTTPException(503, str(exc)) from None
+        raise command_refusal(exc) from None
 
 
 @router.post("/unload", openapi_extra=body_schema({"level": {"type": "string", "enum": ["park", "free"]}}))
@@ -37,11 +38,11 @@ async def unload(request: Request) -> dict:
     fields, _ = await read_body(request)
     level = str(fields.get("level") or request.query_params.get("level") or "free").strip().lower()
     if level not in ("park", "free"):
-        raise HTTPException(400, f"level must be park or free, got {shown(level)}")
+        raise Refusal(JobErrorKind.INPUT, f"level must be park or free, got {shown(level)}")
     try:
         report = await _wait(request, request.app.state.manager.unload, level)
     except BusyError as exc:
-        raise HTTPException(409, str(exc)) from None
+        raise command_refusal(exc) from None
     return envelope(report)
 
 
@@ -62,12 +63,12 @@ async def cancel(request: Request) -> dict:
     fields, _ = await read_body(request)
     task_id = str(fields.get("task_id") or "")
     if not task_id:
-        raise HTTPException(400, "task_id is required")
+        raise Refusal(JobErrorKind.INPUT, "task_id is required")
     if len(task_id) > MAX_TASK_ID_CHARS:
-        raise HTTPException(400, f"task_id: at most {MAX_TASK_ID_CHARS} characters")
+        raise Refusal(JobErrorKind.INPUT, f"task_id: at most {MAX_TASK_ID_CHARS} characters")
     outcome = await anyio.to_thread.run_sync(request.app.state.queue.cancel, task_id)
     if outcome == "unknown":
-        raise HTTPException(404, f"unknown task_id {task_id!r}")
+        raise Refusal(RefusalCause.NOT_FOUND, f"unknown task_id {task_id!r}")
     return envelope({"task_id": task_id, "outcome": outcome})
 
 

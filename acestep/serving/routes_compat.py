@@ -6,13 +6,14 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from acestep import __version__
-from acestep.errors import validation_message
+from acestep.errors import JobErrorKind, validation_message
+from acestep.jobs.failures import Refusal, RefusalCause
 from acestep.jobs.outputs import MEDIA_TYPES
 from acestep.jobs.queue import QueueUnavailable
 from acestep.jobs.uploads import UploadError, confine, save_upload
@@ -77,16 +78,17 @@ async def build_request(
     request: Request, fields: dict, files: dict
 ) -> tuple[GenerationRequest, list[Path], list]:
     """Turn parsed fields and uploads into a validated request; uploads are saved (and deleted
-    again if anything is wrong). Raises HTTPException with the reason."""
+    again if anything is wrong). Raises a Refusal with the reason."""
     config = request.app.state.config
     try:
         params = parse_release_params(fields)
     except ParamError as exc:
-        raise HTTPException(400, f"{exc.field}: {exc}") from None
+        raise Refusal(JobErrorKind.INPUT, f"{exc.field}: {exc}") from None
     unsupported = [name for name in ("analysis_only", "full_analysis_only") if name in params.lm_features]
     if unsupported:
-        raise HTTPException(
-            400, f"{', '.join(unsupported)} (audio understanding) is not supported in this version"
+        raise Refusal(
+            JobErrorKind.INPUT,
+            f"{', '.join(unsupported)} (audio understanding) is not supported in this version",
         )
     values = REST_DEFAULTS | lm_fields(params.lm_options) | params.fields
     saved: list[Path] = []
@@ -106,12 +108,9 @@ async def build_request(
         try:
             generation = GenerationRequest(**values)
         except ValidationError as exc:
-            raise HTTPException(400, validation_message(exc)) from None
+            raise Refusal(JobErrorKind.INPUT, validation_message(exc)) from None
         request.app.state.service.require_lm(generation, params.lm_features)  # a Refusal: 400
-    except UploadError as exc:
-        _discard(saved)
-        raise HTTPException(exc.status, str(exc)) from None
-    except BaseException:  # any other failure, a client gone included: nothing stays behind
+    except BaseException:  # any failure, a refused upload or a client gone included: nothing stays behind
         _discard(saved)
         raise
     warnings = list(params.ignored and [f"ignored (no effect here): {', '.join(params.ignored)}"])
@@ -133,9 +132,9 @@ def check_audio(path: Path, field: str) -> float:
     try:
         return checked_seconds(path, field)
     except UnreadableAudioError as exc:
-        raise UploadError(415, str(exc)) from None
+        raise UploadError(RefusalCause.UNSUPPORTED_MEDIA, str(exc)) from None
     except AudioInputError as exc:
-        raise UploadError(400, str(exc)) from None
+        raise UploadError(JobErrorKind.INPUT, str(exc)) from None
 
 
 def check_audio_path(path: Path, field: str) -> None:
@@ -188,7 +187,7 @@ async def query_result(request: Request) -> dict:
     try:
         ids = parse_task_id_list(fields.get("task_id_list", fields.get("task_ids")))
     except ParamError as exc:
-        raise HTTPException(400, f"{exc.field}: {exc}") from None
+        raise Refusal(JobErrorKind.INPUT, f"{exc.field}: {exc}") from None
     queue = request.app.state.queue
 
     def entries() -> list[dict]:
@@ -203,13 +202,13 @@ async def audio(request: Request, path: str) -> FileResponse:
     try:
         file = confine(path, [results], "path")
     except UploadError:
-        raise HTTPException(403, "Access denied: path outside allowed directory") from None
+        raise Refusal(RefusalCause.FORBIDDEN, "Access denied: path outside allowed directory") from None
     try:
         found = file.is_file()
     except OSError:  # e.g. a name too long for the filesystem
         found = False
     if not found:
-        raise HTTPException(404, "Audio file not found")
+        raise Refusal(RefusalCause.NOT_FOUND, "Audio file not found")
     return FileResponse(file, media_type=MEDIA_TYPES.get(file.suffix.lower(), "application/octet-stream"))
 
 

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from acestep.errors import validation_message
+from acestep.errors import JobErrorKind, validation_message
 from acestep.fields import BY_NAME
-from acestep.jobs.uploads import UploadError, save_upload
+from acestep.jobs.failures import Refusal
+from acestep.jobs.uploads import save_upload
 from acestep.request import GenerationRequest
 from acestep.serving import auth
 from acestep.serving.body import read_body
@@ -63,25 +64,20 @@ async def lego(request: Request):
     auth.check(request, fields.pop("ai_token", None))
     upload = files.get("audio_file")
     if upload is None:
-        raise HTTPException(400, "audio_file is required (multipart upload of WAV, MP3 or FLAC)")
+        raise Refusal(JobErrorKind.INPUT, "audio_file is required (multipart upload of WAV, MP3 or FLAC)")
     track = str(fields.get("track_type") or "").strip().lower()
     if track not in TRACK_NAMES:
-        raise HTTPException(400, f"track_type must be one of {', '.join(TRACK_NAMES)}, got {track!r}")
+        raise Refusal(
+            JobErrorKind.INPUT, f"track_type must be one of {', '.join(TRACK_NAMES)}, got {track!r}"
+        )
     if not str(fields.get("bpm") or "").strip():
-        raise HTTPException(400, "bpm is required (the tempo of the uploaded track)")
+        raise Refusal(JobErrorKind.INPUT, "bpm is required (the tempo of the uploaded track)")
     config = request.app.state.config
-    try:
-        path = await save_upload(upload, config.uploads_dir, config.max_upload_bytes, prefix="lego_")
-    except UploadError as exc:
-        raise HTTPException(exc.status, str(exc)) from None
-    try:
+    path = await save_upload(upload, config.uploads_dir, config.max_upload_bytes, prefix="lego_")
+    try:  # an unreadable upload (an UploadError) or a wrong field: the upload goes
         seconds = await run_in_threadpool(check_audio, path, "audio_file")
-    except UploadError as exc:
-        _discard([path])
-        raise HTTPException(exc.status, str(exc)) from None
-    try:
         generation = _lego_request(request, fields, track, path, seconds)
-    except HTTPException:
+    except Refusal:
         _discard([path])
         raise
     job = await submit(request, generation, [path])
@@ -129,8 +125,10 @@ def _lego_request(
     try:
         values["audio_duration"] = float(duration) if duration else seconds
     except ValueError:
-        raise HTTPException(400, f"audio_duration must be a number of seconds, got {duration!r}") from None
+        raise Refusal(
+            JobErrorKind.INPUT, f"audio_duration must be a number of seconds, got {duration!r}"
+        ) from None
     try:
         return GenerationRequest(**values)
     except ValidationError as exc:
-        raise HTTPException(400, validation_message(exc)) from None
+        raise Refusal(JobErrorKind.INPUT, validation_message(exc)) from None

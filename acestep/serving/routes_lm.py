@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Request
 from pydantic import ValidationError
 
-from acestep.errors import validation_message
+from acestep.errors import JobErrorKind, validation_message
+from acestep.jobs.failures import Refusal
 from acestep.request import GenerationRequest
 from acestep.serving import auth
 from acestep.serving.body import read_body
@@ -44,15 +45,15 @@ FORMAT_SCHEMA = body_schema(
 
 
 def format_request(fields: dict) -> GenerationRequest:
-    """The LM-only request behind a /format_input body; HTTPException 400 with the reason."""
+    """The LM-only request behind a /format_input body; a Refusal (JobErrorKind.INPUT) with the reason."""
     params = fields.get("param_obj") or {}
     if isinstance(params, str):
         try:
             params = json.loads(params) if params.strip() else {}
         except ValueError:
-            raise HTTPException(400, "param_obj must be a JSON object") from None
+            raise Refusal(JobErrorKind.INPUT, "param_obj must be a JSON object") from None
     if not isinstance(params, dict):
-        raise HTTPException(400, "param_obj must be a JSON object")
+        raise Refusal(JobErrorKind.INPUT, "param_obj must be a JSON object")
     values: dict = {
         "use_format": True,
         "caption": fields.get("prompt") or "",
@@ -68,7 +69,7 @@ def format_request(fields: dict) -> GenerationRequest:
     try:
         return GenerationRequest(**values)
     except ValidationError as exc:
-        raise HTTPException(400, validation_message(exc)) from None
+        raise Refusal(JobErrorKind.INPUT, validation_message(exc)) from None
 
 
 @router.post("/format_input", openapi_extra=FORMAT_SCHEMA)

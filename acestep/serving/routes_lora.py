@@ -11,14 +11,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
-from acestep.errors import JobError, shown
+from acestep.errors import JobError, JobErrorKind, shown
 from acestep.fields import word_bool
+from acestep.jobs.failures import Refusal, RefusalCause, command_refusal
 from acestep.jobs.waits import CommandTimeout, run_command
-from acestep.lora.catalog import LoraError, LoraNotFound
-from acestep.lora.selection import DefaultFull, resident
+from acestep.lora.catalog import LoraError
+from acestep.lora.selection import resident
 from acestep.request import ADAPTER_NAME_RE, MAX_LORA_SCALE
 from acestep.serving import auth
 from acestep.serving.body import read_body
@@ -37,14 +38,6 @@ LOAD_BODY = body_schema(
 )
 
 
-def _refusal(exc: Exception) -> HTTPException:
-    if isinstance(exc, LoraNotFound):
-        return HTTPException(404, str(exc))
-    if isinstance(exc, DefaultFull):
-        return HTTPException(409, str(exc))
-    return HTTPException(400, str(exc))
-
-
 def _name(request: Request, fields: dict, required: bool) -> str | None:
     """The adapter a body names: by name, or by upstream's ``lora_path`` inside the LoRA folder."""
     for key in NAME_FIELDS:
@@ -52,28 +45,30 @@ def _name(request: Request, fields: dict, required: bool) -> str | None:
         if isinstance(value, str) and value.strip():
             name = value.strip()
             if not ADAPTER_NAME_RE.match(name):
-                raise HTTPException(
-                    400, f"{key} must be an adapter name from GET /v1/loras, got {shown(name)}"
+                raise Refusal(
+                    JobErrorKind.INPUT, f"{key} must be an adapter name from GET /v1/loras, got {shown(name)}"
                 )
             return name
     path = fields.get("lora_path")
     if isinstance(path, str) and path.strip():
         if "\0" in path or len(path) > MAX_PATH_CHARS:  # no file has such a path; resolve() would raise
-            raise HTTPException(400, f"lora_path: no NUL byte and at most {MAX_PATH_CHARS} characters")
+            raise Refusal(
+                JobErrorKind.INPUT, f"lora_path: no NUL byte and at most {MAX_PATH_CHARS} characters"
+            )
         folder = request.app.state.loras.folder.resolve()
         try:
             target = Path(path.strip()).expanduser()
             target = (target if target.is_absolute() else folder / target).resolve()
         except (OSError, RuntimeError):  # e.g. an unknown ~user, a symlink loop
-            raise HTTPException(400, f"lora_path cannot be resolved: {shown(path)}") from None
+            raise Refusal(JobErrorKind.INPUT, f"lora_path cannot be resolved: {shown(path)}") from None
         if target.parent != folder:
-            raise HTTPException(
-                403,
+            raise Refusal(
+                RefusalCause.FORBIDDEN,
                 f"lora_path must be an adapter directly inside the LoRA folder ({folder}); got {shown(path)}",
             )
         return target.stem if target.suffix == ".safetensors" else target.name
     if required:
-        raise HTTPException(400, "name the adapter: name (see GET /v1/loras) or lora_path")
+        raise Refusal(JobErrorKind.INPUT, "name the adapter: name (see GET /v1/loras) or lora_path")
     return None
 
 
@@ -84,9 +79,9 @@ def _scale(fields: dict, default: float | None = 1.0) -> float | None:
     try:
         scale = float(value)
     except (TypeError, ValueError):
-        raise HTTPException(400, f"scale must be a number, got {value!r}") from None
+        raise Refusal(JobErrorKind.INPUT, f"scale must be a number, got {value!r}") from None
     if not 0.0 <= scale <= MAX_LORA_SCALE:
-        raise HTTPException(400, f"scale must be between 0 and {MAX_LORA_SCALE:g}, got {value!r}")
+        raise Refusal(JobErrorKind.INPUT, f"scale must be between 0 and {MAX_LORA_SCALE:g}, got {value!r}")
     return scale
 
 
@@ -95,10 +90,8 @@ async def _run(request: Request, function, *args):
     worker that fails otherwise, or a job still running past the wait limit, a 503."""
     try:
         return await run_command(function, *args, gone=request.is_disconnected)
-    except (LoraError, ValueError) as exc:
-        raise _refusal(exc) from None
-    except (JobError, CommandTimeout) as exc:
-        raise HTTPException(503, str(exc)) from None
+    except (LoraError, ValueError, JobError, CommandTimeout) as exc:
+        raise command_refusal(exc) from None
 
 
 @router.get("/v1/loras")
@@ -156,16 +149,19 @@ async def lora_scale(request: Request) -> dict:
     fields, _ = await read_body(request)
     name, scale = _name(request, fields, required=False), _scale(fields, default=None)
     if scale is None:
-        raise HTTPException(400, "scale is required")
+        raise Refusal(JobErrorKind.INPUT, "scale is required")
     loras = request.app.state.loras
     if not (await run_in_threadpool(loras.default))["adapters"]:
-        raise HTTPException(
-            409, "no default adapter: POST /v1/lora/load first, or send lora_scale per request"
+        raise Refusal(
+            RefusalCause.CONFLICT,
+            "no default adapter: POST /v1/lora/load first, or send lora_scale per request",
         )
     try:
         return envelope(await run_in_threadpool(loras.set_scale, scale, name))
     except KeyError:
-        raise HTTPException(404, f"{name!r} is not a default adapter (see GET /v1/lora/status)") from None
+        raise Refusal(
+            RefusalCause.NOT_FOUND, f"{name!r} is not a default adapter (see GET /v1/lora/status)"
+        ) from None
 
 
 @router.post("/v1/lora/toggle", openapi_extra=body_schema({"use_lora": {"type": "boolean"}}, ["use_lora"]))
@@ -175,5 +171,5 @@ async def lora_toggle(request: Request) -> dict:
     value = fields.get("use_lora", fields.get("enabled"))
     enabled = word_bool(str(value))
     if enabled is None:
-        raise HTTPException(400, f"use_lora must be true or false, got {value!r}")
+        raise Refusal(JobErrorKind.INPUT, f"use_lora must be true or false, got {value!r}")
     return envelope(await run_in_threadpool(request.app.state.loras.set_enabled, enabled))

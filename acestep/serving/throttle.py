@@ -17,6 +17,7 @@ from collections.abc import Callable
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from acestep.jobs.failures import RefusalCause, status_of
 from acestep.serving.auth import keys_match, token_from_header
 from acestep.serving.replies import send_refusal
 
@@ -38,17 +39,16 @@ class AuthThrottle:
         address = (scope.get("client") or ("?", 0))[0]
         wait = self.retry_after(address)
         if wait:
-            await send_refusal(
-                send, 429, f"too many failed keys or logins from {address}; retry in {wait} s",
-                [(b"retry-after", str(wait).encode())],
-            )  # fmt: skip
+            detail = f"too many failed keys or logins from {address}; retry in {wait} s"
+            headers = [(b"retry-after", str(wait).encode())]
+            await send_refusal(send, status_of(RefusalCause.THROTTLED), detail, headers)
             return
         login = scope["method"] == "POST" and scope["path"].rstrip("/") == "/login"
 
         async def watched_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status = message["status"]
-                if status == 401 or (login and status == 400):
+                if status == status_of(RefusalCause.UNAUTHORIZED) or (login and status == 400):
                     self.record(address)
             await send(message)
 

@@ -13,6 +13,7 @@ import anyio
 import gradio as gr
 
 from acestep.errors import JobError
+from acestep.jobs.failures import command_refusal
 from acestep.jobs.waits import CommandTimeout, run_command
 from acestep.lora.catalog import LoraError
 from acestep.lora.selection import resident
@@ -85,7 +86,7 @@ def tab(state, text: dict) -> tuple[gr.Dataframe, gr.Markdown, object]:
         try:
             await run_command(state.loras.unload, state.manager, None)
         except (CommandTimeout, LoraError, JobError) as exc:
-            raise gr.Error(str(exc)) from None
+            raise gr.Error(command_refusal(exc).reason) from None  # REST's words (jobs/failures.py)
         return await show()
 
     refresh.click(show, None, [table, summary])
