@@ -25,10 +25,9 @@ from acestep.jobs.waits import CallerGone
 from acestep.lora.selection import LoraSelection
 from acestep.memory.limits import MemoryLimitError
 from acestep.request import GenerationRequest
-from acestep.worker.dispatcher import Job
+from acestep.worker.job import Job, JobState
 
 POLL_S = 0.05
-ACTIVE = ("queued", "running")
 # The request fields that make a job run the LM (GenerationRequest.uses_lm), as a refusal names them.
 LM_SWITCHES = ("thinking", "sample_mode", "sample_query", "use_format")
 
@@ -104,7 +103,7 @@ class JobService:
             while True:
                 job = await anyio.to_thread.run_sync(self.queue.get, job.id) or job
                 yield job
-                if job.state not in ACTIVE:
+                if JobState(job.state).ended:
                     return
                 if gone is not None and await gone():
                     raise CallerGone(f"the caller left; task {job.id} was cancelled")
@@ -130,6 +129,6 @@ class JobService:
 
     @staticmethod
     def outcome(job: Job) -> Job:
-        if job.state != "succeeded":
+        if job.state != JobState.SUCCEEDED:
             raise Refusal(job.error_kind or JobErrorKind.INTERNAL, failure_reason(job))
         return job

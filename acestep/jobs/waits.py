@@ -33,7 +33,7 @@ GONE_POLL_S = 0.25  # how often a REST caller is checked for having left
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
-__all__ = ["CallerGone", "CommandTimeout", "follow_to_end", "run_command", "wait_limit"]
+__all__ = ["CallerGone", "CommandTimeout", "run_command", "wait_limit"]
 
 
 @functools.cache
@@ -95,29 +95,3 @@ async def _command(function: Callable[..., T], args: tuple) -> T:
     finally:
         task.cancel()  # queued here and not begun: it never begins
         scope.gone.set_result(None)  # a thread still waiting stops, withdrawing its command
-
-
-ACTIVE = ("queued", "running")
-
-
-async def follow_to_end(queue, job, timeout_s: float, gone: Callable[[], Any] | None = None):
-    """Poll ``job`` until it ends, a short thread call at a time (never parking a thread of the
-    shared pool for the whole job), and return it. Past ``timeout_s`` (TimeoutError), when
-    ``await gone()`` says the caller left (CallerGone), or when this task is cancelled, the job
-    is cancelled: nobody would read its result."""
-    deadline = time.monotonic() + timeout_s
-    try:
-        while (job := await anyio.to_thread.run_sync(queue.get, job.id) or job).state in (
-            "queued",
-            "running",
-        ):
-            if gone is not None and await gone():
-                raise CallerGone(f"the caller left; task {job.id} was cancelled")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the job did not finish in {timeout_s:.0f} s (task {job.id})")
-            await anyio.sleep(0.05)
-    except BaseException:
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(queue.cancel, job.id)
-        raise
-    return job

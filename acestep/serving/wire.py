@@ -10,6 +10,7 @@ import time
 
 from acestep.jobs.outputs import audio_url
 from acestep.worker.dispatcher import Job
+from acestep.worker.job import JobState
 
 WIRE_STATUS = {"queued": 0, "running": 0, "succeeded": 1, "failed": 2}
 # The embedded queue keeps its jobs in memory: after a restart, what was queued or running is gone.
@@ -50,9 +51,9 @@ def result_items(job: Job) -> list[dict]:
         "progress": job.progress,
         "stage": job.stage,
     }
-    if job.state in ("queued", "running"):
+    if not JobState(job.state).ended:
         return [base | {"file": "", "status": 0, "prompt": "", "lyrics": "", "metas": {}, "error": None}]
-    if job.state == "failed":
+    if job.state == JobState.FAILED:
         return [
             base
             | {"file": "", "status": 2, "progress": 0.0, "error": job.error, "error_kind": job.error_kind}

@@ -19,6 +19,7 @@ from acestep.engine.audio_limits import AudioInputError
 from acestep.errors import validation_message
 from acestep.jobs.uploads import UploadError, confine, sniff_audio
 from acestep.request import GenerationRequest
+from acestep.worker.job import JobState
 
 MAX_OUTPUTS = 2  # audio players shown per job (batch items beyond are in the file list)
 CAPTION_SHOWN = 200  # characters of the LM's caption in the status line
@@ -84,9 +85,9 @@ async def follow(state, request: GenerationRequest, cleanup: list[Path], text: d
         queued = await service.submit(request, cleanup)  # refused: the uploads are deleted
         job = queued
         async for job in service.watch(queued):  # noqa: B007 (the last snapshot is the ended job)
-            if job.state not in ("queued", "running"):
+            if JobState(job.state).ended:
                 continue  # the last one: its outcome follows
-            if job.state == "queued":
+            if job.state == JobState.QUEUED:
                 position = await anyio.to_thread.run_sync(service.queue.position, job.id)
                 line = f"{text['queued']} ({position})" if position else text["queued"]
             else:
