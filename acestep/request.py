@@ -50,6 +50,7 @@ VOCAL_LANGUAGES = frozenset(
 )
 INSTRUMENTAL_LYRICS = "[Instrumental]"
 LM_SKIP_TASKS = frozenset({"cover", "repaint"})  # the LM never runs for these (upstream)
+LM_SWITCHES = ("thinking", "sample_mode", "sample_query", "use_format")  # fields that run the LM
 MAX_ADAPTERS = 4  # LoRA adapters one request may combine (upstream's advanced mode has 4 slots)
 MAX_LORA_SCALE = 4.0
 ADAPTER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,127}$")
@@ -378,13 +379,17 @@ class GenerationRequest(BaseModel):
         return self.task_type
 
     @property
+    def lm_switches(self) -> list[str]:
+        """The fields that ask for the 5 Hz LM (a refusal names them); defaults never do: upstream's
+        true ``use_cot_*`` ran it silently."""
+        asked = (self.thinking, self.sample_mode, bool(self.sample_query.strip()), self.use_format)
+        return [name for name, on in zip(LM_SWITCHES, asked, strict=True) if on]
+
+    @property
     def uses_lm(self) -> bool:
-        """Whether this job runs the 5 Hz LM: only when thinking, sample mode or format asks
-        (never because of a default: upstream's true ``use_cot_*`` ran it silently), and never
-        for cover or repaint (upstream's skip set)."""
-        if self.task_type in LM_SKIP_TASKS:
-            return False
-        return self.thinking or self.sample_mode or bool(self.sample_query.strip()) or self.use_format
+        """Whether this job runs the 5 Hz LM: a switch asks, and the task is not cover or repaint
+        (upstream's skip set)."""
+        return self.task_type not in LM_SKIP_TASKS and bool(self.lm_switches)
 
     @property
     def wants_random_seed(self) -> bool:

@@ -28,12 +28,6 @@ from acestep.request import GenerationRequest
 from acestep.worker.job import Job, JobState
 
 POLL_S = 0.05
-# The request fields that make a job run the LM (GenerationRequest.uses_lm), as a refusal names them.
-LM_SWITCHES = ("thinking", "sample_mode", "sample_query", "use_format")
-
-
-def lm_switches(request: GenerationRequest) -> list[str]:
-    return [name for name in LM_SWITCHES if getattr(request, name)]
 
 
 def discard(paths: Iterable[Path]) -> None:
@@ -54,7 +48,7 @@ class JobService:
     ) -> None:
         """Refuse, before anything is queued, a request that needs the LM on a server without one."""
         if self.lm_name is None and (lm_only or request.uses_lm):
-            names = features if features is not None else lm_switches(request)
+            names = features if features is not None else request.lm_switches
             raise Refusal(RefusalCause.LM_MISSING, lm_missing_reason(names, self.lm_missing, lm_only))
 
     async def submit(
