@@ -13,7 +13,7 @@ from typing import TextIO
 # The engine's stage names, as the bar shows them (the rest are shown as they are: lm, diffusion...).
 STAGE_LABELS = {"starting": "load", "conditioning": "encode"}
 # Stages that come after the last diffusion step: the count stays full.
-AFTER_DIFFUSION = frozenset({"decode", "done"})
+AFTER_DIFFUSION = frozenset({"decode", "save", "done"})
 
 
 def progress_wanted(choice: bool | None, stream: TextIO) -> bool:

@@ -73,7 +73,7 @@ async def _run(backend: Backend, request: GenerationRequest, cleanup: list[Path]
     service = backend.service
     try:
         job = await service.submit(request, cleanup)
-        job = await service.await_job(job, TIMEOUT_S)
+        job = await _follow(service, job, delivery.ctx)
     except Refusal as exc:
         raise ToolError(exc.reason) from None
     result = job.result
@@ -94,6 +94,18 @@ async def _run(backend: Backend, request: GenerationRequest, cleanup: list[Path]
     return [TextContent(type="text", text=json.dumps(summary)), *audio]
 
 
+async def _follow(service: JobService, job, ctx: Context | None):
+    """Wait for the job (``JobService.await_job``), and send its overall fraction and stage to a
+    client that asked for progress (an MCP progress token). The fraction never goes down
+    (acestep/worker/progress.py), which MCP requires of progress notifications."""
+    last, sent = job, -1.0
+    async for last in service.watch(job, TIMEOUT_S):  # noqa: B007 (the last one is the ended job)
+        if ctx is not None and last.progress > sent:
+            sent = last.progress
+            await ctx.report_progress(sent, 1.0, message=last.stage)
+    return service.outcome(last)
+
+
 def _read_at_most(path: Path, limit: int) -> bytes | None:
     """The file's bytes, or None when it holds more than ``limit`` (e.g. it grew since its size
     was read): never more is read. ``read(n)`` allocates n bytes first, so n is the file's size."""
@@ -109,6 +121,7 @@ class Delivery:
     def __init__(self, budget_bytes: int, ctx: Context | None):
         request = ctx.request_context.request if ctx is not None else None
         url = getattr(request, "url", None)  # a starlette Request over HTTP, None over stdio
+        self.ctx = ctx  # also where progress notifications go
         self.budget = budget_bytes
         self.base_url = f"{url.scheme}://{url.netloc}" if url is not None else None
 

@@ -1,6 +1,7 @@
 """Upstream's response shapes: the envelope, the integer job status and the result items.
 
 New fields (``error``, per-task ``progress``/``stage``) are added; existing ones keep their meaning.
+``progress`` is the job's overall fraction, never lower than before (acestep/worker/progress.py).
 """
 
 from __future__ import annotations
