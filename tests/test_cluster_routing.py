@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from acestep.checkpoints.slots import UnknownModel
 from acestep.cluster.routing import RoutingError, choose_model
 from acestep.cluster.settings import ClusterConfigError, ClusterSettings, redacted
 from acestep.jobs.queue import DurationHistogram
@@ -54,8 +55,9 @@ def test_an_asked_for_model_is_honoured_or_refused_with_the_reason():
     )
     with pytest.raises(RoutingError, match="cannot run lego; it supports cover, repaint, text2music"):
         choose_model("lego", "acestep-v15-turbo", "acestep-v15-turbo", MODELS, [])
-    model, warnings = choose_model("lego", "acestep-v15-xl-base", "acestep-v15-turbo", MODELS, [])
-    assert model == "acestep-v15-base" and "not served by any worker" in warnings[0]
+    # A name no worker serves is refused with the served names (issue 21: never a silent fallback).
+    with pytest.raises(UnknownModel, match="'acestep-v15-xl-base' is not served here; served models: "):
+        choose_model("lego", "acestep-v15-xl-base", "acestep-v15-turbo", MODELS, [])
     with pytest.raises(RoutingError, match="no worker serves a model that can run lego"):
         choose_model(
             "lego", None, "acestep-v15-turbo", {"acestep-v15-turbo": MODELS["acestep-v15-turbo"]}, []

@@ -51,8 +51,16 @@ class ClusterControl:
             raise ValueError(f"unload level must be park or free, got {level!r}")
         return self._broadcast({"action": "unload", "level": level}, level, timeout)
 
-    def load(self, timeout: float | None = None) -> dict:
-        return self._broadcast({"action": "load"}, "load", timeout)
+    def load(self, timeout: float | None = None, model: str | None = None) -> dict:
+        """Load on every live worker, or only on those serving ``model`` (UnknownModel if none has)."""
+        if model:
+            from acestep.checkpoints.slots import UnknownModel
+
+            served = sorted(self.queue.models())
+            if model not in served:
+                raise UnknownModel(model, served)
+        report = self._broadcast({"action": "load"}, "load", timeout, model)
+        return report | {"model": model}
 
     def load_lora(self, names: list[str], timeout: float | None = None) -> dict:
         """Load adapters on every live worker (each checks that they fit its model)."""
@@ -61,12 +69,12 @@ class ClusterControl:
     def unload_lora(self, names: list[str] | None = None, timeout: float | None = None) -> dict:
         return self._broadcast({"action": "lora_unload", "names": names}, "lora_unload", timeout)
 
-    def _broadcast(self, command: dict, action: str, timeout: float | None) -> dict:
+    def _broadcast(self, command: dict, action: str, timeout: float | None, model: str | None = None) -> dict:
         store, client = self.queue.store, self.queue.client
         started = time.monotonic()
         deadline = started + (DEFAULT_TIMEOUT_S if timeout is None else timeout)
         with redis_unavailable(f"send {action} to the workers"):
-            live = [w["id"] for w in store.workers() if w["alive"]]
+            live = [w["id"] for w in store.workers() if w["alive"] and model in (None, w.get("model"))]
             sent = {}
             for worker in live:
                 ident = uuid.uuid4().hex

@@ -1,12 +1,15 @@
 """Which model queue a job goes to: the model asked for, else one whose workers are warm.
 
-Each worker serves one DiT folder and advertises it (name, variant, tasks, residency). A job with
+Each worker serves one DiT folder and advertises it (name, variant, tasks, residency); the names
+are the folder basenames one server uses for its slots (acestep/checkpoints/slots.py). A job with
 no ``model`` goes to a model that supports its task, preferring one with an idle worker that has
 it loaded, then a loaded busy one, then any live worker, then the server's own default: a lego job
 reaches a base-model worker without a reload when one exists, and waits for one when none is up.
 """
 
 from __future__ import annotations
+
+from acestep.checkpoints.slots import UnknownModel
 
 
 class RoutingError(ValueError):
@@ -21,7 +24,7 @@ def choose_model(
     workers: list[dict],
 ) -> tuple[str, list[str]]:
     """``models``: name -> {"variant", "tasks"}; ``workers``: adverts with ``alive``. Returns the model
-    and warnings for the client."""
+    and warnings for the client. A ``requested`` name no worker has served is ``UnknownModel``."""
     warnings: list[str] = []
     if requested:
         if requested in models:
@@ -31,7 +34,7 @@ def choose_model(
                     f"{', '.join(sorted(models[requested]['tasks']))}"
                 )
             return requested, warnings
-        warnings.append(f"model {requested!r} is not served by any worker; chose one for {task}")
+        raise UnknownModel(requested, sorted(models))  # the same 4xx as one server's (patches/0038)
     candidates = [name for name, info in models.items() if task in info["tasks"]]
     if not candidates:
         served = ", ".join(f"{n} ({i['variant']})" for n, i in sorted(models.items())) or "none"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from acestep.checkpoints.slots import UnknownModel
 from acestep.errors import JobError, JobErrorKind
 from acestep.jobs.waits import CommandTimeout
 from acestep.lora.catalog import LoraNotFound
@@ -37,6 +38,7 @@ class RefusalCause(StrEnum):
     STALLED = "stalled"  # a request body that stopped arriving, or took too long
     THROTTLED = "throttled"  # too many failed keys or logins from one address (Retry-After)
     UPLOADS_BUSY = "uploads_busy"  # every upload slot is taken (Retry-After)
+    UNKNOWN_MODEL = "unknown_model"  # a model this server does not serve (the message lists those it does)
 
 
 FAILURE_STATUS: dict[str, int] = {
@@ -64,6 +66,7 @@ FAILURE_STATUS: dict[str, int] = {
     RefusalCause.STALLED: 408,
     RefusalCause.THROTTLED: 429,
     RefusalCause.UPLOADS_BUSY: 503,
+    RefusalCause.UNKNOWN_MODEL: 400,  # upstream silently runs its default model (patches/0038)
 }
 
 
@@ -93,7 +96,9 @@ class Refusal(Exception):
 def command_refusal(exc: Exception) -> Refusal:
     """The refusal of a worker command (model load/unload, LoRA load/unload/scale) that raised
     ``exc``: one mapping for REST, UI and MCP, the reason always ``str(exc)``."""
-    if isinstance(exc, LoraNotFound):
+    if isinstance(exc, UnknownModel):
+        cause = RefusalCause.UNKNOWN_MODEL
+    elif isinstance(exc, LoraNotFound):
         cause = RefusalCause.NOT_FOUND
     elif isinstance(exc, (DefaultFull, BusyError)):
         cause = RefusalCause.CONFLICT

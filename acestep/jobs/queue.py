@@ -20,6 +20,7 @@ from typing import Protocol
 from loguru import logger
 
 from acestep.checkpoints.layout import CheckpointPaths
+from acestep.checkpoints.slots import ModelSlots
 from acestep.checkpoints.task_support import require_task
 from acestep.jobs.retention import Retention, input_paths
 from acestep.lora.selection import LoraSelection
@@ -116,7 +117,7 @@ def remove_paths(paths: Iterable[Path]) -> None:
 class LocalJobQueue:
     """In-process records over the GPU dispatcher (which runs the jobs, in a worker process)."""
 
-    routes_by_model = False  # one model per server; a ``model`` that differs is only a warning
+    routes_by_model = False  # one worker: a job's ``model`` is loaded there on demand (no routing)
 
     def __init__(
         self,
@@ -129,8 +130,10 @@ class LocalJobQueue:
         loras: LoraSelection | None = None,
         checkpoint: CheckpointPaths | None = None,
         uploads_dir: Path | None = None,
+        slots: ModelSlots | None = None,
     ):
-        """``loras`` fills in and checks each request's LoRA adapters (None: taken as they are);
+        """``slots``: the models a job may name (None: only the served one; a name is not checked);
+        ``loras`` fills in and checks each request's LoRA adapters (None: taken as they are);
         ``checkpoint``, the served one, refuses a task its variant cannot run (None: no check);
         ``uploads_dir`` is swept by age with Gradio's cache (None: only the results are)."""
         if manager.dispatcher is None:
@@ -139,6 +142,7 @@ class LocalJobQueue:
         self.model_name = model_name
         self.loras = loras
         self.checkpoint = checkpoint
+        self.slots = slots
         self.dispatcher = manager.dispatcher
         self.results_dir = Path(results_dir)
         self.results_dir.mkdir(parents=True, exist_ok=True)
@@ -175,10 +179,15 @@ class LocalJobQueue:
         jobs stop after the LM (``/format_input``)."""
         task_id = str(uuid.uuid4())
         inputs = list(cleanup)
-        if self.checkpoint is not None:  # before the model loads (e.g. lego on a turbo server)
-            require_task(self.checkpoint, request.effective_task)
+        checkpoint, tag = self.checkpoint, None
+        if self.slots is not None:  # UnknownModel: refused, never run on another model
+            model = self.slots.require(model)
+            checkpoint = self.slots.paths(model)
+            tag = checkpoint.variant.tag
+        if checkpoint is not None:  # before the model loads (e.g. lego on a turbo server)
+            require_task(checkpoint, request.effective_task)
         if self.loras is not None:
-            request, _ = self.loras.admit(request)  # LoraError (a ValueError): refused, nothing queued
+            request, _ = self.loras.admit(request, tag)  # LoraError (a ValueError): refused, nothing queued
         with self._lock:
             depth = self.dispatcher.queue_depth()
             if depth >= self.maxsize:
@@ -191,6 +200,7 @@ class LocalJobQueue:
                 job_id=task_id,
                 on_done=[lambda job: remove_paths(inputs), self._record],
                 lm_only=lm_only,
+                model=model if self.slots is not None else None,
             )
             self._jobs[task_id] = job
         return job
@@ -223,7 +233,8 @@ class LocalJobQueue:
     def workers(self) -> list[dict]:
         """This server's one GPU worker, in the shape cluster workers advertise."""
         summary = worker_summary(self.manager.get_status())
-        return [{"id": "local", "alive": True, "model": self.model_name, "gpu": summary["device"]} | summary]
+        model = getattr(self.dispatcher.runner, "current", None) or self.model_name  # the DiT in use
+        return [{"id": "local", "alive": True, "model": model, "gpu": summary["device"]} | summary]
 
     def cancel(self, task_id: str) -> str:
         if self.get(task_id) is None:

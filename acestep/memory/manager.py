@@ -64,6 +64,7 @@ class MemoryManager:
         self.rope = rope_mode(self.env)
         self.worker_in_process = setting_value(self.env, "ACESTEP_WORKER").lower() == "inprocess"
         self.lm_name: str | None = None  # the LM folder the worker will load, when known
+        self.max_loaded_dits = dit_capacity(self.limits, setting_value(self.env, "ACESTEP_MAX_LOADED_DITS"))
         self.reports: deque[dict] = deque(maxlen=REPORTS_KEPT)
 
     # -- policy --------------------------------------------------------------------------
@@ -152,6 +153,29 @@ class MemoryManager:
         return self.status().as_dict()
 
 
+SLOT_COUNT = 3  # upstream's model slots (ACESTEP_CONFIG_PATH, ..._PATH2, ..._PATH3)
+ONE_DIT_BELOW_GIB = 24.0  # two DiTs (about 4.8 GB each in bf16) beside the LM need this much
+
+
+def dit_capacity(limits: Limits, override: int = 0) -> int:
+    """How many DiTs may stay loaded at once: the operator's ``ACESTEP_MAX_LOADED_DITS``, else one
+    on a tier that offloads or below ``ONE_DIT_BELOW_GIB``, else one per slot (docs/api.md "Model slots")."""
+    if override and override > 0:
+        return int(override)
+    small = limits.gib is not None and limits.gib < ONE_DIT_BELOW_GIB
+    return 1 if limits.offload_to_cpu or small else SLOT_COUNT
+
+
+def dits_to_free(loaded: list[str], wanted: str, capacity: int) -> list[str]:
+    """The DiTs to free before ``wanted`` loads: the least recently used first, until it fits.
+    ``loaded`` is in use order, oldest first; the worker executes this decision."""
+    others = [name for name in loaded if name != wanted]
+    if wanted in loaded:
+        return []
+    excess = len(others) + 1 - max(1, capacity)
+    return others[: max(0, excess)]
+
+
 def worker_summary(status: dict) -> dict:
     """A ``get_status()`` reduced to what a worker advertises: residency state, running job, device,
     VRAM (bytes) and residency map; the same shape for one server's worker and a cluster's."""
@@ -202,4 +226,12 @@ def offload_overrides(offload: bool | None, offload_dit: bool | None) -> dict[st
     return out
 
 
-__all__ = ["MemoryManager", "get_memory_manager", "offload_overrides", "set_memory_manager", "worker_summary"]
+__all__ = [
+    "MemoryManager",
+    "dit_capacity",
+    "dits_to_free",
+    "get_memory_manager",
+    "offload_overrides",
+    "set_memory_manager",
+    "worker_summary",
+]

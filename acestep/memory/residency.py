@@ -128,6 +128,12 @@ class Residency:
         self.state[component] = self._observe(component)
         self._move(component, self.plan.idle[component] if self.plan.on_gpu else Place.CPU)
 
+    def detach(self, component: str) -> None:
+        """Forget a module loaded after start-up (the LM), handed to another engine."""
+        (name,) = MODULES[component]
+        self.modules.pop(name, None)
+        self.state[component] = Place.UNLOADED
+
     def settle(self) -> None:
         """Put every loaded component where the plan keeps it between jobs (after load or wake)."""
         for component in COMPONENTS:

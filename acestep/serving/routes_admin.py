@@ -1,5 +1,5 @@
-"""Memory and job control: POST /unload, POST /v1/load, GET /v1/memory, POST /v1/cancel, and
-the Prometheus GET /metrics.
+"""Memory and job control: POST /unload (also /v1/unload and /v1/models/unload), GET /v1/memory,
+POST /v1/cancel, and the Prometheus GET /metrics (POST /v1/load: routes_models.py).
 
 Loads and unloads run on the GPU worker between jobs; the handlers wait for them through
 ``acestep.jobs.waits`` (bounded, off the shared thread pool, withdrawn when the client goes).
@@ -32,7 +32,13 @@ async def _wait(request: Request, function, *args):
         raise command_refusal(exc) from None
 
 
-@router.post("/unload", openapi_extra=body_schema({"level": {"type": "string", "enum": ["park", "free"]}}))
+UNLOAD_SCHEMA = body_schema({"level": {"type": "string", "enum": ["park", "free"]}})
+
+
+# The spellings clients send (acestep extensions; upstream has no unload route): one handler.
+@router.post("/unload", openapi_extra=UNLOAD_SCHEMA)
+@router.post("/v1/unload", openapi_extra=UNLOAD_SCHEMA)
+@router.post("/v1/models/unload", openapi_extra=UNLOAD_SCHEMA)
 async def unload(request: Request) -> dict:
     """Body (optional): ``{"level": "park" | "free"}`` (default free). Returns the measured report."""
     fields, _ = await read_body(request)
@@ -43,13 +49,6 @@ async def unload(request: Request) -> dict:
         report = await _wait(request, request.app.state.manager.unload, level)
     except BusyError as exc:
         raise command_refusal(exc) from None
-    return envelope(report)
-
-
-@router.post("/v1/load")
-async def load(request: Request) -> dict:
-    """Warm the model up (after the running job); returns the measured load report."""
-    report = await _wait(request, request.app.state.manager.load)
     return envelope(report)
 
 

@@ -42,11 +42,12 @@ def _serve(runner, out: TextIO) -> None:
                         command.output_dir,
                         lambda stage, fraction, ident=ident: send(wire.Progress(ident, stage, fraction)),
                         lm_only=command.lm_only,
+                        model=command.model,
                     )
                     load = runner.take_job_load()
                     reply = {"result": result.model_dump(mode="json"), "load": load and load.as_dict()}
                 case wire.Load():
-                    reply = runner.load().as_dict()
+                    reply = runner.load(command.model).as_dict()
                 case wire.Unload():
                     reply = runner.unload(command.level).as_dict()
                 case wire.LoraLoad():
@@ -58,6 +59,8 @@ def _serve(runner, out: TextIO) -> None:
                         "state": runner.state,
                         "residency": runner.residency(),
                         "adapters": runner.adapters(),
+                        "models": runner.models(),
+                        "model": runner.current,
                         "memory": snapshot(runner.source).as_dict(),
                     }
                 case wire.Fault():

@@ -66,7 +66,7 @@ class _Command:
     action: str  # load | park | free | lora_load | lora_unload
     future: Future
     idle: bool = False
-    names: list[str] | None = None  # the adapters of a lora_load / lora_unload (None: all)
+    names: list[str] | None = None  # the adapters of a lora_load / lora_unload (None: all); a load's DiT
 
 
 class Dispatcher:
@@ -106,8 +106,10 @@ class Dispatcher:
         on_done: list[Callable[[Job], None]] | None = None,
         lm_only: bool = False,
         on_progress: list[Callable[[str, float], None]] | None = None,
+        model: str | None = None,
     ) -> Job:
-        """Queue a job; ``keep_alive`` (seconds) defaults to the request's own, then the server's."""
+        """Queue a job; ``keep_alive`` (seconds) defaults to the request's own, then the server's;
+        ``model`` names the DiT it runs on (the runner loads it on demand)."""
         if keep_alive is None:
             keep_alive = self.policy.for_request(request.keep_alive)
         with self._cond:
@@ -115,7 +117,12 @@ class Dispatcher:
                 raise RuntimeError("the dispatcher is shutting down")
             ident = job_id or f"job-{next(self._ids)}"
             job = Job(
-                id=ident, request=request, output_dir=str(output_dir), keep_alive=keep_alive, lm_only=lm_only
+                id=ident,
+                request=request,
+                output_dir=str(output_dir),
+                keep_alive=keep_alive,
+                lm_only=lm_only,
+                model=model,
             )
             job.on_done.extend(on_done or [])
             job.on_progress.extend(on_progress or [])
@@ -143,8 +150,9 @@ class Dispatcher:
             raise ValueError(f"unload level must be park or free, got {level!r}")
         return self._await(self._command(level), "unload", timeout)
 
-    def load(self, timeout: float | None = None) -> MemoryReport:
-        return self._await(self._command("load"), "load", timeout)
+    def load(self, timeout: float | None = None, model: str | None = None) -> MemoryReport:
+        """Load (or wake) ``model``, default the DiT in use, after the running job."""
+        return self._await(self._command("load", [model] if model else None), "load", timeout)
 
     def load_lora(self, names: list[str], timeout: float | None = None) -> MemoryReport:
         """Load LoRA adapters into the DiT after the running job (they stay inactive until a job
@@ -278,7 +286,7 @@ class Dispatcher:
         reason = "keep-alive expired" if command.idle else "requested"
         try:
             if command.action == "load":
-                report = self.runner.load()
+                report = self.runner.load(*(command.names or []))
             elif command.action == "lora_load":
                 report = self.runner.load_lora(command.names or [])
             elif command.action == "lora_unload":
@@ -294,20 +302,23 @@ class Dispatcher:
             command.future.set_exception(exc)
 
     def _run(self, job: Job) -> None:
-        job.state, job.stage, job.started = JobState.RUNNING, "starting", time.time()
+        job.advance("starting", 0.0)
+        job.state, job.started = JobState.RUNNING, time.time()
 
         def progress(stage: str, fraction: float) -> None:
             if job.cancel_requested:
                 raise JobError("cancelled", "cancelled by request")
-            job.stage, job.progress = stage, float(fraction)
-            for listener in job.on_progress:
+            job.advance(stage, fraction)  # one overall fraction, never lower (worker/progress.py)
+            for listener in job.on_progress:  # the stage's own fraction (the CLI counts steps)
                 listener(stage, float(fraction))
 
         try:
             with self.job_guard(job) if self.job_guard else nullcontext():
                 if job.cancel_requested:  # cancelled while the guard waited (e.g. for GPU tokens)
                     raise JobError("cancelled", "cancelled by request")
-                job.result = self.runner.generate(job.request, job.output_dir, progress, lm_only=job.lm_only)
+                job.result = self.runner.generate(
+                    job.request, job.output_dir, progress, lm_only=job.lm_only, model=job.model
+                )
             job.state, job.progress, job.stage = JobState.SUCCEEDED, 1.0, "done"
             load = self.runner.take_job_load()
             if load is not None:

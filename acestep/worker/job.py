@@ -15,6 +15,7 @@ from enum import StrEnum
 
 from acestep.request import GenerationRequest
 from acestep.result import GenerationResult
+from acestep.worker.progress import overall
 
 
 class JobState(StrEnum):
@@ -35,6 +36,7 @@ class JobInfo:
     id: str
     request: GenerationRequest
     lm_only: bool = False  # stop after the LM (/format_input): a result with metas and no audio
+    model: str | None = None  # the DiT it runs on (None: the worker's current one)
     state: JobState = JobState.QUEUED
     stage: str = "queued"
     progress: float = 0.0
@@ -45,6 +47,11 @@ class JobInfo:
     started: float | None = None
     finished: float | None = None
     cancel_requested: bool = False
+
+    def advance(self, stage: str, fraction: float) -> None:
+        """A progress report of the running job: ``progress`` is the overall fraction, which never
+        goes down (acestep/worker/progress.py); ``stage`` names where it is."""
+        self.stage, self.progress = stage, overall(stage, fraction, self.progress)
 
     def fail(self, message: str, kind: str) -> None:
         self.state, self.stage, self.error, self.error_kind = JobState.FAILED, "failed", message, kind

@@ -41,6 +41,7 @@ class MessageError(ValueError):
 class Load:
     op: ClassVar[Op] = Op.LOAD
     id: int
+    model: str | None = None  # the DiT to load (None: the one in use)
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class Generate:
     request: dict[str, Any]  # GenerationRequest.model_dump(mode="json", exclude_unset=True)
     output_dir: str
     lm_only: bool = False
+    model: str | None = None  # the DiT to run it on (None: the one in use)
 
 
 @dataclass(frozen=True)

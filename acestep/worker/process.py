@@ -78,6 +78,8 @@ class ProcessRunner:
         self._state = "unloaded"
         self._residency = dict.fromkeys(REPORTED, Place.UNLOADED.value)
         self._adapters = no_adapters()
+        self._models: dict[str, str] = {}  # the worker's loaded DiTs (ready | parked)
+        self.current: str | None = None  # the DiT the worker used last
         self.starts = 0  # how many worker processes this runner has started
         self._job_load: MemoryReport | None = None
         self.last_exit_code: int | None = None
@@ -138,6 +140,7 @@ class ProcessRunner:
 
     def _set_unloaded(self) -> None:
         self._state = "unloaded"
+        self._models = {}
         self._residency = dict.fromkeys(REPORTED, Place.UNLOADED.value)
         self._adapters = no_adapters()
 
@@ -257,14 +260,20 @@ class ProcessRunner:
     def adapters(self) -> dict:
         return self._adapters
 
+    def models(self) -> dict[str, str]:
+        return dict(self._models)
+
     def _note(self, report: dict) -> MemoryReport:
         parsed = MemoryReport.from_dict(report)
         self._residency = dict(parsed.residency)
         return parsed
 
-    def load(self) -> MemoryReport:
+    def load(self, model: str | None = None) -> MemoryReport:
         with self._lock:
-            report = self._note(self._call(wire.Load(self._id())))
+            try:
+                report = self._note(self._call(wire.Load(self._id(), model)))
+            finally:
+                self._refresh()  # which DiTs are loaded now (one may have been freed)
             self._state = "ready"
             return report
 
@@ -274,6 +283,7 @@ class ProcessRunner:
         output_dir: str | Path,
         progress: Progress | None = None,
         lm_only: bool = False,
+        model: str | None = None,
     ) -> GenerationResult:
         with self._lock:
             try:
@@ -282,6 +292,7 @@ class ProcessRunner:
                     request=request.model_dump(mode="json", exclude_unset=True),  # keeps "seed given" facts
                     output_dir=str(output_dir),
                     lm_only=lm_only,
+                    model=model,
                 )
                 reply = self._call(command, progress)
             finally:
@@ -305,6 +316,7 @@ class ProcessRunner:
             return
         self._state = status["state"]
         self._residency, self._adapters = status["residency"], status["adapters"]
+        self._models, self.current = status.get("models", {}), status.get("model")
 
     def load_lora(self, names: list[str]) -> MemoryReport:
         with self._lock:
@@ -341,6 +353,7 @@ class ProcessRunner:
                     return MemoryReport("park", MemorySnapshot(), MemorySnapshot(), 0.0, self.residency())
                 report = self._note(self._call(wire.Unload(self._id(), "park")))
                 self._state = "parked"
+                self._models = dict.fromkeys(self._models, "parked")
                 return report
             return self._stop()
 

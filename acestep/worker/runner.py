@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import traceback
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ class EngineSpec:
     device: str = "auto"
     dtype: str | None = None
     lm: str | None = None  # LM folder (path or name); None: ACESTEP_LM_MODEL_PATH, else the first found
+    max_dits: int = 1  # DiTs loaded at once (the memory manager's ``max_loaded_dits``)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -58,7 +60,9 @@ class Runner(Protocol):
 
     def adapters(self) -> dict: ...
 
-    def load(self) -> MemoryReport: ...
+    def load(self, model: str | None = None) -> MemoryReport: ...
+
+    def models(self) -> dict[str, str]: ...  # loaded DiT -> ready | parked
 
     def unload(self, level: str) -> MemoryReport: ...
 
@@ -72,6 +76,7 @@ class Runner(Protocol):
         output_dir: str | Path,
         progress: Progress | None = None,
         lm_only: bool = False,
+        model: str | None = None,
     ) -> GenerationResult: ...
 
     def take_job_load(self) -> MemoryReport | None: ...
@@ -117,6 +122,28 @@ def classify(exc: BaseException, limits=None) -> JobError:
     return JobError("internal", f"{type(exc).__name__}: {exc}")
 
 
+def _carry_lm(lm, engine) -> None:
+    """Keep a freed engine's loaded LM for the next DiT when it is the same folder: a DiT switch
+    need not reload the LM."""
+    if lm is None or lm.model is None or lm.folder != engine.lm.folder:
+        return
+    engine.lm = lm
+    engine.residency.attach("lm", lm.model.model)
+
+
+def _hand_lm(engines, target) -> None:
+    """One loaded LM per worker: the engine about to run takes a loaded LM of the same folder from
+    another loaded DiT's engine, so several DiTs never hold several copies of it."""
+    if target.lm.model is not None:
+        return
+    for other in engines:
+        if other is not target and other.lm.model is not None and other.lm.folder == target.lm.folder:
+            other.residency.detach("lm")
+            target.lm, other.lm = other.lm, target.lm  # the other keeps an unloaded stage
+            target.residency.attach("lm", target.lm.model.model)
+            return
+
+
 def _is_oom(exc: BaseException) -> bool:
     import torch
 
@@ -124,7 +151,10 @@ def _is_oom(exc: BaseException) -> bool:
 
 
 class InProcessRunner:
-    """Loads ``spec`` on first use. Calls must not overlap (the dispatcher serialises them)."""
+    """Loads ``spec``'s DiT on first use, and any other DiT of its checkpoints root a job or a load
+    names (``model``). At most ``spec.max_dits`` stay loaded: the memory manager's ``dits_to_free``
+    picks the least recently used to free first, and a freed DiT's loaded LM moves to the next one.
+    Calls must not overlap (the dispatcher serialises them)."""
 
     def __init__(
         self,
@@ -137,8 +167,9 @@ class InProcessRunner:
         self.source = source
         self.limits = limits
         self.plan = plan
-        self.engine = None
-        self.parked = False
+        self._engines: OrderedDict[str, object] = OrderedDict()  # by DiT name, least recent first
+        self._parked: set[str] = set()
+        self.current: str | None = None  # the DiT the last job or load used
         self._fault: tuple[str, str] | None = None
         self._job_load: MemoryReport | None = None  # the load or wake a job caused, if any
         self._lock = threading.Lock()  # guards against misuse: overlapping calls are a bug
@@ -155,10 +186,23 @@ class InProcessRunner:
         """Nothing to replace: a crash here ends this process."""
 
     @property
+    def engine(self):
+        """The engine of the DiT in use (None while it is not loaded)."""
+        return self._engines.get(self.current) if self.current is not None else None
+
+    @property
+    def parked(self) -> bool:
+        return self.current in self._parked
+
+    @property
     def state(self) -> str:
         if self.engine is None:
             return "unloaded"
         return "parked" if self.parked else "ready"
+
+    def models(self) -> dict[str, str]:
+        """Each loaded DiT and whether it is ``ready`` or ``parked`` (least recently used first)."""
+        return {name: "parked" if name in self._parked else "ready" for name in self._engines}
 
     def residency(self) -> dict[str, str]:
         if self.engine is None:
@@ -171,46 +215,83 @@ class InProcessRunner:
             return no_adapters()
         return self.engine.adapters.status()
 
-    def load(self) -> MemoryReport:
-        """Load from disk (unloaded) or wake (parked); a ready engine is left as it is."""
+    def load(self, model: str | None = None) -> MemoryReport:
+        """Load from disk (unloaded) or wake (parked) ``model`` (default: the DiT in use, else the
+        spec's); a ready engine is left as it is."""
         with self._lock:
-            return self._load()
+            return self._load(model)
 
-    def _load(self) -> MemoryReport:
+    def _default_dit(self) -> str:
+        if self.spec.dit:
+            return self.spec.dit
+        from acestep.checkpoints import resolve
+
+        return resolve(self.spec.checkpoint).dit_name
+
+    def _checkpoint_for(self, name: str) -> str:
+        """The spec's checkpoint for its own DiT; its root for another DiT folder."""
+        from acestep.checkpoints import resolve
+
+        paths = resolve(self.spec.checkpoint, self.spec.dit)
+        return self.spec.checkpoint if name == paths.dit_name else str(paths.root)
+
+    def _load(self, model: str | None = None) -> MemoryReport:
         before, watch = snapshot(self.source), Stopwatch()
-        if self.engine is None:
+        name = model or self.current or self._default_dit()
+        note = ""
+        if name not in self._engines:
             from acestep.engine.engine import AceStep
+            from acestep.memory.manager import dits_to_free
 
-            self.engine = AceStep.from_pretrained(
-                self.spec.checkpoint,
-                dit=self.spec.dit,
+            freed = dits_to_free(list(self._engines), name, self.spec.max_dits)
+            lm = None
+            for old in freed:  # the manager's decision: least recently used first
+                engine = self._engines.pop(old)
+                self._parked.discard(old)
+                lm = lm or engine.lm
+                del engine
+            if freed:
+                release_cached()
+                note = f"freed {', '.join(freed)} (at most {self.spec.max_dits} DiT loaded at once)"
+            engine = AceStep.from_pretrained(
+                self._checkpoint_for(name),
+                dit=name,
                 device=self.spec.device,
                 dtype=self.spec.dtype,
                 limits=self.limits,
                 plan=self.plan,
                 lm=self.spec.lm,
             )
+            _carry_lm(lm, engine)
+            self._engines[name] = engine
             action = "load"
-        elif self.parked:
-            self.engine.wake()
+        elif name in self._parked:
+            self._engines[name].wake()
+            self._parked.discard(name)
             action = "wake"
         else:
             action = "none"
-        self.parked = False
-        return MemoryReport(action, before, snapshot(self.source), watch.seconds, self.residency())
+        _hand_lm([e for n, e in self._engines.items() if n != name], self._engines[name])
+        self._engines.move_to_end(name)
+        self.current = name
+        note = f"model {name}" + (f"; {note}" if note else "")
+        return MemoryReport(action, before, snapshot(self.source), watch.seconds, self.residency(), note)
 
     def unload(self, level: str) -> MemoryReport:
-        """``park``: weights to CPU RAM; ``free``: drop the weights and return every cached byte."""
+        """``park``: weights to CPU RAM; ``free``: drop the weights and return every cached byte.
+        Every loaded DiT goes."""
         if level not in ("park", "free"):
             raise ValueError(f"unload level must be park or free, got {level!r}")
         with self._lock:
             before, watch = snapshot(self.source), Stopwatch()
-            if level == "park" and self.engine is not None:
-                self.engine.park()
-                self.parked = True
-            elif level == "free":
-                self.engine = None
-                self.parked = False
+            if level == "park":
+                for name, engine in self._engines.items():
+                    if name not in self._parked:
+                        engine.park()
+                        self._parked.add(name)
+            else:
+                self._engines.clear()
+                self._parked.clear()
             release_cached()
             return MemoryReport(level, before, snapshot(self.source), watch.seconds, self.residency())
 
@@ -258,10 +339,12 @@ class InProcessRunner:
         output_dir: str | Path,
         progress: Progress | None = None,
         lm_only: bool = False,
+        model: str | None = None,
     ) -> GenerationResult:
+        """Run ``request`` on the DiT ``model`` (default: the one in use), loading it first."""
         with self._lock:
             try:
-                loaded = self._load()
+                loaded = self._load(model)
                 self._job_load = loaded if loaded.action != "none" else None
                 reset_peak()
                 return self.engine.generate(request, output_dir, self._with_fault(progress), lm_only=lm_only)

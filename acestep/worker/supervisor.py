@@ -54,6 +54,7 @@ class Supervisor:
             if self.dispatcher is not None:
                 raise RuntimeError("the supervisor already runs a worker")
             runner: Runner
+            spec = replace(spec, max_dits=manager.max_loaded_dits)  # the manager's decision
             if in_process:
                 from acestep.worker.runner import InProcessRunner
 
@@ -92,8 +93,9 @@ class Supervisor:
         on_done: list[Callable[[Job], None]] | None = None,
         lm_only: bool = False,
         on_progress: list[Callable[[str, float], None]] | None = None,
+        model: str | None = None,
     ) -> Job:
-        """Validate (the manager's limits and keep-alive), then queue."""
+        """Validate (the manager's limits and keep-alive), then queue; ``model`` names the DiT."""
         keep_alive = self.manager.validate(request, uses_lm=uses_lm)
         return self._require_worker().submit(
             request,
@@ -103,6 +105,7 @@ class Supervisor:
             on_done=on_done,
             lm_only=lm_only,
             on_progress=on_progress,
+            model=model,
         )
 
     def unload(self, level: str = "free", timeout: float | None = None) -> dict:
@@ -111,8 +114,15 @@ class Supervisor:
             return {"action": level, "note": "no model is loaded", "seconds": 0.0}
         return self.dispatcher.unload(level, timeout).as_dict()
 
-    def load(self, timeout: float | None = None) -> dict:
-        return self._require_worker().load(timeout).as_dict()
+    def load(self, timeout: float | None = None, model: str | None = None) -> dict:
+        """Load (or wake) ``model``, default the DiT in use; the measured report with ``model``."""
+        dispatcher = self._require_worker()
+        report = dispatcher.load(timeout, model).as_dict()
+        return report | {"model": model or dispatcher.runner.current}
+
+    def models(self) -> dict[str, str]:
+        """The worker's loaded DiTs: name -> ready | parked (empty while nothing is loaded)."""
+        return self.dispatcher.runner.models() if self.dispatcher is not None else {}
 
     def load_lora(self, names: list[str], timeout: float | None = None) -> dict:
         """Load LoRA adapters into the served DiT after the running job; the measured report, with
