@@ -57,6 +57,7 @@ def require_key(request: Request) -> None:
 
 
 PREAUTH_SCOPE_KEY = "acestep.preauth"  # set on requests whose key, if any, is still in the body
+HEADER_ONLY_PATHS = frozenset({"/mcp", "/v1/chat/completions"})  # no body key: refused without a header
 
 
 class HeaderKeyGate:
@@ -64,9 +65,9 @@ class HeaderKeyGate:
 
     A wrong header key is a 401 at once. A request to an API route without a header may still carry
     upstream's ``ai_token`` in its body, so it goes on, marked: ``BodyGuard`` then reads at most a
-    small body for it, and the route checks the token. MCP (``/mcp``) has no body token: there a
-    missing header is a 401 too. Paths that are not API routes (the UI, which has its own login)
-    pass untouched.
+    small body for it, and the route checks the token. MCP (``/mcp``) and chat completions have no
+    body token: there a missing header is a 401 too. Paths that are not API routes (the UI, which
+    has its own login) pass untouched.
     """
 
     def __init__(self, app, key: str, is_api_path):
@@ -74,7 +75,8 @@ class HeaderKeyGate:
 
     @staticmethod
     def header_only(scope) -> bool:
-        return scope["path"] == "/mcp" or scope["path"].startswith("/mcp/")
+        # Chat completions carry audio as base64 in a large JSON body and have no body token either.
+        return scope["path"] in HEADER_ONLY_PATHS or scope["path"].startswith("/mcp/")
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http" and self.is_api_path(scope):

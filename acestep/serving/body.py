@@ -10,7 +10,7 @@ from starlette.datastructures import UploadFile
 
 from acestep.errors import JobErrorKind
 from acestep.jobs.failures import Refusal, RefusalCause
-from acestep.serving.limits import MAX_TEXT_BODY
+from acestep.serving.limits import text_body_cap
 
 
 async def read_body(request: Request) -> tuple[dict, dict[str, UploadFile]]:
@@ -30,8 +30,9 @@ async def read_body(request: Request) -> tuple[dict, dict[str, UploadFile]]:
                 fields[key] = value
         return fields, files
     raw = await request.body()
-    if len(raw) > MAX_TEXT_BODY:
-        raise Refusal(RefusalCause.TOO_LARGE, f"request body over {MAX_TEXT_BODY // 2**20} MiB")
+    cap = text_body_cap(request.app.state.config, request.url.path)
+    if len(raw) > cap:
+        raise Refusal(RefusalCause.TOO_LARGE, f"request body over {cap // 2**20} MiB")
     text = raw.decode("utf-8", errors="replace").strip()
     if text.startswith(("{", "[")) and "json" not in content_type and not request.app.state.config.api_key:
         # Upstream reads JSON under any content type. Without a key that would let any web page

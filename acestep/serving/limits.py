@@ -28,6 +28,8 @@ FORM_OVERHEAD = 4 * 2**20  # a multipart body's fields besides its two audio fil
 UPLOAD_RETRY_AFTER_S = 5
 # The routes that take audio files: the REST API's generation and lego routes, and the UI's upload.
 UPLOAD_PATHS = frozenset({"/release_task", "/lego", "/gradio_api/upload"})
+# JSON routes whose body carries audio as base64 (two files), counted as an upload.
+JSON_UPLOAD_PATHS = frozenset({"/v1/chat/completions"})
 
 
 class _Slot:
@@ -53,6 +55,16 @@ def body_cap(config: ServerConfig, multipart: bool, preauth: bool) -> int:
     return 2 * config.max_upload_bytes + FORM_OVERHEAD if multipart else MAX_TEXT_BODY
 
 
+def json_upload_cap(config: ServerConfig) -> int:
+    """A JSON body with two base64 audio files (4 characters per 3 bytes) and its other fields."""
+    return 2 * 4 * -(-config.max_upload_bytes // 3) + FORM_OVERHEAD
+
+
+def text_body_cap(config: ServerConfig, path: str) -> int:
+    """The largest non-multipart body ``path`` reads (serving/body.py checks it again)."""
+    return json_upload_cap(config) if path in JSON_UPLOAD_PATHS else MAX_TEXT_BODY
+
+
 class BodyGuard:
     def __init__(self, app: ASGIApp, config: ServerConfig):
         self.app, self.config = app, config
@@ -68,6 +80,8 @@ class BodyGuard:
         multipart = media_type == "multipart/form-data" and scope["path"] in UPLOAD_PATHS
         preauth = bool(scope.get(PREAUTH_SCOPE_KEY))
         cap = body_cap(self.config, multipart, preauth)
+        if scope["path"] in JSON_UPLOAD_PATHS and not preauth:  # audio inside JSON: an upload too
+            multipart, cap = True, json_upload_cap(self.config)
         declared = Headers(scope=scope).get("content-length")
         if declared is not None:
             if not declared.strip().isdigit():
