@@ -23,6 +23,7 @@ from pydantic import (
 
 from acestep.errors import shown
 from acestep.tasks import (
+    AUDIO_FORMATS,
     MAX_AUDIO_CODE_CHARS,
     MAX_BATCH_SIZE,
     MAX_BPM,
@@ -34,6 +35,7 @@ from acestep.tasks import (
     MAX_STEPS,
     MAX_TEXT_CHARS,
     MAX_TIMESTEPS,
+    MAX_TRACK_NAME_CHARS,
     MIN_BPM,
     SOURCE_TASKS,
     TASK_TYPES,
@@ -41,7 +43,6 @@ from acestep.tasks import (
     parse_keep_alive,
 )
 
-AUDIO_FORMATS = ("flac", "wav", "wav32", "mp3")
 TIME_SIGNATURES = {"2": "2", "3": "3", "4": "4", "6": "6", "2/4": "2", "3/4": "3", "4/4": "4", "6/8": "6"}
 KEY_SCALE_RE = re.compile(r"^[A-G](#|b|♯|♭)? (major|minor)$", re.IGNORECASE)
 VOCAL_LANGUAGES = frozenset(
@@ -58,6 +59,7 @@ NO_ADAPTER = "none"  # ``lora="none"``: no adapter, even where a server has a de
 AdapterName = Annotated[str, StringConstraints(max_length=128)]  # ADAPTER_NAME_RE's length
 Name = Annotated[str, StringConstraints(max_length=MAX_NAME_CHARS)]
 SeedList = Annotated[str, StringConstraints(max_length=MAX_SEED_CHARS)]
+TrackName = Annotated[str, StringConstraints(max_length=MAX_TRACK_NAME_CHARS)]
 
 
 def _alias(*names: str) -> AliasChoices:
@@ -74,8 +76,8 @@ class GenerationRequest(BaseModel):
     instrumental: bool = False
     task_type: str = Field("text2music", max_length=MAX_NAME_CHARS)
     instruction: str | None = Field(None, max_length=MAX_TEXT_CHARS)
-    track_name: str | None = Field(None, max_length=MAX_NAME_CHARS)
-    track_classes: list[Name] | None = Field(
+    track_name: str | None = Field(None, max_length=MAX_TRACK_NAME_CHARS)
+    track_classes: list[TrackName] | None = Field(
         None, validation_alias=_alias("track_classes", "complete_track_classes"), max_length=len(TRACK_NAMES)
     )
     src_audio: str | None = Field(
@@ -216,12 +218,12 @@ class GenerationRequest(BaseModel):
     @field_validator("track_name")
     @classmethod
     def _track(cls, value: str | None) -> str | None:
+        # Any printable name (upstream's REST rule); one outside TRACK_NAMES is a warning (tasks.track_notes).
         if value is None or not value.strip():
             return None
-        value = value.strip().lower()
-        if value not in TRACK_NAMES:
-            raise ValueError(f"unknown track_name {value!r}; expected one of {', '.join(TRACK_NAMES)}")
-        return value
+        if not value.isprintable():
+            raise ValueError(f"track_name must be printable text, got {shown(value)}")
+        return value.strip().lower()
 
     @field_validator("track_classes", mode="before")
     @classmethod
@@ -234,11 +236,8 @@ class GenerationRequest(BaseModel):
         if len(items) > len(TRACK_NAMES):
             raise ValueError(f"track_classes names {len(items)} tracks; there are {len(TRACK_NAMES)}")
         out = [str(v).strip().lower() for v in items if str(v).strip()]
-        unknown = [v for v in out if v not in TRACK_NAMES]
-        if unknown:
-            raise ValueError(
-                f"unknown track_classes {shown(unknown)}; expected names from {', '.join(TRACK_NAMES)}"
-            )
+        if not all(v.isprintable() for v in out):
+            raise ValueError(f"track_classes must be printable names, got {shown(out)}")
         return out or None
 
     @field_validator("bpm", mode="before")

@@ -8,10 +8,28 @@ from __future__ import annotations
 import math
 import re
 
-TASK_TYPES = ("text2music", "repaint", "cover", "extract", "lego", "complete")
+TASK_TYPES = ("text2music", "repaint", "cover", "cover-nofsq", "extract", "lego", "complete")
 
 # Tasks whose conditioning is built from source audio; cover may use audio codes instead.
-SOURCE_TASKS = frozenset({"repaint", "cover", "extract", "lego", "complete"})
+SOURCE_TASKS = frozenset({"repaint", "cover", "cover-nofsq", "extract", "lego", "complete"})
+
+# Task types a request may name whose engine path is not built yet: refused at submit with this
+# reason (a 4xx), never queued. cover-nofsq (a cover from the raw VAE latents, no FSQ round trip)
+# comes with the generation-parity work; docs/tasks.md.
+UNBUILT_TASKS = {
+    "cover-nofsq": (
+        "task_type 'cover-nofsq' is accepted but not built in this version: its engine path (a cover "
+        "from the source's raw VAE latents, without the FSQ round trip) comes with the "
+        "generation-parity work; use task_type 'cover' meanwhile"
+    ),
+}
+
+
+def source_used(task_type: str, has_codes: bool) -> bool:
+    """Whether a job reads its source audio: a source task without audio codes (codes win over the
+    source, as upstream). An unused source upload is neither checked nor decoded (docs/api.md)."""
+    return task_type in SOURCE_TASKS and not has_codes
+
 
 # Length generated when a request sets no duration and has no source to take it from.
 AUTO_DURATION_S = 120.0
@@ -32,6 +50,24 @@ TRACK_NAMES = (
     "backing_vocals",
     "vocals",
 )
+# Any other non-empty name is accepted too (upstream's REST rule): it is upper-cased into the
+# instruction like the twelve, and the job warns that the model was trained on the twelve only.
+MAX_TRACK_NAME_CHARS = 64
+# The output formats a request may ask for (engine/audio_io.py writes each one).
+AUDIO_FORMATS = ("flac", "wav", "wav32", "mp3", "opus", "aac")
+
+
+def track_notes(track_name: str | None, track_classes: list[str] | None = None) -> list[str]:
+    """The warnings for track names outside the twelve the model was trained on."""
+    names = ([track_name] if track_name else []) + list(track_classes or [])
+    unknown = [name for name in dict.fromkeys(names) if name not in TRACK_NAMES]
+    if not unknown:
+        return []
+    return [
+        f"track name(s) {', '.join(repr(n) for n in unknown)} are not among the twelve the model was "
+        f"trained on ({', '.join(TRACK_NAMES)}); the result may not follow them"
+    ]
+
 
 INSTRUCTIONS = {
     "text2music": "Fill the audio semantic mask based on the given conditions:",
@@ -143,4 +179,3 @@ def _finite(value: float) -> float:
     if math.isnan(value) or math.isinf(value):
         raise KeepAliveError(f"keep_alive must be a finite number of seconds, 0 or -1, got {value!r}")
     return NEVER if value < 0 else float(value)
-

@@ -19,7 +19,7 @@ from acestep.engine.schedules import (
     turbo_table,
 )
 from acestep.engine.seeds import SEED_SPACE, resolve_seeds
-from acestep.tasks import TRACK_NAMES, build_instruction, with_colon
+from acestep.tasks import MAX_TRACK_NAME_CHARS, TRACK_NAMES, build_instruction, track_notes, with_colon
 
 SRC = "song.wav"  # request validation does not open files
 
@@ -35,11 +35,13 @@ def _error_text(exc: pytest.ExceptionInfo[ValidationError]) -> str:
     ("fields", "needles"),
     [
         ({"task_type": "remix"}, ["task_type", "unknown task_type 'remix'", "text2music"]),
+        # Free track names (issue 21, upstream's rule) are bounded and printable; "kazoo" now runs.
         (
-            {"task_type": "lego", "src_audio": SRC, "track_name": "kazoo"},
-            ["track_name", "unknown track_name 'kazoo'"],
+            {"task_type": "lego", "src_audio": SRC, "track_name": "k" * (MAX_TRACK_NAME_CHARS + 1)},
+            ["track_name", f"at most {MAX_TRACK_NAME_CHARS} characters"],
         ),
-        ({"track_classes": "drums,theremin"}, ["track_classes", "theremin"]),
+        ({"task_type": "lego", "src_audio": SRC, "track_name": "pia\nno"}, ["track_name", "printable"]),
+        ({"track_classes": "drums,the\x00remin"}, ["track_classes", "printable"]),
         ({"bpm": 29}, ["bpm", "between 30 and 300", "29"]),
         ({"bpm": 301}, ["bpm", "between 30 and 300", "301"]),
         ({"bpm": 999}, ["bpm", "between 30 and 300", "999"]),
@@ -126,9 +128,16 @@ def test_defaults() -> None:
 
 def test_aliases() -> None:
     request = GenerationRequest(
-        prompt="warm piano", keyscale="F# minor", duration=42.5, num_inference_steps=20,
-        timesignature="3/4", language="EN", audio_codes="", src_audio_path=SRC,
-        complete_track_classes="Drums, bass", task_type="complete",
+        prompt="warm piano",
+        keyscale="F# minor",
+        duration=42.5,
+        num_inference_steps=20,
+        timesignature="3/4",
+        language="EN",
+        audio_codes="",
+        src_audio_path=SRC,
+        complete_track_classes="Drums, bass",
+        task_type="complete",
     )
     assert request.caption == "warm piano"
     assert request.key_scale == "F# minor"
@@ -145,7 +154,10 @@ def test_aliases_via_model_validate() -> None:
         {"prompt": "x", "keyscale": "Bb major", "duration": 30, "num_inference_steps": 12}
     )
     assert (request.caption, request.key_scale, request.audio_duration, request.inference_steps) == (
-        "x", "Bb major", 30.0, 12,
+        "x",
+        "Bb major",
+        30.0,
+        12,
     )
 
 
@@ -342,8 +354,14 @@ def test_lyric_prompt() -> None:
 SPEC_TURBO_TABLES = {
     1.0: [1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125],
     2.0: [
-        1.0, 0.9333333333333333, 0.8571428571428571, 0.7692307692307693,
-        0.6666666666666666, 0.5454545454545454, 0.4, 0.2222222222222222,
+        1.0,
+        0.9333333333333333,
+        0.8571428571428571,
+        0.7692307692307693,
+        0.6666666666666666,
+        0.5454545454545454,
+        0.4,
+        0.2222222222222222,
     ],
     3.0: [1.0, 0.9545454545454546, 0.9, 0.8333333333333334, 0.75, 0.6428571428571429, 0.5, 0.3],
 }
@@ -419,3 +437,23 @@ def test_base_ignores_custom_timesteps() -> None:
 def test_sft_uses_custom_timesteps_verbatim() -> None:
     schedule, notes = build_schedule(SFT, 4, 1.0, [0.9, 0.5, 0.2, 0.0])
     assert schedule == [0.9, 0.5, 0.2] and notes == []
+
+
+def test_free_track_names_run_with_a_warning() -> None:
+    """Upstream's REST rule (issue 21 flow 5): any name, upper-cased into the instruction; a
+    warning says the model knows twelve."""
+    request = GenerationRequest(task_type="lego", track_name=" Piano ", src_audio=SRC)
+    assert request.track_name == "piano"
+    assert (
+        build_instruction("lego", request.track_name)
+        == "Generate the PIANO track based on the audio context:"
+    )
+    (note,) = track_notes("piano", ["drums", "kazoo"])
+    assert "'piano'" in note and "'kazoo'" in note and "'drums'" not in note and "twelve" in note
+    assert track_notes("vocals", ["drums"]) == []
+
+
+def test_cover_nofsq_passes_validation() -> None:
+    assert GenerationRequest(task_type="cover-nofsq", src_audio=SRC).task_type == "cover-nofsq"
+    with pytest.raises(ValidationError, match="requires src_audio"):
+        GenerationRequest(task_type="cover-nofsq")

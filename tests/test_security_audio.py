@@ -115,8 +115,9 @@ def test_bomb_server_paths_are_refused_before_queueing(server, bombs, kind):
     inside = server.workdir / "inputs" / path.name
     shutil.copyfile(path, inside)
     jobs = job_count(server)
-    for field in ("src_audio_path", "reference_audio_path"):
-        body = {"task_type": "lego", "track_name": "drums", field: str(inside)}
+    # A lego reads its source, and every task reads a reference (text2music: a lego needs a source).
+    for field, task in (("src_audio_path", "lego"), ("reference_audio_path", "text2music")):
+        body = {"task_type": task, "track_name": "drums", field: str(inside)}
         response = server.post("/release_task", json=body)
         assert response.status_code == 400, (field, response.text)
         assert needle in detail(response) and field in detail(response), (field, response.text)
@@ -184,10 +185,12 @@ def test_largest_accepted_upload_is_decoded_in_bounded_memory(server, tmp_path):
     assert server.wait(warmup.json()["data"]["task_id"])["status"] == 1  # the model is loaded
     pid = worker_pid(server)
     before = vm_hwm_mib(pid)
+    # As a reference: a silent source is silence context since issue 21 and would run the DiT over
+    # 349 s; a silent reference is still decoded, then refused.
     response = server.post(
         "/release_task",
-        data={"task_type": "lego", "track_name": "drums"},
-        files={"ctx_audio": (largest.name, largest.read_bytes(), "audio/flac")},
+        data={"caption": "x", "audio_duration": "2", "inference_steps": "1"},
+        files={"ref_audio": (largest.name, largest.read_bytes(), "audio/flac")},
     )
     assert response.status_code == 200, response.text  # accepted: within every bound
     entry = server.wait(response.json()["data"]["task_id"])

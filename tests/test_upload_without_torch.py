@@ -29,7 +29,7 @@ def test_the_upload_check_imports_no_torch_in_a_fresh_interpreter(tmp_path: Path
         f"""
         import sys
         import acestep.serving.app  # every route, guard and the upload code
-        from acestep.serving.routes_compat import check_audio
+        from acestep.serving.inputs import check_audio
         seconds = check_audio(__import__("pathlib").Path({str(wav)!r}), "src_audio")
         print(seconds, "torch" in sys.modules)
         """

@@ -15,8 +15,10 @@ import torch
 from scipy.io import wavfile
 from scipy.signal import resample_poly
 
+from acestep.engine import encoders
 from acestep.engine.audio_limits import (
     MAX_INPUT_SECONDS,
+    MIN_INPUT_SECONDS,
     AudioHeader,
     AudioInputError,
     check_header,
@@ -34,10 +36,14 @@ FORMATS = {
     "wav32": ("WAV", "FLOAT", "wav"),
     "flac": ("FLAC", "PCM_16", "flac"),
     "mp3": ("MP3", "MPEG_LAYER_III", "mp3"),
+    "opus": ("OGG", "OPUS", "opus"),  # Ogg/Opus, serial fixed (engine/encoders.py)
+    "aac": ("ADTS", "AAC", "aac"),  # PyAV's native AAC encoder (engine/encoders.py)
 }
 
 
-def load_audio(path: str | Path, max_seconds: float = MAX_INPUT_SECONDS) -> torch.Tensor:
+def load_audio(
+    path: str | Path, max_seconds: float = MAX_INPUT_SECONDS, min_seconds: float = MIN_INPUT_SECONDS
+) -> torch.Tensor:
     """Read WAV/FLAC/MP3/OGG as float32 [2, samples] at 48 kHz, clamped to [-1, 1].
 
     Mono is duplicated, channels beyond two dropped, other rates resampled (upstream's order).
@@ -54,7 +60,7 @@ def load_audio(path: str | Path, max_seconds: float = MAX_INPUT_SECONDS) -> torc
         raise AudioInputError(f"cannot read {name}: {_reason(exc)}") from exc
     with handle:
         header = AudioHeader(rate=handle.samplerate, channels=handle.channels, frames=handle.frames)
-        check_header(name, header, max_seconds)
+        check_header(name, header, max_seconds, min_seconds)
         data = _decode_two_channels(handle, name, max_frames(header.rate, max_seconds))
     wav = torch.from_numpy(data)
     if header.rate != SAMPLE_RATE:
@@ -174,6 +180,9 @@ def save_audio(wav: torch.Tensor, directory: str | Path, stem: str, audio_format
             # libsndfile stamps float WAVs with the time of writing (the PEAK chunk), so one request
             # and seed would give other bytes a second later; scipy writes the same samples without it.
             wavfile.write(str(partial), SAMPLE_RATE, data)
+        elif audio_format in ("opus", "aac"):
+            encode = encoders.encode_opus if audio_format == "opus" else encoders.encode_aac
+            partial.write_bytes(encode(data, SAMPLE_RATE))
         else:
             # Encoded in memory (at most half the float samples): libsndfile reports a full disk
             # only as "System error.", Python's own write names ENOSPC.

@@ -15,6 +15,10 @@ from acestep.settings import value as setting_value
 
 MAX_INPUT_SECONDS = 600.0
 MIN_INPUT_SECONDS = 1.0  # shorter inputs are too short for the VAE's receptive field
+# Lego and repaint pad a source with silence up to ``repainting_end`` (upstream's outpainting), so a
+# source as short as this may come with a ``repainting_end`` of MIN_INPUT_SECONDS or more.
+MIN_PADDED_SOURCE_SECONDS = 0.05
+PADDED_TASKS = frozenset({"lego", "repaint"})
 MAX_INPUT_RATE = 192_000  # the highest rate studio files use; 384 kHz exists only to inflate files
 MAX_INPUT_CHANNELS = 8  # 7.1; only the first two are kept
 KEPT_CHANNELS = 2
@@ -61,7 +65,20 @@ def max_frames(rate: int, max_seconds: float = MAX_INPUT_SECONDS) -> int:
     return min(int(max_seconds * rate), max_decoded_bytes() // (KEPT_CHANNELS * SAMPLE_BYTES))
 
 
-def check_header(name: str, header: AudioHeader, max_seconds: float = MAX_INPUT_SECONDS) -> float:
+def shortest_source(task_type: str, repainting_end: float) -> float:
+    """The shortest source a job may read: MIN_INPUT_SECONDS, or MIN_PADDED_SOURCE_SECONDS for a
+    lego or repaint whose ``repainting_end`` pads it to at least MIN_INPUT_SECONDS (docs/tasks.md)."""
+    if task_type in PADDED_TASKS and repainting_end >= MIN_INPUT_SECONDS:
+        return MIN_PADDED_SOURCE_SECONDS
+    return MIN_INPUT_SECONDS
+
+
+def check_header(
+    name: str,
+    header: AudioHeader,
+    max_seconds: float = MAX_INPUT_SECONDS,
+    min_seconds: float = MIN_INPUT_SECONDS,
+) -> float:
     """The file's length in seconds, if its header is within every bound; AudioInputError naming
     the bound (and its setting) otherwise. ``name`` starts each message (a field or file name)."""
     if header.rate > MAX_INPUT_RATE:
@@ -75,10 +92,9 @@ def check_header(name: str, header: AudioHeader, max_seconds: float = MAX_INPUT_
     if header.frames <= 0 or header.rate <= 0 or header.channels <= 0:
         raise AudioInputError(f"{name}: the audio is empty")
     seconds = header.frames / header.rate
-    if seconds < MIN_INPUT_SECONDS:
-        raise AudioInputError(
-            f"{name}: the audio is {seconds:.3f} s long; at least {MIN_INPUT_SECONDS:.0f} s is needed"
-        )
+    if seconds < min_seconds:
+        short = f"{name}: the audio is {seconds:.3f} s long"
+        raise AudioInputError(f"{short}; at least {min_seconds:g} s is needed")
     if seconds > max_seconds:
         raise AudioInputError(f"{name}: the audio is {seconds:.1f} s long; the limit is {max_seconds:.0f} s")
     size, limit = decoded_bytes(header.frames), max_decoded_bytes()

@@ -37,12 +37,13 @@ CHILD_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREA
 _RUNNING = threading.BoundedSemaphore(4)
 
 
-def checked_seconds(path: str | os.PathLike[str], name: str) -> float:
+def checked_seconds(path: str | os.PathLike[str], name: str, min_seconds: float | None = None) -> float:
     """The length of an untrusted file, once its header (read by :func:`probe`) is within every
     input bound; AudioInputError naming the bound otherwise. ``name`` starts each message."""
-    from acestep.engine.audio_limits import check_header
+    from acestep.engine.audio_limits import MIN_INPUT_SECONDS, check_header
 
-    return check_header(name, probe(path, name))
+    minimum = MIN_INPUT_SECONDS if min_seconds is None else min_seconds
+    return check_header(name, probe(path, name), min_seconds=minimum)
 
 
 def probe(path: str | os.PathLike[str], name: str) -> AudioHeader:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from acestep.engine.audio_io import SAMPLE_RATE, frames_for_seconds, seconds_to_frame
+from acestep.engine.audio_io import SAMPLE_RATE, frames_for_seconds, is_silent, seconds_to_frame
 from acestep.engine.codec import HOP, AudioCodec, pad_with, tile_frames
 from acestep.request import GenerationRequest
 from acestep.tasks import AUTO_DURATION_S, build_instruction, with_colon
@@ -148,7 +148,16 @@ def plan_from_source(
     source_seconds = wav.shape[-1] / SAMPLE_RATE
     if task == "repaint":
         return _plan_repaint(request, codec, wav, silence, dtype, source_seconds)
-    latents = codec.encode(wav, dtype)
+    if task == "lego" and request.repainting_end > source_seconds:
+        # Upstream's outpainting: the source is padded with silence up to the window's end, so a
+        # short (or 0.1 s silent) source gives a stem as long as repainting_end (docs/tasks.md).
+        tail = int(round((request.repainting_end - source_seconds) * SAMPLE_RATE))
+        wav = torch.nn.functional.pad(wav, (0, tail))
+        source_seconds = wav.shape[-1] / SAMPLE_RATE
+    if is_silent(wav):  # silence context, as upstream: no VAE encode of zeros (first-track lego)
+        latents = tile_frames(silence, max(wav.shape[-1] // HOP, 1)).to(dtype)
+    else:
+        latents = codec.encode(wav, dtype)
     source_frames = latents.shape[1]
     frames = max(source_frames, MIN_FRAMES)
     src = pad_with(latents, silence, frames)

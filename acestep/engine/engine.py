@@ -17,6 +17,7 @@ from acestep.checkpoints import CheckpointPaths, Components, load_components, re
 from acestep.checkpoints.lm_folders import LmNotAvailable, find_lm_folder
 from acestep.checkpoints.task_support import require_task
 from acestep.engine import audio_io, conditioning
+from acestep.engine.audio_limits import shortest_source
 from acestep.engine.codec import AudioCodec
 from acestep.engine.fast_dit import DitRunner, compiled_decoder, fast_mode
 from acestep.engine.lm_stage import LmStage
@@ -34,7 +35,7 @@ from acestep.memory.precision import PrecisionPlan, apply_attention, precision_p
 from acestep.memory.residency import Place, Residency, ResidencyPlan, plan_for, resident_plan
 from acestep.request import GenerationRequest
 from acestep.result import GenerationResult
-from acestep.tasks import MAX_DURATION_S, SOURCE_TASKS
+from acestep.tasks import MAX_DURATION_S, UNBUILT_TASKS, source_used
 
 ProgressCallback = Callable[[str, float], None]
 
@@ -162,6 +163,8 @@ class AceStep:
     def check(self, request: GenerationRequest) -> None:
         """Model-dependent checks, before any tensor is allocated."""
         task = request.effective_task
+        if task in UNBUILT_TASKS:
+            raise ValueError(UNBUILT_TASKS[task])
         require_task(self.paths, task)
         self.adapters.check(request.adapters)
         self.lm.require(request)
@@ -200,6 +203,7 @@ class AceStep:
         condition, switch, guidance = self._encode_text(request, plan, refer, len(schedule), run)
         latents = self._denoise(seeds, plan, schedule, condition, guidance, switch, run)
         audio = self._decode(latents, plan, run)
+        run.report("save", 0.0)
         items = save_items(request, audio, seeds, plan, output_dir, self.paths.dit_name)
         run.lap("save")
         return self._result(request, items, plan, schedule, song, warnings, run)
@@ -223,14 +227,17 @@ class AceStep:
     def _load_audio(
         self, request: GenerationRequest, run: _Run
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """The source and reference audio the task uses (48 kHz stereo); silence is refused."""
-        uses_source = request.effective_task in SOURCE_TASKS and not request.audio_code_string.strip()
-        source = audio_io.load_audio(request.src_audio) if uses_source else None
+        """The source and reference audio the task uses (48 kHz stereo). A silent reference is
+        refused (it has no timbre to give); a silent source is silence context, as upstream: lego
+        on it writes a first track (docs/tasks.md)."""
+        uses_source = request.src_audio and source_used(
+            request.task_type, bool(request.audio_code_string.strip())
+        )
+        shortest = shortest_source(request.task_type, request.repainting_end)
+        source = audio_io.load_audio(request.src_audio, min_seconds=shortest) if uses_source else None
         reference = audio_io.load_audio(request.reference_audio) if request.reference_audio else None
         if reference is not None and audio_io.is_silent(reference):
             raise audio_io.AudioInputError("reference audio is silent")
-        if source is not None and audio_io.is_silent(source):
-            raise audio_io.AudioInputError("source audio is silent")
         run.lap("load_audio")
         return source, reference
 

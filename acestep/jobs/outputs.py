@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-MEDIA_TYPES = {".mp3": "audio/mpeg", ".wav": "audio/wav", ".flac": "audio/flac", ".ogg": "audio/ogg"}
+MEDIA_TYPES = {
+    ".mp3": "audio/mpeg",
+    ".wav": "audio/wav",
+    ".flac": "audio/flac",
+    ".ogg": "audio/ogg",
+    ".opus": "audio/ogg",  # Ogg/Opus (upstream serves it as audio/mpeg: patches/0046)
+    ".aac": "audio/aac",  # ADTS
+}
 
 
 def media_type(suffix: str, default: str = "application/octet-stream") -> str:

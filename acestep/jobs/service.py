@@ -18,6 +18,7 @@ from typing import Any
 
 import anyio
 
+from acestep.checkpoints.slots import UnknownModel
 from acestep.errors import JobErrorKind
 from acestep.jobs.failures import Refusal, RefusalCause, failure_reason, lm_missing_reason
 from acestep.jobs.queue import JobQueue, QueueFull, QueueUnavailable
@@ -25,6 +26,7 @@ from acestep.jobs.waits import CallerGone
 from acestep.lora.selection import LoraSelection
 from acestep.memory.limits import MemoryLimitError
 from acestep.request import GenerationRequest
+from acestep.tasks import UNBUILT_TASKS
 from acestep.worker.job import Job, JobState
 
 POLL_S = 0.05
@@ -65,6 +67,8 @@ class JobService:
         cleanup = list(cleanup)
         try:
             self.require_lm(request, features, lm_only)
+            if request.task_type in UNBUILT_TASKS:  # accepted by validation, refused before queueing
+                raise Refusal(JobErrorKind.INPUT, UNBUILT_TASKS[request.task_type])
             # In a thread: a cluster's queue is Redis, which must not stall the event loop.
             return await anyio.to_thread.run_sync(
                 lambda: self.queue.submit(request, cleanup=cleanup, lm_only=lm_only, model=model)
@@ -78,6 +82,9 @@ class JobService:
         except MemoryLimitError as exc:
             discard(cleanup)
             raise Refusal(JobErrorKind.LIMIT, str(exc)) from None
+        except UnknownModel as exc:  # never a silent fallback to another model (patches/0038)
+            discard(cleanup)
+            raise Refusal(RefusalCause.UNKNOWN_MODEL, str(exc)) from None
         except ValueError as exc:  # a wrong request: keep-alive, LoRA, a task the model cannot run
             discard(cleanup)
             raise Refusal(JobErrorKind.INPUT, str(exc)) from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,8 +115,10 @@ class ServerConfig:
 
     @property
     def input_roots(self) -> list[Path]:
-        """Where server-side input paths may point: uploads, results and the operator's extra roots."""
-        return [self.uploads_dir, self.results_dir, *self.allowed_paths]
+        """Where server-side input paths may point: uploads, results, the operator's extra roots, and
+        the process's temp folder (clients on this machine write their files there, as upstream's
+        accept; confine() resolves links first, so none leads out: patches/0045)."""
+        return [self.uploads_dir, self.results_dir, *self.allowed_paths, Path(tempfile.gettempdir())]
 
     @property
     def host_names(self) -> list[str]:

@@ -21,17 +21,12 @@ from acestep.jobs.uploads import save_upload
 from acestep.request import GenerationRequest
 from acestep.serving import auth
 from acestep.serving.body import read_body
-from acestep.serving.routes_compat import (
-    MEDIA_TYPES,
-    _discard,
-    body_schema,
-    check_audio,
-    submit,
-)
+from acestep.serving.inputs import check_audio
+from acestep.serving.routes_compat import MEDIA_TYPES, _discard, body_schema, submit
 from acestep.serving.wire import audio_url, envelope, result_items
 from acestep.settings import current as current_settings
 from acestep.settings import value as setting_value
-from acestep.tasks import TRACK_NAMES, default_caption
+from acestep.tasks import AUDIO_FORMATS, MAX_TRACK_NAME_CHARS, TRACK_NAMES, default_caption, track_notes
 
 router = APIRouter()
 
@@ -41,13 +36,14 @@ TIMEOUT_S: float = setting_value(current_settings(), "ACESTEP_GENERATION_TIMEOUT
 
 LEGO_FORM = {
     "audio_file": {"type": "string", "format": "binary"},
-    "track_type": {"type": "string", "enum": list(TRACK_NAMES)},
+    # Any name (upstream's rule); one outside the twelve trained ones is a warning (acestep.tasks).
+    "track_type": {"type": "string", "examples": list(TRACK_NAMES), "maxLength": MAX_TRACK_NAME_CHARS},
     # Types and bounds are the field table's (acestep.fields), so they follow acestep.tasks.
     **{
         name: BY_NAME[name].schema()
         for name in ("bpm", "key_scale", "audio_duration", "batch_size", "caption", "seed")
     },
-    "format": {"type": "string", "enum": ["wav", "wav32", "flac", "mp3"]},
+    "format": {"type": "string", "enum": list(AUDIO_FORMATS), "default": "wav"},
     "keep_alive": BY_NAME["keep_alive"].schema(),
     "lora": {"type": "string", "description": "LoRA adapter name(s), comma-separated"},
     "lora_scale": {"type": "string", "description": "one scale, or one per adapter"},
@@ -66,10 +62,8 @@ async def lego(request: Request):
     if upload is None:
         raise Refusal(JobErrorKind.INPUT, "audio_file is required (multipart upload of WAV, MP3 or FLAC)")
     track = str(fields.get("track_type") or "").strip().lower()
-    if track not in TRACK_NAMES:
-        raise Refusal(
-            JobErrorKind.INPUT, f"track_type must be one of {', '.join(TRACK_NAMES)}, got {track!r}"
-        )
+    if not track:
+        raise Refusal(JobErrorKind.INPUT, f"track_type is required, e.g. one of {', '.join(TRACK_NAMES)}")
     if not str(fields.get("bpm") or "").strip():
         raise Refusal(JobErrorKind.INPUT, "bpm is required (the tempo of the uploaded track)")
     config = request.app.state.config
@@ -90,6 +84,7 @@ async def lego(request: Request):
                 "task_id": job.id,
                 "urls": [audio_url(p) for p in job.result.audio_paths],
                 "items": result_items(job),
+                "warnings": track_notes(track),
             }
         )
     first = Path(job.result.audio_paths[0])

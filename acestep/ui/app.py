@@ -10,13 +10,13 @@ import gradio as gr
 from acestep.jobs.queue import remove_paths
 from acestep.memory.keep_alive import KeepAlivePolicy
 from acestep.request import GenerationRequest
-from acestep.tasks import TRACK_NAMES, default_caption
+from acestep.tasks import AUDIO_FORMATS, TRACK_NAMES, default_caption
 from acestep.ui import actions
 from acestep.ui import lora as lora_ui
 from acestep.ui.i18n import strings
 
 UI_TASKS = ("text2music", "cover", "repaint")
-FORMATS = ("wav", "flac", "mp3", "wav32")
+FORMATS = ("wav", *(name for name in AUDIO_FORMATS if name != "wav"))  # wav first: the UI default
 # The LM accordion's controls, in the order the Generate handler receives them.
 LM_FIELDS = (
     "thinking", "use_cot_caption", "use_cot_language", "sample_query", "use_format",
