@@ -20,6 +20,7 @@ from loguru import logger
 from acestep import __version__
 from acestep.checkpoints.layout import resolve
 from acestep.checkpoints.lm_folders import lm_availability
+from acestep.checkpoints.slots import ModelSlots
 from acestep.cluster.settings import ClusterSettings, redacted
 from acestep.errors import JobErrorKind, validation_message
 from acestep.jobs.failures import Refusal, RefusalCause, status_of
@@ -33,8 +34,9 @@ from acestep.serving.auth import HeaderKeyGate
 from acestep.serving.config import MIN_KEY_LENGTH, ServerConfig
 from acestep.serving.errors import ErrorBoundary
 from acestep.serving.limits import BodyGuard
-from acestep.serving.origins import LocalOriginGuard
+from acestep.serving.origins import LocalOriginGuard, cors_options
 from acestep.serving.throttle import AuthThrottle
+from acestep.settings import value as setting_value
 from acestep.worker.runner import EngineSpec
 from acestep.worker.supervisor import Supervisor
 
@@ -46,6 +48,11 @@ def create_app(
     is started here unless it already runs one.
     ``include_api=False`` keeps only /health (the UI alone, without ``--enable-api``)."""
     paths = resolve(config.checkpoint, config.dit)  # a wrong checkpoint fails at start, not per job
+    slots = ModelSlots.build(  # a wrong slot 2 or 3 fails at start too
+        paths,
+        setting_value(config.env, "ACESTEP_CONFIG_PATH2"),
+        setting_value(config.env, "ACESTEP_CONFIG_PATH3"),
+    )
     cluster = ClusterSettings.from_env(config.env) if supervisor is None else None  # a bad URL fails at start
     # The adapters requests may name; a cluster's workers serve several models and check their own.
     loras = LoraSelection(None if cluster else paths.variant.tag)
@@ -58,7 +65,7 @@ def create_app(
             mm, queue = _cluster_front(cluster, config, paths, loras)
             mm.lm_name = app.state.lm_name
         else:
-            mm, queue, token_client = _local_front(supervisor, config, paths, loras, app.state.lm_name)
+            mm, queue, token_client = _local_front(supervisor, config, paths, loras, app.state.lm_name, slots)
         app.state.manager, app.state.queue = mm, queue
         # The one front door every face (REST, UI, MCP) queues through.
         app.state.service = JobService(queue, mm, loras, app.state.lm_name, app.state.lm_missing)
@@ -90,6 +97,7 @@ def create_app(
         _protected_docs(app)
     mcp_server = _mount_mcp(app, config) if include_api else None
     app.state.model_name = paths.dit_name
+    app.state.slots = slots  # the models requests may name (acestep/checkpoints/slots.py)
     app.state.lm_name, app.state.lm_missing = lm_availability(paths.root)
     app.state.variant = paths.variant
     app.state.loras = loras
@@ -99,7 +107,7 @@ def create_app(
     return app
 
 
-def _local_front(supervisor: Supervisor | None, config: ServerConfig, paths, loras, lm_name):
+def _local_front(supervisor: Supervisor | None, config: ServerConfig, paths, loras, lm_name, slots=None):
     """The single-server queue: a supervisor (started here unless it runs a worker already), the
     job queue over its dispatcher, and the optional GPU token guard."""
     mm = supervisor or Supervisor(MemoryManager(env=config.env))
@@ -116,6 +124,7 @@ def _local_front(supervisor: Supervisor | None, config: ServerConfig, paths, lor
         loras=loras,
         checkpoint=paths,
         uploads_dir=config.uploads_dir,
+        slots=slots,
     )
     if config.preload:
         mm.dispatcher.request_load()  # runs on the worker; the server answers meanwhile
@@ -148,9 +157,18 @@ def _answer_refusals(app: FastAPI) -> None:
 def _include_routes(app: FastAPI, include_api: bool) -> None:
     """Every API route (only /health without ``include_api``), and the paths the key guards."""
 
-    from acestep.serving import routes_admin, routes_compat, routes_lego, routes_lm, routes_lora
+    from acestep.serving import (
+        routes_admin,
+        routes_chat,
+        routes_compat,
+        routes_lego,
+        routes_lm,
+        routes_lora,
+        routes_models,
+    )
 
-    routers = [r.router for r in (routes_compat, routes_lm, routes_admin, routes_lego, routes_lora)]
+    modules = (routes_compat, routes_lm, routes_admin, routes_models, routes_lego, routes_lora, routes_chat)
+    routers = [r.router for r in modules]
     if include_api:
         for router in routers:
             app.include_router(router)
@@ -177,12 +195,7 @@ def _guard(app: FastAPI, config: ServerConfig) -> None:
     guards: list[tuple[type, dict]] = [
         (ErrorBoundary, {}),
         (LocalOriginGuard, {"config": config}) if not config.api_key else None,
-        (
-            CORSMiddleware,
-            {"allow_origins": config.cors_origins, "allow_methods": ["*"], "allow_headers": ["*"]},
-        )
-        if config.cors_origins
-        else None,
+        (CORSMiddleware, cors_options(config)),  # pages on localhost, and ACESTEP_CORS_ORIGINS
         (AuthThrottle, {"limit": config.auth_failures_per_minute, "key": config.api_key}),
         (HeaderKeyGate, {"key": config.api_key, "is_api_path": is_api_path}) if config.api_key else None,
         (BodyGuard, {"config": config}),

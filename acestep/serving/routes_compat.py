@@ -1,4 +1,4 @@
-"""Upstream-compatible routes: /release_task, /query_result, /v1/audio, /health, /v1/models,
+"""Upstream-compatible routes: /release_task, /query_result, /v1/audio, /health,
 /v1/stats, /create_random_sample (/format_input: routes_lm). Handlers queue work, never touch the GPU."""
 
 from __future__ import annotations
@@ -16,20 +16,19 @@ from acestep.errors import JobErrorKind, validation_message
 from acestep.jobs.failures import Refusal, RefusalCause
 from acestep.jobs.outputs import MEDIA_TYPES
 from acestep.jobs.queue import QueueUnavailable
-from acestep.jobs.uploads import UploadError, confine, save_upload
+from acestep.jobs.uploads import UploadError, confine
 from acestep.request import GenerationRequest
 from acestep.serving import auth
 from acestep.serving.body import read_body
+from acestep.serving.inputs import Inputs, settle_inputs, take_inputs
+from acestep.serving.inventory import gpu_fields
 from acestep.serving.lm_params import lm_fields, lm_warnings
 from acestep.serving.params import ParamError, parse_release_params, parse_task_id_list
 from acestep.serving.wire import envelope, query_entry
+from acestep.tasks import track_notes
 
 router = APIRouter()
 
-UPLOAD_FIELDS = {
-    "src_audio": ("ctx_audio", "src_audio"),
-    "reference_audio": ("ref_audio", "reference_audio"),
-}
 REST_DEFAULTS = {"audio_format": "mp3"}  # upstream's REST default (the Python API writes flac)
 EXAMPLES = (
     {
@@ -59,13 +58,17 @@ SIMPLE_EXAMPLES = (
         "vocal_language": "en",
     },
 )
-GENERATION_REQUEST_SCHEMA = {
-    "requestBody": {
-        "content": {
-            "application/json": {"schema": GenerationRequest.model_json_schema(by_alias=False)},
-        }
-    }
-}
+
+
+def _rest_schema() -> dict:
+    """GenerationRequest's schema with the defaults this route applies (REST_DEFAULTS) stated."""
+    schema = GenerationRequest.model_json_schema(by_alias=False)
+    for name, default in REST_DEFAULTS.items():
+        schema["properties"][name]["default"] = default
+    return schema
+
+
+GENERATION_REQUEST_SCHEMA = {"requestBody": {"content": {"application/json": {"schema": _rest_schema()}}}}
 
 
 def body_schema(properties: dict, required: list[str] = (), content: str = "application/json") -> dict:
@@ -91,61 +94,25 @@ async def build_request(
             f"{', '.join(unsupported)} (audio understanding) is not supported in this version",
         )
     values = REST_DEFAULTS | lm_fields(params.lm_options) | params.fields
-    saved: list[Path] = []
+    inputs = Inputs()
+    saved = inputs.saved
     try:
-        for field, names in UPLOAD_FIELDS.items():
-            upload = next((files[n] for n in names if n in files), None)
-            if upload is not None:
-                path = await save_upload(
-                    upload, config.uploads_dir, config.max_upload_bytes, prefix=f"{names[0]}_"
-                )
-                saved.append(path)
-                await run_in_threadpool(check_audio, path, names[0])
-                values[field] = str(path)
-            elif values.get(field):
-                values[field] = str(confine(values[field], config.input_roots, field))
-                await run_in_threadpool(check_audio_path, Path(values[field]), f"{field}_path")
+        await take_inputs(inputs, config, values, files, fields)
         try:
             generation = GenerationRequest(**values)
         except ValidationError as exc:
             raise Refusal(JobErrorKind.INPUT, validation_message(exc)) from None
+        generation, unused = await settle_inputs(generation, inputs)  # only what the task reads
         request.app.state.service.require_lm(generation, params.lm_features)  # a Refusal: 400
     except BaseException:  # any failure, a refused upload or a client gone included: nothing stays behind
         _discard(saved)
         raise
     warnings = list(params.ignored and [f"ignored (no effect here): {', '.join(params.ignored)}"])
+    warnings += unused + track_notes(generation.track_name, generation.track_classes)
     warnings += lm_warnings(params.lm_options, generation.uses_lm, request.app.state.lm_name)
-    loaded = request.app.state.model_name
-    request.state.model = params.model  # a cluster routes by it; one server only warns
-    if params.model and params.model != loaded and not request.app.state.queue.routes_by_model:
-        warnings.append(f"model {params.model!r} is not loaded here; {loaded} was used")
+    # The DiT it runs on: loaded on demand here, routed in a cluster; an unknown one is refused.
+    request.state.model = params.model
     return generation, saved, warnings
-
-
-def check_audio(path: Path, field: str) -> float:
-    """The upload's length, from its header read now in a bounded child process (audio_probe), so a
-    broken file, or one past the input bounds (length, rate, channels, decoded size), is a 4xx
-    before it is queued, not a failed job or gigabytes in the worker."""
-    from acestep.engine.audio_limits import AudioInputError, UnreadableAudioError
-    from acestep.engine.audio_probe import checked_seconds
-
-    try:
-        return checked_seconds(path, field)
-    except UnreadableAudioError as exc:
-        raise UploadError(RefusalCause.UNSUPPORTED_MEDIA, str(exc)) from None
-    except AudioInputError as exc:
-        raise UploadError(JobErrorKind.INPUT, str(exc)) from None
-
-
-def check_audio_path(path: Path, field: str) -> None:
-    """A server file a client names gets the upload's checks; a missing one stays the worker's
-    "not found", as before."""
-    try:
-        present = path.is_file()
-    except OSError:  # e.g. a name too long for the filesystem
-        present = False
-    if present:
-        check_audio(path, field)
 
 
 def _discard(paths: list[Path]) -> None:
@@ -221,9 +188,10 @@ async def health(request: Request) -> dict:
         try:
             state = queue.model_state()
             if not queue.routes_by_model:
-                return state, {}
+                return state, gpu_fields(request.app.state)  # upstream's inventory fields
             workers = queue.workers()
-            return state, {"queue": "ok", "live_workers": sum(1 for w in workers if w["alive"])}
+            live = sum(1 for w in workers if w["alive"])
+            return state, {"queue": "ok", "live_workers": live} | gpu_fields(request.app.state)
         except QueueUnavailable as exc:
             return "unknown", {"queue": "unavailable", "queue_error": str(exc)}
 
@@ -241,29 +209,6 @@ async def health(request: Request) -> dict:
         }
         | extra
     )
-
-
-@router.get("/v1/models", dependencies=[Depends(auth.require_key)])
-async def models(request: Request) -> dict:
-    state = request.app.state
-    models = {
-        state.model_name: {"variant": state.variant.name, "tasks": sorted(state.variant.supported_tasks)}
-    }
-    workers = await run_in_threadpool(state.queue.workers)
-    if state.queue.routes_by_model:  # a cluster: every model a worker serves
-        models |= await run_in_threadpool(state.queue.models)
-    entries = [
-        {
-            "name": name,
-            "is_default": name == state.model_name,
-            "is_loaded": any(w["alive"] and w.get("state") == "ready" for w in workers if w["model"] == name),
-            "variant": info["variant"],
-            "supported_task_types": sorted(info["tasks"]),
-            "workers": sum(1 for w in workers if w["alive"] and w["model"] == name),
-        }
-        for name, info in models.items()
-    ]
-    return envelope({"models": entries, "default_model": state.model_name})
 
 
 @router.get("/v1/stats", dependencies=[Depends(auth.require_key)])
