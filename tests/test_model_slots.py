@@ -216,6 +216,7 @@ def test_the_memory_manager_decides_how_many_dits_and_which_to_free():
     assert dits_to_free([TURBO, BASE], SFT, 2) == [TURBO]  # the least recently used first
     assert dits_to_free([TURBO, BASE], SFT, 3) == []
     assert dit_capacity(Limits.for_gpu(8.0)) == 1  # a tier that offloads: one DiT at a time
+    assert dit_capacity(Limits.for_gpu(24.0)) == 1  # a 4090: one DiT beside the LM
     assert dit_capacity(Limits.for_gpu(80.0)) == 3
     assert dit_capacity(Limits.for_gpu(80.0), 2) == 2  # ACESTEP_MAX_LOADED_DITS
 

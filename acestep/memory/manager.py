@@ -154,7 +154,9 @@ class MemoryManager:
 
 
 SLOT_COUNT = 3  # upstream's model slots (ACESTEP_CONFIG_PATH, ..._PATH2, ..._PATH3)
-ONE_DIT_BELOW_GIB = 24.0  # two DiTs (about 4.8 GB each in bf16) beside the LM need this much
+# Three XL DiTs (about 10 GB each in bf16) beside the 4B LM and the VAE need about this much; not
+# measured on a GPU yet (BENCHMARKS.md), so below it one DiT at a time.
+ONE_DIT_BELOW_GIB = 48.0
 
 
 def dit_capacity(limits: Limits, override: int = 0) -> int:

@@ -27,6 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from acestep.checkpoints.slots import UnknownModel, variant_of
 from acestep.errors import JobErrorKind, validation_lines, validation_message
 from acestep.jobs.failures import Refusal, RefusalCause
+from acestep.jobs.service import discard
 from acestep.jobs.uploads import UploadError, save_upload
 from acestep.request import GenerationRequest
 from acestep.serving import auth
@@ -43,7 +44,7 @@ from acestep.serving.chat_replies import (
 )
 from acestep.serving.chat_schema import CHAT_REQUEST_SCHEMA, ChatCompletionRequest
 from acestep.serving.inputs import check_audio
-from acestep.serving.routes_compat import _discard, submit
+from acestep.serving.routes_compat import submit
 from acestep.settings import current as current_settings
 from acestep.settings import value as setting_value
 from acestep.tasks import SOURCE_TASKS
@@ -148,7 +149,7 @@ async def _save_audio(request: Request, part: AudioPart) -> Path:
     try:
         await run_in_threadpool(check_audio, path, part.where)
     except BaseException:
-        _discard([path])
+        discard([path])
         raise
     return path
 
@@ -239,7 +240,7 @@ async def _audio_inputs(request: Request, values: dict, parts: list[AudioPart]) 
             saved.append(path)
             values[field] = str(path)
     except BaseException:
-        _discard(saved)
+        discard(saved)
         raise
     return saved
 
@@ -264,7 +265,7 @@ async def chat_completions(request: Request):
     try:
         generation = _generation(values)
     except BaseException:
-        _discard(saved)
+        discard(saved)
         raise
     request.state.model = model  # a cluster routes by it
     job = await submit(request, generation, saved)

@@ -16,6 +16,7 @@ from acestep.errors import JobErrorKind, validation_message
 from acestep.jobs.failures import Refusal, RefusalCause
 from acestep.jobs.outputs import MEDIA_TYPES
 from acestep.jobs.queue import QueueUnavailable
+from acestep.jobs.service import discard
 from acestep.jobs.uploads import UploadError, confine
 from acestep.request import GenerationRequest
 from acestep.serving import auth
@@ -105,7 +106,7 @@ async def build_request(
         generation, unused = await settle_inputs(generation, inputs)  # only what the task reads
         request.app.state.service.require_lm(generation, params.lm_features)  # a Refusal: 400
     except BaseException:  # any failure, a refused upload or a client gone included: nothing stays behind
-        _discard(saved)
+        discard(saved)
         raise
     warnings = list(params.ignored and [f"ignored (no effect here): {', '.join(params.ignored)}"])
     warnings += unused + track_notes(generation.track_name, generation.track_classes)
@@ -113,11 +114,6 @@ async def build_request(
     # The DiT it runs on: loaded on demand here, routed in a cluster; an unknown one is refused.
     request.state.model = params.model
     return generation, saved, warnings
-
-
-def _discard(paths: list[Path]) -> None:
-    for path in paths:
-        path.unlink(missing_ok=True)
 
 
 async def submit(request: Request, generation: GenerationRequest, saved: list[Path], lm_only: bool = False):

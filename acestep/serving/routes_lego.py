@@ -17,12 +17,13 @@ from starlette.concurrency import run_in_threadpool
 from acestep.errors import JobErrorKind, validation_message
 from acestep.fields import BY_NAME
 from acestep.jobs.failures import Refusal
+from acestep.jobs.service import discard
 from acestep.jobs.uploads import save_upload
 from acestep.request import GenerationRequest
 from acestep.serving import auth
 from acestep.serving.body import read_body
 from acestep.serving.inputs import check_audio
-from acestep.serving.routes_compat import MEDIA_TYPES, _discard, body_schema, submit
+from acestep.serving.routes_compat import MEDIA_TYPES, body_schema, submit
 from acestep.serving.wire import audio_url, envelope, result_items
 from acestep.settings import current as current_settings
 from acestep.settings import value as setting_value
@@ -72,7 +73,7 @@ async def lego(request: Request):
         seconds = await run_in_threadpool(check_audio, path, "audio_file")
         generation = _lego_request(request, fields, track, path, seconds)
     except Refusal:
-        _discard([path])
+        discard([path])
         raise
     job = await submit(request, generation, [path])
     # A client that leaves frees the GPU for others: nobody would read the stem. A failure is a
