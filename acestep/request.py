@@ -109,8 +109,9 @@ class GenerationRequest(BaseModel):
     seed: int | SeedList = -1
     use_random_seed: bool = True
     batch_size: int = Field(2, ge=1, le=MAX_BATCH_SIZE)
-    repainting_start: float = 0.0
-    repainting_end: float = -1.0
+    # Finite and bounded: lego and repaint pad the source up to repainting_end (docs/tasks.md).
+    repainting_start: float = Field(0.0, ge=-MAX_DURATION_S, le=MAX_DURATION_S)
+    repainting_end: float = Field(-1.0, ge=-MAX_DURATION_S, le=MAX_DURATION_S)
     audio_cover_strength: float = Field(1.0, ge=0.0, le=1.0)
     audio_format: str = Field("flac", max_length=MAX_NAME_CHARS)
     enable_normalization: bool = True

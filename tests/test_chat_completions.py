@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import textwrap
 from types import SimpleNamespace
 
 import httpx
@@ -278,6 +279,28 @@ def test_finding_a_keyless_server_answers_chat_without_a_header(upstream_turbo, 
         server.stop()
 
 
+def test_finding_base64_whitespace_is_sized_before_it_is_stripped(upstream_turbo, tmp_path):
+    """A part that is mostly spaces is refused on its length, before any copy is made; line-wrapped
+    base64 of a file within the limit still passes that check."""
+    server = Server(upstream_turbo, tmp_path, dit="acestep-v15-turbo", ACESTEP_MAX_UPLOAD_MB="1")
+    try:
+        spaces = {"type": "input_audio", "input_audio": {"data": "AB " * 2**20, "format": "wav"}}
+        response = server.post(CHAT, json=_audio_message(spaces))
+        assert response.status_code == FAILURE_STATUS[RefusalCause.TOO_LARGE], response.text
+        assert "messages[0].content[1].input_audio: upload too large" in response.json()["detail"]
+        wrapped = "\n".join(textwrap.wrap(wav_b64(2.0), 76))
+        part = {"type": "input_audio", "input_audio": {"data": wrapped, "format": "wav"}}
+        response = server.post(CHAT, json=_audio_message(part) | {"task_type": "cover", "model": "nope"})
+        assert response.status_code == FAILURE_STATUS[RefusalCause.UNKNOWN_MODEL]  # checked first
+        # Decoded, saved and probed as a reference; only then does the task's own check refuse it.
+        response = server.post(CHAT, json=_audio_message(part) | {"task_type": "bogus"})
+        assert response.status_code == 400 and response.json()["detail"].startswith("task_type"), (
+            response.text
+        )
+    finally:
+        server.stop()
+
+
 def test_finding_openrouter_model_list(server):
     body = server.get("/api/v1/models").json()
     assert body["object"] == "list"
@@ -301,10 +324,23 @@ def test_finding_bad_input_audio_names_the_part(server):
     text = {"type": "input_audio", "input_audio": {"data": base64.b64encode(b"hello world" * 10).decode()}}
     response = server.post(CHAT, json=_audio_message(text))
     assert response.status_code == 415 and "messages[0].content[1].input_audio" in response.text
+    no_comma = {"type": "input_audio", "input_audio": {"data": "data:audio/mp3;base64", "format": "mp3"}}
+    response = server.post(CHAT, json=_audio_message(no_comma))
+    assert response.status_code == 400 and "needs a comma" in response.json()["detail"]
     good = {"type": "input_audio", "input_audio": {"data": wav_b64(2.0), "format": "wav"}}
     response = server.post(CHAT, json=_audio_message(good, good, good))
     assert response.status_code == 400
     assert response.json()["detail"].startswith("messages[0].content[3].input_audio: at most 2")
+
+
+def test_finding_a_huge_message_is_refused_before_it_is_searched(server):
+    """An unclosed tag repeated a million times costs one length check, and the server keeps
+    answering (upstream's tag rules would scan it once per tag)."""
+    flood = {"messages": [{"role": "user", "content": "<prompt>" * 2**20}]}
+    response = server.post(CHAT, json=flood)
+    assert response.status_code == 400, response.text
+    assert response.json()["detail"].startswith("messages[0].content: the text is 8388608 characters")
+    assert server.client.get("/health").status_code == 200
 
 
 def test_finding_wrong_values_name_the_chat_field_and_unknown_models_are_refused(server):

@@ -21,12 +21,13 @@ from _server import Server
 from safetensors.torch import save_file
 
 from acestep.checkpoints.slots import UnknownModel
+from acestep.errors import JobErrorKind
 from acestep.jobs.failures import FAILURE_STATUS, RefusalCause
 from acestep.memory.limits import Limits
 from acestep.memory.manager import dit_capacity, dits_to_free
 from acestep.request import GenerationRequest
 
-SFT, BROKEN = "acestep-v15-sft", "acestep-v15-broken"
+SFT, BROKEN, PARTIAL = "acestep-v15-sft", "acestep-v15-broken", "acestep-v15-partial"
 JOB = {"prompt": "slots", "audio_duration": 6, "batch_size": 1}
 INVENTORY_FIELDS = {
     "models",
@@ -50,6 +51,8 @@ def slots_root(root: Path) -> Path:
     for name in ("config.json", "silence_latent.pt"):
         shutil.copy(root / BASE / name, broken / name)
     save_file({"unrelated": torch.zeros(1)}, str(broken / "model.safetensors"))
+    (root / PARTIAL).mkdir()  # a download that stopped after its config
+    shutil.copy(root / BASE / "config.json", root / PARTIAL / "config.json")
     return root
 
 
@@ -152,6 +155,19 @@ def test_an_unknown_model_is_a_4xx_listing_the_served_names(server):
         detail = response.json()["detail"]
         assert "'acestep-v15-nope' is not served here; served models: " in detail
         assert BASE in detail and TURBO in detail and SFT in detail
+
+
+def test_a_half_downloaded_model_is_not_served(server):
+    """A DiT folder without its weights is not listed, and naming it is the unknown-model 400 on
+    every route (never a 500 from a failed resolve)."""
+    assert PARTIAL not in models(server)
+    for response in (
+        server.post("/release_task", json=JOB | {"model": PARTIAL}),
+        server.post(f"/v1/load?config_path={PARTIAL}"),
+        server.post("/v1/init", json={"model": PARTIAL}),
+    ):
+        assert response.status_code in (UNKNOWN, FAILURE_STATUS[JobErrorKind.INPUT]), response.text
+        assert PARTIAL in response.json()["detail"]
 
 
 def test_flow_2_v1_unload(server):

@@ -457,3 +457,22 @@ def test_cover_nofsq_passes_validation() -> None:
     assert GenerationRequest(task_type="cover-nofsq", src_audio=SRC).task_type == "cover-nofsq"
     with pytest.raises(ValidationError, match="requires src_audio"):
         GenerationRequest(task_type="cover-nofsq")
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), 3000.0, -3000.0])
+def test_repainting_window_is_finite_and_bounded(value):
+    """Lego and repaint pad the source up to repainting_end: an unbounded end would bypass the
+    duration bound (and infinity would fail deep in the worker)."""
+    for name in ("repainting_start", "repainting_end"):
+        with pytest.raises(ValidationError, match=name):
+            GenerationRequest(task_type="lego", src_audio="/x.wav", track_name="drums", **{name: value})
+
+
+def test_a_padded_lego_is_admitted_at_its_padded_length():
+    """A 0.1 s source padded to repainting_end counts at repainting_end against the tier's limits."""
+    from acestep.memory.limits import planned_length
+
+    padded = GenerationRequest(task_type="lego", src_audio="/x.wav", track_name="drums", repainting_end=300)
+    assert planned_length(padded, 0.1)[0] == 300
+    inside = GenerationRequest(task_type="lego", src_audio="/x.wav", track_name="drums", repainting_end=2)
+    assert planned_length(inside, 10.0)[0] == 10.0

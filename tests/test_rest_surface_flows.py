@@ -4,6 +4,7 @@ clients send, through a real server with tiny random checkpoints."""
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import av
@@ -69,6 +70,24 @@ def test_flow_1_daw_text2music_with_silent_src(server):
     assert len([p for p in uploads(server) if p.name.startswith("src_audio_")]) <= 1
 
 
+@pytest.mark.parametrize("task", ["repaint", "extract", "complete"])
+def test_flow_1_a_source_task_given_codes_keeps_its_unread_source(server, task):
+    """Audio codes win over the source (as upstream): the upload is neither checked nor decoded
+    (0.1 s passes), the warning says so, and the request stays valid where the worker checks it
+    again (a source task requires its src_audio), so the job runs."""
+    codes = "".join(f"<|audio_code_{i}|>" for i in range(10))  # 2 s at 5 Hz
+    fields = {"task_type": task, "audio_code_string": codes, "caption": "x", "track_name": "drums", **FAST}
+    response = server.post(
+        "/release_task", data=fields, files={"src_audio": ("short.wav", silence(0.1), "audio/wav")}
+    )
+    assert response.status_code == 200, response.text
+    warnings = response.json()["data"]["warnings"]
+    assert any(w.startswith("src_audio ignored: audio_code_string is set") for w in warnings), warnings
+    entry = server.wait(response.json()["data"]["task_id"])
+    assert "requires src_audio" not in str(entry), entry
+    assert entry["status"] == 1, entry
+
+
 def test_flow_1_used_upload_is_refused_under_the_name_sent(server):
     """A source the task reads still gets the input bounds, and the message names src_audio."""
     response = server.post(
@@ -127,7 +146,7 @@ def test_flow_5_free_track_name(server):
     succeeded(server, response.json()["data"]["task_id"])
 
 
-def test_flow_6_client_path_in_tmp(server, tmp_path):
+def test_flow_6_client_path_in_tmp(server):
     """A client on this machine names a file in the temp folder: accepted; a link in the temp
     folder that points outside it is refused (resolved first)."""
     temp = server.workdir / "tmp"  # ACESTEP_TMPDIR: the server's tempfile.gettempdir()
@@ -138,13 +157,64 @@ def test_flow_6_client_path_in_tmp(server, tmp_path):
     task = server.release(json={"task_type": "cover", "src_audio_path": str(song), **FAST})
     succeeded(server, task)
 
-    outside = tmp_path / "secret.wav"
-    outside.write_bytes(wav_bytes(synthetic_audio(2.0, seed=6)))
+    # Outside every allowed folder (the machine's temp folder, which holds tmp_path, is one).
     link = client_dir / "link.wav"
-    link.symlink_to(outside)
+    link.unlink(missing_ok=True)
+    link.symlink_to(Path(sf.__file__).resolve())
     response = server.post("/release_task", json={"task_type": "cover", "src_audio_path": str(link), **FAST})
     assert response.status_code == 403, response.text
     assert "src_audio_path" in detail(response)
+
+
+def test_flow_6_client_path_in_the_machines_temp_folder(upstream_base, tmp_path):
+    """The DAW writes its source into the machine's temp folder (TMPDIR as the server found it) and
+    names it: accepted and copied at once into the uploads, so swapping the path for a link
+    afterwards changes nothing the job reads; the copy goes with the job. A link there that points
+    outside is refused."""
+    machine_temp = tmp_path / "machine-tmp"
+    machine_temp.mkdir()
+    (tmp_path / "server").mkdir()
+    server = Server(upstream_base, tmp_path / "server", TMPDIR=str(machine_temp))
+    try:
+        song = machine_temp / "song.wav"
+        song.write_bytes(wav_bytes(synthetic_audio(2.0, seed=5)))
+        secret = tmp_path / "secret.wav"
+        secret.write_bytes(wav_bytes(synthetic_audio(3.0, seed=6)))
+        task = server.release(json={"task_type": "cover", "src_audio_path": str(song), **FAST})
+        song.unlink()
+        song.symlink_to(secret)  # swapped after admission: the job still reads the 2 s copy
+        item = succeeded(server, task)
+        audio, _ = sf.read(io.BytesIO(server.download(item["file"])))
+        assert audio.shape[0] == 2 * 48000
+        assert not [p for p in uploads(server) if p.name.startswith("src_audio_path_")]
+        response = server.post(
+            "/release_task", json={"task_type": "cover", "src_audio_path": str(song), **FAST}
+        )
+        assert response.status_code == 403 and "src_audio_path" in detail(response), response.text
+    finally:
+        server.stop()
+
+
+def test_a_shared_temp_file_is_opened_as_it_is(tmp_path):
+    """open_shared: a link in the last component, a FIFO (it would block) and a file outside the
+    root are refused; a plain file opens."""
+    from acestep.jobs.uploads import UploadError, open_shared
+
+    root = tmp_path
+    plain = root / "a.wav"
+    plain.write_bytes(b"RIFF")
+    open_shared(plain, root, "src_audio_path").close()
+    link = root / "link.wav"
+    link.symlink_to(plain)
+    fifo = root / "pipe.wav"
+    os.mkfifo(fifo)
+    for path, status in ((link, 403), (fifo, 400), (root / "missing.wav", 400)):
+        with pytest.raises(UploadError) as refused:
+            open_shared(path, root, "src_audio_path")
+        assert refused.value.status == status and "src_audio_path" in refused.value.message
+    with pytest.raises(UploadError) as outside:
+        open_shared(plain, root / "elsewhere", "src_audio_path")
+    assert outside.value.status == 403
 
 
 def _generate(server: Server, audio_format: str) -> tuple[bytes, str]:

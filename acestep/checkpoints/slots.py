@@ -22,9 +22,7 @@ class UnknownModel(ValueError):
     """A request names a model this server does not serve; the message lists those it does."""
 
     def __init__(self, name: str, served: list[str]):
-        super().__init__(
-            f"model {name!r} is not served here; served models: {', '.join(served) or 'none'}"
-        )
+        super().__init__(f"model {name!r} is not served here; served models: {', '.join(served) or 'none'}")
         self.name, self.served = name, served
 
 
@@ -71,8 +69,12 @@ class ModelSlots:
         return slot in SLOTS and self.names[slot - 1] is not None
 
     def served(self) -> list[str]:
-        """Every model a request may name, sorted: the slots' and the root's DiT folders."""
-        found = set(list_dits(self.primary.root)) if self.primary.layout == "upstream" else set()
+        """Every model a request may name, sorted: the slots' and the root's complete DiT folders
+        (a half-downloaded one is not served, so it is refused as unknown, never a failed load)."""
+        root = self.primary.root
+        found = (
+            {n for n in list_dits(root) if _complete(root, n)} if self.primary.layout == "upstream" else set()
+        )
         return sorted(found | {name for name in self.names if name})
 
     def require(self, name: str | None) -> str:
@@ -97,7 +99,9 @@ class ModelSlots:
         """These slots with ``slot`` holding ``name`` (checked: a DiT folder this server has)."""
         if slot not in SLOTS:
             raise SlotNotDeclared(slot)
-        name = self.require(name)  # UnknownModel before any folder is looked at
+        if name in list_dits(self.primary.root) and name not in self.served():
+            resolve(self.primary.root, name)  # an incomplete folder: a CheckpointError says what is missing
+        name = self.require(name)  # UnknownModel for a name with no folder at all
         if slot == 1 and name != self.primary.dit_name:
             primary = resolve(self.primary.root, name)
         else:
@@ -120,6 +124,14 @@ def variant_of(root: Path, name: str) -> Variant:
     except CheckpointError:
         config = {}
     return detect_variant(config, name)
+
+
+def _complete(root: Path, name: str) -> bool:
+    try:
+        resolve(root, name)
+    except CheckpointError:
+        return False
+    return True
 
 
 def describe(root: Path, name: str) -> tuple[str, list[str]]:

@@ -16,6 +16,7 @@ from acestep.request import AUDIO_FORMATS, TIME_SIGNATURES, VOCAL_LANGUAGES, Gen
 from acestep.tasks import (
     MAX_BATCH_SIZE,
     MAX_BPM,
+    MAX_DURATION_S,
     MAX_NAME_CHARS,
     MAX_PATH_CHARS,
     MAX_STEPS,
@@ -250,6 +251,7 @@ GENERATION = (
     _gen(
         "repainting_start",
         Kind.FLOAT,
+        bounds=(-MAX_DURATION_S, MAX_DURATION_S),
         flag=_flag(
             "--repainting-start",
             type=float,
@@ -260,6 +262,7 @@ GENERATION = (
     _gen(
         "repainting_end",
         Kind.FLOAT,
+        bounds=(-MAX_DURATION_S, MAX_DURATION_S),
         flag=_flag(
             "--repainting-end",
             type=float,

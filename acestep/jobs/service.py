@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+from loguru import logger
 
+from acestep.checkpoints.layout import CheckpointError
 from acestep.checkpoints.slots import UnknownModel
 from acestep.errors import JobErrorKind
 from acestep.jobs.failures import Refusal, RefusalCause, failure_reason, lm_missing_reason
@@ -85,6 +87,11 @@ class JobService:
         except UnknownModel as exc:  # never a silent fallback to another model (patches/0038)
             discard(cleanup)
             raise Refusal(RefusalCause.UNKNOWN_MODEL, str(exc)) from None
+        except CheckpointError as exc:  # its folder went incomplete since it was listed
+            discard(cleanup)
+            logger.warning(f"model {model!r} cannot be served: {exc}")
+            reason = f"model {model!r} is not available now: its folder is incomplete (see the server log)"
+            raise Refusal(RefusalCause.UNKNOWN_MODEL, reason) from None
         except ValueError as exc:  # a wrong request: keep-alive, LoRA, a task the model cannot run
             discard(cleanup)
             raise Refusal(JobErrorKind.INPUT, str(exc)) from None

@@ -10,6 +10,7 @@ allowed roots.
 from __future__ import annotations
 
 import os
+import stat
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -159,6 +160,53 @@ async def save_upload(upload: AsyncReadable, dest_dir: Path, max_bytes: int, pre
             raise _no_space(dest_dir) from None
         raise
     return path
+
+
+class _OpenFile:
+    """A file opened by :func:`open_shared`, read the way :func:`save_upload` reads an upload."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    async def read(self, size: int = -1) -> bytes:
+        return await anyio.to_thread.run_sync(self.handle.read, size)
+
+
+def open_shared(path: Path, root: Path, field: str):
+    """A file in a folder other users write (the machine's temp folder), opened as it is now: a
+    link in its last component is not followed, it must be a regular file, and (where the system
+    shows it, /proc) the opened file must still lie inside ``root``. The caller copies it at once,
+    so swapping the path for a link later changes nothing the job reads."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)  # a FIFO never blocks
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise UploadError(JobErrorKind.INPUT, f"{field}: file not found") from None
+    except OSError:  # ELOOP: a link; EACCES: not ours to read
+        raise UploadError(RefusalCause.FORBIDDEN, f"{field}: path outside the allowed directories") from None
+    handle = os.fdopen(fd, "rb")
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UploadError(JobErrorKind.INPUT, f"{field}: not a regular file")
+        opened = Path(f"/proc/self/fd/{fd}")
+        if opened.is_symlink() and not Path(os.readlink(opened)).is_relative_to(root):
+            raise UploadError(RefusalCause.FORBIDDEN, f"{field}: path outside the allowed directories")
+    except BaseException:
+        handle.close()
+        raise
+    return handle
+
+
+async def copy_shared(path: Path, root: Path, dest_dir: Path, max_bytes: int, field: str) -> Path:
+    """``path`` (inside the shared ``root``) copied into ``dest_dir`` now, with an upload's checks
+    (size limit, content sniff); the copy is the job's input, deleted with its uploads."""
+    handle = await anyio.to_thread.run_sync(open_shared, path, root, field)
+    try:
+        return await save_upload(_OpenFile(handle), dest_dir, max_bytes, prefix=f"{field}_")
+    except UploadError as exc:
+        raise UploadError(exc.cause, f"{field}: {exc.message}") from None
+    finally:
+        handle.close()
 
 
 def confine(path: str | os.PathLike[str], roots: Sequence[Path], field: str) -> Path:

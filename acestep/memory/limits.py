@@ -199,6 +199,8 @@ def planned_length(request: GenerationRequest, source_seconds: float | None = No
         if request.effective_task == "repaint":
             end = seconds if request.repainting_end <= 0 else max(request.repainting_end, seconds)
             return end - min(request.repainting_start, 0.0), "the repainted source audio"
+        if request.effective_task == "lego" and request.repainting_end > seconds:
+            return request.repainting_end, "repainting_end (the source padded with silence up to it)"
         return seconds, "the source audio"
     if request.audio_duration > 0:
         return request.audio_duration, "audio_duration"

@@ -9,11 +9,14 @@ from, so a refusal can say which part was wrong.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
-PROMPT_TAG = re.compile(r"<prompt>(.*?)</prompt>", re.DOTALL | re.IGNORECASE)
-LYRICS_TAG = re.compile(r"<lyrics>(.*?)</lyrics>", re.DOTALL | re.IGNORECASE)
+from acestep.tasks import MAX_LYRICS_CHARS, MAX_TEXT_CHARS
+
+TAGS = ("prompt", "lyrics")
+# The most text a message may carry: a caption and lyrics at their bounds, tags and a little more.
+# Checked before the text is searched, so a huge message costs nothing (tasks.py holds the bounds).
+MAX_MESSAGE_CHARS = MAX_TEXT_CHARS + MAX_LYRICS_CHARS + 1024
 # Section markers that make untagged text lyrics rather than a caption (upstream's list).
 LYRIC_MARKERS = (
     "[verse", "[chorus", "[bridge", "[intro", "[outro", "[hook", "[pre-chorus", "[refrain", "[inst",
@@ -21,6 +24,10 @@ LYRIC_MARKERS = (
 # Short lines, several of them: a lyric sheet without markers.
 LYRIC_MIN_LINES = 4
 LYRIC_MAX_AVERAGE_CHARS = 60
+
+
+class MessageTooLong(ValueError):
+    """The user message's text is past MAX_MESSAGE_CHARS (the message says where and how long)."""
 
 
 @dataclass(frozen=True)
@@ -49,13 +56,18 @@ def looks_like_lyrics(text: str) -> bool:
 
 
 def _split_tags(text: str) -> tuple[str | None, str | None, str]:
-    """The first ``<prompt>`` and ``<lyrics>`` contents (None when absent) and the text left."""
+    """The first ``<prompt>`` and ``<lyrics>`` contents (None when absent; any case, across lines)
+    and the text left. A plain search from the first opening tag: linear in the text, whatever it
+    holds (an unclosed tag repeated costs no more than one)."""
     found: dict[str, str | None] = {}
-    for name, pattern in (("prompt", PROMPT_TAG), ("lyrics", LYRICS_TAG)):
-        match = pattern.search(text)
-        found[name] = match.group(1).strip() if match else None
-        if match:
-            text = text[: match.start()] + text[match.end() :]
+    for name in TAGS:
+        opening, closing = f"<{name}>", f"</{name}>"
+        lowered = text.lower()  # same length as text: tags are ASCII
+        start = lowered.find(opening)
+        end = lowered.find(closing, start + len(opening)) if start >= 0 else -1
+        found[name] = text[start + len(opening) : end].strip() if end >= 0 else None
+        if end >= 0:
+            text = text[:start] + text[end + len(closing) :]
     return found["prompt"], found["lyrics"], text.strip()
 
 
@@ -94,6 +106,10 @@ def parse_messages(messages: list) -> ParsedMessages:
     if found is None:
         return ParsedMessages()
     text, audio = _read_content(*found)
+    if len(text) > MAX_MESSAGE_CHARS:
+        raise MessageTooLong(
+            f"messages[{found[0]}].content: the text is {len(text)} characters; at most {MAX_MESSAGE_CHARS}"
+        )
     if not text:
         return ParsedMessages(audio=audio)
     prompt, lyrics, rest = _split_tags(text)

@@ -22,6 +22,11 @@ LOOPBACK_NAMES = ("localhost",)
 LOOPBACK_HOST_NAMES = ("localhost", "127.0.0.1", "::1")
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 MIN_KEY_LENGTH = 16  # shorter keys start with a warning
+# The machine's temp folder as the environment named it when the server started, before
+# prepare_environment points TMPDIR at ACESTEP_TMPDIR: where clients on this machine write the files
+# they name (flow 6 of docs/api.md; patches/0045). Other users write there too, so a path in it is
+# copied when it is admitted (jobs/uploads.open_shared), never read later.
+SYSTEM_TEMP = Path(tempfile.gettempdir())
 
 
 class UnsafeBindError(RuntimeError):
@@ -114,11 +119,31 @@ class ServerConfig:
         return config
 
     @property
+    def owned_roots(self) -> list[Path]:
+        """Folders only the server and its operator write: uploads, results, the operator's extra
+        roots, and the server's own temp folder (ACESTEP_TMPDIR, the uploads folder's parent)."""
+        return [self.uploads_dir, self.results_dir, *self.allowed_paths, self.uploads_dir.parent]
+
+    @property
+    def shared_roots(self) -> list[Path]:
+        """The temp folders, where clients on this machine write the files they name (as upstream
+        accepts them): the machine's, and the process's own if TMPDIR names another. Never the
+        filesystem root or the working directory, which a temp-folder fallback can yield."""
+        roots: list[Path] = []
+        for folder in (SYSTEM_TEMP, Path(tempfile.gettempdir())):
+            try:
+                temp = folder.resolve()
+            except (OSError, RuntimeError):
+                continue
+            if temp not in (Path(temp.anchor), Path.cwd().resolve(), *roots):
+                roots.append(temp)
+        return roots
+
+    @property
     def input_roots(self) -> list[Path]:
-        """Where server-side input paths may point: uploads, results, the operator's extra roots, and
-        the process's temp folder (clients on this machine write their files there, as upstream's
-        accept; confine() resolves links first, so none leads out: patches/0045)."""
-        return [self.uploads_dir, self.results_dir, *self.allowed_paths, Path(tempfile.gettempdir())]
+        """Where server-side input paths may point (confine() resolves links first, so none leads
+        out: patches/0045)."""
+        return [*self.owned_roots, *self.shared_roots]
 
     @property
     def host_names(self) -> list[str]:

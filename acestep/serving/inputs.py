@@ -20,9 +20,9 @@ from acestep.engine.audio_limits import shortest_source
 from acestep.errors import JobErrorKind
 from acestep.fields import BY_NAME
 from acestep.jobs.failures import RefusalCause
-from acestep.jobs.uploads import UploadError, confine, save_upload
+from acestep.jobs.uploads import UploadError, confine, copy_shared, save_upload
 from acestep.request import GenerationRequest
-from acestep.tasks import source_used
+from acestep.tasks import SOURCE_TASKS, source_used
 
 # GenerationRequest field -> the multipart names an upload may come under (upstream's order).
 UPLOAD_FIELDS = {
@@ -75,7 +75,21 @@ async def take_inputs(
         elif values.get(target):
             sent = sent_name(raw, PATH_SPECS[target])
             inputs.sent[target] = sent
-            values[target] = str(confine(values[target], config.input_roots, sent))
+            path = confine(values[target], config.input_roots, sent)
+            shared = _shared_root(path, config)
+            if shared is not None:  # copied now: a later swap of the path changes nothing
+                path = await copy_shared(path, shared, config.uploads_dir, config.max_upload_bytes, sent)
+                inputs.saved.append(path)
+                inputs.uploaded.add(target)
+            values[target] = str(path)
+
+
+def _shared_root(path: Path, config: Any) -> Path | None:
+    """The shared root (the machine's temp folder) that holds ``path``, unless a folder the server
+    owns holds it too (ACESTEP_TMPDIR may lie inside the machine's temp folder)."""
+    if any(path.is_relative_to(root.resolve()) for root in config.owned_roots):
+        return None
+    return next((root for root in config.shared_roots if path.is_relative_to(root)), None)
 
 
 async def settle_inputs(generation: GenerationRequest, inputs: Inputs) -> tuple[GenerationRequest, list[str]]:
@@ -90,7 +104,8 @@ async def settle_inputs(generation: GenerationRequest, inputs: Inputs) -> tuple[
         if target == "src_audio" and not source_used(generation.task_type, has_codes):
             why = "audio_code_string is set" if has_codes else f"task {generation.task_type!r} has no source"
             warnings.append(f"{sent} ignored: {why}, so the audio was neither checked nor used")
-            generation = generation.model_copy(update={target: None})
+            if generation.task_type not in SOURCE_TASKS:  # a source task keeps it: it is required
+                generation = generation.model_copy(update={target: None})
             continue
         check = check_audio if target in inputs.uploaded else check_audio_path
         shortest = (

@@ -32,7 +32,7 @@ from acestep.jobs.uploads import UploadError, save_upload
 from acestep.request import GenerationRequest
 from acestep.serving import auth
 from acestep.serving.body import read_body
-from acestep.serving.chat_messages import AudioPart, ParsedMessages, parse_messages
+from acestep.serving.chat_messages import AudioPart, MessageTooLong, ParsedMessages, parse_messages
 from acestep.serving.chat_replies import (
     DONE,
     audio_parts,
@@ -117,6 +117,9 @@ def _default_steps(request: Request, model: str | None) -> int:
     return variant_of(request.app.state.slots.primary.root, model).default_steps
 
 
+NO_WHITESPACE = dict.fromkeys(map(ord, " \t\r\n\f\v"))
+
+
 class _Bytes:
     """Decoded base64, read the way ``save_upload`` reads a multipart file."""
 
@@ -130,9 +133,16 @@ class _Bytes:
 async def _save_audio(request: Request, part: AudioPart) -> Path:
     """One ``input_audio`` part saved as an upload: size limit, content sniff, length bounds."""
     config = request.app.state.config
-    text = part.data.split(",", 1)[1] if part.data.startswith("data:") else part.data
-    text = "".join(text.split())  # line-wrapped base64 (the `base64` tool's default) is still base64
-    if len(text) > 4 * math.ceil(config.max_upload_bytes / 3) + 4:
+    if part.data.startswith("data:"):
+        _, comma, text = part.data.partition(",")
+        if not comma:
+            raise Refusal(JobErrorKind.INPUT, f"{part.where}: a data URL needs a comma before its base64")
+    else:
+        text = part.data
+    encoded = 4 * math.ceil(config.max_upload_bytes / 3) + 4
+    # Sized before anything is copied; line-wrapped base64 (the `base64` tool's default) is still
+    # base64, so whitespace gets room (one line break per 76 characters needs 2 %; 2x is plenty).
+    if len(text) > 2 * encoded or len(text := text.translate(NO_WHITESPACE)) > encoded:
         raise UploadError(
             RefusalCause.TOO_LARGE,
             f"{part.where}: upload too large: the limit is {config.max_upload_bytes} bytes "
@@ -257,7 +267,10 @@ async def chat_completions(request: Request):
     ignored = [name for name in NO_EFFECT if name in body.model_fields_set]
     if ignored or body.model_extra:
         logger.info(f"chat: no effect here: {', '.join([*ignored, *(body.model_extra or {})])}")
-    parsed = parse_messages(body.messages)
+    try:
+        parsed = parse_messages(body.messages)
+    except MessageTooLong as exc:
+        raise Refusal(JobErrorKind.INPUT, str(exc)) from None
     if not (parsed.caption or parsed.lyrics or body.lyrics or body.sample_mode or parsed.audio):
         raise Refusal(JobErrorKind.INPUT, NOTHING_ASKED)
     values = _values(request, body, parsed, model)

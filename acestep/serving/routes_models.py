@@ -150,6 +150,7 @@ def _take(state, slots) -> None:
     """The new slots in force: requests, the queue and the inventory read them from now on."""
     state.slots = slots
     state.model_name = slots.default
+    state.variant = slots.primary.variant  # slot 1's: the default steps of requests that name none
     queue = state.queue
     if getattr(queue, "slots", None) is not None:
         queue.slots = slots
