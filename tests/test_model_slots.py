@@ -309,3 +309,22 @@ def test_two_loaded_dits_share_one_loaded_lm(tmp_path, lm_limits):
     runner.generate(job, tmp_path / "c", model=BASE)  # and back
     assert runner._engines[BASE].lm.model is first
     assert runner._engines[TURBO].lm.model is None
+
+
+def test_a_default_model_switch_switches_the_default_steps(tmp_path):
+    """Routes that fill in steps for a request naming none (/lego, chat, MCP, the UI) read the
+    default model's variant: after /v1/load or /v1/init of slot 1 it is the new model's."""
+    from types import SimpleNamespace
+
+    from acestep.checkpoints.layout import resolve
+    from acestep.checkpoints.slots import ModelSlots
+    from acestep.serving.routes_models import _take
+
+    root = two_model_checkpoint(tmp_path / "root")
+    slots = ModelSlots.build(resolve(root, BASE))
+    state = SimpleNamespace(
+        slots=slots, model_name=BASE, variant=slots.primary.variant, queue=SimpleNamespace()
+    )
+    _take(state, slots.assign(1, TURBO))
+    assert state.model_name == TURBO and state.variant.name == "turbo"
+    assert state.variant.default_steps != resolve(root, BASE).variant.default_steps

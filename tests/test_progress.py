@@ -146,3 +146,16 @@ def test_mcp_progress_notifications_are_the_same_fraction(server):
     assert values and values == sorted(values) and values[-1] == 1.0, notes
     assert all(total == 1.0 and message in STAGE_BANDS for _, total, message in notes), notes
     assert notes[-1][2] == "done"
+
+
+def test_a_failed_job_keeps_its_progress(server):
+    """A job cancelled in the DiT's band fails there: its items do not drop back to 0."""
+    task = server.release(json={"prompt": "a cancelled song", **SLOW})
+    deadline = time.monotonic() + 300
+    while (entry := server.query(task))["stage"] != "diffusion":
+        assert entry["status"] == 0 and time.monotonic() < deadline, entry
+    assert server.post("/v1/cancel", json={"task_id": task}).status_code == 200
+    last = follow(server, task)[-1]
+    assert last["status"] == 2, last
+    item = json.loads(last["result"])[0]
+    assert item["progress"] == last["progress"] >= entry["progress"] >= 0.52, (item, entry)

@@ -57,7 +57,7 @@ def result_items(job: Job) -> list[dict]:
     if job.state == JobState.FAILED:
         return [
             base
-            | {"file": "", "status": 2, "progress": 0.0, "error": job.error, "error_kind": job.error_kind}
+            | {"file": "", "status": 2, "error": job.error, "error_kind": job.error_kind}  # progress stays
         ]
     result = job.result
     seeds = ",".join(str(s) for s in result.seeds)
