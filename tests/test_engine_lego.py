@@ -139,32 +139,24 @@ def test_repaint_silences_only_its_window(engine_upstream_base, source_wav, tmp_
     assert context[:, C].sum() == 50
 
 
+def lego_window(engine, out, **window):
+    """A lego of the 6 s source with the given window (seed 1, one take)."""
+    return generate(
+        engine, out, task_type="lego", src_audio=window.pop("src"), seed=1, batch_size=1, **window
+    )
+
+
 def test_lego_window_outside_source_is_a_clear_error(engine_upstream_base, source_wav, tmp_path):
     """A window that starts past the 6 s source and ends with it (no repainting_end) is empty."""
     with pytest.raises(ValueError, match="outside"):
-        generate(
-            engine_upstream_base,
-            tmp_path,
-            task_type="lego",
-            src_audio=source_wav,
-            seed=1,
-            batch_size=1,
-            repainting_start=7.0,
-        )
+        lego_window(engine_upstream_base, tmp_path, src=source_wav, repainting_start=7.0)
 
 
 def test_lego_window_past_the_source_pads_it_with_silence(engine_upstream_base, source_wav, tmp_path):
     """Upstream outpaints: a window ending past the 6 s source pads it with silence up to
     repainting_end, so the stem is 9 s (patches/0043)."""
-    _, audio = generate(
-        engine_upstream_base,
-        tmp_path,
-        task_type="lego",
-        src_audio=source_wav,
-        seed=1,
-        batch_size=1,
-        repainting_start=7.0,
-        repainting_end=9.0,
+    _, audio = lego_window(
+        engine_upstream_base, tmp_path, src=source_wav, repainting_start=7.0, repainting_end=9.0
     )
     assert audio.shape[-1] == 9 * 48000
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 
-import httpx
 import pytest
+from _mcp import http_session
 from _server import Server
 from mcp import ClientSession
-from mcp.client.streamable_http import streamable_http_client
 
 from acestep.testing import make_tiny_lora
 
@@ -27,19 +26,12 @@ def server(upstream_base, tmp_path_factory):
 
 
 def test_lora_tools_and_arguments(server):
-    url = f"http://127.0.0.1:{server.port}/mcp/"
-
     async def call(session: ClientSession, tool: str, args: dict):
         result = await session.call_tool(tool, args)
         return result.isError, result.content[0].text
 
     async def run() -> None:
-        async with (
-            httpx.AsyncClient(headers=server.auth, timeout=600, trust_env=False) as http,
-            streamable_http_client(url, http_client=http) as (read, write, _),
-            ClientSession(read, write) as session,
-        ):
-            await session.initialize()
+        async with http_session(server) as session:
             error, text = await call(session, "list_loras", {})
             listed = {entry["name"]: entry for entry in json.loads(text)["loras"]}
             assert not error and listed["drums"]["rank"] == 2 and listed["fast"]["compatible"] is False

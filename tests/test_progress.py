@@ -11,11 +11,9 @@ import asyncio
 import json
 import time
 
-import httpx
 import pytest
+from _mcp import http_session
 from _server import Server
-from mcp import ClientSession
-from mcp.client.streamable_http import streamable_http_client
 
 from acestep.request import GenerationRequest
 from acestep.worker.job import JobInfo
@@ -124,19 +122,13 @@ def test_finding_progress_is_monotonic(server):
 
 def test_mcp_progress_notifications_are_the_same_fraction(server):
     """An MCP client that asks for progress gets the overall fraction (never lower) and the stage."""
-    url = f"http://127.0.0.1:{server.port}/mcp/"
     notes: list[tuple[float, float | None, str | None]] = []
 
     async def on_progress(progress: float, total: float | None, message: str | None) -> None:
         notes.append((progress, total, message))
 
     async def run() -> None:
-        async with (
-            httpx.AsyncClient(headers=server.auth, timeout=600, trust_env=False) as http,
-            streamable_http_client(url, http_client=http) as (read, write, _),
-            ClientSession(read, write) as session,
-        ):
-            await session.initialize()
+        async with http_session(server) as session:
             arguments = {"caption": "mcp song", "duration": 6, "inference_steps": 60, "seed": 1}
             result = await session.call_tool("generate_music", arguments, progress_callback=on_progress)
             assert not result.isError, result.content
