@@ -157,6 +157,14 @@ def test_an_unknown_model_is_a_4xx_listing_the_served_names(server):
         assert BASE in detail and TURBO in detail and SFT in detail
 
 
+def test_an_unknown_model_name_is_clipped_in_the_refusal(server):
+    """A refusal quotes a long name clipped (the field allows 255 characters; longer is a 400)."""
+    response = server.post("/release_task", json=JOB | {"model": "acestep-v15-" + "x" * 240})
+    assert response.status_code == UNKNOWN, response.text[:200]
+    detail = response.json()["detail"]
+    assert "x" * 100 not in detail and "(254 characters)" in detail, detail
+
+
 def test_a_half_downloaded_model_is_not_served(server):
     """A DiT folder without its weights is not listed, and naming it is the unknown-model 400 on
     every route (never a 500 from a failed resolve)."""

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from acestep.checkpoints.layout import CheckpointError, CheckpointPaths, list_dits, read_json, resolve
 from acestep.checkpoints.variants import Variant, detect_variant
+from acestep.errors import shown
 
 SLOTS = (1, 2, 3)
 SLOT_SETTINGS = {1: "ACESTEP_CONFIG_PATH", 2: "ACESTEP_CONFIG_PATH2", 3: "ACESTEP_CONFIG_PATH3"}
@@ -22,7 +23,8 @@ class UnknownModel(ValueError):
     """A request names a model this server does not serve; the message lists those it does."""
 
     def __init__(self, name: str, served: list[str]):
-        super().__init__(f"model {name!r} is not served here; served models: {', '.join(served) or 'none'}")
+        listed = ", ".join(served) or "none"
+        super().__init__(f"model {shown(name)} is not served here; served models: {listed}")
         self.name, self.served = name, served
 
 

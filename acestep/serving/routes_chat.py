@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from acestep.checkpoints.slots import UnknownModel, variant_of
-from acestep.errors import JobErrorKind, validation_lines, validation_message
+from acestep.errors import JobErrorKind, shown, validation_lines, validation_message
 from acestep.jobs.failures import Refusal, RefusalCause
 from acestep.jobs.service import discard
 from acestep.jobs.uploads import UploadError, save_upload
@@ -266,7 +266,7 @@ async def chat_completions(request: Request):
     model = await _chosen_model(request, body.model)
     ignored = [name for name in NO_EFFECT if name in body.model_fields_set]
     if ignored or body.model_extra:
-        logger.info(f"chat: no effect here: {', '.join([*ignored, *(body.model_extra or {})])}")
+        logger.info(f"chat: no effect here: {shown([*ignored, *(body.model_extra or {})])}")  # clipped
     try:
         parsed = parse_messages(body.messages)
     except MessageTooLong as exc:
