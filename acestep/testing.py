@@ -23,16 +23,34 @@ SAMPLE_RATE = 48000
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 
 
+# An XL DiT is wider and deeper than the 2B one, and its config gives the condition encoder its own
+# (narrower) widths with ``encoder_*`` keys, as upstream's XL configs do (2560 vs 2048 wide).
+TINY_XL = {
+    "hidden_size": 48,
+    "intermediate_size": 96,
+    "num_hidden_layers": 6,
+    "layer_types": ["sliding_attention", "full_attention"] * 3,
+    "num_attention_heads": 6,
+    "encoder_hidden_size": 32,
+    "encoder_intermediate_size": 64,
+    "encoder_num_attention_heads": 4,
+    "encoder_num_key_value_heads": 2,
+}
+VARIANTS = ("turbo", "base", "sft", "xl-turbo", "xl-base", "xl-sft")
+
+
 def tiny_dit_config(variant: str = "turbo") -> dict:
-    """An upstream-style DiT ``config.json`` at tiny size."""
-    if variant not in ("turbo", "base", "sft"):
-        raise ValueError(f"variant must be turbo, base or sft, got {variant!r}")
+    """An upstream-style DiT ``config.json`` at tiny size; ``xl-*`` variants have XL's shape (the
+    folder name ``acestep-v15-xl-*`` marks them XL, as upstream's names do)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
     dim = TINY_LATENT_DIM
-    return {
+    family = variant.removeprefix("xl-")
+    config = {
         "architectures": ["AceStepConditionGenerationModel"],
         "model_type": "acestep",
-        "model_version": variant,
-        "is_turbo": variant == "turbo",
+        "model_version": family,
+        "is_turbo": family == "turbo",
         "dtype": "float32",
         "hidden_size": 32,
         "intermediate_size": 64,
@@ -62,6 +80,7 @@ def tiny_dit_config(variant: str = "turbo") -> dict:
         "fsq_input_num_quantizers": 1,
         "vocab_size": 64003,
     }
+    return config | TINY_XL if variant.startswith("xl-") else config
 
 
 def tiny_vae_config() -> dict:
@@ -168,12 +187,14 @@ def _build_components(variant: str, seed: int) -> dict:
 
 
 def make_tiny_checkpoint(
-    path: str | Path, layout: str = "upstream", variant: str = "turbo", seed: int = 0
+    path: str | Path, layout: str = "upstream", variant: str = "turbo", seed: int = 0, shards: int = 1
 ) -> Path:
     """Write a tiny random checkpoint and return the path to pass to ``AceStep.from_pretrained``.
 
     ``layout="upstream"`` writes a ``checkpoints/`` root (``acestep-v15-<variant>/``, ``vae/``,
     ``Qwen3-Embedding-0.6B/``); ``layout="diffusers"`` writes a saved ``AceStepPipeline``.
+    ``shards > 1`` splits the DiT weights as the XL repos ship them (``model-0000i-of-0000n``
+    files and ``model.safetensors.index.json``).
     """
     if layout not in ("upstream", "diffusers"):
         raise ValueError(f"layout must be 'upstream' or 'diffusers', got {layout!r}")
@@ -182,13 +203,13 @@ def make_tiny_checkpoint(
     with torch.inference_mode(False):
         built = _build_components(variant, seed)
     if layout == "upstream":
-        _write_upstream(path, variant, built)
+        _write_upstream(path, variant, built, shards)
     else:
         _write_diffusers(path, built)
     return path
 
 
-def _write_upstream(root: Path, variant: str, built: dict) -> None:
+def _write_upstream(root: Path, variant: str, built: dict, shards: int = 1) -> None:
     from acestep.checkpoints import convert
 
     modules = built["modules"]
@@ -196,7 +217,17 @@ def _write_upstream(root: Path, variant: str, built: dict) -> None:
     dit_dir.mkdir(parents=True, exist_ok=True)
     parts = {name: modules[name].state_dict() for name in convert.PREFIX_TO_COMPONENT.values()}
     state = {k: v.contiguous() for k, v in convert.join_to_upstream_state_dict(parts).items()}
-    save_file(state, str(dit_dir / "model.safetensors"), metadata={"format": "pt"})
+    if shards <= 1:
+        save_file(state, str(dit_dir / "model.safetensors"), metadata={"format": "pt"})
+    else:
+        keys, weight_map = sorted(state), {}
+        for i in range(shards):
+            name = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+            part = {k: state[k] for k in keys[i::shards]}
+            save_file(part, str(dit_dir / name), metadata={"format": "pt"})
+            weight_map |= dict.fromkeys(part, name)
+        index = {"metadata": {}, "weight_map": dict(sorted(weight_map.items()))}
+        (dit_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
     (dit_dir / "config.json").write_text(json.dumps(built["dit_config"], indent=2, sort_keys=True) + "\n")
     torch.save(built["silence"].clone(), dit_dir / "silence_latent.pt")
     modules["vae"].save_pretrained(root / "vae", safe_serialization=True)
@@ -326,7 +357,7 @@ def make_tiny_lora(
     ``layout="peft"`` writes upstream's folder (``adapter_config.json`` +
     ``adapter_model.safetensors``, keys ``base_model.model.layers.N...q_proj...``). The base variant is
     recorded (``acestep_base_variant`` in the header, and ``base_model_name_or_path`` for PEFT)
-    unless ``record_variant`` is false.
+    unless ``record_variant`` is false; an ``xl-*`` variant adapts the XL-shaped tiny DiT.
     """
     import json
 

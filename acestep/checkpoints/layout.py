@@ -24,7 +24,7 @@ DIT_PREFIX = "acestep-v15-"
 VAE_DIR = "vae"
 TEXT_ENCODER_DIR = "Qwen3-Embedding-0.6B"
 DEFAULT_DIT = "acestep-v15-turbo"
-WEIGHT_FILES = ("model.safetensors", "diffusion_pytorch_model.safetensors")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "diffusion_pytorch_model.safetensors")
 
 
 class CheckpointError(RuntimeError):

@@ -131,12 +131,43 @@ def load_strict(
     module.load_state_dict(state, strict=True, assign=True)
 
 
+SHARD_INDEX = "model.safetensors.index.json"  # how the XL repos ship their (four) weight shards
+
+
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
-    """A safetensors file as tensors on the CPU; a damaged file is a CheckpointError naming it."""
+    """A safetensors file, or every shard a ``*.safetensors.index.json`` names, as tensors on the
+    CPU; a damaged or missing file is a CheckpointError naming it."""
+    if path.name.endswith(".safetensors.index.json"):
+        return _read_shards(path)
     try:
         return load_file(str(path))
     except Exception as exc:  # safetensors raises its own SafetensorError, OSError or ValueError
         raise CheckpointError(f"cannot read {path}: {exc}") from exc
+
+
+def _read_shards(index: Path) -> dict[str, torch.Tensor]:
+    """The shards of ``index``, each read once; every key must come from the shard the index names."""
+    weight_map = read_json(index).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{index} has no weight_map")
+    state: dict[str, torch.Tensor] = {}
+    for shard in sorted(set(weight_map.values())):
+        file = index.parent / str(shard)
+        if Path(str(shard)).name != str(shard) or not file.name.endswith(".safetensors"):
+            raise CheckpointError(f"{index} names {shard!r}, not a .safetensors file beside it")
+        if not file.is_file():
+            raise CheckpointError(f"missing weight shard {file} (named by {index.name})")
+        part = read_weights(file)
+        strays = sorted(key for key in part if weight_map.get(key) != shard)
+        if strays:
+            raise CheckpointError(f"{file} holds keys {index.name} places elsewhere: {_named(strays, str)}")
+        state |= part
+    return state
+
+
+def dit_weights(folder: Path) -> Path:
+    """A DiT folder's weights: the shard index where there is one (XL), else the single file."""
+    return folder / SHARD_INDEX if (folder / SHARD_INDEX).is_file() else find_weights(folder)
 
 
 def _build(cls: type, config: dict) -> torch.nn.Module:
@@ -159,7 +190,7 @@ def load_silence_latent(path: Path) -> torch.Tensor:
 
 
 def _load_upstream_dit(paths: CheckpointPaths) -> dict[str, torch.nn.Module]:
-    weights = find_weights(paths.dit_dir)
+    weights = dit_weights(paths.dit_dir)
     parts = convert.split_upstream_state_dict(read_weights(weights))
     unknown = sorted(parts.pop("unknown"))
     if unknown:

@@ -13,6 +13,9 @@ MAIN = "main"
 MAIN_REPO = "ACE-Step/Ace-Step1.5"
 # The main repo fills the root with the turbo DiT, the VAE, the text encoder and the 1.7B LM.
 MAIN_REPO_FOLDERS = ("acestep-v15-turbo", "vae", "Qwen3-Embedding-0.6B", "acestep-5Hz-lm-1.7B")
+# The 4B XL DiTs (hidden 2560, 32 layers): each repo holds about 20 GB of float32 shards, about
+# 9 GB once loaded in bf16; where they fit is the tiers' ``xl_dit`` column (docs/memory.md).
+XL_DITS = ("acestep-v15-xl-base", "acestep-v15-xl-sft", "acestep-v15-xl-turbo")
 # Each of these is its own repo ``ACE-Step/<name>``, downloaded into ``<root>/<name>``.
 SEPARATE_REPOS = (
     "acestep-v15-base",
@@ -20,9 +23,7 @@ SEPARATE_REPOS = (
     "acestep-v15-turbo-shift1",
     "acestep-v15-turbo-shift3",
     "acestep-v15-turbo-continuous",
-    "acestep-v15-xl-base",
-    "acestep-v15-xl-sft",
-    "acestep-v15-xl-turbo",
+    *XL_DITS,
     "acestep-5Hz-lm-0.6B",
     "acestep-5Hz-lm-4B",
 )

@@ -29,9 +29,12 @@ def add_download_source_flag(parser: argparse.ArgumentParser, default: str | Non
         help="accepted for upstream's scripts; downloads always come from Hugging Face "
         "(set HF_ENDPOINT to use a mirror)",
     )
+
+
 EPILOG = """examples:
   acestep-download                           the main repo: turbo DiT, VAE, text encoder, 1.7B LM
   acestep-download -m acestep-v15-base       the base DiT (lego, extract, complete), main repo first
+  acestep-download -m acestep-v15-xl-turbo   the 4B XL turbo DiT (about 20 GB; GPU over 12 GiB)
   acestep-download --all                     every model in --list
   acestep-download --list                    what exists, and what is already in --dir"""
 
@@ -176,8 +179,9 @@ def _what(model: str) -> str:
         return "the main repo: " + ", ".join(MAIN_REPO_FOLDERS)
     if model.startswith(DIT_PREFIX):
         variant = detect_variant({}, model)
-        size = "XL" if variant.is_xl else "2B"
-        return f"{size} {variant.name} DiT: {', '.join(sorted(variant.supported_tasks))}"
+        tasks = ", ".join(sorted(variant.supported_tasks))
+        needs = " (4B; a GPU over 12 GiB, see docs/memory.md)" if variant.is_xl else ""
+        return f"{variant.size} {variant.name} DiT{needs}: {tasks}"
     if model.startswith(LM_PREFIX):
         return f"5 Hz LM {model.removeprefix(LM_PREFIX)} (thinking, metadata, audio codes)"
     return {VAE_DIR: "VAE (audio <-> latents)", TEXT_ENCODER_DIR: "text encoder"}.get(model, "")

@@ -191,8 +191,9 @@ class Adapters:
             size = tensor.shape[1] if ".lora_A." in key else tensor.shape[0]
             if size != wanted:
                 raise LoraError(
-                    f"LoRA {info.name!r} was made for another DiT: {path} has {wanted} features here, "
-                    f"the adapter expects {size}"
+                    f"LoRA {info.name!r} was made for another DiT: {path} has {wanted} features in "
+                    f"this {self.model_tag} DiT, the adapter expects {size} (2B and XL adapters do not "
+                    "carry across)"
                 )
 
     def _make_room(self, keep: set[str]) -> None:

@@ -79,11 +79,20 @@ def find(directory: str | Path, names: list[str] | tuple[str, ...], model_tag: s
         info = found[name]
         if model_tag is not None and info.base_variant not in (None, model_tag):
             raise LoraError(
-                f"LoRA {name!r} was trained on the {info.base_variant} DiT; this model is {model_tag}. "
+                f"LoRA {name!r} was trained on the {info.base_variant} DiT; this model is {model_tag}"
+                f"{_size_note(info.base_variant, model_tag)}. "
                 f"Use an adapter made for {model_tag}, or serve a {info.base_variant} model"
             )
         infos.append(info)
     return infos
+
+
+def _size_note(trained_on: str, model_tag: str) -> str:
+    """Why an adapter cannot cross between the 2B and XL (4B) DiTs: their layers differ in width."""
+    trained, here = ("an XL" if tag.startswith("xl-") else "a 2B" for tag in (trained_on, model_tag))
+    if trained == here:
+        return ""
+    return f" ({trained} adapter on {here} DiT: their layers have different widths)"
 
 
 def read_lora(path: str | Path) -> LoraInfo:

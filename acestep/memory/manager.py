@@ -22,7 +22,7 @@ from acestep.memory.keep_alive import KeepAlivePolicy
 from acestep.memory.limits import Limits
 from acestep.memory.precision import attention_backend, fast_mode, plan_for_device, rope_mode
 from acestep.memory.report import MemoryReport
-from acestep.memory.residency import ResidencyPlan, plan_for
+from acestep.memory.residency import ResidencyPlan, plan_for, plan_for_dit
 from acestep.memory.status import MemoryStatus
 from acestep.request import GenerationRequest
 from acestep.settings import current as current_settings
@@ -77,6 +77,13 @@ class MemoryManager:
         if uses_lm and self.lm_name:
             self.limits.check_lm(self.lm_name)
         return self.keep_alive.for_request(request.keep_alive)
+
+    def fit_dit(self, dit_name: str, is_xl: bool) -> None:
+        """Adopt the limits and plan the DiT a server starts with needs (an XL DiT may need more
+        offload: ``Limits.for_dit``); ``MemoryLimitError`` where it does not fit this GPU. Before
+        the worker starts: it is handed these decisions."""
+        compute = "cuda" if self.gpu else "cpu"
+        self.limits, self.plan = plan_for_dit(self.limits, compute, dit_name, is_xl, self.plan)
 
     def worker_env(self) -> dict[str, str]:
         """Environment for the worker process: only the chosen GPU visible, same settings."""

@@ -70,6 +70,25 @@ def plan_for(limits: Limits, compute: str) -> ResidencyPlan:
     return ResidencyPlan(compute, idle)
 
 
+def plan_for_dit(
+    limits: Limits, compute: str, dit_name: str, is_xl: bool, plan: ResidencyPlan | None = None
+) -> tuple[Limits, ResidencyPlan]:
+    """The limits and plan one DiT loads with: ``limits.for_dit`` (which refuses an XL DiT where
+    it does not fit) and ``plan`` (default: the one those limits imply), with every component
+    those limits keep on the CPU moved there: an XL DiT on a marginal tier waits on the CPU
+    even when the given plan was made for a 2B DiT."""
+    fitted = limits if compute == "cpu" else limits.for_dit(dit_name, is_xl)
+    required = plan_for(fitted, compute)
+    if plan is None:
+        return fitted, required
+    if not plan.on_gpu:
+        return fitted, plan
+    idle = {
+        name: Place.CPU if required.idle[name] is Place.CPU else place for name, place in plan.idle.items()
+    }
+    return fitted, ResidencyPlan(plan.compute, idle)
+
+
 def resident_plan(compute: str) -> ResidencyPlan:
     """Everything stays on the compute device (no offload)."""
     place = Place.CPU if compute == "cpu" else Place.GPU

@@ -23,7 +23,7 @@ class Tier:
     lm_default: bool  # the LM is loaded unless ACESTEP_INIT_LLM says otherwise
     offload_to_cpu: bool  # text encoder and VAE (and a transformers LM) live on the CPU between uses
     offload_dit_to_cpu: bool  # the DiT and condition encoder too
-    xl_dit: str  # upstream's guidance on the 4B XL DiT: no / marginal / with offload / yes
+    xl_dit: str  # where the 4B XL DiT fits: one of XL_FITS (upstream's GPU guide; docs/memory.md)
 
     @property
     def recommended_lm(self) -> str | None:
@@ -34,6 +34,17 @@ class Tier:
 
 
 INF = float("inf")
+
+# The XL DiT per tier, as upstream's GPU guide rates it: "no" (refused), "marginal" (upstream needs
+# offload + INT8 there; acestep has no INT8, so the DiT waits on the CPU between uses),
+# "with offload" (the text encoder and VAE wait on the CPU, the tier's default) and "yes".
+XL_NO, XL_MARGINAL, XL_WITH_OFFLOAD, XL_YES = "no", "marginal", "with offload", "yes"
+XL_FITS = (XL_NO, XL_MARGINAL, XL_WITH_OFFLOAD, XL_YES)
+# Upstream's figures (GPU guide, XL release notes), not measured here: XL weights are about 9 GB in
+# bf16 (the 2B DiT's about 4.7 GB); 12 GB is the least with offload, 20 GB or more is recommended.
+XL_WEIGHTS_GB = 9.0
+XL_SMALLEST_TIER = "tier5"  # above 12 GiB (the tier4 bound)
+XL_SMALLEST_GIB = 12.0
 
 # Ordered by size; the first tier whose bound admits the size wins.
 TIERS: tuple[Tier, ...] = (

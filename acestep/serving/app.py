@@ -113,6 +113,7 @@ def _local_front(supervisor: Supervisor | None, config: ServerConfig, paths, lor
     mm = supervisor or Supervisor(MemoryManager(env=config.env))
     mm.lm_name = lm_name
     if mm.dispatcher is None:
+        mm.manager.fit_dit(paths.dit_name, paths.variant.is_xl)  # an XL DiT may need more offload
         mm.start(EngineSpec(config.checkpoint, dit=paths.dit_name), in_process=config.in_process_worker)
     queue = LocalJobQueue(
         mm,
