@@ -13,7 +13,6 @@ from typing import Annotated
 
 from pydantic import (
     AliasChoices,
-    BaseModel,
     ConfigDict,
     Field,
     StringConstraints,
@@ -22,8 +21,11 @@ from pydantic import (
 )
 
 from acestep.errors import shown
+from acestep.request_edits import EditFields
+from acestep.request_sampling import SamplerFields, seed_value
 from acestep.tasks import (
     AUDIO_FORMATS,
+    COVER_TASKS,
     MAX_AUDIO_CODE_CHARS,
     MAX_BATCH_SIZE,
     MAX_BPM,
@@ -40,6 +42,7 @@ from acestep.tasks import (
     SOURCE_TASKS,
     TASK_TYPES,
     TRACK_NAMES,
+    flow_edit_applies,
     parse_keep_alive,
 )
 
@@ -50,7 +53,7 @@ VOCAL_LANGUAGES = frozenset(
     "ro ru sa sk sr sv sw ta te th tl tr uk ur vi yue zh unknown".split()
 )
 INSTRUMENTAL_LYRICS = "[Instrumental]"
-LM_SKIP_TASKS = frozenset({"cover", "repaint"})  # the LM never runs for these (upstream)
+LM_SKIP_TASKS = frozenset({"cover", "cover-nofsq", "repaint", "extract"})  # the LM never runs for these
 LM_SWITCHES = ("thinking", "sample_mode", "sample_query", "use_format")  # fields that run the LM
 MAX_ADAPTERS = 4  # LoRA adapters one request may combine (upstream's advanced mode has 4 slots)
 MAX_LORA_SCALE = 4.0
@@ -66,8 +69,9 @@ def _alias(*names: str) -> AliasChoices:
     return AliasChoices(*names)
 
 
-class GenerationRequest(BaseModel):
-    """One generation job. Seconds for times; paths for audio inputs."""
+class GenerationRequest(SamplerFields, EditFields):
+    """One generation job. Seconds for times; paths for audio inputs. The sampler's and the
+    editing fields are declared in ``acestep.request_sampling`` and ``acestep.request_edits``."""
 
     model_config = ConfigDict(populate_by_name=True, extra="forbid", validate_assignment=True)
 
@@ -307,21 +311,8 @@ class GenerationRequest(BaseModel):
 
     @field_validator("seed", mode="before")
     @classmethod
-    def _seed(cls, value: object) -> int | str:
-        if value is None:
-            return -1
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        text = str(value).strip()
-        if len(text) > MAX_SEED_CHARS:
-            raise ValueError(f"seed must be at most {MAX_SEED_CHARS} characters, got {len(text)}")
-        if not re.fullmatch(r"\s*-?\d+(\.0*)?(\s*,\s*-?\d+(\.0*)?)*\s*,?\s*", text or "-1"):
-            raise ValueError(
-                f"seed must be an integer or a comma-separated list of integers, got {shown(value)}"
-            )
-        return text or -1
+    def _seed(cls, value: object) -> object:
+        return seed_value("seed", value, -1)
 
     @field_validator("timesteps")
     @classmethod
@@ -347,7 +338,7 @@ class GenerationRequest(BaseModel):
         if (
             self.task_type in SOURCE_TASKS
             and not self.src_audio
-            and not (self.task_type == "cover" and has_codes)
+            and not (self.task_type in COVER_TASKS and has_codes)
         ):
             raise ValueError(f"task {self.task_type!r} requires src_audio")
         if self.repainting_end > 0 and self.repainting_start >= self.repainting_end:
@@ -355,6 +346,8 @@ class GenerationRequest(BaseModel):
                 f"repainting_start ({self.repainting_start}) must be before "
                 f"repainting_end ({self.repainting_end})"
             )
+        if flow_edit_applies(self.task_type, self.flow_edit_morph) and not self.src_audio:
+            raise ValueError("flow_edit_morph edits a source: send src_audio (the audio to change)")
         if self.task_type == "lego" and self.repainting_start < 0:
             raise ValueError("lego windows lie inside the source: repainting_start must be >= 0")
         if len(self.lora_scale) > 1 and len(self.lora_scale) != len(self.lora or []):
@@ -379,6 +372,11 @@ class GenerationRequest(BaseModel):
         return self.task_type
 
     @property
+    def field_notes(self) -> list[str]:
+        """The fields sent that change nothing for this request (a job's warnings name them)."""
+        return self.sampling_notes() + self.edit_notes(self.effective_task)
+
+    @property
     def lm_switches(self) -> list[str]:
         """The fields that ask for the 5 Hz LM (a refusal names them); defaults never do: upstream's
         true ``use_cot_*`` ran it silently."""
@@ -387,9 +385,10 @@ class GenerationRequest(BaseModel):
 
     @property
     def uses_lm(self) -> bool:
-        """Whether this job runs the 5 Hz LM: a switch asks, and the task is not cover or repaint
-        (upstream's skip set)."""
-        return self.task_type not in LM_SKIP_TASKS and bool(self.lm_switches)
+        """Whether this job runs the 5 Hz LM: a switch asks, the task is not one upstream skips it
+        for (cover, cover-nofsq, repaint, extract) and no flow edit works on the source."""
+        skipped = self.task_type in LM_SKIP_TASKS or flow_edit_applies(self.task_type, self.flow_edit_morph)
+        return not skipped and bool(self.lm_switches)
 
     @property
     def wants_random_seed(self) -> bool:

@@ -13,22 +13,23 @@ TASK_TYPES = ("text2music", "repaint", "cover", "cover-nofsq", "extract", "lego"
 # Tasks whose conditioning is built from source audio; cover may use audio codes instead.
 SOURCE_TASKS = frozenset({"repaint", "cover", "cover-nofsq", "extract", "lego", "complete"})
 
-# Task types a request may name whose engine path is not built yet: refused at submit with this
-# reason (a 4xx), never queued. cover-nofsq (a cover from the raw VAE latents, no FSQ round trip)
-# comes with the generation-parity work; docs/tasks.md.
-UNBUILT_TASKS = {
-    "cover-nofsq": (
-        "task_type 'cover-nofsq' is accepted but not built in this version: its engine path (a cover "
-        "from the source's raw VAE latents, without the FSQ round trip) comes with the "
-        "generation-parity work; use task_type 'cover' meanwhile"
-    ),
-}
+
+# A cover's condition switches to text2music's after ``audio_cover_strength`` of the steps.
+COVER_TASKS = frozenset({"cover", "cover-nofsq"})
+# Flow edit (``flow_edit_morph``) changes existing audio on these tasks; text2music then reads the
+# source too (docs/generation.md).
+FLOW_EDIT_TASKS = frozenset({"text2music", "cover", "cover-nofsq"})
 
 
-def source_used(task_type: str, has_codes: bool) -> bool:
+def flow_edit_applies(task_type: str, flow_edit_morph: bool) -> bool:
+    return flow_edit_morph and task_type in FLOW_EDIT_TASKS
+
+
+def source_used(task_type: str, has_codes: bool, flow_edit_morph: bool = False) -> bool:
     """Whether a job reads its source audio: a source task without audio codes (codes win over the
-    source, as upstream). An unused source upload is neither checked nor decoded (docs/api.md)."""
-    return task_type in SOURCE_TASKS and not has_codes
+    source, as upstream), or a flow edit (it edits the source). An unused source upload is neither
+    checked nor decoded (docs/api.md)."""
+    return (task_type in SOURCE_TASKS and not has_codes) or flow_edit_applies(task_type, flow_edit_morph)
 
 
 # Length generated when a request sets no duration and has no source to take it from.
@@ -73,6 +74,8 @@ INSTRUCTIONS = {
     "text2music": "Fill the audio semantic mask based on the given conditions:",
     "repaint": "Repaint the mask area based on the given conditions:",
     "cover": "Generate audio semantic tokens based on the given conditions:",
+    # A cover from the raw VAE latents: upstream gives it cover's instruction.
+    "cover-nofsq": "Generate audio semantic tokens based on the given conditions:",
     "extract": "Extract the {TRACK_NAME} track from the audio:",
     "extract_default": "Extract the track from the audio:",
     "lego": "Generate the {TRACK_NAME} track based on the audio context:",

@@ -54,7 +54,10 @@ def detail(response) -> str:
         ({"json": {"keep_alive": "soon"}}, 400, "keep_alive"),
         ({"json": {"task_type": "lego"}}, 400, "requires src_audio"),
         ({"json": {"param_obj": "{broken"}}, 400, "param_obj"),
-        ({"json": {"infer_method": "sde"}}, 400, "infer_method"),
+        ({"json": {"infer_method": "euler"}}, 400, "infer_method must be one of ode, sde"),
+        ({"json": {"sampler_mode": "rk4"}}, 400, "sampler_mode must be one of euler, heun"),
+        ({"json": {"retake_variance": 2}}, 400, "retake_variance"),
+        ({"json": {"flow_edit_n_min": 0.9, "flow_edit_n_max": 0.1}}, 400, "flow_edit_n_min"),
     ],
 )
 def test_bad_release_bodies_are_4xx_with_the_reason(server, kwargs, status, needle):

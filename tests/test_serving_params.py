@@ -76,7 +76,7 @@ ALIASES: dict[str, tuple[list[str], Any, Check, Any]] = {
         "/in/src.wav",
     ),
     "task_type": (["taskType"], "repaint", _field("task_type"), "repaint"),
-    "infer_method": (["inferMethod"], "ode", _ignored("infer_method"), True),
+    "infer_method": (["inferMethod"], "SDE", _field("infer_method"), "sde"),
     "use_tiled_decode": (["useTiledDecode"], "false", _ignored("use_tiled_decode"), True),
     "constrained_decoding": (
         ["constrainedDecoding", "constrained"],
@@ -333,20 +333,14 @@ def test_format_is_use_format_unless_it_names_an_audio_format() -> None:
     assert params.lm_features == []
 
 
-@pytest.mark.parametrize(
-    ("body", "field"), [({"infer_method": "SDE"}, "infer_method"), ({"use_adg": "true"}, "use_adg")]
-)
-def test_unsupported_features_are_refused_not_dropped(body: dict[str, Any], field: str) -> None:
-    with pytest.raises(ParamError) as exc:
-        parse_release_params(body)
-    assert exc.value.field == field
-    assert "not supported" in str(exc.value)
-
-
-def test_turning_unsupported_features_off_is_fine() -> None:
-    params = parse_release_params({"infer_method": "ode", "use_adg": False})
-    assert params.fields == {}
-    assert params.ignored == ["infer_method", "use_adg"]
+def test_sde_and_adg_are_request_fields_now() -> None:
+    """infer_method and use_adg were refused (sde, adg) or ignored (ode, false); they are sampler
+    fields since issue 22 and reach the request as sent."""
+    params = parse_release_params({"infer_method": "SDE", "use_adg": "true"})
+    assert params.fields == {"infer_method": "sde", "use_adg": True}
+    assert params.ignored == []
+    request = params.to_request()
+    assert (request.infer_method, request.use_adg, request.guidance) == ("sde", True, "adg")
 
 
 def test_a_non_object_body_is_an_error() -> None:
@@ -430,7 +424,7 @@ def test_a_realistic_upstream_json_body_builds_a_request() -> None:
     assert params.ai_token == "secret"
     assert params.model == "acestep-v15-turbo"
     assert params.lm_features == []
-    assert params.ignored == ["use_tiled_decode", "infer_method", "lm_temperature"]
+    assert params.ignored == ["use_tiled_decode", "lm_temperature"]
     assert "ai_token" not in params.fields and "model" not in params.fields
 
 

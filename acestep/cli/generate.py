@@ -19,6 +19,7 @@ from acestep.cli.progress import StageBar, diffusion_steps, progress_wanted
 from acestep.cli.quiet import configure_logs, silence_third_party
 from acestep.cli.summary import summary_lines
 from acestep.fields import GENERATION
+from acestep.fields.sampling_table import EDITS, SAMPLER
 
 DEFAULT_OUTPUT_DIR = "outputs"
 
@@ -43,9 +44,12 @@ def _generate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--dit", default=None, help="DiT folder name in the root (default: ACESTEP_CONFIG_PATH or turbo)"
     )
+    sampler = p.add_argument_group("sampler", "how the diffusion steps run")
+    edits = p.add_argument_group("edits", "cover, repaint, lego and flow-edit options")
+    groups = {spec.name: sampler for spec in SAMPLER} | {spec.name: edits for spec in EDITS}
     for spec in GENERATION:
         if spec.flag is not None:
-            p.add_argument(*spec.flag.names, dest=spec.target, **spec.flag.options)
+            groups.get(spec.name, p).add_argument(*spec.flag.names, dest=spec.target, **spec.flag.options)
     p.add_argument(
         "-o",
         "--output",

@@ -20,11 +20,18 @@ class Kind(StrEnum):
     CLASSES = "classes"  # track names, as a list, JSON text or a comma list
     KEEP_ALIVE = "keep_alive"  # a duration, 0 or -1 (acestep.tasks.parse_keep_alive)
     NAMES = "names"  # a name, a comma list or a JSON list (LoRA adapters and their scales)
+    MAPPING = "mapping"  # an object of named numbers, as JSON or JSON text (guidance_params)
 
 
 NUMERIC_KINDS = frozenset({Kind.INT, Kind.FLOAT, Kind.SEED, Kind.TIMESTEPS})
 # The JSON-schema type a form documents for each kind (OpenAPI bodies of routes that parse their own).
-_SCHEMA_TYPES = {Kind.INT: "integer", Kind.FLOAT: "number", Kind.BOOL: "boolean", Kind.SEED: "integer"}
+_SCHEMA_TYPES = {
+    Kind.INT: "integer",
+    Kind.FLOAT: "number",
+    Kind.BOOL: "boolean",
+    Kind.SEED: "integer",
+    Kind.MAPPING: "object",
+}
 
 
 class Group(StrEnum):

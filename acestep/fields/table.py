@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from acestep.fields.sampling_table import EDITS, SAMPLER
 from acestep.fields.spec import FieldSpec, Flag, Group, Kind
 from acestep.request import AUDIO_FORMATS, TIME_SIGNATURES, VOCAL_LANGUAGES, GenerationRequest
 from acestep.tasks import (
@@ -103,6 +104,7 @@ GENERATION = (
     _gen(
         "track_name",
         Kind.STR,
+        "trackName",
         flag=_flag(
             "--track-name",
             default=None,
@@ -116,6 +118,8 @@ GENERATION = (
         "track_classes",
         Kind.CLASSES,
         "complete_track_classes",
+        "trackClasses",
+        "instruments",
         flag=_flag(
             "--track-classes",
             default=None,
@@ -147,6 +151,7 @@ GENERATION = (
         "audio_code_string",
         Kind.STR,
         "audio_codes",
+        "audioCodeString",
         flag=_flag(
             "--audio-codes",
             default="",
@@ -274,6 +279,8 @@ GENERATION = (
         "audio_cover_strength",
         Kind.FLOAT,
         "audioCoverStrength",
+        "cover_strength",
+        "coverStrength",
         flag=_flag(
             "--cover-strength",
             type=float,
@@ -297,12 +304,14 @@ GENERATION = (
     _gen("instruction", Kind.STR),
     _gen("cfg_interval_start", Kind.FLOAT),
     _gen("cfg_interval_end", Kind.FLOAT),
-    _gen("timesteps", Kind.TIMESTEPS),
+    _gen("timesteps", Kind.TIMESTEPS, "custom_timesteps", "customTimesteps"),
     _gen("keep_alive", Kind.KEEP_ALIVE, "keepAlive"),
     _gen("enable_normalization", Kind.BOOL),
     _gen("normalization_db", Kind.FLOAT),
     _gen("lora", Kind.NAMES, "loras", "lora_name", "loraName"),
     _gen("lora_scale", Kind.NAMES, "loraScale", "lora_scales"),
+    *SAMPLER,  # the sampler's and the editing fields: acestep/fields/sampling_table.py
+    *EDITS,
 )
 # Switches that make a job need the LM (use_cot_* only when written as true: upstream defaults
 # them to true, and that default silently ran the LM - defect 5).
@@ -379,8 +388,6 @@ LM_KNOBS = (
 NO_EFFECT = (
     FieldSpec("use_tiled_decode", Kind.BOOL, Group.NO_EFFECT, ("useTiledDecode",)),
     FieldSpec("is_format_caption", Kind.BOOL, Group.NO_EFFECT, ("isFormatCaption",)),
-    FieldSpec("infer_method", Kind.STR, Group.NO_EFFECT, ("inferMethod",), max_chars=MAX_NAME_CHARS),
-    FieldSpec("use_adg", Kind.BOOL, Group.NO_EFFECT),
 )
 MODEL = FieldSpec(
     "model",

@@ -9,6 +9,7 @@ import json
 import math
 from typing import Any
 
+from acestep.errors import shown
 from acestep.fields.spec import FieldSpec, Kind
 from acestep.settings import FALSE_WORDS, TRUE_WORDS
 
@@ -33,7 +34,7 @@ def coerce(spec: FieldSpec, used: str, value: Any) -> Any:
     if spec.kind == Kind.FLOAT:
         return to_float(spec.name, label, value)
     if spec.kind == Kind.SEED:
-        return _to_seed(label, value)
+        return _to_seed(spec.name, label, value)
     if spec.kind == Kind.TIMESTEPS:
         return _to_timesteps(label, value)
     if spec.kind == Kind.CLASSES:
@@ -44,6 +45,12 @@ def coerce(spec: FieldSpec, used: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, str | int | float | list | tuple):
             raise ParamError(spec.name, f"{label} must be a string, a number or a list")
         return value
+    if spec.kind == Kind.MAPPING:  # GenerationRequest checks the names and the numbers
+        if isinstance(value, str):
+            value = _json(spec.name, label, value, "object")
+        if not isinstance(value, dict):
+            raise ParamError(spec.name, f"{label} must be an object (JSON), got {type(value).__name__}")
+        return value
     if spec.kind == Kind.KEEP_ALIVE:
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             raise ParamError(spec.name, f"{label} must be a duration such as 300, '5m', 0 or -1")
@@ -53,7 +60,8 @@ def coerce(spec: FieldSpec, used: str, value: Any) -> Any:
         raise ParamError(spec.name, f"{label} must be at most {spec.max_chars} characters, got {len(text)}")
     if spec.choices is not None:
         if text.strip().lower() not in spec.choices:
-            raise ParamError(spec.name, f"{label} must be one of {', '.join(spec.choices)}, got {text!r}")
+            allowed = ", ".join(spec.choices)
+            raise ParamError(spec.name, f"{label} must be one of {allowed}, got {shown(text)}")
         return text.strip().lower()
     return text
 
@@ -119,13 +127,17 @@ def _to_str(name: str, label: str, value: Any) -> str:
 
 
 def _json_list(name: str, label: str, text: str) -> Any:
+    return _json(name, label, text, "list")
+
+
+def _json(name: str, label: str, text: str, what: str) -> Any:
     try:
         return json.loads(text)
     except (ValueError, RecursionError):
-        raise ParamError(name, f"{label} is not a valid JSON list: {text!r}") from None
+        raise ParamError(name, f"{label} is not a valid JSON {what}: {shown(text)}") from None
 
 
-def _to_seed(label: str, value: Any) -> int | str:
+def _to_seed(name: str, label: str, value: Any) -> int | str:
     if isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(value, int) and not isinstance(value, bool):
@@ -133,9 +145,9 @@ def _to_seed(label: str, value: Any) -> int | str:
     if isinstance(value, str):
         return value.strip()
     if isinstance(value, list | tuple) and value:
-        return ",".join(str(to_int("seed", label, item)) for item in value)
+        return ",".join(str(to_int(name, label, item)) for item in value)
     raise ParamError(
-        "seed", f"{label} must be an integer or a comma-separated list of integers, got {value!r}"
+        name, f"{label} must be an integer or a comma-separated list of integers, got {shown(value)}"
     )
 
 

@@ -28,7 +28,6 @@ from acestep.jobs.waits import CallerGone
 from acestep.lora.selection import LoraSelection
 from acestep.memory.limits import MemoryLimitError
 from acestep.request import GenerationRequest
-from acestep.tasks import UNBUILT_TASKS
 from acestep.worker.job import Job, JobState
 
 POLL_S = 0.05
@@ -69,8 +68,6 @@ class JobService:
         cleanup = list(cleanup)
         try:
             self.require_lm(request, features, lm_only)
-            if request.task_type in UNBUILT_TASKS:  # accepted by validation, refused before queueing
-                raise Refusal(JobErrorKind.INPUT, UNBUILT_TASKS[request.task_type])
             # In a thread: a cluster's queue is Redis, which must not stall the event loop.
             return await anyio.to_thread.run_sync(
                 lambda: self.queue.submit(request, cleanup=cleanup, lm_only=lm_only, model=model)

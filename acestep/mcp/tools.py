@@ -33,6 +33,8 @@ from acestep.jobs.service import JobService, discard
 from acestep.jobs.uploads import UploadError, confine, sniff_audio
 from acestep.jobs.waits import CommandTimeout, run_command
 from acestep.request import ADAPTER_NAME_RE, GenerationRequest
+from acestep.request_edits import EditFields
+from acestep.request_sampling import SamplerFields
 from acestep.settings import current as current_settings
 from acestep.settings import value as setting_value
 from acestep.tasks import TRACK_NAMES, default_caption
@@ -58,6 +60,12 @@ class Backend(Protocol):
     uploads_dir: Path
     max_upload_bytes: int
     default_steps: int
+
+
+def _options(*groups: SamplerFields | EditFields | None) -> dict:
+    """The sampler and edit options a call sent (only those it set, so defaults stay the request's)."""
+    sent = [group.model_dump(exclude_unset=True) for group in groups if group is not None]
+    return {name: value for values in sent for name, value in values.items()}
 
 
 def _request(values: dict) -> GenerationRequest:
@@ -223,9 +231,11 @@ def _add_song_tool(server: FastMCP, backend: Backend, embed_bytes: int) -> None:
         use_cot_language: bool | None = None,
         lora: list[str] | None = None,
         lora_scale: list[float] | float | None = None,
+        sampling: SamplerFields | None = None,
         ctx: Context | None = None,
     ) -> list:
         """Generate music from a caption (and optional lyrics). Returns the files and their audio.
+        ``sampling``: the sampler, guidance, DCW, retake and output-shaping options (docs/api.md).
 
         ``thinking`` lets the 5 Hz LM plan the song first (bpm, key, time signature, duration, and
         the audio codes the DiT follows); ``use_cot_caption`` / ``use_cot_language`` (default true)
@@ -247,6 +257,7 @@ def _add_song_tool(server: FastMCP, backend: Backend, embed_bytes: int) -> None:
                 "lora": lora,
                 "lora_scale": lora_scale,
             }
+            | _options(sampling)
         )
         return await _run(backend, request, [], Delivery(embed_bytes, ctx))
 
@@ -265,10 +276,14 @@ def _add_lego_tool(server: FastMCP, backend: Backend, embed_bytes: int) -> None:
         audio_format: str = "wav",
         lora: list[str] | None = None,
         lora_scale: list[float] | float | None = None,
+        sampling: SamplerFields | None = None,
+        edits: EditFields | None = None,
         ctx: Context | None = None,
     ) -> list:
         """Generate a stem (e.g. vocals, drums) that fits the given track; as long as the track.
-        ``lora``/``lora_scale``: adapters from ``list_loras`` (an XL base model needs its lego LoRA)."""
+        ``lora``/``lora_scale``: adapters from ``list_loras`` (an XL base model needs its lego LoRA).
+        ``sampling``: sampler options as for generate_music; ``edits``: the repaint join options and
+        ``global_caption`` (the whole song, for stem checkpoints)."""
         track = track_type.strip().lower()
         if track not in TRACK_NAMES:
             raise ToolError(f"track_type must be one of {', '.join(TRACK_NAMES)}")
@@ -296,6 +311,7 @@ def _add_lego_tool(server: FastMCP, backend: Backend, embed_bytes: int) -> None:
                     "lora": lora,
                     "lora_scale": lora_scale,
                 }
+                | _options(sampling, edits)
             )
         except BaseException:
             discard(cleanup)

@@ -101,7 +101,9 @@ async def settle_inputs(generation: GenerationRequest, inputs: Inputs) -> tuple[
         if path is None:
             continue
         has_codes = bool(generation.audio_code_string.strip())
-        if target == "src_audio" and not source_used(generation.task_type, has_codes):
+        if target == "src_audio" and not source_used(
+            generation.task_type, has_codes, generation.flow_edit_morph
+        ):
             why = "audio_code_string is set" if has_codes else f"task {generation.task_type!r} has no source"
             warnings.append(f"{sent} ignored: {why}, so the audio was neither checked nor used")
             if generation.task_type not in SOURCE_TASKS:  # a source task keeps it: it is required

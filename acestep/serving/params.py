@@ -91,7 +91,8 @@ _FORMAT_NAMES = frozenset({"mp3", "flac", "wav", "wav32", "ogg", "opus", "aac"})
 
 
 def parse_release_params(raw: Mapping[str, Any]) -> ReleaseParams:
-    """Resolve aliases and lookup places, convert form strings, and refuse what cannot be honoured."""
+    """Resolve aliases and lookup places and convert form strings; a value that cannot be read is a
+    ParamError naming the field (``to_request`` then checks ranges and choices)."""
     if not isinstance(raw, Mapping):
         raise ParamError("body", "JSON payload must be an object")
     fmt = raw.get("format")
@@ -105,7 +106,6 @@ def parse_release_params(raw: Mapping[str, Any]) -> ReleaseParams:
         found = _lookup(places, spec)
         if found is not None:
             sent[spec.name] = coerce(spec, *found)
-    _refuse_unsupported(sent)
 
     fields = {spec.target: sent[spec.name] for spec in GENERATION if spec.target and spec.name in sent}
     features = _features(sent)
@@ -197,21 +197,6 @@ def _lookup(places: list[Mapping[str, Any]], spec: FieldSpec) -> tuple[str, Any]
                 continue
             return name, value
     return None
-
-
-def _refuse_unsupported(sent: dict[str, Any]) -> None:
-    """Parameters must do what they say: refuse what this version cannot do rather than drop it."""
-    method = sent.get("infer_method")
-    if method is not None:
-        method = method.strip().lower()
-        if method == "sde":
-            raise ParamError("infer_method", "infer_method 'sde' is not supported in this version; use 'ode'")
-        if method != "ode":
-            raise ParamError(
-                "infer_method", f"infer_method must be 'ode' (or 'sde', unsupported), got {method!r}"
-            )
-    if sent.get("use_adg") is True:
-        raise ParamError("use_adg", "use_adg (adaptive dual guidance) is not supported in this version")
 
 
 def _features(sent: dict[str, Any]) -> list[str]:

@@ -11,7 +11,7 @@ from acestep.jobs.queue import remove_paths
 from acestep.memory.keep_alive import KeepAlivePolicy
 from acestep.request import GenerationRequest
 from acestep.tasks import AUDIO_FORMATS, TRACK_NAMES, default_caption
-from acestep.ui import actions
+from acestep.ui import actions, sampling
 from acestep.ui import lora as lora_ui
 from acestep.ui.i18n import strings
 
@@ -138,15 +138,20 @@ def _generate_tab(state, text: dict, fmt) -> None:
         end = gr.Number(value=-1, label=text["region_end"])
         strength = gr.Slider(0, 1, value=1, step=0.05, label=text["cover_strength"])
     lm_controls = _lm_accordion(state, text)
+    sampling_controls = sampling.accordions(text)
     lora, lora_scale = lora_ui.controls(state, text, "gen")
     run = gr.Button(text["generate"], variant="primary", elem_id="gen-run")
     outputs = _outputs(text, "gen")
 
-    # The LoRA inputs come last: Gradio API clients that send the earlier inputs keep working.
+    # The LoRA inputs, then the sampler and edit inputs, come last: Gradio API clients that send
+    # the earlier inputs keep working.
     async def generate(task, duration, seed, batch, steps, caption, lyrics, source, start, end, strength, fmt,
                        *extra, progress=gr.Progress()):  # fmt: skip
-        lm, (lora, lora_scale) = extra[: len(LM_FIELDS)], (list(extra[len(LM_FIELDS) :]) + [None, 1.0])[:2]
-        cleanup = [await actions.stage_upload(state, source, text)] if task != "text2music" else []
+        lm, rest = extra[: len(LM_FIELDS)], list(extra[len(LM_FIELDS) :])
+        lora, lora_scale = (rest[:2] + [None, 1.0][len(rest[:2]) :])[:2]
+        options = sampling.request_values(rest[2:])  # flow edit changes the source, on text2music too
+        staged = task != "text2music" or options.get("flow_edit_morph")
+        cleanup = [await actions.stage_upload(state, source, text)] if staged else []
         # Until follow() queues the job, any refusal removes the staged copy (then the job's end does).
         try:
             values = {
@@ -162,6 +167,7 @@ def _generate_tab(state, text: dict, fmt) -> None:
             }
             values |= dict(zip(LM_FIELDS, lm, strict=True))  # without an LM, follow() refuses what needs it
             values |= lora_ui.request_values(lora, lora_scale)
+            values |= options
             if task == "repaint":
                 values |= {"repainting_start": start, "repainting_end": end}
             if task == "cover":
@@ -174,7 +180,7 @@ def _generate_tab(state, text: dict, fmt) -> None:
             yield update
 
     inputs = [task, duration, seed, batch, steps, caption, lyrics, source, start, end, strength, fmt]
-    inputs += [*lm_controls, lora, lora_scale]
+    inputs += [*lm_controls, lora, lora_scale, *sampling_controls]
     run.click(generate, inputs, outputs, concurrency_limit=None)
     return lora
 
@@ -187,6 +193,7 @@ def _lego_tab(state, text: dict, fmt) -> None:
             bpm = gr.Number(value=120, precision=0, label=text["bpm"], elem_id="lego-bpm")
             key = gr.Textbox(label=text["key"], elem_id="lego-key")
     caption = gr.Textbox(value=default_caption("vocals"), label=text["caption"], elem_id="lego-caption")
+    global_caption = gr.Textbox(label=text["global_caption"], elem_id="lego-global-caption")
     with gr.Row():
         batch = gr.Slider(1, 2, value=1, step=1, label=text["batch"], elem_id="lego-batch")
         seed = gr.Number(value=-1, precision=0, label=text["seed"], elem_id="lego-seed")
@@ -197,7 +204,7 @@ def _lego_tab(state, text: dict, fmt) -> None:
     track.change(default_caption, track, caption)  # a caption preset per track
 
     async def lego(source, track, bpm, key, caption, batch, seed, steps, fmt, lora, lora_scale,
-                   progress=gr.Progress()):  # fmt: skip
+                   global_caption="", progress=gr.Progress()):  # fmt: skip
         staged = await actions.stage_upload(state, source, text)
         try:  # until follow() queues the job, any refusal removes the staged copy
             values = {
@@ -211,6 +218,7 @@ def _lego_tab(state, text: dict, fmt) -> None:
                 "seed": int(seed),
                 "inference_steps": _steps(steps, state.variant.default_steps),
                 "audio_format": fmt,
+                "global_caption": (global_caption or "").strip() or None,
             } | lora_ui.request_values(lora, lora_scale)
             request = actions._request(values)
         except BaseException:
@@ -219,7 +227,7 @@ def _lego_tab(state, text: dict, fmt) -> None:
         async for update in actions.follow(state, request, [staged], text, progress):
             yield update
 
-    inputs = [source, track, bpm, key, caption, batch, seed, steps, fmt, lora, lora_scale]
+    inputs = [source, track, bpm, key, caption, batch, seed, steps, fmt, lora, lora_scale, global_caption]
     run.click(lego, inputs, outputs, concurrency_limit=None)
     return lora
 
