@@ -9,7 +9,7 @@ directly on the GPU with random initialisation, then times what dominates a gene
   doubled), plus the VAE encode of the 120 s source;
 - the VAE decode of each result through ``acestep.engine.codec.AudioCodec`` (tiled, bounded).
 
-The DiT loop is ``acestep.engine.sampler.denoise``, the one the engine runs, with the schedule,
+The DiT loop is ``acestep.engine.sampling.denoise``, the one the engine runs, with the schedule,
 shift and guidance the engine derives from ``GenerationRequest`` defaults (shift 3.0; base: APG at
 scale 7.0 over the whole trajectory). Conditioning is random at realistic lengths (128 caption and
 512 lyric tokens, the 750-frame timbre input); steps are timed with a CUDA synchronise after each.
@@ -41,7 +41,7 @@ from acestep import GenerationRequest
 from acestep.checkpoints import convert, detect_variant
 from acestep.checkpoints.loading import DIT_CLASSES
 from acestep.engine.codec import AudioCodec
-from acestep.engine.sampler import Condition, Guidance, denoise
+from acestep.engine.sampling import Condition, Guidance, SamplerSettings, denoise
 from acestep.engine.schedules import build_schedule
 from acestep.engine.seeds import generators, item_noise
 from acestep.memory.precision import default_dtype
@@ -216,6 +216,7 @@ def run_dit_case(name: str, spec: dict, args, device: torch.device, dtype: torch
             null_embedding=encoder.null_condition_emb,
         )
     schedule, _ = build_schedule(variant, request.inference_steps, request.shift, request.timesteps)
+    settings, _ = SamplerSettings.resolve(request, variant)  # the variant's defaults (DCW on turbo)
     noise = item_noise(generators([42], device), (frames, latent_dim), device, dtype)
     step_ends: list[float] = []
 
@@ -226,7 +227,7 @@ def run_dit_case(name: str, spec: dict, args, device: torch.device, dtype: torch
     def loop(steps_schedule=schedule):
         step_ends.clear()
         step_ends.append(time.perf_counter())
-        return denoise(transformer, noise, steps_schedule, cond, guidance, None, on_step=on_step)
+        return denoise(transformer, noise, steps_schedule, cond, settings, guidance, on_step=on_step)
 
     _sync()
     cold_started = time.perf_counter()

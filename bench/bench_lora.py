@@ -31,7 +31,7 @@ from _common import git_commit, write_report
 from bench_gpu_real_config import REAL_2B, build_dit
 from safetensors.torch import save_file
 
-from acestep.engine.sampler import Condition, denoise
+from acestep.engine.sampling import Condition, denoise
 from acestep.lora.adapters import Adapters
 
 REPO = Path(__file__).resolve().parent.parent
@@ -91,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     schedule = [1.0 - i / args.steps for i in range(args.steps)]
 
     def denoise_s() -> tuple[float, torch.Tensor]:
-        runs = [timed(lambda: denoise(transformer, noise, schedule, condition, None, None), device)]
-        runs += [timed(lambda: denoise(transformer, noise, schedule, condition, None, None), device)
+        runs = [timed(lambda: denoise(transformer, noise, schedule, condition), device)]
+        runs += [timed(lambda: denoise(transformer, noise, schedule, condition), device)
                  for _ in range(args.repeats - 1)]  # fmt: skip
         return statistics.median(t for t, _ in runs), runs[-1][1]
 
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             write_adapter(transformer, path, args.rank, 2.0 * args.rank, index)
         size = (Path(folder) / "style_a.safetensors").stat().st_size
         adapters = Adapters(transformer, "turbo", directory=folder, fuse=False)
-        denoise(transformer, noise, schedule[:1], condition, None, None)  # warm-up
+        denoise(transformer, noise, schedule[:1], condition)  # warm-up
         base_s, base = denoise_s()
         load_s, _ = timed(lambda: adapters.load(["style_a", "style_b"]), device)
         adapter_bytes = adapters.loaded["style_a"].nbytes

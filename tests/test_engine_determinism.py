@@ -8,9 +8,11 @@ from _util import generate
 
 from acestep import AceStep
 
-# Across batch sizes float32 matrix products are blocked differently, so items agree to ~5e-5 rather
-# than bit for bit; 2e-4 on audio peaking at 0.891 is -74 dBFS. The same batch is bit-identical.
-BATCH_TOLERANCE = 2e-4
+# Across batch sizes float32 matrix products are blocked differently, so items agree to within
+# rounding rather than bit for bit: measured up to 2.1e-4 (base lego with guidance and the auto chunk
+# mask; 1.7e-4 with an explicit mask). 5e-4 on audio peaking at 0.891 is -66 dBFS. The same batch is
+# bit-identical.
+BATCH_TOLERANCE = 5e-4
 
 
 def test_two_runs_are_bit_identical(engine_upstream_base, source_wav, tmp_path):

@@ -11,9 +11,9 @@ import soundfile as sf
 import torch
 from _util import TransformerSpy, generate
 
-import acestep.engine.sampler as sampler
+import acestep.engine.sampling.guidance as guidance_module
 from acestep.engine.audio_io import AudioInputError, load_audio
-from acestep.engine.schedules import turbo_table
+from acestep.engine.schedules import turbo_schedule
 from acestep.memory.limits import MemoryLimitError
 from acestep.testing import TINY_LATENT_DIM, TINY_SILENCE_FRAMES, synthetic_audio
 
@@ -44,7 +44,7 @@ def test_every_task_writes_48k_stereo(engine_diffusers_base, source_wav, tmp_pat
     assert set(result.timings) >= {"audio_encode", "text_encode", "dit", "vae_decode", "total"}
 
 
-def test_turbo_runs_its_fixed_eight_step_table(engine_upstream_turbo, tmp_path):
+def test_turbo_runs_the_requested_steps_with_the_exact_shift(engine_upstream_turbo, tmp_path):
     with TransformerSpy(engine_upstream_turbo) as spy:
         result, _ = generate(
             engine_upstream_turbo,
@@ -57,8 +57,8 @@ def test_turbo_runs_its_fixed_eight_step_table(engine_upstream_turbo, tmp_path):
             shift=2.5,
         )
     seen = [float(call["timestep"][0]) for call in spy.calls]
-    assert seen == pytest.approx(turbo_table(2.0))  # 2.5 snaps down to 2
-    assert any("8 steps" in w for w in result.warnings)
+    assert seen == pytest.approx(turbo_schedule(20, 2.5), abs=1e-6)  # at most 20 steps, shift 2.5 as sent
+    assert any("at most 20" in w for w in result.warnings)
     assert all(call["context_latents"].shape[0] == 1 for call in spy.calls)  # no CFG on turbo
 
 
@@ -66,7 +66,13 @@ def test_text2music_context_is_tiled_silence_for_long_targets(engine_upstream_tu
     seconds = 20.0  # 500 frames > the tiny silence latent's 400
     with TransformerSpy(engine_upstream_turbo) as spy:
         _, audio = generate(
-            engine_upstream_turbo, tmp_path, caption="x", audio_duration=seconds, seed=1, batch_size=1
+            engine_upstream_turbo,
+            tmp_path,
+            caption="x",
+            audio_duration=seconds,
+            chunk_mask_mode="explicit",
+            seed=1,
+            batch_size=1,
         )
     context = spy.calls[0]["context_latents"][0]
     silence = engine_upstream_turbo.silence_latent[0]
@@ -88,13 +94,13 @@ def test_short_request_is_padded_to_128_frames_but_returned_at_its_length(engine
 
 def test_cfg_interval_uses_the_raw_timestep(engine_upstream_base, source_wav, tmp_path, monkeypatch):
     guided_at = []
-    real = sampler.normalized_guidance
+    real = guidance_module.normalized_guidance
 
     def spy(**kwargs):
         guided_at.append(True)
         return real(**kwargs)
 
-    monkeypatch.setattr(sampler, "normalized_guidance", spy)
+    monkeypatch.setattr(guidance_module, "normalized_guidance", spy)
     with TransformerSpy(engine_upstream_base) as calls:
         generate(
             engine_upstream_base,
@@ -239,6 +245,7 @@ def test_complete_keeps_the_full_source_and_mask(engine_upstream_base, source_wa
             task_type="complete",
             track_classes=["drums", "bass"],
             src_audio=source_wav,
+            chunk_mask_mode="explicit",
             seed=1,
             batch_size=1,
             inference_steps=2,

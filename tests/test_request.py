@@ -390,13 +390,18 @@ def test_turbo_valid_timesteps_are_the_table_values() -> None:
     assert [round(v, 15) for v in TURBO_VALID_TIMESTEPS] == union
 
 
-def test_turbo_schedule_ignores_steps_and_snaps_shift() -> None:
+def test_turbo_schedule_honours_steps_and_the_exact_shift() -> None:
+    """Upstream's newest turbo loop: 1 - i/n for n = inference_steps (at most 20), shifted by the
+    exact shift; eight steps at shift 1, 2 or 3 are the fixed tables (patches/0006)."""
     schedule, notes = build_schedule(TURBO, 30, 2.5, None)
-    assert schedule == pytest.approx(SPEC_TURBO_TABLES[2.0], abs=1e-12)
-    assert any("30" in note and "8 steps" in note for note in notes)
-    assert any("2.5" in note and "snapped" in note for note in notes)
-    schedule, notes = build_schedule(TURBO, 8, 3.0, None)
-    assert schedule == pytest.approx(SPEC_TURBO_TABLES[3.0], abs=1e-12) and notes == []
+    assert schedule == pytest.approx(
+        [2.5 * t / (1 + 1.5 * t) for t in (1 - i / 20 for i in range(20))], abs=1e-12
+    )
+    assert any("at most 20" in note and "30" in note for note in notes)
+    for shift in (1.0, 2.0, 3.0):
+        schedule, notes = build_schedule(TURBO, 8, shift, None)
+        assert schedule == pytest.approx(SPEC_TURBO_TABLES[shift], abs=1e-12) and notes == []
+    assert len(build_schedule(TURBO, 4, 3.0, None)[0]) == 4
 
 
 def test_turbo_custom_timesteps_snapped() -> None:
@@ -418,20 +423,22 @@ def test_turbo_all_zero_custom_timesteps_fall_back() -> None:
 def test_base_linear_schedule() -> None:
     schedule, notes = build_schedule(BASE, 4, 1.0, None)
     assert schedule == pytest.approx([1.0, 0.75, 0.5, 0.25], abs=1e-12) and notes == []
-    assert linear_schedule(10, 1.0) == pytest.approx([1.0 - i / 10 for i in range(10)], abs=1e-12)
+    # Built on a float32 tensor, as upstream: within float32's rounding of the exact values.
+    assert linear_schedule(10, 1.0) == pytest.approx([1.0 - i / 10 for i in range(10)], abs=1e-7)
 
 
 def test_base_shifted_schedule() -> None:
     schedule, _ = build_schedule(BASE, 4, 3.0, None)
     expected = [3 * t / (1 + 2 * t) for t in (1.0, 0.75, 0.5, 0.25)]
-    assert schedule == pytest.approx(expected, abs=1e-12)
+    assert schedule == pytest.approx(expected, abs=1e-7)
     assert schedule[0] == 1.0
 
 
-def test_base_ignores_custom_timesteps() -> None:
-    schedule, notes = build_schedule(BASE, 4, 1.0, [0.9, 0.5, 0.0])
-    assert schedule == pytest.approx([1.0, 0.75, 0.5, 0.25], abs=1e-12)
-    assert any("ignore custom timesteps" in note for note in notes)
+def test_base_uses_custom_timesteps_and_ends_at_zero() -> None:
+    """Upstream's newest base loop takes the list as given; one that does not end at 0 gains a
+    final 0 here, so its last value is evaluated too (patches/0050)."""
+    assert build_schedule(BASE, 4, 1.0, [0.9, 0.5, 0.0]) == ([0.9, 0.5], [])
+    assert build_schedule(BASE, 4, 1.0, [0.9, 0.5]) == ([0.9, 0.5], [])
 
 
 def test_sft_uses_custom_timesteps_verbatim() -> None:

@@ -1,10 +1,14 @@
 """What the DiT is conditioned on, per task: context latents, chunk mask and target length.
 
 The DiT input is ``[src_latents (C), chunk_mask (C), noisy latents (C)]``; mask 1 means
-"generate here", 0 "keep / condition here". Rules per task (docs/tasks.md; patches/0001, 0012):
+"generate here", 0 "keep / condition here", and 2 (``chunk_mask_mode`` auto, the default, as
+upstream) on every frame "the model decides". The rules below are the explicit masks
+(docs/tasks.md; patches/0001, 0012):
 
 - text2music: silence-latent context, mask all 1.
 - cover: the source's FSQ round trip (or decoded audio codes), mask all 1.
+- cover-nofsq: the source's raw VAE latents (no FSQ round trip), mask all 1; audio codes make it
+  a cover of the codes, as upstream.
 - repaint: the (outpaint-padded) source with its window silenced, mask 1 on the window.
 - **lego**: the full, unsilenced source everywhere; mask 1 on the whole source by default, or
   on an explicit window only. Padding beyond the source holds silence and mask 0 (patches/0001).
@@ -21,6 +25,7 @@ import torch
 
 from acestep.engine.audio_io import SAMPLE_RATE, frames_for_seconds, is_silent, seconds_to_frame
 from acestep.engine.codec import HOP, AudioCodec, pad_with, tile_frames
+from acestep.engine.repaint import RepaintSettings, settings_for_request
 from acestep.request import GenerationRequest
 from acestep.tasks import AUTO_DURATION_S, build_instruction, with_colon
 
@@ -30,6 +35,7 @@ REFERENCE_WINDOW_SECONDS = 10
 REFERENCE_FRAMES = 750
 CODE_RE = re.compile(r"<\|audio_code_(\d+)\|>")
 FRAMES_PER_CODE = 5
+AUTO_CHUNK_MASK = 2.0  # chunk_mask_mode auto: the value that tells the DiT to decide itself
 
 
 class ConditioningError(ValueError):
@@ -45,16 +51,32 @@ class TaskPlan:
     frames: int  # DiT sequence length (>= MIN_FRAMES)
     target_samples: int  # samples of the returned audio
     src_latents: torch.Tensor  # [1, frames, C]
-    chunk_mask: torch.Tensor  # [1, frames] 0/1
+    chunk_mask: torch.Tensor  # [1, frames] float: 0/1 (explicit) or AUTO_CHUNK_MASK (auto)
     is_cover: bool
     metas_duration_s: float | None
     window: tuple[int, int] | None = None  # lego: explicit generation window in frames
     notes: list[str] = field(default_factory=list)
+    # The source's VAE latents, never silenced, padded to ``frames`` (every source task; lego: the
+    # context itself). Repaint re-imposes them outside its window.
+    clean_latents: torch.Tensor | None = None
+    # Upstream's context before cover's FSQ swap where it differs from src_latents (cover: the raw
+    # source; audio codes: silence): what cover_noise_strength noises.
+    pre_fsq_latents: torch.Tensor | None = None
+    # Repaint only: [1, frames] bool, True = generate; its settings; the outpaint-padded source
+    # waveform [2, samples] and the window in its samples, for the splice after decoding.
+    repaint_mask: torch.Tensor | None = None
+    repaint: RepaintSettings | None = None
+    source_wav: torch.Tensor | None = None
+    window_samples: tuple[int, int] | None = None
 
     def context(self) -> torch.Tensor:
         """[1, frames, 2C]: source latents then the mask repeated over the channels."""
         mask = self.chunk_mask.unsqueeze(-1).expand_as(self.src_latents).to(self.src_latents)
         return torch.cat([self.src_latents, mask], dim=-1)
+
+    def cover_noise_latents(self) -> torch.Tensor:
+        """What ``cover_noise_strength`` noises toward: upstream's context before the FSQ swap."""
+        return self.pre_fsq_latents if self.pre_fsq_latents is not None else self.src_latents
 
 
 def parse_audio_codes(text: str, codebook_size: int) -> list[int]:
@@ -137,13 +159,15 @@ def plan_from_codes(request: GenerationRequest, hints: torch.Tensor, silence: to
         is_cover=True,
         metas_duration_s=target * HOP / SAMPLE_RATE,
         notes=notes,
+        pre_fsq_latents=tile_frames(silence, frames),
     )
 
 
 def plan_from_source(
     request: GenerationRequest, codec: AudioCodec, wav: torch.Tensor, silence: torch.Tensor, dtype, fsq=None
 ) -> TaskPlan:
-    """Plans for every task that conditions on source audio (repaint, cover, lego, extract, complete)."""
+    """Plans for every task that conditions on source audio (repaint, cover, cover-nofsq, lego,
+    extract, complete), and for a flow edit of text2music (which edits the source)."""
     task = request.effective_task
     source_seconds = wav.shape[-1] / SAMPLE_RATE
     if task == "repaint":
@@ -171,10 +195,14 @@ def plan_from_source(
         chunk_mask=torch.ones(1, frames, device=device),
         is_cover=False,
         metas_duration_s=source_seconds,
+        clean_latents=src,
     )
     if task == "cover":
+        plan.pre_fsq_latents = src
         plan.src_latents = fsq(src)
         plan.is_cover = True
+    elif task == "text2music":  # a flow edit: text2music's silence context, the source to edit
+        plan.src_latents = tile_frames(silence, frames)
     elif task == "lego":
         start, end = _lego_window(request, source_frames)
         plan.chunk_mask = _mask(frames, start, end, device)
@@ -212,9 +240,8 @@ def _plan_repaint(request, codec, wav, silence, dtype, source_seconds) -> TaskPl
     start = min(max(int((start_s + left) * SAMPLE_RATE // HOP), 0), frames - 1)
     end = min(max(int((end_s + left) * SAMPLE_RATE // HOP), start + 1), frames)
     mask = _mask(frames, start, end, silence.device)
-    src = torch.where(
-        mask.unsqueeze(-1) > 0, tile_frames(silence, frames), pad_with(latents, silence, frames)
-    )
+    clean = pad_with(latents, silence, frames)
+    src = torch.where(mask.unsqueeze(-1) > 0, tile_frames(silence, frames), clean)
     return TaskPlan(
         task="repaint",
         instruction=_instruction(request),
@@ -224,6 +251,11 @@ def _plan_repaint(request, codec, wav, silence, dtype, source_seconds) -> TaskPl
         chunk_mask=mask,
         is_cover=False,
         metas_duration_s=source_seconds,
+        clean_latents=clean,
+        repaint_mask=mask > 0,
+        repaint=settings_for_request(request),
+        source_wav=padded,
+        window_samples=(int((start_s + left) * SAMPLE_RATE), int((end_s + left) * SAMPLE_RATE)),
     )
 
 
@@ -267,7 +299,20 @@ def plan_task(
     dtype: torch.dtype,
 ) -> TaskPlan:
     """The plan of any task: from the LM's per-item codes, a request's own codes, the source audio
-    (VAE-encoded, FSQ round trip where the task wants it) or nothing (text2music)."""
+    (VAE-encoded, FSQ round trip where the task wants it) or nothing (text2music); its chunk mask
+    as ``chunk_mask_mode`` says."""
+    plan = _plan_any(request, comps, codec, source, item_codes, silence, dtype)
+    plan.chunk_mask = chunk_mask_for_mode(plan.chunk_mask, request.chunk_mask_mode)
+    return plan
+
+
+def chunk_mask_for_mode(mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """explicit: the 0/1 mask as planned; auto: AUTO_CHUNK_MASK on every frame, as upstream (for
+    every task; a repaint window still silences the context and bounds the injection)."""
+    return torch.full_like(mask, AUTO_CHUNK_MASK) if mode == "auto" else mask
+
+
+def _plan_any(request, comps, codec, source, item_codes, silence, dtype) -> TaskPlan:
     if item_codes:
         # The LM wrote one code string per item, all of the same length (the target duration).
         plans = [

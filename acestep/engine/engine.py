@@ -7,7 +7,6 @@ load the audio inputs, plan the task's conditioning, encode text, sample, decode
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -16,28 +15,28 @@ from loguru import logger
 from acestep.checkpoints import CheckpointPaths, Components, load_components, resolve
 from acestep.checkpoints.lm_folders import LmNotAvailable, find_lm_folder
 from acestep.checkpoints.task_support import require_task
-from acestep.engine import audio_io, conditioning
-from acestep.engine.audio_limits import shortest_source
+from acestep.engine import audio_io, conditioning, repaint, shaping
+from acestep.engine.audio_inputs import load_inputs
 from acestep.engine.codec import AudioCodec
+from acestep.engine.diffusion import Diffusion, Sampled, sample
 from acestep.engine.fast_dit import DitRunner, compiled_decoder, fast_mode
 from acestep.engine.lm_stage import LmStage
 from acestep.engine.output import GenerationError as GenerationError  # re-exported: a public name
-from acestep.engine.output import check_latents, fit_length, save_items
-from acestep.engine.prompts import caption_prompt, encode_text, lyric_prompt, metas_string
-from acestep.engine.sampler import Condition, Guidance, denoise
+from acestep.engine.output import check_latents, fit_length, result_metas, save_items
+from acestep.engine.prompts import caption_prompt, dit_caption, encode_text, lyric_prompt, metas_string
+from acestep.engine.sampling import Condition, Guidance, SamplerSettings
 from acestep.engine.schedules import build_schedule
-from acestep.engine.seeds import generators, item_noise, resolve_seeds
+from acestep.engine.seeds import resolve_seeds
+from acestep.engine.stage_clock import ProgressCallback, StageClock
 from acestep.lora.adapters import Adapters
 from acestep.memory.devices import apply_vram_cap, resolve_device, total_gib
 from acestep.memory.limits import Limits
 from acestep.memory.mixed import use_rope_mode
 from acestep.memory.precision import PrecisionPlan, apply_attention, precision_plan
-from acestep.memory.residency import Place, Residency, ResidencyPlan, plan_for, resident_plan
+from acestep.memory.residency import Place, Residency, ResidencyPlan, plan_for_dit, resident_plan
 from acestep.request import GenerationRequest
 from acestep.result import GenerationResult
-from acestep.tasks import MAX_DURATION_S, UNBUILT_TASKS, source_used
-
-ProgressCallback = Callable[[str, float], None]
+from acestep.tasks import COVER_TASKS, MAX_DURATION_S, flow_edit_applies
 
 
 class AceStep:
@@ -117,7 +116,8 @@ class AceStep:
         limits = limits or Limits.for_gpu(total_gib(target))
         if limits.simulated:
             apply_vram_cap(target, limits.gib)
-        plan = plan or plan_for(limits, str(target))
+        # Before any weight is read: an XL DiT is refused where it does not fit, or offloaded more.
+        limits, plan = plan_for_dit(limits, str(target), paths.dit_name, paths.variant.is_xl, plan)
         started = time.perf_counter()
         # Weights land on the CPU first; the plan then moves to the GPU what stays there.
         components = load_components(paths, torch.device("cpu"), precision)
@@ -163,9 +163,12 @@ class AceStep:
     def check(self, request: GenerationRequest) -> None:
         """Model-dependent checks, before any tensor is allocated."""
         task = request.effective_task
-        if task in UNBUILT_TASKS:
-            raise ValueError(UNBUILT_TASKS[task])
         require_task(self.paths, task)
+        if flow_edit_applies(task, request.flow_edit_morph) and self.variant.is_turbo:
+            raise ValueError(
+                f"flow_edit_morph needs a base or SFT model (it edits with guidance); {self.paths.dit_name} "
+                "is turbo"
+            )
         self.adapters.check(request.adapters)
         self.lm.require(request)
         if request.uses_lm and self.limits is not None:
@@ -191,22 +194,24 @@ class AceStep:
         """Generate audio files into ``output_dir``; ``lm_only`` stops after the LM and returns its
         completed inputs (caption, lyrics, metadata) with no audio (``/format_input``)."""
         self.check_inputs(request, lm_only)
-        run = _Run(progress)
+        run = StageClock(progress)
         seeds = resolve_seeds(request.seed, request.batch_size, request.wants_random_seed)
         request, song = self._think(request, seeds, run)
         if lm_only:
             return self._lm_result(request, song, run.timings)
         self._attach_adapters(request, run)
-        source, reference = self._load_audio(request, run)
+        source, reference = load_inputs(request)
+        run.lap("load_audio")
         plan, refer = self._encode_audio(request, source, reference, song, run)
         schedule, warnings = self._schedule(request, plan, song)
-        condition, switch, guidance = self._encode_text(request, plan, refer, len(schedule), run)
-        latents = self._denoise(seeds, plan, schedule, condition, guidance, switch, run)
-        audio = self._decode(latents, plan, run)
+        diffusion = self._encode_text(request, plan, refer, run)
+        warnings += diffusion.notes
+        sampled = self._denoise(request, seeds, plan, schedule, diffusion, run)
+        audio = self._decode(request, sampled.latents, plan, run)
         run.report("save", 0.0)
         items = save_items(request, audio, seeds, plan, output_dir, self.paths.dit_name)
         run.lap("save")
-        return self._result(request, items, plan, schedule, song, warnings, run)
+        return self._result(request, items, plan, sampled, song, warnings, run)
 
     def check_inputs(self, request: GenerationRequest, lm_only: bool = False) -> None:
         """Everything that can refuse a request, before any tensor is allocated."""
@@ -216,7 +221,7 @@ class AceStep:
         if self.limits is not None:
             self.limits.check(request, uses_lm=request.uses_lm)
 
-    def _attach_adapters(self, request: GenerationRequest, run: _Run) -> None:
+    def _attach_adapters(self, request: GenerationRequest, run: StageClock) -> None:
         """The request's LoRA adapters into the DiT; captured graphs of another set are dropped."""
         if self.adapters.apply(request.adapters):
             run.lap("lora")
@@ -224,24 +229,7 @@ class AceStep:
             self.dit.reset()  # captured graphs ran another adapter set (or freed adapter weights)
             self._adapters_seen = self.adapters.version
 
-    def _load_audio(
-        self, request: GenerationRequest, run: _Run
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """The source and reference audio the task uses (48 kHz stereo). A silent reference is
-        refused (it has no timbre to give); a silent source is silence context, as upstream: lego
-        on it writes a first track (docs/tasks.md)."""
-        uses_source = request.src_audio and source_used(
-            request.task_type, bool(request.audio_code_string.strip())
-        )
-        shortest = shortest_source(request.task_type, request.repainting_end)
-        source = audio_io.load_audio(request.src_audio, min_seconds=shortest) if uses_source else None
-        reference = audio_io.load_audio(request.reference_audio) if request.reference_audio else None
-        if reference is not None and audio_io.is_silent(reference):
-            raise audio_io.AudioInputError("reference audio is silent")
-        run.lap("load_audio")
-        return source, reference
-
-    def _encode_audio(self, request, source, reference, song, run: _Run):
+    def _encode_audio(self, request, source, reference, song, run: StageClock):
         """The task's conditioning plan (VAE-encoded source or LM codes) and the timbre latents."""
         run.report("conditioning", 0.0)
         needs_codec = (
@@ -266,61 +254,80 @@ class AceStep:
     def _schedule(self, request: GenerationRequest, plan: conditioning.TaskPlan, song):
         """The timesteps, and every note the plan, the schedule and the LM left for the result."""
         schedule, notes = build_schedule(
-            self.variant, request.inference_steps, request.shift, request.timesteps
+            self.variant, request.inference_steps, request.shift, request.timesteps, self.dtype
         )
-        warnings = plan.notes + notes + (song.notes if song else [])
+        warnings = plan.notes + notes + (song.notes if song else []) + request.field_notes
+        if request.global_caption.strip() and not self.variant.is_lego_sft:
+            warnings.append(f"global_caption: no effect on {self.paths.dit_name} (not a stem SFT checkpoint)")
         for note in warnings:
             logger.info(note)
         return schedule, warnings
 
-    def _encode_text(self, request, plan: conditioning.TaskPlan, refer, steps: int, run: _Run):
-        """The condition (and a cover's late switch to the non-cover condition) and guidance."""
+    def _encode_text(self, request, plan: conditioning.TaskPlan, refer, run: StageClock) -> Diffusion:
+        """The condition sets (a cover's late non-cover one too), guidance and sampler settings."""
         metas = metas_string(request.bpm, request.time_signature, request.key_scale, plan.metas_duration_s)
-        condition = self._condition(request, plan, metas, refer)
-        switch = None
-        if plan.is_cover and request.audio_cover_strength < 1.0:
+        flow_edit = flow_edit_applies(plan.task, request.flow_edit_morph)
+        settings, notes = SamplerSettings.resolve(request, self.variant, flow_edit)
+        diffusion = Diffusion(settings, self._condition(request, plan, metas, refer), notes=notes)
+        if flow_edit:  # the source's own caption and lyrics, in the same prompt format
+            source_text = {
+                "caption": request.flow_edit_source_caption,
+                "lyrics": request.flow_edit_source_lyrics,
+            }
+            source_request = request.model_copy(update=source_text)
+            diffusion.source_condition = self._condition(source_request, plan, metas, refer)
+        elif (plan.is_cover or plan.task in COVER_TASKS) and request.audio_cover_strength < 1.0:
             alt_plan = conditioning.non_cover_plan(plan, self.silence_latent)
-            late = int(steps * request.audio_cover_strength)
-            switch = (late, self._condition(request, alt_plan, metas, refer))
-        guidance = None
+            diffusion.late_condition = self._condition(request, alt_plan, metas, refer, stem_block=False)
         if self.variant.uses_guidance and request.guidance_scale > 1.0:
-            guidance = Guidance(
+            diffusion.guidance = Guidance(
                 scale=request.guidance_scale,
                 interval=(request.cfg_interval_start, request.cfg_interval_end),
                 null_embedding=self._null_embedding,
+                variant=request.guidance,
+                params=dict(request.guidance_params or {}),
             )
         run.lap("text_encode")
-        return condition, switch, guidance
+        return diffusion
 
-    def _denoise(self, seeds, plan, schedule, condition, guidance, switch, run: _Run) -> torch.Tensor:
-        """Seeded noise through the DiT's sampling loop."""
-        noise = item_noise(
-            generators(seeds, self.device), (plan.frames, self.codec.latent_dim), self.device, self.dtype
-        )
+    def _denoise(self, request, seeds, plan, schedule, diffusion: Diffusion, run: StageClock) -> Sampled:
+        """Seeded noise through the DiT's sampling loop (``engine/diffusion.py``)."""
         with self.residency.use("dit"):
-            latents = denoise(
+            sampled = sample(
                 self.dit,
-                noise,
+                request,
+                plan,
                 schedule,
-                condition,
-                guidance,
-                switch,
+                diffusion,
+                seeds,
+                self.codec.latent_dim,
+                self.device,
+                self.dtype,
                 on_step=lambda done, total: run.report("diffusion", done / total),
             )
-        check_latents(latents, self.precision.name)
+        check_latents(sampled.latents, self.precision.name)
         run.lap("dit")
-        return latents
+        return sampled
 
-    def _decode(self, latents: torch.Tensor, plan: conditioning.TaskPlan, run: _Run) -> torch.Tensor:
-        """Latents to audio at the planned length, kept below clipping."""
+    def _decode(
+        self, request, latents: torch.Tensor, plan: conditioning.TaskPlan, run: StageClock
+    ) -> torch.Tensor:
+        """Shaped latents to audio at the planned length, kept below clipping; repaint splices the
+        source back outside its window."""
         run.report("decode", 0.0)
+        latents = shaping.shape_latents(latents, request.latent_shift, request.latent_rescale)
         with self.residency.use("vae"):
             audio = self.codec.decode(latents)
         audio = audio_io.anti_clip(fit_length(audio, plan))
+        if plan.repaint is not None and plan.repaint.splice and plan.source_wav is not None:
+            seconds = plan.repaint.wav_crossfade_s
+            audio = repaint.splice_waveform(audio, plan.source_wav, plan.window_samples, seconds)
         run.lap("vae_decode")
         return audio
 
-    def _result(self, request, items, plan, schedule, song, warnings, run: _Run) -> GenerationResult:
+    def _result(
+        self, request, items, plan, sampled: Sampled, song, warnings, run: StageClock
+    ) -> GenerationResult:
         run.finish()
         return GenerationResult(
             items=items,
@@ -328,24 +335,13 @@ class AceStep:
             task_type=plan.task,
             model=self.paths.dit_name,
             variant=self.variant.name,
-            metas={
-                "bpm": request.bpm,
-                "key_scale": request.key_scale,
-                "time_signature": request.time_signature,
-                "duration": plan.target_samples / audio_io.SAMPLE_RATE,
-                "caption": request.caption,
-                "vocal_language": request.vocal_language,
-                "instruction": plan.instruction,
-                "steps": len(schedule),
-                "timesteps": schedule,
-                "lora": [{"name": name, "scale": scale} for name, scale in request.adapters],
-                **(self.lm.metas_of(song) if song else {}),
-            },
+            metas=result_metas(request, plan, sampled.schedule, sampled.retake_seeds)
+            | (self.lm.metas_of(song) if song else {}),
             timings=run.timings,
             warnings=warnings,
         )
 
-    def _think(self, request: GenerationRequest, seeds: list[int], run: _Run):
+    def _think(self, request: GenerationRequest, seeds: list[int], run: StageClock):
         """Run the LM when the request asks for it (loading it on first use) and return the
         request it completes; without the LM, the request as it came."""
         if not request.uses_lm:
@@ -372,14 +368,24 @@ class AceStep:
 
     @torch.inference_mode()
     def _condition(
-        self, request: GenerationRequest, plan: conditioning.TaskPlan, metas: str, refer: torch.Tensor
+        self,
+        request: GenerationRequest,
+        plan: conditioning.TaskPlan,
+        metas: str,
+        refer: torch.Tensor,
+        stem_block: bool = True,
     ) -> Condition:
+        """The DiT's condition set; ``stem_block``: a stem SFT checkpoint's global/local caption
+        (not for a cover's late switch, whose caption upstream keeps plain)."""
         comps = self.components
+        lego_sft = self.variant.is_lego_sft and stem_block
+        explicit = request.chunk_mask_mode != "auto"
+        caption = dit_caption(request.caption, request.global_caption, plan.instruction, lego_sft, explicit)
         with self.residency.use("text_encoder"):
             text = encode_text(
                 comps.text_encoder,
                 comps.tokenizer,
-                caption_prompt(plan.instruction, request.caption, metas),
+                caption_prompt(plan.instruction, caption, metas),
                 lyric_prompt(request.vocal_language, request.lyrics_text),
             )
         with self.residency.use("condition_encoder"):
@@ -392,21 +398,3 @@ class AceStep:
                 refer_audio_order_mask=torch.zeros(1, dtype=torch.long, device=self.device),
             )
         return Condition(encoder_hidden_states=states, context_latents=plan.context())
-
-
-class _Run:
-    """One generation's progress callback and per-stage timings (seconds, rounded)."""
-
-    def __init__(self, progress: ProgressCallback | None):
-        self.report: ProgressCallback = progress or (lambda stage, fraction: None)
-        self.timings: dict[str, float] = {}
-        self.started = self._clock = time.perf_counter()
-
-    def lap(self, name: str) -> None:
-        now = time.perf_counter()
-        self.timings[name] = round(now - self._clock, 4)
-        self._clock = now
-
-    def finish(self) -> None:
-        self.timings["total"] = round(time.perf_counter() - self.started, 4)
-        self.report("done", 1.0)

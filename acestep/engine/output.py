@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from acestep.engine import audio_io, conditioning
+from acestep.engine import audio_io, conditioning, shaping
 from acestep.request import GenerationRequest
 from acestep.result import AudioItem
 
@@ -47,15 +47,19 @@ def save_items(
     output_dir: str | Path,
     model: str,
 ) -> list[AudioItem]:
-    """Write one file per item; a silent item fails the job rather than reaching the user."""
+    """Write one file per item; a silent item fails the job rather than reaching the user. Each item
+    is peak-normalised (``enable_normalization``), then faded (``fade_in_duration``,
+    ``fade_out_duration``), then written."""
     items = []
     for index, (wav, seed) in enumerate(zip(audio, seeds, strict=True)):
         if audio_io.output_is_silent(wav):
             raise GenerationError(
                 f"item {index} (seed {seed}) came out silent; try another seed or check the inputs"
             )
+        # Upstream's order: peak normalisation first, then the fades (so a fade ends at 0).
         if request.enable_normalization:
             wav = audio_io.peak_normalize(wav, request.normalization_db)
+        wav = shaping.apply_fades(wav, request.fade_in_duration, request.fade_out_duration)
         params = request.model_dump(mode="json", exclude={"keep_alive"}) | {"seed": seed, "model": model}
         path = audio_io.save_audio(wav, output_dir, audio_io.file_stem(params), request.audio_format)
         items.append(
@@ -68,3 +72,25 @@ def save_items(
             )
         )
     return items
+
+
+def result_metas(
+    request: GenerationRequest,
+    plan: conditioning.TaskPlan,
+    schedule: list[float],
+    retake_seeds: list[int] | None,
+) -> dict:
+    """What a result reports of how it was made (the LM's own metas are added by the engine)."""
+    return {
+        "bpm": request.bpm,
+        "key_scale": request.key_scale,
+        "time_signature": request.time_signature,
+        "duration": plan.target_samples / audio_io.SAMPLE_RATE,
+        "caption": request.caption,
+        "vocal_language": request.vocal_language,
+        "instruction": plan.instruction,
+        "steps": len(schedule),
+        "timesteps": schedule,
+        **({"retake_seeds": retake_seeds} if retake_seeds else {}),
+        "lora": [{"name": name, "scale": scale} for name, scale in request.adapters],
+    }

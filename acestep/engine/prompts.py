@@ -37,6 +37,26 @@ def clean_caption(caption: str) -> str:
     return caption
 
 
+def dit_caption(
+    caption: str, global_caption: str, instruction: str, lego_sft: bool, explicit_mask: bool
+) -> str:
+    """The caption section the DiT is conditioned on.
+
+    A plain checkpoint gets ``caption``. A stem SFT checkpoint (``is_lego_sft`` in its config) was
+    trained on a global/local block: ``Global:`` the whole song (``global_caption``), ``Local:``
+    this stem (``caption``), then ``Mask Control:`` true when the chunk mask marks an explicit
+    window, false when the model is left to decide. An instruction for "a segment" of a track
+    (chunk mode) drops the ``Global:`` line, as in that checkpoint's training (docs/models.md).
+    """
+    local = clean_caption(caption)
+    if not lego_sft:
+        return local
+    mask = f"Mask Control: {'true' if explicit_mask else 'false'}"
+    if "a segment" in instruction.lower():
+        return f"Local: {local}\n{mask}"
+    return f"Global: {global_caption}\nLocal: {local}\n{mask}"
+
+
 def caption_prompt(instruction: str, caption: str, metas: str) -> str:
     return CAPTION_TEMPLATE.format(instruction=instruction, caption=clean_caption(caption), metas=metas)
 

@@ -6,6 +6,8 @@ of timesteps the DiT is evaluated at; the sampler steps from each to the next an
 
 from __future__ import annotations
 
+import torch
+
 from acestep.checkpoints.variants import Variant
 
 TURBO_STEPS = 8
@@ -41,20 +43,30 @@ def shifted(t: float, shift: float) -> float:
 
 
 def snap_turbo_shift(shift: float) -> float:
-    """Nearest of {1, 2, 3}; ties go down (2.5 -> 2), as upstream."""
+    """Nearest of {1, 2, 3}; ties go down (2.5 -> 2): the shifts of the three fixed tables."""
     return min(TURBO_SHIFTS, key=lambda s: (abs(s - shift), s))
 
 
 def turbo_table(shift: float) -> list[float]:
-    """The fixed 8-step table: s*t/(1+(s-1)*t) for t = 1, 7/8, ..., 1/8 (no final 0)."""
-    s = snap_turbo_shift(shift)
-    return [shifted(1.0 - i / TURBO_STEPS, s) for i in range(TURBO_STEPS)]
+    """A fixed 8-step table: s*t/(1+(s-1)*t) for t = 1, 7/8, ..., 1/8 (no final 0)."""
+    return turbo_schedule(TURBO_STEPS, snap_turbo_shift(shift))
 
 
-def linear_schedule(steps: int, shift: float) -> list[float]:
-    """Base/SFT: linspace(1, 0, steps + 1) shifted, without the final 0."""
-    ts = [1.0 - i / steps for i in range(steps)]
-    return [shifted(t, shift) for t in ts] if shift != 1.0 else ts
+def turbo_schedule(steps: int, shift: float) -> list[float]:
+    """Turbo with ``steps`` (at most 20): 1 - i/n shifted by the exact shift, in Python floats, as
+    upstream's newest turbo loop builds it; 8 steps at shift 1, 2 or 3 is one of the fixed tables."""
+    count = min(steps, MAX_CUSTOM_STEPS)
+    values = [1.0 - i / count for i in range(count)]
+    return [shifted(t, shift) for t in values] if shift != 1.0 else values
+
+
+def linear_schedule(steps: int, shift: float, dtype: torch.dtype = torch.float32) -> list[float]:
+    """Base/SFT: linspace(1, 0, steps + 1) shifted, without the final 0. Computed on a tensor of the
+    model dtype, as upstream does (its values differ from float64-then-rounded by an ulp)."""
+    t = torch.linspace(1.0, 0.0, steps + 1, dtype=dtype)
+    if shift != 1.0:
+        t = shift * t / (1 + (shift - 1) * t)
+    return t[:-1].tolist()
 
 
 def _snap_custom(timesteps: list[float]) -> list[float]:
@@ -66,7 +78,11 @@ def _snap_custom(timesteps: list[float]) -> list[float]:
 
 
 def build_schedule(
-    variant: Variant, steps: int, shift: float, timesteps: list[float] | None
+    variant: Variant,
+    steps: int,
+    shift: float,
+    timesteps: list[float] | None,
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[list[float], list[str]]:
     """The timesteps to evaluate, plus notes on how the request was interpreted."""
     notes: list[str] = []
@@ -75,16 +91,14 @@ def build_schedule(
             snapped = _snap_custom(timesteps)
             if snapped:
                 return snapped, notes
-        if steps != TURBO_STEPS:
-            notes.append(f"turbo models always run {TURBO_STEPS} steps; inference_steps={steps} was not used")
-        if snap_turbo_shift(shift) != shift:
-            notes.append(f"turbo shift {shift} snapped to {snap_turbo_shift(shift)}")
-        return turbo_table(shift), notes
+        if steps > MAX_CUSTOM_STEPS:
+            notes.append(f"turbo runs at most {MAX_CUSTOM_STEPS} steps; inference_steps={steps} was cut")
+        return turbo_schedule(steps, shift), notes
     if timesteps:
-        if variant.accepts_custom_timesteps:
-            values = list(timesteps)
-            if values[-1] != 0.0:
-                values.append(0.0)
-            return values[:-1], notes
-        notes.append("base models ignore custom timesteps; the shifted linear schedule was used")
-    return linear_schedule(steps, shift), notes
+        # Upstream evaluates every value but the last; a list that does not end at 0 gains a final
+        # 0 here, so sampling always ends clean (patches/0050).
+        values = list(timesteps)
+        if values[-1] != 0.0:
+            values.append(0.0)
+        return values[:-1], notes
+    return linear_schedule(steps, shift, dtype), notes

@@ -7,6 +7,7 @@ own seed; nothing reads torch's or Python's global RNG. Item ``i`` therefore dep
 
 from __future__ import annotations
 
+import math
 import secrets
 
 import torch
@@ -59,3 +60,12 @@ def item_noise(
 ) -> torch.Tensor:
     """Initial noise [B, *shape]: item i drawn from its own generator only."""
     return torch.cat([torch.randn((1, *shape), generator=g, device=device, dtype=dtype) for g in gens])
+
+
+def retake_blend(noise: torch.Tensor, retake: torch.Tensor, variance: float) -> torch.Tensor:
+    """A retake's starting noise: ``cos(a) * noise + sin(a) * retake`` with ``a = variance * pi / 2``
+    (0 keeps the take, 1 is the retake seed's own noise; the blend keeps unit variance)."""
+    if variance <= 0.0:
+        return noise
+    angle = variance * math.pi / 2
+    return math.cos(angle) * noise + math.sin(angle) * retake

@@ -1,0 +1,52 @@
+"""How one generation samples: the request's sampler fields resolved against the model variant."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from acestep.checkpoints.variants import Variant
+from acestep.engine.sampling.dcw import DcwSettings
+from acestep.request import GenerationRequest
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    heun: bool = False
+    sde: bool = False
+    velocity_norm_threshold: float = 0.0
+    velocity_ema_factor: float = 0.0
+    dcw: DcwSettings | None = None
+    # Turbo's last step jumps straight to x0 with one evaluation (no Heun corrector there);
+    # base and SFT models evaluate the corrector at t = 0 too.
+    final_jump: bool = True
+
+    @classmethod
+    def resolve(
+        cls, request: GenerationRequest, variant: Variant, flow_edit: bool = False
+    ) -> tuple[SamplerSettings, list[str]]:
+        """The settings, and notes on what the request asked for that was changed."""
+        notes = []
+        heun = request.sampler_mode == "heun"
+        sde = request.infer_method == "sde"
+        if heun and sde:
+            notes.append("sampler_mode 'heun' works with infer_method 'ode' only; the SDE steps used Euler")
+            heun = False
+        enabled = variant.is_turbo if request.dcw_enabled is None else request.dcw_enabled
+        if flow_edit and (heun or sde or enabled or request.guidance != "apg_classic"):
+            notes.append("flow edit samples with Euler ODE steps, APG guidance and no DCW, as upstream")
+            heun, sde, enabled = False, False, False
+        dcw = None
+        if enabled:
+            dcw = DcwSettings(
+                request.dcw_mode, request.dcw_scaler, request.dcw_high_scaler, request.dcw_wavelet
+            )
+            dcw = dcw if dcw.active else None
+        settings = cls(
+            heun=heun,
+            sde=sde,
+            velocity_norm_threshold=request.velocity_norm_threshold,
+            velocity_ema_factor=request.velocity_ema_factor,
+            dcw=dcw,
+            final_jump=variant.is_turbo,
+        )
+        return settings, notes
