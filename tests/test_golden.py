@@ -12,8 +12,8 @@ import pytest
 from golden.cases import golden_path, mismatch, render
 
 import acestep.engine.conditioning as conditioning
-import acestep.engine.sampler as sampler
 import acestep.engine.schedules as schedules
+from acestep.engine.sampling.guidance import Guidance
 
 
 @pytest.mark.parametrize("variant", ["turbo", "base"])
@@ -36,18 +36,17 @@ def test_both_layouts_of_one_checkpoint_agree(variant):
 
 def _cfg_interval_read_backwards(monkeypatch):
     """Guidance applied where 1 - t lies in the interval (the defect patches/0003 fixes)."""
-    original = sampler._guided_velocity
 
-    def mirrored(transformer, x, t_vec, encoder, context, guidance, momentum, t_value):
-        start, end = guidance.interval
-        flipped = sampler.Guidance(guidance.scale, (1.0 - end, 1.0 - start), guidance.null_embedding)
-        return original(transformer, x, t_vec, encoder, context, flipped, momentum, t_value)
+    def mirrored(self, t):
+        start, end = self.interval
+        return start <= 1.0 - t <= end
 
-    monkeypatch.setattr(sampler, "_guided_velocity", mirrored)
+    monkeypatch.setattr(Guidance, "applies_at", mirrored)
 
 
 def _turbo_shift_ignored(monkeypatch):
-    monkeypatch.setattr(schedules, "snap_turbo_shift", lambda shift: 1.0)
+    unshifted = schedules.turbo_schedule
+    monkeypatch.setattr(schedules, "turbo_schedule", lambda steps, shift: unshifted(steps, 1.0))
 
 
 def _lego_window_ignored(monkeypatch):

@@ -58,9 +58,11 @@ def request_for(variant: str, workdir: Path) -> GenerationRequest:
         guidance_scale=7.0,
         shift=3.0,
         # A window and a guidance interval that is not the whole range, so that the lego mask and
-        # the interval's direction (patches/0001, 0003) both shape the output.
+        # the interval's direction (patches/0001, 0003) both shape the output; the explicit chunk
+        # mask carries the window to the DiT (the turbo case keeps the default, auto).
         repainting_start=1.0,
         repainting_end=5.0,
+        chunk_mask_mode="explicit",
         cfg_interval_start=0.4,
         cfg_interval_end=1.0,
         audio_format="wav",
