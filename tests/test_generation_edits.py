@@ -106,7 +106,7 @@ def test_flow_edit_changes_the_source_toward_the_new_caption(
 
 
 def test_flow_edit_is_refused_on_turbo_and_needs_a_source(engine_upstream_turbo, source_wav, tmp_path):
-    with pytest.raises(ValueError, match="base or SFT"):
+    with pytest.raises(ValueError, match="needs a base or SFT model"):
         engine_upstream_turbo.check(
             GenerationRequest(task_type="text2music", src_audio=str(source_wav), flow_edit_morph=True)
         )

@@ -264,3 +264,27 @@ def test_finding_opus_pages_carry_one_fixed_serial_and_valid_checksums():
     assert {int.from_bytes(data[i + 14 : i + 18], "little") for i in pages} == {OGG_SERIAL}
     decoded, rate = sf.read(io.BytesIO(data))
     assert rate == 48000 and decoded.shape[0] == samples.shape[0]
+
+
+def test_flow_edit_over_rest_reads_the_source(server):
+    """text2music with flow_edit_morph edits the uploaded source (it is read, not dropped), with the
+    sampler and edit fields under upstream's names."""
+    data = {
+        "task_type": "text2music",
+        "caption": "bright brass",
+        "flow_edit_morph": "true",
+        "flow_edit_source_caption": "soft piano",
+        "flow_edit_n_max": "0.5",
+        "guidance_variant": "cfg",
+        **FAST,
+    }
+    response = server.post(
+        "/release_task",
+        data=data,
+        files={"src_audio": ("song.wav", wav_bytes(synthetic_audio(2.0, seed=6)), "audio/wav")},
+    )
+    assert response.status_code == 200, response.text
+    warnings = response.json()["data"].get("warnings") or []
+    assert not any("ignored" in w for w in warnings), warnings
+    item = succeeded(server, response.json()["data"]["task_id"])
+    assert item["duration"] == pytest.approx(2.0)  # the source's length (text2music alone: 120 s)

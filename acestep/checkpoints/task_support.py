@@ -18,9 +18,13 @@ class TaskNotSupported(ValueError):
     """The loaded (or about to be loaded) DiT variant was not trained for the requested task."""
 
 
-def require_task(paths: CheckpointPaths, task: str) -> None:
-    """Raise :class:`TaskNotSupported` naming the fix when ``paths``' variant cannot run ``task``."""
+def require_task(paths: CheckpointPaths, task: str, flow_edit: bool = False) -> None:
+    """Raise :class:`TaskNotSupported` naming the fix when ``paths``' variant cannot run ``task``
+    (or, ``flow_edit``, a flow edit: it samples with guidance, so base and SFT models only)."""
     variant = paths.variant
+    if flow_edit and variant.is_turbo:
+        message = f"flow_edit_morph needs a base or SFT model; {paths.dit_name} is a turbo model"
+        raise TaskNotSupported(message + _instead(paths, "lego"))  # lego: any base-family model
     if task in variant.supported_tasks:
         return
     message = (

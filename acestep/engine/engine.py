@@ -163,12 +163,7 @@ class AceStep:
     def check(self, request: GenerationRequest) -> None:
         """Model-dependent checks, before any tensor is allocated."""
         task = request.effective_task
-        require_task(self.paths, task)
-        if flow_edit_applies(task, request.flow_edit_morph) and self.variant.is_turbo:
-            raise ValueError(
-                f"flow_edit_morph needs a base or SFT model (it edits with guidance); {self.paths.dit_name} "
-                "is turbo"
-            )
+        require_task(self.paths, task, flow_edit_applies(task, request.flow_edit_morph))
         self.adapters.check(request.adapters)
         self.lm.require(request)
         if request.uses_lm and self.limits is not None:

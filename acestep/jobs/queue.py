@@ -28,6 +28,7 @@ from acestep.memory.manager import worker_summary
 from acestep.request import GenerationRequest
 from acestep.settings import current as current_settings
 from acestep.settings import value as setting_value
+from acestep.tasks import flow_edit_applies
 from acestep.worker.dispatcher import Job
 from acestep.worker.supervisor import Supervisor
 
@@ -185,7 +186,8 @@ class LocalJobQueue:
             checkpoint = self.slots.paths(model)
             tag = checkpoint.variant.tag
         if checkpoint is not None:  # before the model loads (e.g. lego on a turbo server)
-            require_task(checkpoint, request.effective_task)
+            task = request.effective_task
+            require_task(checkpoint, task, flow_edit_applies(task, request.flow_edit_morph))
         if self.loras is not None:
             request, _ = self.loras.admit(request, tag)  # LoraError (a ValueError): refused, nothing queued
         with self._lock:
