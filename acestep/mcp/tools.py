@@ -94,6 +94,7 @@ async def _run(backend: Backend, request: GenerationRequest, cleanup: list[Path]
         "model": result.model,
         "lora": result.metas.get("lora", []),
         "embedded": embedded,  # per file: its audio is in this result, else a link to it
+        "warnings": result.warnings,  # what the request asked that changed nothing, and other notes
     }
     if delivery.base_url is not None:
         summary["urls"] = [audio_url(path) for path in result.audio_paths]

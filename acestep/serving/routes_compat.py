@@ -110,6 +110,7 @@ async def build_request(
         raise
     warnings = list(params.ignored and [f"ignored (no effect here): {', '.join(params.ignored)}"])
     warnings += unused + track_notes(generation.track_name, generation.track_classes)
+    warnings += generation.field_notes  # fields sent that cannot act on this request
     warnings += lm_warnings(params.lm_options, generation.uses_lm, request.app.state.lm_name)
     # The DiT it runs on: loaded on demand here, routed in a cluster; an unknown one is refused.
     request.state.model = params.model

@@ -74,6 +74,7 @@ def result_items(job: Job) -> list[dict]:
         "lm_model": result.metas.get("lm_model"),  # only when the LM ran (upstream always named one)
         "dit_model": result.model,
         "lora": result.metas.get("lora", []),  # the adapters it ran with: [{"name", "scale"}]
+        "warnings": result.warnings,  # notes on how the request was read (docs/api.md)
         "progress": 1.0,
         "stage": "succeeded",
         "error": None,

@@ -106,6 +106,7 @@ async def follow(state, request: GenerationRequest, cleanup: list[Path], text: d
     )
     if job.result.metas.get("lm_model"):
         summary += "\n" + lm_summary(job.result.metas, text)
+    summary += "".join(f"\n{note}" for note in job.result.warnings)  # fields that changed nothing, ...
     yield summary, *players, paths
 
 
