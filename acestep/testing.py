@@ -139,7 +139,7 @@ def _tiny_text_encoder(vocab_size: int):
     return Qwen3Model(config)
 
 
-def _fill_random(module: torch.nn.Module, generator: torch.Generator) -> None:
+def fill_random(module: torch.nn.Module, generator: torch.Generator) -> None:
     """Overwrite every parameter with seeded values of a sane scale, in sorted-name order."""
     params = dict(module.named_parameters())
     for name in sorted(params):
@@ -176,7 +176,7 @@ def _build_components(variant: str, seed: int) -> dict:
     modules["text_encoder"] = _tiny_text_encoder(len(tokenizer))
     modules["vae"] = AutoencoderOobleck(**tiny_vae_config())
     for name in sorted(modules):
-        _fill_random(modules[name], generator)
+        fill_random(modules[name], generator)
         modules[name].eval()
     # The silence latent is what the VAE makes of digital silence, as upstream's is meant to be.
     with torch.no_grad():
@@ -331,7 +331,7 @@ def make_tiny_lm(
     config = Qwen3Config(**tiny_lm_config(len(tokenizer), eos, pad))
     with torch.inference_mode(False):
         model = Qwen3ForCausalLM(config)
-        _fill_random(model, torch.Generator().manual_seed(seed))
+        fill_random(model, torch.Generator().manual_seed(seed))
     model.eval()
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)

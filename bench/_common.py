@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import platform
 import subprocess
 from pathlib import Path
 
@@ -29,3 +31,39 @@ def write_report(report: dict, path: str | Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
+
+
+def machine_facts() -> dict:
+    import torch
+
+    info = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu_model"] = line.split(":", 1)[1].strip()
+                break
+        info["mem_total_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (OSError, ValueError):
+        pass
+    return info
+
+
+def contention() -> dict:
+    """Load average and CPU pressure (PSI "some" = share of time a runnable task waited for a CPU).
+
+    The figures are only comparable between runs on an otherwise idle machine; these say how idle it was.
+    """
+    out: dict = {"load_avg": [round(x, 2) for x in os.getloadavg()]}
+    try:
+        some = Path("/proc/pressure/cpu").read_text().splitlines()[0].split()[1:]
+        out["cpu_pressure_some_pct"] = {k: float(v) for k, v in (f.split("=") for f in some) if k != "total"}
+    except (OSError, IndexError, ValueError):
+        pass
+    return out

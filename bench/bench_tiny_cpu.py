@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -38,7 +37,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from _common import git_commit
+from _common import contention, git_commit, machine_facts
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_JSON = REPO / "bench" / "results" / "tiny_cpu.json"
@@ -262,42 +261,6 @@ def _quiet_logs() -> None:
     logger.add(sys.stderr, level="WARNING")
 
 
-def _machine() -> dict:
-    import torch
-
-    info = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-    }
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu_model"] = line.split(":", 1)[1].strip()
-                break
-        info["mem_total_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-    except (OSError, ValueError):
-        pass
-    return info
-
-
-def _contention() -> dict:
-    """Load average and CPU pressure (PSI "some" = share of time a runnable task waited for a CPU).
-
-    The figures are only comparable between runs on an otherwise idle machine; these say how idle it was.
-    """
-    out: dict = {"load_avg": [round(x, 2) for x in os.getloadavg()]}
-    try:
-        some = Path("/proc/pressure/cpu").read_text().splitlines()[0].split()[1:]
-        out["cpu_pressure_some_pct"] = {k: float(v) for k, v in (f.split("=") for f in some) if k != "total"}
-    except (OSError, IndexError, ValueError):
-        pass
-    return out
-
-
 def _fmt(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -384,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     started, started_at = time.perf_counter(), time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    contention_start = _contention()
+    contention_start = contention()
     with tempfile.TemporaryDirectory(prefix="acestep-bench-") as tmp:
         work = Path(args.work_dir) if args.work_dir else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
@@ -417,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         "malloc_env": TUNED_MALLOC_ENV if args.tune_malloc else "default",
         "warm_calls": warm,
         "contention_start": contention_start,
-        "contention_end": _contention(),
+        "contention_end": contention(),
         **prep,
         "bench_wall_s": round(time.perf_counter() - started, 1),
         "rss_mib_parent_peak": _rss_mib(),
@@ -425,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         "rss_mib_children_max_incl_builder": (
             None if args.stage_rss or args.in_process else _rss_mib(resource.RUSAGE_CHILDREN)
         ),
-        "machine": _machine(),
+        "machine": machine_facts(),
         "results": results,
     }
     out = Path(args.json)
