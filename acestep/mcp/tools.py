@@ -1,7 +1,7 @@
 """MCP tools over the same job queue and memory manager as the REST API.
 
-``generate_music``, ``lego_stem``, ``get_status``, ``unload_model``, ``load_model``, and for LoRA
-adapters ``list_loras``, ``load_lora`` and ``unload_lora``. Results come
+``generate_music``, ``lego_stem``, ``edit_audio`` (edit_tool.py), ``get_status``, ``unload_model``,
+``load_model``, and for LoRA adapters ``list_loras``, ``load_lora`` and ``unload_lora``. Results come
 back as file paths (in the JSON summary) and as embedded audio resources, so a client on another
 host gets the audio itself, while they fit ``ACESTEP_MCP_EMBED_MB``; past it, as links (the REST
 app's ``/v1/audio`` over HTTP, the file over stdio). Tools queue work and wait for it; they never
@@ -201,11 +201,16 @@ def build_server(
 ) -> FastMCP:
     """``security``: the SDK's Host/Origin checks for HTTP (the REST app passes its own); off by
     default, for stdio, which has no Host."""
+    from acestep.mcp.edit_tool import add_edit_tool  # here: that module imports this one's helpers
+
     security = security or TransportSecuritySettings(enable_dns_rebinding_protection=False)
     embed_bytes = setting_value(current_settings(), EMBED_ENV) * 2**20
     server = FastMCP(
         "acestep",
-        instructions="ACE-Step 1.5 music generation: songs from a caption, stems (lego) that fit a track.",
+        instructions=(
+            "ACE-Step 1.5 music generation: songs from a caption, stems (lego) that fit a track, "
+            "covers, repaints and flow edits of existing audio."
+        ),
         streamable_http_path=streamable_http_path,
         stateless_http=True,
         transport_security=security,
@@ -213,6 +218,7 @@ def build_server(
 
     _add_song_tool(server, backend, embed_bytes)
     _add_lego_tool(server, backend, embed_bytes)
+    add_edit_tool(server, backend, embed_bytes)
     _add_model_tools(server, backend)
     return server
 
