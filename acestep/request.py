@@ -323,6 +323,8 @@ class GenerationRequest(SamplerFields, EditFields):
             raise ValueError("timesteps must lie in [0, 1]")
         if any(b > a for a, b in zip(value, value[1:], strict=False)):
             raise ValueError("timesteps must be non-increasing (from 1 towards 0)")
+        if value[0] <= 0.0:
+            raise ValueError("timesteps needs a value above 0 (all zeros would sample nothing)")
         return value
 
     @model_validator(mode="after")
@@ -346,8 +348,8 @@ class GenerationRequest(SamplerFields, EditFields):
                 f"repainting_start ({self.repainting_start}) must be before "
                 f"repainting_end ({self.repainting_end})"
             )
-        if flow_edit_applies(self.task_type, self.flow_edit_morph) and not self.src_audio:
-            raise ValueError("flow_edit_morph edits a source: send src_audio (the audio to change)")
+        if flow_edit_applies(self.task_type, self.flow_edit_morph):
+            self.check_flow_edit(bool(self.src_audio), has_codes, self.inference_steps)
         if self.task_type == "lego" and self.repainting_start < 0:
             raise ValueError("lego windows lie inside the source: repainting_start must be >= 0")
         if len(self.lora_scale) > 1 and len(self.lora_scale) != len(self.lora or []):
@@ -373,8 +375,11 @@ class GenerationRequest(SamplerFields, EditFields):
 
     @property
     def field_notes(self) -> list[str]:
-        """The fields sent that change nothing for this request (a job's warnings name them)."""
-        return self.sampling_notes() + self.edit_notes(self.effective_task)
+        """The fields sent that change nothing for this request (a job's warnings name them);
+        what depends on the model is noted when the engine resolves it."""
+        task = self.effective_task
+        flow_edit = flow_edit_applies(task, self.flow_edit_morph)
+        return self.sampling_notes(retake_seed_used=flow_edit) + self.edit_notes(task)
 
     @property
     def lm_switches(self) -> list[str]:

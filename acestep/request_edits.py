@@ -12,14 +12,20 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from acestep.request_sampling import choice, one_of
-from acestep.tasks import FLOW_EDIT_TASKS, MAX_LYRICS_CHARS, MAX_NAME_CHARS, MAX_TEXT_CHARS
+from acestep.tasks import (
+    FLOW_EDIT_TASKS,
+    LATENT_FRAMES_PER_SECOND,
+    MAX_LYRICS_CHARS,
+    MAX_NAME_CHARS,
+    MAX_STEPS,
+    MAX_TEXT_CHARS,
+)
 
 # conservative keeps the most of the source, aggressive regenerates the window from noise, and
 # balanced blends them by repaint_strength.
 REPAINT_MODES = ("conservative", "balanced", "aggressive")
 # auto lets the model's chunk mask follow the context; explicit masks exactly the window.
 CHUNK_MASK_MODES = ("auto", "explicit")
-LATENT_FRAMES_PER_SECOND = 25  # the DiT's latent rate (the crossfade is counted in its frames)
 MAX_CROSSFADE_FRAMES = 10 * LATENT_FRAMES_PER_SECOND  # 10 s; upstream's UI goes to 50 frames
 MAX_WAV_CROSSFADE_S = 10.0  # upstream's UI goes to 2 s
 MAX_FLOW_EDIT_AVG = 16  # samples averaged per flow-edit step; upstream's UI goes to 8
@@ -28,6 +34,8 @@ REPAINT_TASKS = frozenset({"repaint"})
 REPAINT_KNOBS = ("repaint_mode", "repaint_strength")
 # Accepted as upstream accepts them; upstream's crossfades follow repaint_mode and repaint_strength.
 CROSSFADE_FIELDS = ("repaint_latent_crossfade_frames", "repaint_wav_crossfade_sec")
+# What a flow edit does not use: it starts from the source, with its own noise and condition sets.
+FLOW_EDIT_IDLE = ("retake_variance", "cover_noise_strength", "audio_cover_strength")
 FLOW_EDIT_KNOBS = (
     "flow_edit_source_caption",
     "flow_edit_source_lyrics",
@@ -81,6 +89,19 @@ class EditFields(BaseModel):
             )
         return self
 
+    def check_flow_edit(self, has_source: bool, has_codes: bool, steps: int) -> None:
+        """A flow edit needs the source it edits, not audio codes, and a bounded number of DiT
+        passes (steps x draws per branch, at most a longest ordinary job's steps)."""
+        if not has_source:
+            raise ValueError("flow_edit_morph edits a source: send src_audio (the audio to change)")
+        if has_codes:
+            raise ValueError("flow_edit_morph edits src_audio; audio_code_string cannot stand for it")
+        if steps * self.flow_edit_n_avg > MAX_STEPS:
+            raise ValueError(
+                f"a flow edit runs inference_steps x flow_edit_n_avg DiT passes per branch: "
+                f"{steps} x {self.flow_edit_n_avg} is over {MAX_STEPS}"
+            )
+
     def edit_notes(self, task: str) -> list[str]:
         """Fields sent that cannot act on ``task`` (the request's effective task)."""
         sent = self.model_fields_set
@@ -100,6 +121,9 @@ class EditFields(BaseModel):
         flow = [name for name in FLOW_EDIT_KNOBS if name in sent]
         if flow and not self.flow_edit_morph:
             notes.append(f"{', '.join(flow)}: no effect while flow_edit_morph is false")
+        idle = [name for name in FLOW_EDIT_IDLE if name in sent]
+        if self.flow_edit_morph and task in FLOW_EDIT_TASKS and idle:
+            notes.append(f"{', '.join(idle)}: no effect with flow_edit_morph (it starts from the source)")
         if self.flow_edit_morph and task not in FLOW_EDIT_TASKS:
             tasks = ", ".join(sorted(FLOW_EDIT_TASKS))
             notes.append(f"flow_edit_morph: no effect on task {task!r} (only {tasks})")

@@ -48,6 +48,7 @@ SeedList = Annotated[str, StringConstraints(max_length=MAX_SEED_CHARS)]
 ParamName = Annotated[str, StringConstraints(max_length=MAX_NAME_CHARS)]
 # Fields whose value only matters while another one switches their feature on (a note says so).
 DCW_KNOBS = ("dcw_mode", "dcw_scaler", "dcw_high_scaler", "dcw_wavelet")
+GUIDANCE_KNOBS = ("guidance_variant", "guidance_params", "use_adg", "cfg_interval_start", "cfg_interval_end")
 
 
 def seed_value(name: str, value: object, empty: object) -> int | str | object:
@@ -185,11 +186,12 @@ class SamplerFields(BaseModel):
             return "adg"
         return self.guidance_variant
 
-    def sampling_notes(self) -> list[str]:
-        """Fields sent that change nothing with the rest of the request as it is."""
+    def sampling_notes(self, retake_seed_used: bool = False) -> list[str]:
+        """Fields sent that change nothing with the rest of the request as it is;
+        ``retake_seed_used``: a flow edit draws its noise from it, whatever the variance."""
         sent = self.model_fields_set
         notes = []
-        if self.retake_seed is not None and self.retake_variance == 0.0:
+        if self.retake_seed is not None and self.retake_variance == 0.0 and not retake_seed_used:
             notes.append("retake_seed has no effect while retake_variance is 0")
         knobs = [name for name in DCW_KNOBS if name in sent]
         if self.dcw_enabled is False and knobs:

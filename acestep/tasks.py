@@ -36,6 +36,8 @@ def source_used(task_type: str, has_codes: bool, flow_edit_morph: bool = False) 
 AUTO_DURATION_S = 120.0
 # The LM writes audio codes at 5 Hz; each code stands for five 25 Hz latent frames.
 CODES_PER_SECOND = 5
+# The DiT's latents run at 25 frames a second (48 kHz audio, a 1920-sample hop).
+LATENT_FRAMES_PER_SECOND = 25
 
 TRACK_NAMES = (
     "woodwinds",

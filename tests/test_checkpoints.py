@@ -122,11 +122,11 @@ def test_variant_properties() -> None:
     turbo = detect_variant({"is_turbo": True})
     assert turbo.is_turbo and not turbo.uses_guidance
     assert turbo.default_steps == 8
-    assert turbo.supported_tasks == {"text2music", "repaint", "cover"}
+    assert turbo.supported_tasks == {"text2music", "repaint", "cover", "cover-nofsq"}
     base = detect_variant({"model_version": "base"})
-    assert not base.is_turbo and base.uses_guidance and not base.accepts_custom_timesteps
-    assert {"lego", "extract", "complete"} <= base.supported_tasks
-    assert detect_variant({"model_version": "sft"}).accepts_custom_timesteps
+    assert not base.is_turbo and base.uses_guidance
+    assert {"lego", "extract", "complete", "cover-nofsq"} <= base.supported_tasks
+    assert detect_variant({"model_version": "sft"}).name == "sft"
     assert not turbo.is_xl
     assert detect_variant({"is_turbo": True, "hidden_size": 2560}).is_xl
     assert detect_variant({}, "acestep-v15-xl-base").is_xl

@@ -101,8 +101,12 @@ def test_flow_edit_changes_the_source_toward_the_new_caption(
     edit = dict(flow_edit_morph=True, flow_edit_source_caption="soft piano", flow_edit_n_max=0.75)
     result, edited = generate(engine_upstream_base, tmp_path / "edit", **fields, **edit)
     _, plain = generate(engine_upstream_base, tmp_path / "plain", **fields, audio_duration=6.0)
-    assert edited.shape[-1] == 6 * 48000  # the source's length
+    # The same text on both sides: the velocities cancel, so this is the source itself (decoded).
+    same = edit | {"flow_edit_source_caption": fields["caption"]}
+    _, kept = generate(engine_upstream_base, tmp_path / "kept", **fields, **same)
+    assert edited.shape[-1] == kept.shape[-1] == 6 * 48000  # the source's length
     assert np.isfinite(edited).all() and np.abs(edited - plain).max() > 1e-3
+    assert np.abs(edited - kept).max() > 1e-3  # not the source returned unchanged
 
 
 def test_flow_edit_is_refused_on_turbo_and_needs_a_source(engine_upstream_turbo, source_wav, tmp_path):

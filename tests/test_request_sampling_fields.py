@@ -418,3 +418,42 @@ def test_the_ui_wires_every_control_into_the_request() -> None:
         "guidance_params": {"eta": 0.5},
         "repaint_latent_crossfade_frames": 20.0,
     }
+
+
+def test_a_flow_edit_needs_its_source_not_codes_and_a_bounded_cost() -> None:
+    edit = dict(task_type="text2music", flow_edit_morph=True, **SOURCE)
+    with pytest.raises(ValueError, match="audio_code_string"):
+        GenerationRequest(**edit, audio_code_string="<|audio_code_1|>")
+    with pytest.raises(ValueError, match="over 200"):
+        GenerationRequest(**edit, inference_steps=50, flow_edit_n_avg=5)
+    GenerationRequest(**edit, inference_steps=50, flow_edit_n_avg=4)  # 200 passes: the bound itself
+    with pytest.raises(ValueError, match="above 0"):
+        GenerationRequest(timesteps=[0.0, 0.0])
+
+
+def test_flow_edit_notes_say_what_it_does_not_use() -> None:
+    request = GenerationRequest(
+        task_type="text2music", flow_edit_morph=True, retake_seed=3, retake_variance=0.0,
+        cover_noise_strength=0.2, **SOURCE,
+    )  # fmt: skip
+    notes = request.field_notes
+    assert not any("retake_seed" in note for note in notes)  # the edit draws its noise from it
+    assert notes == [
+        "retake_variance, cover_noise_strength: no effect with flow_edit_morph (it starts from the source)"
+    ]
+
+
+def test_fields_the_model_leaves_idle_are_noted() -> None:
+    from acestep.checkpoints.variants import detect_variant
+    from acestep.engine.sampling import SamplerSettings
+
+    turbo, base = detect_variant({"is_turbo": True}), detect_variant({"model_version": "base"})
+    request = GenerationRequest(guidance_scale=5.0, guidance_variant="cfg", dcw_mode="low")
+    _, turbo_notes = SamplerSettings.resolve(request, turbo)
+    _, base_notes = SamplerSettings.resolve(request, base)
+    assert turbo_notes == [
+        "guidance_scale, guidance_variant: no effect on turbo models (they sample without guidance)"
+    ]
+    assert base_notes == ["dcw_mode: no effect; DCW is off for base models unless dcw_enabled is true"]
+    _, unguided = SamplerSettings.resolve(GenerationRequest(guidance_scale=1.0, use_adg=True), base)
+    assert unguided == ["use_adg: no effect while guidance_scale is 1 or less"]

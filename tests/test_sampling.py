@@ -63,7 +63,7 @@ def test_dcw_bands_match_pywavelets(mode, frames, wavelet):
     expected = _pywt_band_correction(x, y, low, high, wavelet)
     got = correct(x, y, t, settings)
     assert got.shape == x.shape and got.dtype == x.dtype
-    np.testing.assert_allclose(got.numpy(), expected, atol=2e-6)
+    np.testing.assert_allclose(got.numpy(), expected, atol=1e-5)  # float32 ptwt vs float64 PyWavelets
     assert not torch.allclose(got, x)  # it did correct
 
 

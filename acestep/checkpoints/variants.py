@@ -23,7 +23,6 @@ class Variant:
     is_xl: bool
     default_steps: int  # what the CLI uses when --steps is not given
     uses_guidance: bool
-    accepts_custom_timesteps: bool
     # A stem ("lego") SFT checkpoint: its config sets ``is_lego_sft``; its captions carry a
     # global (whole song) and a local (this stem) part (engine/prompts.py).
     is_lego_sft: bool = False
@@ -58,7 +57,7 @@ def detect_variant(config: dict, folder_name: str = "") -> Variant:
     is_xl = (isinstance(hidden, int) and hidden > BASE_HIDDEN_SIZE) or is_xl_name(name)
     lego_sft = config.get("is_lego_sft") is True
     if is_turbo:
-        return Variant("turbo", True, is_xl, 8, False, True, lego_sft)
+        return Variant("turbo", True, is_xl, 8, False, lego_sft)
     if "sft" in version or "sft" in name or lego_sft:
-        return Variant("sft", False, is_xl, 50, True, True, lego_sft)
-    return Variant("base", False, is_xl, 50, True, False, lego_sft)
+        return Variant("sft", False, is_xl, 50, True, lego_sft)
+    return Variant("base", False, is_xl, 50, True, lego_sft)

@@ -13,8 +13,9 @@ from diffusers import AutoencoderOobleck
 
 from acestep.engine.fast_dit import CompiledModules
 from acestep.memory.devices import vae_decode_chunk_frames, vae_encode_chunk_seconds
+from acestep.tasks import LATENT_FRAMES_PER_SECOND
 
-HOP = 1920
+HOP = 48000 // LATENT_FRAMES_PER_SECOND  # 1920 samples of 48 kHz audio a latent frame
 ENCODE_OVERLAP_SECONDS = 2
 DECODE_OVERLAP_FRAMES = 64
 

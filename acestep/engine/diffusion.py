@@ -23,6 +23,7 @@ from acestep.engine.sampling import Condition, Guidance, SamplerSettings, StepEd
 from acestep.engine.sampling.flow_edit import EditWindow, flow_edit
 from acestep.engine.seeds import generators, item_noise, resolve_seeds, retake_blend
 from acestep.request import GenerationRequest
+from acestep.request_sampling import DEFAULT_GUIDANCE
 
 
 @dataclass
@@ -131,7 +132,9 @@ def _flow_edit(
     def fresh_guidance() -> Guidance | None:
         if guidance is None:
             return None
-        return Guidance(guidance.scale, guidance.interval, guidance.null_embedding)  # APG, own momentum
+        # APG (flow edit's only guidance), with the request's APG parameters and its own momentum.
+        params = guidance.params if guidance.variant == DEFAULT_GUIDANCE else {}
+        return Guidance(guidance.scale, guidance.interval, guidance.null_embedding, DEFAULT_GUIDANCE, params)
 
     window = EditWindow(request.flow_edit_n_min, request.flow_edit_n_max, request.flow_edit_n_avg)
     source = plan.clean_latents.expand(len(seeds), -1, -1).to(dtype)

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 import torch
 
 from acestep.engine.audio_io import SAMPLE_RATE
+from acestep.tasks import LATENT_FRAMES_PER_SECOND
 
-CONSERVATIVE_CROSSFADE_FRAMES = 25  # 1 s of latents
+CONSERVATIVE_CROSSFADE_FRAMES = LATENT_FRAMES_PER_SECOND  # 1 s of latents
 CONSERVATIVE_WAV_CROSSFADE_S = 0.05
 @dataclass(frozen=True)
 class RepaintSettings:

@@ -36,7 +36,7 @@ def _json_object(text: str) -> dict:
     """``--guidance-params``: a JSON object (its names and numbers are the request's to check)."""
     try:
         value = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise argparse.ArgumentTypeError(f"not JSON: {text!r}") from None
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"a JSON object such as '{{\"eta\": 0.5}}', not {text!r}")

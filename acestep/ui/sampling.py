@@ -105,7 +105,7 @@ def request_values(values: tuple | list) -> dict[str, Any]:
         elif name == "guidance_params" and isinstance(value, str):
             try:
                 value = json.loads(value)
-            except ValueError:
+            except (ValueError, RecursionError):  # deep nesting exhausts the parser's recursion
                 example = '{"eta": 0.5}'
                 raise gr.Error(
                     f"guidance_params must be a JSON object, e.g. {example}: {value[:80]!r}"
