@@ -25,3 +25,16 @@ def gradio_call(server: Server, api_name: str, data: list, timeout: float = 120)
                 if event in ("complete", "error"):
                     break
     return event, last
+
+
+def sampling_defaults() -> list:
+    """The Generate handler's sampler and edit inputs (after the LoRA ones), each at its default:
+    a raw Gradio API call must send every input."""
+    from acestep.request import GenerationRequest
+    from acestep.ui.sampling import TEXT_FIELDS, UI_FIELDS
+
+    fields = GenerationRequest.model_fields
+    return [
+        "auto" if name == "dcw_enabled" else "" if name in TEXT_FIELDS else fields[name].default
+        for name in UI_FIELDS
+    ]

@@ -21,7 +21,7 @@ from acestep.testing import synthetic_audio
 
 # The lego tab's inputs after the source, in order: track, bpm, key, caption, batch, seed, steps,
 # format, adapters, adapter scale.
-LEGO_REST = ["vocals", 120, "", "a vocal stem", 1, 7, 2, "wav", [], 1.0]
+LEGO_REST = ["vocals", 120, "", "a vocal stem", 1, 7, 2, "wav", [], 1.0, ""]  # the last: global_caption
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 import soundfile as sf
-from _gradio import gradio_call
+from _gradio import gradio_call, sampling_defaults
 from _server import Server
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
@@ -141,17 +141,19 @@ def test_a_refused_ui_cover_or_repaint_leaves_no_upload(ui, tmp_path):
 
     def generate(task: str, duration: float, start: float, end: float) -> list:
         # task, duration, seed, batch, steps, caption, lyrics, source, start, end, strength, format
-        return [task, duration, 1, 1, 2, "x", "", source, start, end, 1.0, "wav", *lm, [], 1.0]
+        head = [task, duration, 1, 1, 2, "x", "", source, start, end, 1.0, "wav", *lm, [], 1.0]
+        return head + sampling_defaults()
 
     uploads = ui.workdir / "tmp" / "uploads"
     refusals = {
         "cover over the duration limit": ("generate", generate("cover", 99999, 0, -1)),
         "repaint with its end before its start": ("generate", generate("repaint", 10, 5, 2)),
-        "lego with a bad key": ("lego", [source, "vocals", 120, "H major", "x", 1, 1, 2, "wav", [], 1.0]),
+        "lego with a bad key": ("lego", [source, "vocals", 120, "H major", "x", 1, 1, 2, "wav", [], 1.0, ""]),
     }
     for case, (api_name, data) in refusals.items():
         event, detail = gradio_call(ui, api_name, data)
         assert event == "error", (case, detail)
+        assert "input values" not in detail, (case, detail)  # refused by the handler, not Gradio's arity
         assert files_under(uploads) == [], f"{case}: the staged copy was left behind"
 
 

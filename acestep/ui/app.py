@@ -193,7 +193,7 @@ def _lego_tab(state, text: dict, fmt) -> None:
             bpm = gr.Number(value=120, precision=0, label=text["bpm"], elem_id="lego-bpm")
             key = gr.Textbox(label=text["key"], elem_id="lego-key")
     caption = gr.Textbox(value=default_caption("vocals"), label=text["caption"], elem_id="lego-caption")
-    global_caption = gr.Textbox(label=text["global_caption"], elem_id="lego-global-caption")
+    global_caption = gr.Textbox(value="", label=text["global_caption"], elem_id="lego-global-caption")
     with gr.Row():
         batch = gr.Slider(1, 2, value=1, step=1, label=text["batch"], elem_id="lego-batch")
         seed = gr.Number(value=-1, precision=0, label=text["seed"], elem_id="lego-seed")

@@ -65,7 +65,7 @@ def _control(name: str, text: dict) -> Any:
         return gr.Dropdown(list(CHOICES[name]), value=field.default, label=label, elem_id=elem_id)
     if name in TEXT_FIELDS:
         lines = 1 if name in ("retake_seed", "guidance_params") else 2
-        return gr.Textbox(label=label, lines=lines, elem_id=elem_id)
+        return gr.Textbox(value="", label=label, lines=lines, elem_id=elem_id)  # "": optional in the API
     if field.annotation is bool:
         return gr.Checkbox(field.default, label=label, elem_id=elem_id)
     step = 1 if field.annotation is int else 0.01
