@@ -67,3 +67,17 @@ def contention() -> dict:
     except (OSError, IndexError, ValueError):
         pass
     return out
+
+
+def save_and_summarise(report: dict, out: Path, table: str) -> None:
+    """Write ``report`` as JSON to ``out``, print ``table`` and one line on wall time and how busy
+    the machine was (``report`` carries ``bench_wall_s`` and ``contention_start``/``_end``)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(table)
+    before, after = report["contention_start"], report["contention_end"]
+    print(
+        f"\nwall {report['bench_wall_s']:.0f} s; load average {before['load_avg']} -> {after['load_avg']}; "
+        f"CPU pressure {before.get('cpu_pressure_some_pct')} -> {after.get('cpu_pressure_some_pct')}; "
+        f"JSON: {out}"
+    )

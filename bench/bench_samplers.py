@@ -28,7 +28,6 @@ CPU pressure before and after.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -37,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from _common import contention, git_commit, machine_facts
+from _common import contention, git_commit, machine_facts, save_and_summarise
 
 from acestep.checkpoints import convert, detect_variant
 from acestep.checkpoints.loading import DIT_CLASSES
@@ -291,16 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         "models": models,
         "dcw_alone": dcw_rows,
     }
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(markdown(report))
-    before, after = report["contention_start"], report["contention_end"]
-    print(
-        f"\nwall {report['bench_wall_s']:.0f} s; load average {before['load_avg']} -> {after['load_avg']}; "
-        f"CPU pressure {before.get('cpu_pressure_some_pct')} -> {after.get('cpu_pressure_some_pct')}; "
-        f"JSON: {out}"
-    )
+    save_and_summarise(report, Path(args.json), markdown(report))
     return 0
 
 

@@ -37,7 +37,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from _common import contention, git_commit, machine_facts
+from _common import contention, git_commit, machine_facts, save_and_summarise
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_JSON = REPO / "bench" / "results" / "tiny_cpu.json"
@@ -391,16 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_facts(),
         "results": results,
     }
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(markdown(report))
-    before, after = report["contention_start"], report["contention_end"]
-    print(
-        f"\nwall {report['bench_wall_s']:.0f} s; load average {before['load_avg']} -> {after['load_avg']}; "
-        f"CPU pressure {before.get('cpu_pressure_some_pct')} -> {after.get('cpu_pressure_some_pct')}; "
-        f"JSON: {out}"
-    )
+    save_and_summarise(report, Path(args.json), markdown(report))
     return 0
 
 
