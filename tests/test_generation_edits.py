@@ -173,3 +173,26 @@ def test_cover_strength_switches_covers_only(engine_upstream_turbo, source_wav, 
     assert len(contexts) == 8
     assert all(torch.equal(contexts[0], c) for c in contexts[:4])  # int(8 * 0.5) steps as the task's own
     assert torch.equal(contexts[0], contexts[4]) is not switches  # then text2music's silence context
+
+
+def test_the_engine_passes_the_guidance_variant_and_its_parameters(engine_upstream_base, tmp_path):
+    """The parity test builds its own Guidance; this checks the engine's wiring from the request."""
+    fields = dict(
+        caption="x", audio_duration=3.0, seed=8, batch_size=1, inference_steps=3, guidance_scale=5.0
+    )
+    runs = {
+        "apg": {},
+        "apg-tight": {"guidance_params": {"norm_threshold": 0.1}},
+        "cfg": {"guidance_variant": "cfg"},
+        "adg": {"guidance_variant": "adg"},
+        "use_adg": {"use_adg": True},
+    }
+    audio = {
+        name: generate(engine_upstream_base, tmp_path / name, **fields, **extra)[1]
+        for name, extra in runs.items()
+    }
+    assert np.array_equal(audio["adg"], audio["use_adg"])  # use_adg picks the adg variant
+    different = ["apg", "apg-tight", "cfg", "adg"]
+    for i, first in enumerate(different):
+        for second in different[i + 1 :]:
+            assert np.abs(audio[first] - audio[second]).max() > 1e-4, (first, second)
