@@ -121,6 +121,7 @@ def denoise(
         raise ValueError("SDE sampling needs a fresh_noise source (seeded per item)")
     dtype, device = noise.dtype, noise.device
     times = torch.tensor([*schedule, 0.0], dtype=dtype, device=device)
+    values = times.tolist()  # the same rounded timesteps as Python floats: one device read, not one a step
     field = VelocityField(transformer, condition, noise.shape[0], guidance)
     x = noise if start is None else start
     previous: torch.Tensor | None = None
@@ -133,17 +134,19 @@ def denoise(
         clean = x - velocity * t
         last_jump = step == steps - 1 and settings.final_jump
         if last_jump:
-            moved, velocity = clean, velocity
+            moved = clean
         elif settings.sde:
             moved = (
-                _renoise(clean, t_next, fresh_noise) if float(t_next) > 0.0 else x - velocity * (t - t_next)
+                _renoise(clean, t_next, fresh_noise)
+                if values[step + 1] > 0.0
+                else x - velocity * (t - t_next)
             )
         elif settings.heun:
             moved, velocity = _heun(field, x, t, t_next, velocity, settings)
         else:
             moved = x - velocity * (t - t_next)
         if settings.dcw is not None:
-            moved = dcw_step.correct(moved, clean, float(t), settings.dcw)
+            moved = dcw_step.correct(moved, clean, values[step], settings.dcw)
         x = moved
         previous = velocity
         if step_edit is not None and not last_jump:
