@@ -1,0 +1,1 @@
+"""Training LoRA and LoKr adapters: dataset, preprocessing cache, trainer."""
