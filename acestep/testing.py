@@ -17,6 +17,9 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from acestep.testing_lora import make_tiny_lokr as make_tiny_lokr
+from acestep.testing_lora import make_tiny_lora as make_tiny_lora
+
 TINY_LATENT_DIM = 8
 TINY_SILENCE_FRAMES = 400  # 16 s; longer targets exercise silence-latent tiling
 SAMPLE_RATE = 48000
@@ -336,71 +339,3 @@ def make_tiny_lm(
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     return folder
-
-
-LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
-UPSTREAM_NAMES = {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out.0": "o_proj"}
-
-
-def make_tiny_lora(
-    path: str | Path,
-    layout: str = "diffusers",
-    variant: str = "base",
-    rank: int = 4,
-    alpha: float | None = None,
-    seed: int = 0,
-    record_variant: bool = True,
-) -> Path:
-    """Write a random low-rank adapter for the tiny checkpoint's DiT and return its path.
-
-    ``layout="diffusers"`` writes ``<path>.safetensors`` with diffusers' keys and LoRA metadata;
-    ``layout="peft"`` writes upstream's folder (``adapter_config.json`` +
-    ``adapter_model.safetensors``, keys ``base_model.model.layers.N...q_proj...``). The base variant is
-    recorded (``acestep_base_variant`` in the header, and ``base_model_name_or_path`` for PEFT)
-    unless ``record_variant`` is false; an ``xl-*`` variant adapts the XL-shaped tiny DiT.
-    """
-    import json
-
-    from safetensors.torch import save_file
-
-    from acestep.checkpoints import convert
-    from acestep.checkpoints.loading import DIT_CLASSES
-
-    if layout not in ("diffusers", "peft"):
-        raise ValueError(f"layout must be 'diffusers' or 'peft', got {layout!r}")
-    config = convert.component_configs(tiny_dit_config(variant))["transformer"]
-    with torch.device("meta"):
-        transformer = DIT_CLASSES["transformer"].from_config(config)
-    generator = torch.Generator().manual_seed(seed)
-    tensors = {}
-    for module_name, module in sorted(transformer.named_modules()):
-        if not isinstance(module, torch.nn.Linear) or not module_name.endswith(LORA_TARGETS):
-            continue
-        down = torch.randn(rank, module.in_features, generator=generator) / math.sqrt(module.in_features)
-        up = 0.5 * torch.randn(module.out_features, rank, generator=generator) / math.sqrt(rank)
-        if layout == "peft":
-            for ours, theirs in UPSTREAM_NAMES.items():
-                if module_name.endswith("." + ours):
-                    module_name = module_name[: -len(ours)] + theirs
-            key = f"base_model.model.{module_name}"
-        else:
-            key = f"transformer.{module_name}"
-        tensors[f"{key}.lora_A.weight"] = down.contiguous()
-        tensors[f"{key}.lora_B.weight"] = up.contiguous()
-    alpha = float(rank if alpha is None else alpha)
-    targets = list(UPSTREAM_NAMES.values()) if layout == "peft" else list(LORA_TARGETS)
-    lora_config = {"r": rank, "lora_alpha": alpha, "target_modules": targets}
-    header = {"acestep_base_variant": variant} if record_variant else {}
-    path = Path(path)
-    if layout == "peft":
-        path.mkdir(parents=True, exist_ok=True)
-        base = f"checkpoints/acestep-v15-{variant}" if record_variant else "decoder"
-        (path / "adapter_config.json").write_text(
-            json.dumps(lora_config | {"peft_type": "LORA", "base_model_name_or_path": base}, indent=2)
-        )
-        save_file(tensors, str(path / "adapter_model.safetensors"), metadata=header)
-        return path
-    path = path.with_suffix(".safetensors")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata=header | {"lora_adapter_metadata": json.dumps(lora_config)})
-    return path

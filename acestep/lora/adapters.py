@@ -11,6 +11,10 @@ Fused (``ACESTEP_LORA_FUSE=true``): the active set is added into the base weight
 runs at base speed. The original weights are kept in CPU RAM and copied back before another set
 is fused; they are never recovered by subtraction (``W + dW - dW`` is not ``W`` in floating point).
 
+LoKr adapters (LyCORIS, ``acestep/lora/lokr.py``) take part alongside: attached beside the PEFT
+layers, wrapped in while active (with the scale as LyCORIS' multiplier), unwrapped while not, and
+fused the same way as LoRAs (their deltas added to the originals). A set may mix both kinds.
+
 Only safetensors are read, and diffusers never opens a file itself (it would accept pickles).
 """
 
@@ -28,6 +32,7 @@ from pathlib import Path
 import torch
 from loguru import logger
 
+from acestep.lora import lokr
 from acestep.lora.catalog import LoraError, LoraInfo, find
 from acestep.settings import TRUE_WORDS, lora_dir
 from acestep.settings import current as current_settings
@@ -69,6 +74,7 @@ class Loaded:
     nbytes: int
     seconds: float
     used: int  # order of last use (least recently used adapters are dropped first)
+    lokr: lokr.LokrAdapter | None = None  # a LoKr (LyCORIS) adapter; None for a LoRA (PEFT)
 
 
 class Adapters:
@@ -139,6 +145,8 @@ class Adapters:
 
     def _read(self, info: LoraInfo) -> dict[str, torch.Tensor]:
         """The adapter's weights with diffusers' keys, checked against this DiT's layers."""
+        if info.format == "lokr":
+            return lokr.read(info, self.transformer, self.model_tag)
         from diffusers.loaders.lora_pipeline import AceStepLoraLoaderMixin
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -155,6 +163,9 @@ class Adapters:
     def _attach(self, info: LoraInfo, state: dict[str, torch.Tensor]) -> None:
         started = time.perf_counter()
         key = f"adapter{next(self._keys)}"
+        if info.format == "lokr":
+            self._attach_lokr(info, state, key, started)
+            return
         metadata = {
             f"{PREFIX}.r": info.rank,
             f"{PREFIX}.lora_alpha": info.alpha,
@@ -166,7 +177,7 @@ class Adapters:
             self.transformer.load_lora_adapter(state, adapter_name=key, prefix=PREFIX, metadata=metadata)
         except Exception as exc:  # a partly attached adapter must not stay behind
             self._drop(key)
-            if not self.loaded:
+            if not self._peft_loaded():
                 self.transformer.unload_lora()
             self._activate(self.active)
             raise LoraError(f"LoRA {info.name!r} could not be attached to this DiT: {exc}") from None
@@ -176,6 +187,25 @@ class Adapters:
         self.loaded[info.name] = Loaded(info, key, nbytes, seconds, next(self._clock))
         self._activate(self.active)  # loading makes PEFT activate the new adapter; undo that
         logger.info(f"LoRA {info.name!r} loaded ({info.format}, rank {info.rank}, {nbytes / 2**20:.1f} MiB)")
+
+    def _attach_lokr(self, info: LoraInfo, state: dict[str, torch.Tensor], key: str, started: float) -> None:
+        self._unfuse()  # built on the original weights (DoRA reads them)
+        self.version += 1
+        try:
+            adapter = lokr.LokrAdapter(self.transformer, key, state)
+        except LoraError:
+            self._activate(self.active)
+            raise
+        except Exception as exc:  # LyCORIS raises several types for factors that do not fit
+            self._activate(self.active)
+            raise LoraError(f"LoKr {info.name!r} could not be attached to this DiT: {exc}") from None
+        seconds = round(time.perf_counter() - started, 4)
+        self.loaded[info.name] = Loaded(info, key, adapter.nbytes, seconds, next(self._clock), adapter)
+        self._activate(self.active)
+        logger.info(f"LoKr {info.name!r} loaded (dim {info.rank}, {adapter.nbytes / 2**20:.1f} MiB)")
+
+    def _peft_loaded(self) -> bool:
+        return any(entry.lokr is None for entry in self.loaded.values())
 
     def _check_shapes(self, info: LoraInfo, state: dict[str, torch.Tensor]) -> None:
         """Every key names a Linear of this DiT with matching sizes: a clear error before PEFT."""
@@ -230,25 +260,37 @@ class Adapters:
         self.version += 1
         try:
             self._unfuse()
+            self._deactivate_lokrs()
             if not self.loaded:
                 self.active = ()
                 return
-            if not wanted:
+            loras = [(self.loaded[n].key, s) for n, s in wanted if self.loaded[n].lokr is None]
+            lokrs = [(self.loaded[n].lokr, s) for n, s in wanted if self.loaded[n].lokr is not None]
+            if self._peft_loaded() and not loras:
                 self.transformer.disable_adapters()
-            else:
-                keys = [self.loaded[name].key for name, _ in wanted]
+            elif loras:
                 self.transformer.enable_adapters()
-                self.transformer.set_adapters(keys, [scale for _, scale in wanted])
-                if self.fuse:
-                    self._fuse(keys)
+                self.transformer.set_adapters([key for key, _ in loras], [scale for _, scale in loras])
+            if self.fuse and wanted:
+                self._fuse([key for key, _ in loras], lokrs)
+                if loras:
                     self.transformer.disable_adapters()  # the fused weights carry them now
+            else:
+                for adapter, scale in lokrs:
+                    adapter.activate(scale)
             self.active = wanted
         except BaseException:
             self.active = ()
             self._unfuse()
-            if self.loaded:
+            self._deactivate_lokrs()
+            if self._peft_loaded():
                 self.transformer.disable_adapters()
             raise
+
+    def _deactivate_lokrs(self) -> None:
+        for entry in reversed(list(self.loaded.values())):
+            if entry.lokr is not None:
+                entry.lokr.deactivate()
 
     def _lora_layers(self):
         from peft.tuners.lora import LoraLayer
@@ -258,28 +300,32 @@ class Adapters:
                 yield name, module
 
     @torch.no_grad()
-    def _fuse(self, keys: list[str]) -> None:
+    def _fuse(self, keys: list[str], lokrs: list[tuple[lokr.LokrAdapter, float]]) -> None:
         """Add the active adapters into the base weights (in float32), keeping the originals."""
+        deltas: dict[str, torch.Tensor] = {}
         for path, layer in self._lora_layers():
-            present = [key for key in keys if key in layer.lora_A]
-            if not present:
-                continue
-            weight = layer.get_base_layer().weight
+            for key in (key for key in keys if key in layer.lora_A):
+                down, up = layer.lora_A[key].weight.float(), layer.lora_B[key].weight.float()
+                deltas[path] = deltas.get(path, 0) + (up @ down) * layer.scaling[key]
+        for adapter, scale in lokrs:  # deltas of the original weights: taken before any is written
+            for path, delta in adapter.deltas(scale):
+                deltas[path] = deltas.get(path, 0) + delta
+        for path, delta in deltas.items():
+            weight = self._base_weight(path)
             original = self._originals.setdefault(path, weight.detach().to("cpu", copy=True))
-            delta = sum(
-                (layer.lora_B[key].weight.float() @ layer.lora_A[key].weight.float()) * layer.scaling[key]
-                for key in present
-            )
-            weight.copy_((original.to(weight.device).float() + delta).to(weight.dtype))
+            weight.copy_((original.to(weight.device).float() + delta.reshape(weight.shape)).to(weight.dtype))
+
+    def _base_weight(self, path: str) -> torch.nn.Parameter:
+        layer = self.transformer.get_submodule(path)
+        return getattr(layer, "base_layer", layer).weight  # under PEFT's wrapper, if any
 
     @torch.no_grad()
     def _unfuse(self) -> bool:
         """Copy the original base weights back (bit-exact); True when something was fused."""
         if not self._originals:
             return False
-        layers = dict(self._lora_layers())
         for path, original in self._originals.items():
-            layers[path].get_base_layer().weight.copy_(original)
+            self._base_weight(path).copy_(original)
         self._originals.clear()
         return True
 
@@ -296,12 +342,18 @@ class Adapters:
             self._unfuse()
             self.version += 1
             remaining = tuple((n, s) for n, s in self.active if n not in targets)
+            had_peft = self._peft_loaded()
             for name in targets:
-                self._drop(self.loaded.pop(name).key)
+                entry = self.loaded.pop(name)
+                if entry.lokr is not None:
+                    entry.lokr.detach()
+                else:
+                    self._drop(entry.key)
+            if had_peft and not self._peft_loaded():
+                self.transformer.unload_lora()  # plain nn.Linear modules again
             if self.loaded:
                 self._activate(remaining)
             else:
-                self.transformer.unload_lora()  # plain nn.Linear modules again
                 self.active = ()
         logger.info(f"LoRA unloaded: {', '.join(targets)}")
         return targets

@@ -1,12 +1,19 @@
-"""The LoRA catalog: adapters in ``ACESTEP_LORA_DIR``, in diffusers' or upstream's (PEFT) format.
+"""The LoRA catalog: adapters in ``ACESTEP_LORA_DIR``, in diffusers' or upstream's (PEFT) LoRA
+format, or LoKr adapters in LyCORIS' format.
 
-Torch-free: a server lists and checks adapters by reading safetensors headers only.
+Torch-free: a server lists and checks adapters by reading safetensors headers only (and a
+LoKr's scalar ``alpha`` when the file records no config).
 
 - diffusers format: a ``.safetensors`` file (or a folder holding ``pytorch_lora_weights.safetensors``)
   with keys ``transformer.layers.N.<attn>.<to_q|to_k|to_v|to_out.0>.lora_A|lora_B.weight`` and its
   LoRA config as JSON under the header key ``lora_adapter_metadata``;
 - upstream (PEFT) format: a folder with ``adapter_config.json`` and ``adapter_model.safetensors``,
-  keys ``base_model.model.layers.N.<attn>.<q_proj|...>.lora_A|lora_B.weight``.
+  keys ``base_model.model.layers.N.<attn>.<q_proj|...>.lora_A|lora_B.weight``;
+- LoKr (LyCORIS): a folder holding ``lokr_weights.safetensors`` (what upstream's LoKr training
+  writes), or a ``.safetensors`` file with LyCORIS keys ``lycoris_<module path, "." as "_">.lokr_w1``
+  (``lokr_w1_a``/``lokr_w1_b``, ``lokr_w2`` or ``lokr_w2_a``/``lokr_w2_b``, ``alpha``...). Its
+  config is JSON under the header key ``lokr_config`` (upstream's ``LoKRConfig`` fields); its rank
+  is the LoKr dimension (``linear_dim``).
 
 The base model an adapter was trained on is read from the header key ``acestep_base_variant``
 (what acestep writes), else from ``base_model_name_or_path`` in the PEFT config or the diffusers
@@ -17,6 +24,7 @@ Pickle files (``.pt``, ``.bin``, ``.ckpt``) are refused: they can run code when 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,6 +37,31 @@ PEFT_CONFIG = "adapter_config.json"
 METADATA_KEY = "lora_adapter_metadata"
 VARIANT_KEY = "acestep_base_variant"
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+PEFT_SUFFIX = "-peft"  # a trained LoRA's PEFT copy: <name>-peft beside <name> (lora/formats.py)
+LOKR_WEIGHTS = "lokr_weights.safetensors"  # upstream's name for a LoKr adapter's file
+LOKR_CONFIG_KEY = "lokr_config"
+# Upstream's LoKRConfig fields and defaults, as recorded in a LoKr file's ``lokr_config``.
+LOKR_DEFAULTS: dict = {
+    "linear_dim": 64,
+    "linear_alpha": 128,
+    "factor": -1,
+    "decompose_both": False,
+    "use_tucker": False,
+    "use_scalar": False,
+    "weight_decompose": False,
+    "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "full_matrix": False,
+    "bypass_mode": False,
+    "rs_lora": False,
+    "unbalanced_factorization": False,
+}
+# The tensors of one LyCORIS LoKr module (lycoris' LokrModule.weight_list), and those that mark one.
+LOKR_PARTS = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t1", "lokr_t2")
+LOKR_EXTRAS = ("alpha", "dora_scale")
+LOKR_MARKERS = ("lokr_w1", "lokr_w1_a")
+LYCORIS_PREFIX = "lycoris_"  # LyCORIS names a module "lycoris_" + its path with "." as "_"
+# The module kind in a LyCORIS name: what follows the block (``lycoris_layers_3_self_attn_q_proj``).
+_LOKR_KIND = re.compile(r"^lycoris_(?:layers_\d+_(?:self_attn|cross_attn|mlp)_)?(?P<kind>.+)$")
 
 
 class LoraError(ValueError):
@@ -43,9 +76,9 @@ class LoraNotFound(LoraError):
 class LoraInfo:
     name: str
     path: str  # the weights file
-    format: str  # "diffusers" | "peft"
+    format: str  # "diffusers" | "peft" | "lokr"
     base_variant: str | None  # "base", "turbo", "sft", "xl-base", ...; None when not recorded
-    rank: int
+    rank: int  # LoKr: its dimension (linear_dim)
     alpha: float
     targets: tuple[str, ...]  # module kinds adapted, e.g. ("to_k", "to_q", "to_v")
     modules: int  # how many Linear layers it adapts
@@ -78,8 +111,9 @@ def find(directory: str | Path, names: list[str] | tuple[str, ...], model_tag: s
             raise LoraNotFound(f"no LoRA named {name!r} in {directory} (available: {known})")
         info = found[name]
         if model_tag is not None and info.base_variant not in (None, model_tag):
+            kind = "LoKr" if info.format == "lokr" else "LoRA"
             raise LoraError(
-                f"LoRA {name!r} was trained on the {info.base_variant} DiT; this model is {model_tag}"
+                f"{kind} {name!r} was trained on the {info.base_variant} DiT; this model is {model_tag}"
                 f"{_size_note(info.base_variant, model_tag)}. "
                 f"Use an adapter made for {model_tag}, or serve a {info.base_variant} model"
             )
@@ -109,6 +143,8 @@ def read_lora(path: str | Path) -> LoraInfo:
                 config = json.loads((path / PEFT_CONFIG).read_text())
             except (OSError, ValueError) as exc:
                 raise LoraError(f"{name}: {PEFT_CONFIG} is not valid JSON ({exc})") from None
+        elif (path / LOKR_WEIGHTS).is_file():
+            weights, fmt = path / LOKR_WEIGHTS, "lokr"
         else:
             weights, fmt = path / DIFFUSERS_WEIGHTS, "diffusers"
         if not weights.is_file():
@@ -118,6 +154,10 @@ def read_lora(path: str | Path) -> LoraInfo:
     else:
         raise LoraError(f"{name}: not a LoRA (a .safetensors file or an adapter folder)")
     shapes, header = _read_header(weights, name)
+    if fmt == "diffusers" and (LOKR_CONFIG_KEY in header or any(_is_lokr_key(key) for key in shapes)):
+        fmt = "lokr"  # LyCORIS keys in a single file
+    if fmt == "lokr":
+        return _read_lokr(name, weights, shapes, header)
     if fmt == "diffusers" and any(".q_proj." in key or ".k_proj." in key for key in shapes):
         fmt = "peft"  # upstream keys in a single file
     metadata = _json(header.get(METADATA_KEY), name)
@@ -176,13 +216,13 @@ def _read_header(weights: Path, name: str) -> tuple[dict[str, tuple[int, ...]], 
         raise LoraError(f"{name}: {weights.name} is not a readable safetensors file ({exc})") from None
 
 
-def _json(text: str | None, name: str) -> dict:
+def _json(text: str | None, name: str, key: str = METADATA_KEY) -> dict:
     if not text:
         return {}
     try:
         value = json.loads(text)
     except ValueError as exc:
-        raise LoraError(f"{name}: its {METADATA_KEY} is not JSON ({exc})") from None
+        raise LoraError(f"{name}: its {key} is not JSON ({exc})") from None
     return value if isinstance(value, dict) else {}
 
 
@@ -211,6 +251,77 @@ def _check_pairs(shapes: dict[str, tuple[int, ...]], name: str) -> tuple[int, in
         module.rsplit(".", 2)[-2] if module.endswith(".0") else module.rsplit(".", 1)[-1] for module in pairs
     }
     return ranks.pop(), len(pairs), tuple(sorted(kinds))
+
+
+def _is_lokr_key(key: str) -> bool:
+    return key.rsplit(".", 1)[-1] in LOKR_MARKERS
+
+
+def _read_lokr(name: str, weights: Path, shapes: dict[str, tuple[int, ...]], header: dict) -> LoraInfo:
+    """A LoKr file: every module complete, one LoKr dimension, agreeing with its recorded config."""
+    config = _json(header.get(LOKR_CONFIG_KEY), name, LOKR_CONFIG_KEY)
+    dims, modules, kinds = _check_lokr(shapes, name)
+    declared = config.get("linear_dim")
+    if declared and dims and dims != {int(declared)}:
+        raise LoraError(f"{name}: its config says LoKr dimension {declared}, its weights have {sorted(dims)}")
+    if len(dims) > 1:
+        raise LoraError(f"{name}: its modules have different LoKr dimensions {sorted(dims)}")
+    # Modules whose factors are both full matrices show no dimension; the config then tells it.
+    rank = int(declared) if declared else (dims.pop() if dims else 1)
+    alpha = config.get("linear_alpha")
+    return LoraInfo(
+        name=name,
+        path=str(weights),
+        format="lokr",
+        base_variant=header.get(VARIANT_KEY),
+        rank=rank,
+        alpha=float(alpha) if alpha else _lokr_alpha(weights, shapes, rank),
+        targets=kinds,
+        modules=modules,
+    )
+
+
+def _check_lokr(shapes: dict[str, tuple[int, ...]], name: str) -> tuple[set[int], int, tuple[str, ...]]:
+    """Every key is ``<lycoris module>.<LoKr tensor>`` and every module has both Kronecker factors
+    (whole or as a low-rank pair); returns the dimensions seen, the module count and kinds."""
+    if not shapes:
+        raise LoraError(f"{name}: the file holds no tensors")
+    modules: dict[str, dict[str, tuple[int, ...]]] = {}
+    for key, shape in shapes.items():
+        module, _, part = key.rpartition(".")
+        if not module.startswith(LYCORIS_PREFIX) or part not in LOKR_PARTS + LOKR_EXTRAS:
+            raise LoraError(f"{name}: {key!r} is not a LoKr weight (lycoris_<module>.lokr_w1 ...)")
+        modules.setdefault(module, {})[part] = shape
+    dims = set()
+    for module, parts in modules.items():
+        for factor in ("w1", "w2"):
+            pair = (f"lokr_{factor}_a", f"lokr_{factor}_b")
+            if f"lokr_{factor}" not in parts and not all(p in parts for p in pair):
+                raise LoraError(f"{name}: {module} needs lokr_{factor} or both {pair[0]} and {pair[1]}")
+            if f"lokr_{factor}" not in parts:
+                dims.add(parts[pair[0]][1])
+    kinds = {lokr_kind(module) for module in modules}
+    return dims, len(modules), tuple(sorted(kinds))
+
+
+def lokr_kind(module: str) -> str:
+    """``lycoris_layers_3_self_attn_q_proj`` -> ``q_proj``: the name after the block's."""
+    match = _LOKR_KIND.match(module)
+    return match["kind"] if match and match["kind"] else module
+
+
+def _lokr_alpha(weights: Path, shapes: dict[str, tuple[int, ...]], rank: int) -> float:
+    """No recorded config: the first module's ``alpha`` tensor (a scalar, read without torch)."""
+    from safetensors import safe_open
+
+    key = next((k for k in sorted(shapes) if k.endswith(".alpha")), None)
+    if key is None:
+        return float(rank)
+    try:
+        with safe_open(str(weights), framework="numpy") as handle:
+            return float(handle.get_tensor(key))
+    except Exception:  # bfloat16 has no numpy type; the alpha then stays unreported
+        return float(rank)
 
 
 def no_adapters() -> dict:
