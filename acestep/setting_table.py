@@ -103,6 +103,12 @@ REGISTRY: tuple[Setting, ...] = (
         ("ACESTEP_QUEUE_MAXSIZE", "int", "200", "Jobs that may wait in the local queue.", {"minimum": 1}),
         ("ACESTEP_WORKER", "choice", "process", "`inprocess` runs the engine inside the server process."),
         ("ACESTEP_MCP", "bool", "on", "`off` leaves the MCP tools out of `/mcp/`."),
+        (
+            "ACESTEP_TRAINING",
+            "bool",
+            "off",
+            "`on` serves the training routes (`/v1/training/*`, `/v1/dataset/*`) and the Training tab.",
+        ),
         ("ACESTEP_MCP_EMBED_MB", "int", "16", "Largest audio (MiB) an MCP answer embeds; past it, links."),
         ("ACESTEP_CORS_ORIGINS", "list", "", "Comma-separated origins CORS allows besides localhost pages."),
         ("ACESTEP_RESULT_TTL", "int", "86400", "Seconds finished jobs and their files are kept (0 = keep)."),
@@ -205,6 +211,12 @@ REGISTRY: tuple[Setting, ...] = (
             {"minimum": 0},
         ),
         ("ACESTEP_LORA_DIR", "path", "", "LoRA folder (default `<root>/loras`)."),
+        (
+            "ACESTEP_TRAINING_DIR",
+            "path",
+            "",
+            "Training folder: datasets, preprocessing caches and runs (default `<root>/training_data`).",
+        ),
         ("ACESTEP_OUTPUT_DIR", "path", "", "Where generated audio is kept (default `<tmp>/api_audio`)."),
         (
             "ACESTEP_TMPDIR",

@@ -169,6 +169,11 @@ def lora_dir(env: Mapping[str, str] | None = None) -> Path:
     return _project_folder(current() if env is None else env, "ACESTEP_LORA_DIR", "loras")
 
 
+def training_dir(env: Mapping[str, str] | None = None) -> Path:
+    """``ACESTEP_TRAINING_DIR``, else ``$ACESTEP_PROJECT_ROOT/training_data``, else ``./training_data``."""
+    return _project_folder(current() if env is None else env, "ACESTEP_TRAINING_DIR", "training_data")
+
+
 def dit_name(env: Mapping[str, str] | None = None) -> str | None:
     """``ACESTEP_CONFIG_PATH`` names the DiT folder (e.g. ``acestep-v15-base``)."""
     return (current() if env is None else env).get("ACESTEP_CONFIG_PATH") or None

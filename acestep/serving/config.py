@@ -53,6 +53,7 @@ class ServerConfig:
     in_process_worker: bool = False
     preload: bool = False  # load the model at start (upstream's --init_service), without waiting
     enable_mcp: bool = True  # mount the MCP tools at /mcp/ (ACESTEP_MCP=off to leave them out)
+    enable_training: bool = False  # the training routes and tab (ACESTEP_TRAINING=on), off as upstream's
     # Without a key: Host names besides loopback and the bind address that may reach the server.
     allowed_hosts: list[str] = field(default_factory=list)
     # A connection must finish its request headers within this.
@@ -103,6 +104,7 @@ class ServerConfig:
             cors_origins=[o.strip() for o in (env.get("ACESTEP_CORS_ORIGINS") or "").split(",") if o.strip()],
             in_process_worker=value("ACESTEP_WORKER").lower() == "inprocess",
             enable_mcp=value("ACESTEP_MCP"),
+            enable_training=value("ACESTEP_TRAINING"),
             allowed_hosts=[
                 h.strip().lower() for h in (env.get("ACESTEP_ALLOWED_HOSTS") or "").split(",") if h.strip()
             ],
