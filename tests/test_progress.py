@@ -17,7 +17,7 @@ from _server import Server
 
 from acestep.request import GenerationRequest
 from acestep.worker.job import JobInfo
-from acestep.worker.progress import STAGE_BANDS, overall
+from acestep.worker.progress import STAGE_BANDS, TRAINING_BANDS, overall
 
 # The engine's stages in the order a job with the LM passes them (AceStep.generate).
 ORDER = ("queued", "starting", "lm", "conditioning", "diffusion", "decode", "save", "done")
@@ -38,6 +38,14 @@ def test_the_bands_follow_the_stages_in_order_and_match_upstream():
     assert STAGE_BANDS["diffusion"] == (0.52, 0.79)
     assert STAGE_BANDS["decode"][0] == 0.8 and STAGE_BANDS["save"][0] == 0.99
     assert STAGE_BANDS["done"] == (1.0, 1.0)
+
+
+def test_a_training_job_has_bands_in_order_too():
+    stages = list(TRAINING_BANDS)
+    for earlier, later in zip(stages, stages[1:], strict=False):
+        assert TRAINING_BANDS[earlier][1] <= TRAINING_BANDS[later][0], (earlier, later)
+    assert overall("train", 0.5) == pytest.approx(0.53)
+    assert overall("preprocess_vae", 1.0, previous=0.5) == 0.5  # never lower
 
 
 def test_a_stage_fraction_lands_in_its_band():

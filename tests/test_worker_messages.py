@@ -14,6 +14,9 @@ from acestep.worker.messages import Op
 EXAMPLES: dict[Op, wire.Command] = {
     Op.LOAD: wire.Load(1),
     Op.GENERATE: wire.Generate(2, request={"caption": "rain", "seed": 7}, output_dir="out", lm_only=True),
+    Op.TRAIN: wire.Train(
+        9, request={"dataset": "songs", "lora_rank": 8}, dataset="/data/songs", model="base"
+    ),
     Op.UNLOAD: wire.Unload(3, "park"),
     Op.LORA_LOAD: wire.LoraLoad(4, ["a", "b"]),
     Op.LORA_UNLOAD: wire.LoraUnload(5, None),
@@ -42,6 +45,7 @@ def test_every_command_round_trips_as_one_json_line(op):
     [
         wire.Ready(4242),
         wire.Progress(3, "dit", 0.5),
+        wire.Progress(3, "train", 0.25, {"step": 5, "loss": 0.5, "losses": [[5, 0.5]]}),
         wire.Done(3, {"action": "load", "seconds": 1.5}),
         wire.Failed(3, "oom", "CUDA out of memory"),
         wire.Failed(None, "internal", "not a JSON line"),
@@ -54,6 +58,10 @@ def test_every_answer_round_trips(answer):
 def test_the_wire_shape_is_the_one_the_worker_has_always_spoken():
     assert json.loads(wire.encode(wire.Unload(9, "free"))) == {"op": "unload", "id": 9, "level": "free"}
     assert json.loads(wire.encode(wire.Progress(9, "vae", 1.0))) == {"id": 9, "progress": ["vae", 1.0]}
+    detail = json.loads(wire.encode(wire.Progress(9, "train", 0.5, {"step": 1})))
+    assert detail == {"id": 9, "progress": ["train", 0.5], "detail": {"step": 1}}
+    with pytest.raises(wire.MessageError, match="detail is a JSON object"):
+        wire.decode('{"id": 9, "progress": ["train", 0.5], "detail": [1]}')
     failed = json.loads(wire.encode(wire.Failed(9, "input", "bad")))
     assert failed == {"id": 9, "ok": False, "error": {"kind": "input", "message": "bad"}}
 

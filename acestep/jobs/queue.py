@@ -29,6 +29,7 @@ from acestep.request import GenerationRequest
 from acestep.settings import current as current_settings
 from acestep.settings import value as setting_value
 from acestep.tasks import flow_edit_applies
+from acestep.training.request import TrainingRequest
 from acestep.worker.dispatcher import Job
 from acestep.worker.supervisor import Supervisor
 
@@ -94,6 +95,7 @@ class JobQueue(Protocol):
         lm_only: bool = False,
         model: str | None = None,
     ) -> Job: ...
+    def submit_training(self, request: TrainingRequest, dataset: str, model: str | None = None) -> Job: ...
     def get(self, task_id: str) -> Job | None: ...
     def position(self, task_id: str) -> int | None: ...
     def cancel(self, task_id: str) -> str: ...
@@ -207,6 +209,20 @@ class LocalJobQueue:
             self._jobs[task_id] = job
         return job
 
+    def submit_training(self, request: TrainingRequest, dataset: str, model: str | None = None) -> Job:
+        """Queue a checked training run on ``model`` (a slot's DiT; None: the served one)."""
+        task_id = str(uuid.uuid4())
+        if self.slots is not None:
+            model = self.slots.require(model)
+        with self._lock:
+            if self.dispatcher.queue_depth() >= self.maxsize:
+                raise QueueFull(self.maxsize, 60)
+            job = self.manager.dispatcher.submit_training(
+                request, dataset, job_id=task_id, on_done=[self._record], model=model
+            )
+            self._jobs[task_id] = job
+        return job
+
     def _record(self, job: Job) -> None:
         if job.started is None or job.finished is None:
             return
@@ -272,7 +288,7 @@ class LocalJobQueue:
     def _live_inputs(self) -> set[Path]:
         """The files that queued and running jobs read (never swept)."""
         with self._lock:
-            live = [job.request for job in self._jobs.values() if not job.done.is_set()]
+            live = [j.request for j in self._jobs.values() if not j.done.is_set() and j.kind == "generate"]
         return {path for request in live for path in input_paths(request)}
 
     def sweep(self, now: float | None = None) -> int:

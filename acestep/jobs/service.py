@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +24,13 @@ from acestep.checkpoints.slots import UnknownModel
 from acestep.errors import JobErrorKind
 from acestep.jobs.failures import Refusal, RefusalCause, failure_reason, lm_missing_reason
 from acestep.jobs.queue import JobQueue, QueueFull, QueueUnavailable
+from acestep.jobs.training import PreparedRun, prepare_run
 from acestep.jobs.waits import CallerGone
 from acestep.lora.selection import LoraSelection
 from acestep.memory.limits import MemoryLimitError
 from acestep.request import GenerationRequest
+from acestep.settings import training_dir
+from acestep.training.request import TrainingRequest
 from acestep.worker.job import Job, JobState
 
 POLL_S = 0.05
@@ -45,6 +48,7 @@ class JobService:
     loras: LoraSelection | None = None
     lm_name: str | None = None
     lm_missing: str = ""  # why there is no LM (the fix included), when lm_name is None
+    training_ids: list[str] = field(default_factory=list)  # training runs queued here, oldest first
 
     def require_lm(
         self, request: GenerationRequest, features: list[str] | None = None, lm_only: bool = False
@@ -95,6 +99,66 @@ class JobService:
         except BaseException:  # anything else, a caller gone included: nothing stays behind
             discard(cleanup)
             raise
+
+    # -- training runs ------------------------------------------------------------------------
+
+    async def submit_training(
+        self, request: TrainingRequest, confined: bool = True, model: str | None = None
+    ) -> tuple[Job, PreparedRun]:
+        """Check a training run (``acestep/jobs/training.py``) and queue it; ``confined``: its
+        dataset must lie in the training folder (every face that takes paths from the network).
+        One run at a time: another while one is queued or running is refused (409)."""
+        running = self.training_job()
+        if running is not None and not JobState(running.state).ended:
+            raise Refusal(
+                RefusalCause.CONFLICT,
+                f"a training run is already {running.state} (task {running.id}); stop it first",
+            )
+        model = model or request.model
+        try:
+            prepared = await anyio.to_thread.run_sync(lambda: self._prepare(request, confined, model))
+            job = await anyio.to_thread.run_sync(
+                lambda: self.queue.submit_training(prepared.request, prepared.dataset, model)
+            )
+        except QueueFull as exc:
+            raise Refusal(RefusalCause.QUEUE_FULL, str(exc), exc.retry_after) from None
+        except UnknownModel as exc:
+            raise Refusal(RefusalCause.UNKNOWN_MODEL, str(exc)) from None
+        except ValueError as exc:  # the dataset, the run's name, the GPU's size: the reason says
+            raise Refusal(JobErrorKind.INPUT, str(exc)) from None
+        self.training_ids.append(job.id)
+        return job, prepared
+
+    def _prepare(self, request: TrainingRequest, confined: bool, model: str | None) -> PreparedRun:
+        slots = getattr(self.queue, "slots", None)
+        checkpoint = (
+            slots.paths(slots.require(model))
+            if slots is not None
+            else getattr(self.queue, "checkpoint", None)
+        )
+        manager = getattr(self.control, "manager", self.control)
+        limits = getattr(manager, "limits", None)
+        gpu_gib = limits.gib if limits is not None else None
+        return prepare_run(request, training_dir(), confined, checkpoint, gpu_gib)
+
+    def training_job(self, job_id: str | None = None) -> Job | None:
+        """A training run by id (None: the latest one queued here)."""
+        if job_id is None:
+            ids = [i for i in self.training_ids if self.queue.get(i) is not None]
+            if not ids:
+                return None
+            job_id = ids[-1]
+        job = self.queue.get(job_id)
+        return job if job is not None and getattr(job, "kind", "generate") == "train" else None
+
+    async def stop_training(self, job_id: str | None = None) -> str:
+        """Stop a run: ``cancelled`` (it was queued), ``stopping`` (it stops after its update and
+        keeps its last checkpoint), ``finished``, or ``none`` (no run)."""
+        job = self.training_job(job_id)
+        if job is None:
+            return "none"
+        outcome = await anyio.to_thread.run_sync(self.queue.cancel, job.id)
+        return "stopping" if outcome == "cancelling" else outcome
 
     async def watch(
         self, job: Job, timeout_s: float | None = None, gone: Callable[[], Any] | None = None

@@ -1,9 +1,9 @@
 """The GPU worker process: ``python -m acestep.worker.child --fd N --spec JSON``.
 
 It reads one JSON command per line on stdin and answers on file descriptor N (stdout stays free for
-whatever libraries print). Commands: load, generate, unload,
+whatever libraries print). Commands: load, generate, train, unload,
 lora_load, lora_unload, status, fault, exit. Every answer
-carries the command's id; a generate also streams progress lines.
+carries the command's id; a generate or a train also streams progress lines.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ def _serve(runner, out: TextIO) -> None:
     from acestep.memory.report import snapshot
     from acestep.request import GenerationRequest
     from acestep.worker import messages as wire
-    from acestep.worker.runner import classify
+    from acestep.worker.classify import classify
 
     def send(message: wire.Answer) -> None:
         out.write(wire.encode(message))
@@ -46,6 +46,15 @@ def _serve(runner, out: TextIO) -> None:
                     )
                     load = runner.take_job_load()
                     reply = {"result": result.model_dump(mode="json"), "load": load and load.as_dict()}
+                case wire.Train():
+                    from acestep.training.request import TrainingRequest
+
+                    reply = runner.train(
+                        TrainingRequest.model_validate(command.request),
+                        command.dataset,
+                        lambda p, ident=ident: send(wire.Progress(ident, p.stage, p.fraction, p.as_dict())),
+                        model=command.model,
+                    )
                 case wire.Load():
                     reply = runner.load(command.model).as_dict()
                 case wire.Unload():

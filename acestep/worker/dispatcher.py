@@ -18,7 +18,6 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from contextlib import AbstractContextManager, nullcontext
-from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,37 +27,15 @@ from acestep.errors import JobError
 from acestep.memory.keep_alive import NEVER, IdleTimer, KeepAlivePolicy
 from acestep.memory.report import MemoryReport
 from acestep.request import GenerationRequest
+from acestep.settings import training_dir
+from acestep.training.places import clear_stop, request_stop
+from acestep.training.progress import TrainingProgress
+from acestep.training.request import TrainingRequest
+from acestep.worker.commands import WAIT_SCOPE, BusyError, CommandTimeout, GuardError, WaitScope
 from acestep.worker.job import Job, JobState
 from acestep.worker.runner import Runner
 
 POLL_S = 0.5  # longest sleep between keep-alive checks (the clock may be a test's fake clock)
-
-
-class GuardError(RuntimeError):
-    """A job guard refused to let the job run (the job fails with this message)."""
-
-
-class BusyError(RuntimeError):
-    """An unload was asked for while a job runs, and the server refuses rather than waits."""
-
-
-class CommandTimeout(TimeoutError):
-    """A load, unload or LoRA command was still waiting for the running job when its caller's
-    patience ran out (or the caller went away); the message says whether it was withdrawn."""
-
-
-@dataclass(frozen=True)
-class WaitScope:
-    """How long a caller waits for its commands: until ``deadline`` (``time.monotonic()``) or
-    until ``gone`` completes (the caller went away), whichever comes first."""
-
-    deadline: float
-    gone: Future
-
-
-# Set by the faces around a blocking command (``acestep.jobs.waits``); a context variable, so
-# the layers in between (the LoRA selection, the memory manager) need not pass it on.
-WAIT_SCOPE: ContextVar[WaitScope | None] = ContextVar("acestep_wait_scope", default=None)
 
 
 @dataclass
@@ -126,6 +103,36 @@ class Dispatcher:
             )
             job.on_done.extend(on_done or [])
             job.on_progress.extend(on_progress or [])
+            self._jobs.append(job)
+            self._cond.notify_all()
+        return job
+
+    def submit_training(
+        self,
+        request: TrainingRequest,
+        dataset: str,
+        job_id: str | None = None,
+        on_done: list[Callable[[Job], None]] | None = None,
+        model: str | None = None,
+    ) -> Job:
+        """Queue a training run: it holds the GPU alone while it runs (the jobs behind it wait).
+        ``request.output_name`` names its run (the job service fills it in)."""
+        if not request.output_name:
+            raise ValueError("a queued training run needs its output_name")
+        clear_stop(request, training_dir())
+        with self._cond:
+            if self._stopping:
+                raise RuntimeError("the dispatcher is shutting down")
+            job = Job(
+                id=job_id or f"job-{next(self._ids)}",
+                request=request,
+                output_dir="",
+                keep_alive=self.policy.for_request(None),
+                model=model,
+                dataset=dataset,
+                training=TrainingProgress(),
+            )
+            job.on_done.extend(on_done or [])
             self._jobs.append(job)
             self._cond.notify_all()
         return job
@@ -224,6 +231,8 @@ class Dispatcher:
             else:
                 if self._running is not None and self._running.id == job_id:
                     self._running.cancel_requested = True
+                    if self._running.kind == "train":  # it stops after its update, checkpointed
+                        request_stop(self._running.request, training_dir())
                     return "cancelling"
                 return "unknown"
         job.fail("cancelled by request", "cancelled")
@@ -316,9 +325,12 @@ class Dispatcher:
             with self.job_guard(job) if self.job_guard else nullcontext():
                 if job.cancel_requested:  # cancelled while the guard waited (e.g. for GPU tokens)
                     raise JobError("cancelled", "cancelled by request")
-                job.result = self.runner.generate(
-                    job.request, job.output_dir, progress, lm_only=job.lm_only, model=job.model
-                )
+                if job.kind == "train":
+                    self._train(job)
+                else:
+                    job.result = self.runner.generate(
+                        job.request, job.output_dir, progress, lm_only=job.lm_only, model=job.model
+                    )
             job.state, job.progress, job.stage = JobState.SUCCEEDED, 1.0, "done"
             load = self.runner.take_job_load()
             if load is not None:
@@ -338,6 +350,18 @@ class Dispatcher:
                 self.timer.job_finished(job.keep_alive)
             self._cond.notify_all()
         self._finish(job)
+
+    def _train(self, job: Job) -> None:
+        """A training run: its reports replace the job's training progress; a stop request is a
+        file the trainer reads after each update (it keeps its last checkpoint), never an error."""
+
+        def report(progress: TrainingProgress) -> None:
+            job.training = progress
+            job.advance(progress.stage, progress.fraction)
+
+        job.training = TrainingProgress.from_dict(
+            self.runner.train(job.request, job.dataset or "", report, model=job.model)
+        )
 
     def _finish(self, job: Job) -> None:
         job.finished = time.time()

@@ -1,4 +1,4 @@
-"""``Job``: one generation as the faces see it, with its state as an enum.
+"""``Job``: one generation or training run as the faces see it, with its state as an enum.
 
 ``JobInfo`` holds what every face reads (state, stage, progress, result, error...); the embedded
 queue's live ``Job`` and the cluster's stored ``JobRecord`` (``acestep/cluster/records.py``) both
@@ -15,6 +15,8 @@ from enum import StrEnum
 
 from acestep.request import GenerationRequest
 from acestep.result import GenerationResult
+from acestep.training.progress import TrainingProgress
+from acestep.training.request import TrainingRequest
 from acestep.worker.progress import overall
 
 
@@ -34,7 +36,7 @@ class JobState(StrEnum):
 @dataclass(kw_only=True)
 class JobInfo:
     id: str
-    request: GenerationRequest
+    request: GenerationRequest | TrainingRequest  # a training job carries its TrainingRequest
     lm_only: bool = False  # stop after the LM (/format_input): a result with metas and no audio
     model: str | None = None  # the DiT it runs on (None: the worker's current one)
     state: JobState = JobState.QUEUED
@@ -47,6 +49,13 @@ class JobInfo:
     started: float | None = None
     finished: float | None = None
     cancel_requested: bool = False
+    training: TrainingProgress | None = None  # a training job's steps, loss and checkpoints
+    dataset: str | None = None  # a training job's dataset (file or folder), resolved
+
+    @property
+    def kind(self) -> str:
+        """``generate`` or ``train``."""
+        return "train" if isinstance(self.request, TrainingRequest) else "generate"
 
     def advance(self, stage: str, fraction: float) -> None:
         """A progress report of the running job: ``progress`` is the overall fraction, which never

@@ -3,7 +3,8 @@
 One dataclass per message, one JSON object per line. Commands go to the worker as
 ``{"op": ..., "id": ..., fields}``; the worker answers ``{"event": "ready", "pid": ...}`` once,
 then per command any ``{"id": ..., "progress": [stage, fraction]}`` lines and one
-``{"id": ..., "ok": true, "reply": {...}}`` or ``{"id": ..., "ok": false, "error": {...}}``.
+``{"id": ..., "ok": true, "reply": {...}}`` or ``{"id": ..., "ok": false, "error": {...}}``; a
+training run's progress lines also carry ``"detail"`` (its ``TrainingProgress``).
 ``encode`` and ``decode`` are the only places that know this shape.
 """
 
@@ -18,6 +19,7 @@ from typing import Any, ClassVar
 class Op(StrEnum):
     LOAD = "load"
     GENERATE = "generate"
+    TRAIN = "train"
     UNLOAD = "unload"
     LORA_LOAD = "lora_load"
     LORA_UNLOAD = "lora_unload"
@@ -52,6 +54,15 @@ class Generate:
     output_dir: str
     lm_only: bool = False
     model: str | None = None  # the DiT to run it on (None: the one in use)
+
+
+@dataclass(frozen=True)
+class Train:
+    op: ClassVar[Op] = Op.TRAIN
+    id: int
+    request: dict[str, Any]  # TrainingRequest.model_dump(mode="json")
+    dataset: str  # the dataset file or folder, resolved by the server
+    model: str | None = None  # the DiT to train on (None: the one in use)
 
 
 @dataclass(frozen=True)
@@ -95,9 +106,9 @@ class Exit:
     id: int
 
 
-Command = Load | Generate | Unload | LoraLoad | LoraUnload | Status | Fault | Exit
+Command = Load | Generate | Train | Unload | LoraLoad | LoraUnload | Status | Fault | Exit
 COMMANDS: dict[Op, type] = {
-    cls.op: cls for cls in (Load, Generate, Unload, LoraLoad, LoraUnload, Status, Fault, Exit)
+    cls.op: cls for cls in (Load, Generate, Train, Unload, LoraLoad, LoraUnload, Status, Fault, Exit)
 }
 
 # -- answers (worker -> server) --------------------------------------------------------------
@@ -113,6 +124,7 @@ class Progress:
     id: int
     stage: str
     fraction: float
+    detail: dict[str, Any] | None = None  # a training run's TrainingProgress.as_dict()
 
 
 @dataclass(frozen=True)
@@ -138,6 +150,8 @@ def encode(message: Message) -> str:
         data: dict[str, Any] = {"event": "ready", "pid": message.pid}
     elif isinstance(message, Progress):
         data = {"id": message.id, "progress": [message.stage, message.fraction]}
+        if message.detail is not None:
+            data["detail"] = message.detail
     elif isinstance(message, Done):
         data = {"id": message.id, "ok": True, "reply": message.reply}
     elif isinstance(message, Failed):
@@ -182,7 +196,10 @@ def decode(line: str | bytes) -> Message:
         progress = data["progress"]
         if not (isinstance(progress, list) and len(progress) == 2):
             raise MessageError(f"a progress line carries [stage, fraction], got {progress!r}", ident)
-        return Progress(ident, str(progress[0]), float(progress[1]))
+        detail = data.get("detail")
+        if detail is not None and not isinstance(detail, dict):
+            raise MessageError(f"a progress detail is a JSON object, got {detail!r}", ident)
+        return Progress(ident, str(progress[0]), float(progress[1]), detail)
     if data.get("ok") is True and isinstance(data.get("reply"), dict):
         return Done(ident, data["reply"])
     error = data.get("error")
@@ -209,6 +226,7 @@ __all__ = [
     "Progress",
     "Ready",
     "Status",
+    "Train",
     "Unload",
     "decode",
     "encode",

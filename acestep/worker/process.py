@@ -220,7 +220,8 @@ class ProcessRunner:
             self._ensure_started()
         elif not self.alive:
             raise WorkerCrashed("the GPU worker process is not running")
-        context = "during the job" if command.op is wire.Op.GENERATE else f"during {command.op}"
+        job_ops = (wire.Op.GENERATE, wire.Op.TRAIN)
+        context = "during the job" if command.op in job_ops else f"during {command.op}"
         try:
             self.proc.stdin.write(wire.encode(command))
             self.proc.stdin.flush()
@@ -233,7 +234,10 @@ class ProcessRunner:
             if isinstance(message, wire.Progress):
                 if progress is not None:
                     try:
-                        progress(message.stage, message.fraction)
+                        if message.detail is not None:
+                            progress(message.stage, message.fraction, message.detail)
+                        else:
+                            progress(message.stage, message.fraction)
                     except BaseException:
                         # The caller gave up on this job (e.g. cancelled it) while the worker runs
                         # it; the worker cannot be interrupted mid-command, so it is ended.
@@ -299,6 +303,21 @@ class ProcessRunner:
                 self._refresh()  # a failed job may have loaded the model or changed its adapters
             self._job_load = MemoryReport.from_dict(reply["load"]) if reply["load"] else None
             return GenerationResult.model_validate(reply["result"])
+
+    def train(self, request, dataset: str, report, model: str | None = None) -> dict:
+        """A training run in the worker process; its progress lines carry the run's details."""
+        from acestep.training.progress import TrainingProgress
+
+        def progress(stage: str, fraction: float, detail: dict | None = None) -> None:
+            if detail is not None:
+                report(TrainingProgress.from_dict(detail))
+
+        with self._lock:
+            try:
+                command = wire.Train(self._id(), request.model_dump(mode="json"), dataset, model)
+                return self._call(command, progress)
+            finally:
+                self._refresh()  # the worker freed its engines for the run
 
     def take_job_load(self) -> MemoryReport | None:
         report, self._job_load = self._job_load, None

@@ -20,12 +20,24 @@ STAGE_BANDS: dict[str, tuple[float, float]] = {
     "save": (0.99, 0.99),  # writing the files
     "done": (1.0, 1.0),
 }
+# A training job's stages: preprocessing's three passes, the updates, writing the adapter.
+TRAINING_BANDS: dict[str, tuple[float, float]] = {
+    "queued": (0.0, 0.0),
+    "starting": (0.01, 0.01),
+    "preprocess_vae": (0.02, 0.06),
+    "preprocess_text": (0.06, 0.07),
+    "preprocess_condition": (0.07, 0.08),
+    "train": (0.08, 0.98),
+    "saving": (0.99, 0.99),
+    "done": (1.0, 1.0),
+}
+BANDS = STAGE_BANDS | TRAINING_BANDS
 
 
 def overall(stage: str, fraction: float, previous: float = 0.0) -> float:
     """The job's overall fraction after a report of ``stage`` at ``fraction``; never below
     ``previous``. A stage the table does not know leaves the value where it was."""
-    band = STAGE_BANDS.get(stage)
+    band = BANDS.get(stage)
     if band is None:
         return previous
     start, end = band
@@ -33,4 +45,4 @@ def overall(stage: str, fraction: float, previous: float = 0.0) -> float:
     return max(previous, value)
 
 
-__all__ = ["STAGE_BANDS", "overall"]
+__all__ = ["STAGE_BANDS", "TRAINING_BANDS", "overall"]

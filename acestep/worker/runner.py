@@ -16,13 +16,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
-from acestep.errors import JobError
 from acestep.lora.catalog import no_adapters
 from acestep.memory.gpus import DeviceStatsSource
 from acestep.memory.report import MemoryReport, Stopwatch, release_cached, reset_peak, snapshot
 from acestep.memory.residency import REPORTED, Place
 from acestep.request import GenerationRequest
 from acestep.result import GenerationResult
+from acestep.worker.classify import classify
+from acestep.worker.classify import oom_advice as oom_advice  # its old address
 
 Progress = Callable[[str, float], None]
 FAULT_KINDS = ("oom", "crash", "error")
@@ -81,45 +82,9 @@ class Runner(Protocol):
 
     def take_job_load(self) -> MemoryReport | None: ...
 
+    def train(self, request, dataset: str, report, model: str | None = None) -> dict: ...
+
     def restart(self) -> None: ...  # after a crash: a fresh worker (a no-op where there is none)
-
-
-def oom_advice(limits=None) -> str:
-    """What to change after an out-of-memory error, given what is already in force."""
-    steps = ["a shorter audio_duration or a smaller batch_size"]
-    if limits is None or not limits.offload_to_cpu:
-        steps.append("ACESTEP_OFFLOAD_TO_CPU=true")
-    elif not limits.offload_dit_to_cpu:
-        steps.append("ACESTEP_OFFLOAD_DIT_TO_CPU=true")
-    steps.append("a lower ACESTEP_MAX_DURATION for this GPU")
-    return "Try " + ", or ".join(steps)
-
-
-def classify(exc: BaseException, limits=None) -> JobError:
-    """A user-facing error for an exception raised by a job (no tracebacks in the message)."""
-    from acestep.checkpoints import CheckpointError
-    from acestep.engine.audio_io import AudioInputError
-    from acestep.engine.disk_full import NoSpaceError
-    from acestep.engine.engine import GenerationError
-    from acestep.memory.limits import MemoryLimitError
-
-    if isinstance(exc, JobError):
-        return exc
-    if _is_oom(exc):
-        return JobError(
-            "oom", f"the GPU ran out of memory ({exc}); the job's memory was released. {oom_advice(limits)}"
-        )
-    if isinstance(exc, MemoryLimitError):
-        return JobError("limit", str(exc))
-    if isinstance(exc, AudioInputError | ValueError):
-        return JobError("input", str(exc))
-    if isinstance(exc, GenerationError):
-        return JobError("generation", str(exc))
-    if isinstance(exc, CheckpointError):
-        return JobError("internal", f"the model could not be loaded: {exc}")
-    if isinstance(exc, NoSpaceError):
-        return JobError("disk", str(exc))
-    return JobError("internal", f"{type(exc).__name__}: {exc}")
 
 
 def _carry_lm(lm, engine) -> None:
@@ -142,12 +107,6 @@ def _hand_lm(engines, target) -> None:
             target.lm, other.lm = other.lm, target.lm  # the other keeps an unloaded stage
             target.residency.attach("lm", target.lm.model.model)
             return
-
-
-def _is_oom(exc: BaseException) -> bool:
-    import torch
-
-    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
 class InProcessRunner:
@@ -357,6 +316,35 @@ class InProcessRunner:
                 traceback.clear_frames(exc.__traceback__)
             if error.kind == "oom":
                 self._recover()
+            raise error
+
+    def train(self, request, dataset: str, report, model: str | None = None) -> dict:
+        """A training run on ``model`` (default: the DiT in use): every engine is freed first, so
+        the trainer has the GPU alone (``worker/training_run.py``)."""
+        from acestep.worker.training_run import run_training
+
+        with self._lock:
+            name = model or self.current or self._default_dit()
+            self._engines.clear()
+            self._parked.clear()
+            release_cached()
+            try:
+                return run_training(
+                    self._checkpoint_for(name),
+                    name,
+                    self.spec.device,
+                    self.spec.dtype,
+                    request,
+                    dataset,
+                    report,
+                )
+            except Exception as exc:
+                error = classify(exc, self.limits)
+                if error.kind == "internal":
+                    traceback.print_exception(exc)
+                traceback.clear_frames(exc.__traceback__)
+            finally:
+                release_cached()
             raise error
 
     def take_job_load(self) -> MemoryReport | None:
