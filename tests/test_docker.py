@@ -173,7 +173,8 @@ def test_compose_cluster_profile_is_redis_two_api_servers_and_a_worker_per_gpu()
     for part in parts:  # one queue, one image, the same folders (results and uploads are shared)
         assert part["environment"]["ACESTEP_QUEUE_URL"] == "redis://redis:6379/0"
         assert part["image"] == "acestep:4090"
-        assert set(volumes(part)) == {"checkpoints", "outputs", "cache"}
+        # every part: the models, the results, and the training folders a run may land on
+        assert set(volumes(part)) == {"checkpoints", "outputs", "cache", "lora_output", "training_data"}
     for name in ("api-1", "api-2", "worker-0", "worker-1"):
         depends = services[name]["depends_on"]
         assert depends["models"]["condition"] == "service_completed_successfully"

@@ -2,28 +2,40 @@
 
 ``ManagerExecutor`` is the worker's GPU: a ``MemoryManager``'s decisions and a ``Supervisor``'s
 dispatcher, keep-alive and worker process, exactly as in a single server; it only adds progress
-reporting and cancellation across Redis. ``NoopExecutor`` writes a short silent file at once: it
-measures the queue itself (``bench/bench_queue.py``) and lets tests run many workers cheaply.
+reporting and cancellation across Redis. A training record runs through the same dispatcher
+(``submit_training``); its outcome is its final ``TrainingProgress``, and a cancel stops it after
+its update with a checkpoint, as on a single server. ``NoopExecutor`` writes a short silent file at
+once: it measures the queue itself (``bench/bench_queue.py``) and lets tests run many workers
+cheaply; it cannot train.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
 from acestep.cluster.records import JobRecord
 from acestep.memory.manager import MemoryManager, worker_summary
 from acestep.result import AudioItem, GenerationResult
+from acestep.settings import training_dir
+from acestep.training import checkpoint_files
+from acestep.training.places import run_dir
+from acestep.training.progress import TrainingProgress
+from acestep.training.request import TrainingRequest
 from acestep.worker.job import Job, JobState
 from acestep.worker.runner import EngineSpec
 from acestep.worker.supervisor import Supervisor
 
 PROGRESS_S = 0.5
-# Answers True when the job should stop (a cancel was asked).
-Report = Callable[[str, float], bool]
+
+
+class Report(Protocol):
+    """Stores a progress report (a training run's ``TrainingProgress`` with it); answers True when
+    the job should stop (a cancel was asked)."""
+
+    def __call__(self, stage: str, fraction: float, training: TrainingProgress | None = None) -> bool: ...
 
 
 class JobFailed(RuntimeError):
@@ -37,7 +49,9 @@ class Executor(Protocol):
     variant: str
     tasks: list[str]
 
-    def run(self, record: JobRecord, output_dir: Path, report: Report) -> GenerationResult: ...
+    def run(
+        self, record: JobRecord, output_dir: Path, report: Report
+    ) -> GenerationResult | TrainingProgress: ...
     def cancel(self) -> None: ...
     def status(self) -> dict: ...
     def unload(self, level: str) -> dict: ...
@@ -66,28 +80,52 @@ class ManagerExecutor:
             dispatcher.request_load()
         self._job: Job | None = None
 
-    def run(self, record: JobRecord, output_dir: Path, report: Report) -> GenerationResult:
+    def run(self, record: JobRecord, output_dir: Path, report: Report) -> GenerationResult | TrainingProgress:
         from acestep.memory.keep_alive import KeepAliveError
         from acestep.memory.limits import MemoryLimitError
 
         try:
-            job = self.supervisor.submit(
-                record.request, output_dir, uses_lm=record.uses_lm, job_id=record.id, lm_only=record.lm_only
-            )
+            if record.kind == "train":
+                job = self._submit_training(record)
+            else:
+                job = self.supervisor.submit(
+                    record.request,
+                    output_dir,
+                    uses_lm=record.uses_lm,
+                    job_id=record.id,
+                    lm_only=record.lm_only,
+                )
         except MemoryLimitError as exc:  # this worker's GPU is smaller than the server assumed
             raise JobFailed(str(exc), "limit") from None
         except (KeepAliveError, ValueError) as exc:
             raise JobFailed(str(exc), "input") from None
         self._job = job
+        stopping = False
         try:
             while not job.done.wait(PROGRESS_S):
-                if report(job.stage, job.progress):
+                if report(job.stage, job.progress, job.training) and not stopping:
+                    stopping = True  # asked once: a training run's STOP file stays until it is honoured
                     self._cancel(job)
         finally:
             self._job = None
+        if job.kind == "train":  # its last progress, the failed one's included
+            report(job.stage, job.progress, job.training)
         if job.state != JobState.SUCCEEDED:
             raise JobFailed(job.error or "failed", job.error_kind or "internal")
-        return job.result
+        return job.training if job.kind == "train" else job.result
+
+    def _submit_training(self, record: JobRecord) -> Job:
+        """On this worker's own DiT. A run started again after its worker stopped goes on from its
+        last checkpoint (the shared training folder holds it) instead of refusing to overwrite it."""
+        request = record.request
+        assert isinstance(request, TrainingRequest)
+        restarted = record.attempts > 1 and not request.resume and not request.preprocess_only
+        if restarted and checkpoint_files.steps(run_dir(training_dir(), request.output_name or "")):
+            request = request.model_copy(update={"resume": True})
+        dispatcher = self.supervisor.dispatcher
+        if dispatcher is None:
+            raise JobFailed("this worker's engine is not running", "internal")
+        return dispatcher.submit_training(request, record.dataset or "", job_id=record.id)
 
     def _cancel(self, job: Job) -> None:
         dispatcher = self.supervisor.dispatcher
@@ -134,6 +172,8 @@ class NoopExecutor:
         self._state = "ready"
 
     def run(self, record: JobRecord, output_dir: Path, report: Report) -> GenerationResult:
+        if record.kind == "train":
+            raise JobFailed(f"worker {self.model!r} has no model (--engine noop): it cannot train", "input")
         import numpy as np
         import soundfile as sf
 

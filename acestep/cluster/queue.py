@@ -19,13 +19,15 @@ from loguru import logger
 
 from acestep.cluster.broker import QueuedMessage, redis_client
 from acestep.cluster.records import JobRecord
-from acestep.cluster.routing import choose_model
+from acestep.cluster.routing import choose_model, choose_training_model
 from acestep.cluster.settings import ClusterSettings, redacted
 from acestep.cluster.store import JobStore
 from acestep.jobs.queue import QueueFull, QueueUnavailable, average_fields, remove_paths
 from acestep.jobs.retention import Retention, input_paths
 from acestep.lora.selection import LoraSelection
 from acestep.request import GenerationRequest
+from acestep.training.progress import TrainingProgress
+from acestep.training.request import TrainingRequest
 from acestep.worker.job import JobState
 
 POLL_S = 0.2
@@ -88,11 +90,7 @@ class RedisJobQueue:
             if self.loras is not None:  # adapters checked against the chosen model; the default is in Redis
                 request, notes = self.loras.admit(request, models[chosen]["variant"])
                 warnings += notes
-            depth = sum(self.store.pending().values())
-            if depth >= self.maxsize:
-                recent = self.store.recent_durations("succeeded")
-                average = sum(recent) / len(recent) if recent else self.seed_seconds
-                raise QueueFull(self.maxsize, max(1, int(average * depth / 2) or 1))
+            self._require_room()
             record = JobRecord(
                 id=str(uuid.uuid4()),
                 request=request,
@@ -106,6 +104,32 @@ class RedisJobQueue:
             self.store.create(record, QueuedMessage.for_job(self.settings, chosen, record.id))
         record.warnings = warnings
         return record
+
+    def submit_training(self, request: TrainingRequest, dataset: str, model: str | None = None) -> JobRecord:
+        """Queue a checked training run (``acestep/jobs/training.py``) for the workers of ``model``
+        (None: the server's default). The dataset path and the training and LoRA folders must be
+        the same on this server and the workers (a shared volume)."""
+        with redis_unavailable("queue the training run"):
+            models = {self.default_model: self.default_info} | self.store.models()
+            chosen = choose_training_model(model, self.default_model, models)
+            self._require_room()
+            record = JobRecord(
+                id=str(uuid.uuid4()),
+                request=request,
+                model=chosen,
+                created=time.time(),
+                dataset=dataset,
+                training=TrainingProgress(),
+            )
+            self.store.create(record, QueuedMessage.for_job(self.settings, chosen, record.id))
+        return record
+
+    def _require_room(self) -> None:
+        depth = sum(self.store.pending().values())
+        if depth >= self.maxsize:
+            recent = self.store.recent_durations("succeeded")
+            average = sum(recent) / len(recent) if recent else self.seed_seconds
+            raise QueueFull(self.maxsize, max(1, int(average * depth / 2) or 1))
 
     def get(self, task_id: str) -> JobRecord | None:
         with redis_unavailable("read the job"):
@@ -242,7 +266,7 @@ class RedisJobQueue:
             }
             records = [r for r in map(self.store.get, sorted(ids)) if r is not None]
         live = {Path(p).resolve() for r in records for p in r.cleanup}
-        live |= {path for r in records for path in input_paths(r.request)}
+        live |= {path for r in records if r.kind == "generate" for path in input_paths(r.request)}
         return self.retention.sweep(ids, live, now)
 
     def _sweep_loop(self, interval: int) -> None:

@@ -5,6 +5,7 @@ are the folder basenames one server uses for its slots (acestep/checkpoints/slot
 no ``model`` goes to a model that supports its task, preferring one with an idle worker that has
 it loaded, then a loaded busy one, then any live worker, then the server's own default: a lego job
 reaches a base-model worker without a reload when one exists, and waits for one when none is up.
+A training run goes to the model it names, else to the server's default.
 """
 
 from __future__ import annotations
@@ -53,3 +54,14 @@ def choose_model(
         )
 
     return max(candidates, key=rank), warnings
+
+
+def choose_training_model(requested: str | None, default: str, models: dict[str, dict]) -> str:
+    """The model a training run trains for: the one asked for (``UnknownModel`` when no worker has
+    served it, as for generation), else the server's default. Never the idlest worker's: the
+    adapter only fits the variant it was trained on, so that must not depend on the load."""
+    if not requested:
+        return default
+    if requested not in models:
+        raise UnknownModel(requested, sorted(models))
+    return requested

@@ -23,9 +23,10 @@ import time
 import redis
 
 from acestep.cluster.broker import QueuedMessage
-from acestep.cluster.records import JobRecord, result_json
+from acestep.cluster.records import JobRecord, result_json, training_json
 from acestep.jobs.queue import DURATION_BUCKETS
 from acestep.result import GenerationResult
+from acestep.training.progress import TrainingProgress
 from acestep.worker.job import JobState
 
 STATES = tuple(state.value for state in JobState)  # the sets ns:jobs:<state>
@@ -113,6 +114,7 @@ if redis.call('HGET', job, 'state') ~= 'running' or redis.call('HGET', job, 'wor
   return -1
 end
 redis.call('HSET', job, 'stage', ARGV[4], 'progress', ARGV[5])
+if ARGV[6] ~= '' then redis.call('HSET', job, 'training', ARGV[6]) end
 if redis.call('HGET', job, 'cancel_requested') == '1' then return 1 end
 return 0
 """
@@ -120,7 +122,7 @@ return 0
 _FINISH = (
     _FINALIZE
     + """
-local ns, id, worker, state, now, payload, kind, duration, token = unpack(ARGV, 1, 9)
+local ns, id, worker, state, now, payload, kind, duration, token, field = unpack(ARGV, 1, 10)
 local job = ns .. ':job:' .. id
 local current = redis.call('HGET', job, 'state')
 if not current then return 'missing' end
@@ -130,7 +132,7 @@ if current == 'succeeded' or current == 'failed' then
 end
 redis.call('HSET', job, 'decided_by', token)
 if state == 'succeeded' then
-  redis.call('HSET', job, 'result', payload)
+  redis.call('HSET', job, field, payload)
   finalize(ns, id, 'succeeded', now, '', '')
 else
   finalize(ns, id, 'failed', now, payload, kind)
@@ -138,9 +140,9 @@ end
 redis.call('HSET', job, 'worker', worker)
 local recent = ns .. ':durations:' .. state
 redis.call('LPUSH', recent, duration)
-redis.call('LTRIM', recent, 0, tonumber(ARGV[10]) - 1)
+redis.call('LTRIM', recent, 0, tonumber(ARGV[11]) - 1)
 local hist = ns .. ':duration_hist'
-for i = 11, #ARGV do redis.call('HINCRBY', hist, ARGV[i], 1) end
+for i = 12, #ARGV do redis.call('HINCRBY', hist, ARGV[i], 1) end
 redis.call('HINCRBYFLOAT', hist, 'sum', duration)
 redis.call('HINCRBY', hist, 'count', 1)
 return 'ok'
@@ -217,23 +219,30 @@ class JobStore:
         outcome = _text(reply[0])
         return outcome, int(reply[1]) if len(reply) > 1 else 0
 
-    def progress(self, task_id: str, worker: str, stage: str, fraction: float) -> int:
-        """1 when a cancel was asked, 0 otherwise, -1 when this worker no longer owns the job."""
-        return int(self._progress(args=[self.ns, task_id, worker, stage, repr(float(fraction))]))
+    def progress(self, task_id: str, worker: str, stage: str, fraction: float, training: str = "") -> int:
+        """1 when a cancel was asked, 0 otherwise, -1 when this worker no longer owns the job;
+        ``training``: a training run's progress (JSON), stored with the stage."""
+        args = [self.ns, task_id, worker, stage, repr(float(fraction)), training]
+        return int(self._progress(args=args))
 
     def finish(
         self,
         task_id: str,
         worker: str,
         token: str,
-        result: GenerationResult | None = None,
+        result: GenerationResult | TrainingProgress | None = None,
         error: str = "",
         kind: str = "",
         duration: float = 0.0,
     ) -> str:
-        """``ok`` when this call decided the outcome, ``done`` when another one already had."""
+        """``ok`` when this call decided the outcome, ``done`` when another one already had. A
+        training run's outcome is its final ``TrainingProgress`` (stored as ``training``)."""
         state = "succeeded" if result is not None else "failed"
-        payload = result_json(result) if result is not None else error
+        trained = isinstance(result, TrainingProgress)
+        if result is None:
+            payload = error
+        else:
+            payload = training_json(result) if trained else result_json(result)
         buckets = [f"le:{b:g}" for b in DURATION_BUCKETS if duration <= b]
         args = [
             self.ns,
@@ -245,6 +254,7 @@ class JobStore:
             kind or "",
             repr(duration),
             token,
+            "training" if trained else "result",
         ]
         return _text(self._finish(args=[*args, RECENT_DURATIONS, *buckets]))
 

@@ -2,11 +2,11 @@
 
 For each message: claim the job (one start more; a job whose worker stopped twice fails with the
 reason), run it on the executor into a folder of its own (``<results>/<task>/<attempt>/``),
-record the outcome, and only then return, so dramatiq acknowledges the message after the result
-is stored. With a duplicate delivery both copies may run; the first ``finish`` decides, and the
-other copy deletes only its own folder, so one task id never has two results. A heartbeat thread
-keeps this worker's advert (model, residency, VRAM) alive in Redis; a control thread runs the
-load/unload commands an API server sends.
+record the outcome (a training run's: its final progress), and only then return, so dramatiq
+acknowledges the message after the result is stored. With a duplicate delivery both copies may
+run; the first ``finish`` decides, and the other copy deletes only its own folder, so one task id
+never has two results. A heartbeat thread keeps this worker's advert (model, residency, VRAM)
+alive in Redis; a control thread runs the load/unload commands an API server sends.
 """
 
 from __future__ import annotations
@@ -29,9 +29,11 @@ from loguru import logger
 
 from acestep.cluster.broker import ACTOR_NAME, QueuedMessage, make_broker, queue_name, redis_client
 from acestep.cluster.executors import Executor, JobFailed
+from acestep.cluster.records import training_json
 from acestep.cluster.settings import MAX_STARTS, ClusterSettings, redacted
 from acestep.cluster.store import JobStore
 from acestep.jobs.queue import remove_paths
+from acestep.training.progress import TrainingProgress
 
 POLL_MS = 100
 RETRY_CAP_S = 5.0
@@ -93,7 +95,8 @@ class ClusterWorker:
         result, error, kind = None, "", ""
         try:
             record = self._record(task_id)
-            logger.info(f"job {task_id} ({record.request.task_type}) started, start {starts} of {MAX_STARTS}")
+            what = "training" if record.kind == "train" else record.request.task_type
+            logger.info(f"job {task_id} ({what}) started, start {starts} of {MAX_STARTS}")
             result = self.executor.run(record, folder, self._reporter(task_id))
         except JobFailed as exc:
             error, kind = str(exc), exc.kind
@@ -159,9 +162,10 @@ class ClusterWorker:
         return self._durably(lambda: self.store.claim(task_id, self.id, MAX_STARTS, token, expected))
 
     def _reporter(self, task_id: str):
-        def report(stage: str, fraction: float) -> bool:
+        def report(stage: str, fraction: float, training: TrainingProgress | None = None) -> bool:
             try:
-                answer = self.store.progress(task_id, self.id, stage, fraction)
+                stored = training_json(training) if training is not None else ""
+                answer = self.store.progress(task_id, self.id, stage, fraction, stored)
             except redis.RedisError as exc:  # progress is advisory; the job goes on
                 logger.warning(f"job {task_id}: progress not stored ({exc})")
                 return False
