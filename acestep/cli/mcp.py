@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     service = JobService(queue, manager, loras, *lm)  # the one front door, as in serving/app.py
     try:
-        build_server(StandaloneBackend(service, manager, config, paths.variant.default_steps)).run("stdio")
+        backend = StandaloneBackend(service, manager, config, paths.variant.default_steps)
+        build_server(backend, training=config.enable_training).run("stdio")
     finally:
         queue.close()
         manager.close()

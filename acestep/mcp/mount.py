@@ -46,7 +46,8 @@ def mount_mcp(app, security: TransportSecuritySettings):
     lifespan must run. ``security`` is the SDK's DNS-rebinding protection as the app configures it
     (on without a key, with the server's allowed hosts: serving/origins.py checks the same rule
     first); the app passes it in, since a face does not import another."""
-    server = build_server(AppBackend(app), streamable_http_path="/", security=security)
+    training = app.state.config.enable_training
+    server = build_server(AppBackend(app), streamable_http_path="/", security=security, training=training)
     # The key is checked in front of the whole app (serving.auth.HeaderKeyGate), /mcp included.
     app.mount("/mcp", server.streamable_http_app())
     return server

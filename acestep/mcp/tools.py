@@ -1,7 +1,8 @@
 """MCP tools over the same job queue and memory manager as the REST API.
 
 ``generate_music``, ``lego_stem``, ``edit_audio`` (edit_tool.py), ``get_status``, ``unload_model``,
-``load_model``, and for LoRA adapters ``list_loras``, ``load_lora`` and ``unload_lora``. Results come
+``load_model``, for LoRA adapters ``list_loras``, ``load_lora`` and ``unload_lora``, and with
+``ACESTEP_TRAINING=on`` the training tools (training_tools.py). Results come
 back as file paths (in the JSON summary) and as embedded audio resources, so a client on another
 host gets the audio itself, while they fit ``ACESTEP_MCP_EMBED_MB``; past it, as links (the REST
 app's ``/v1/audio`` over HTTP, the file over stdio). Tools queue work and wait for it; they never
@@ -197,10 +198,14 @@ def _source(backend: Backend, audio_path: str | None, audio_base64: str | None) 
 
 
 def build_server(
-    backend: Backend, streamable_http_path: str = "/mcp", security: TransportSecuritySettings | None = None
+    backend: Backend,
+    streamable_http_path: str = "/mcp",
+    security: TransportSecuritySettings | None = None,
+    training: bool = False,
 ) -> FastMCP:
     """``security``: the SDK's Host/Origin checks for HTTP (the REST app passes its own); off by
-    default, for stdio, which has no Host."""
+    default, for stdio, which has no Host. ``training``: add the training tools
+    (``ACESTEP_TRAINING=on``)."""
     from acestep.mcp.edit_tool import add_edit_tool  # here: that module imports this one's helpers
 
     security = security or TransportSecuritySettings(enable_dns_rebinding_protection=False)
@@ -220,6 +225,10 @@ def build_server(
     _add_lego_tool(server, backend, embed_bytes)
     add_edit_tool(server, backend, embed_bytes)
     _add_model_tools(server, backend)
+    if training:
+        from acestep.mcp.training_tools import add_training_tools
+
+        add_training_tools(server, backend)
     return server
 
 

@@ -169,6 +169,10 @@ def _include_routes(app: FastAPI, include_api: bool) -> None:
     )
 
     modules = (routes_compat, routes_lm, routes_admin, routes_models, routes_lego, routes_lora, routes_chat)
+    if app.state.config.enable_training:  # off by default, as upstream's training routes are
+        from acestep.serving import routes_dataset, routes_training
+
+        modules += (routes_training, routes_dataset)
     routers = [r.router for r in modules]
     if include_api:
         for router in routers:
