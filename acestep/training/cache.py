@@ -32,6 +32,7 @@ from acestep.engine.conditioning import REFERENCE_FRAMES
 from acestep.engine.prompts import caption_prompt, encode_text, lyric_prompt, metas_string
 from acestep.tasks import DEFAULT_INSTRUCTION, LATENT_FRAMES_PER_SECOND, MAX_DURATION_S
 from acestep.training.dataset import Dataset, Sample
+from acestep.training.places import CACHE_FOLDER
 
 PASSES = ("vae", "text", "condition")
 MAX_TRACK_SECONDS = 240.0  # upstream's preprocessing reads at most this much of each track
@@ -81,7 +82,7 @@ def component_identity(folder: Path) -> str:
 
 
 def cache_root(training_dir: Path, paths: CheckpointPaths) -> Path:
-    return training_dir / "cache" / paths.dit_name
+    return training_dir / CACHE_FOLDER / paths.dit_name
 
 
 def _save(path: Path, tensors: dict[str, torch.Tensor]) -> None:

@@ -13,6 +13,8 @@ from pathlib import Path
 from acestep.training.request import TrainingRequest
 
 DATASET_FILE = "dataset.json"  # the name a dataset saved into a folder takes
+RUNS_FOLDER = "runs"  # the training folder's own folders (not datasets)
+CACHE_FOLDER = "cache"
 
 
 class PlaceError(ValueError):
@@ -44,7 +46,7 @@ def adapter_name(request: TrainingRequest, dataset_name: str) -> str:
 
 
 def run_dir(training_dir: Path, name: str) -> Path:
-    return training_dir / "runs" / name
+    return training_dir / RUNS_FOLDER / name
 
 
 def stop_file(run: Path) -> Path:
@@ -68,7 +70,9 @@ def clear_stop(request: TrainingRequest, training_dir: Path) -> None:
 
 
 __all__ = [
+    "CACHE_FOLDER",
     "DATASET_FILE",
+    "RUNS_FOLDER",
     "PlaceError",
     "adapter_name",
     "clear_stop",

@@ -1,4 +1,5 @@
-"""The Gradio UI: Generate, Lego / Stems, Memory and Settings tabs over the shared job queue."""
+"""The Gradio UI: Generate, Lego / Stems, LoRA, Training (when enabled), Memory and Settings tabs
+over the shared job queue."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from acestep.request import GenerationRequest
 from acestep.tasks import AUDIO_FORMATS, TRACK_NAMES, default_caption
 from acestep.ui import actions, sampling
 from acestep.ui import lora as lora_ui
+from acestep.ui import training as training_ui
 from acestep.ui.i18n import strings
 
 UI_TASKS = ("text2music", "cover", "repaint")
@@ -41,6 +43,8 @@ def build_ui(state, language: str = "en") -> gr.Blocks:
         with gr.Tab(text["tab_lora"], elem_id="tab-lora") as lora_tab:
             table, summary, show_loras = lora_ui.tab(state, text)
         lora_tab.select(show_loras, None, [table, summary])
+        if state.config.enable_training:  # ACESTEP_TRAINING=on; off, as upstream gates its training UI
+            training_ui.tab(state, text, [gen_lora, lego_lora])
         with gr.Tab(text["tab_memory"], elem_id="tab-memory") as memory_tab:
             status, show = _memory_tab(state, text)
         memory_tab.select(show, None, status)
