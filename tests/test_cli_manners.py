@@ -139,7 +139,9 @@ def test_every_flag_has_help_and_shows_its_choices(script: str, monkeypatch: pyt
             for choice in action.choices or ():
                 assert str(choice) in text, (flag, choice)
     if script == "acestep":
-        assert {n for n, _ in parsers} == {"acestep", "acestep generate", "acestep memory", "acestep loras"}
+        expected = {"acestep", "acestep generate", "acestep memory", "acestep loras", "acestep train"}
+        expected |= {"acestep dataset", *(f"acestep dataset {c}" for c in ("scan", "show", "edit", "save"))}
+        assert {n for n, _ in parsers} == expected
 
 
 def test_fixed_value_flags_take_their_values_from_the_constants(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,6 +11,7 @@ import argparse
 
 from acestep.cli.api import _api_parser as _api_parser
 from acestep.cli.api import api_main
+from acestep.cli.dataset import _dataset_parser, run_dataset
 from acestep.cli.demo import DEMO_NOTICE
 from acestep.cli.demo import _demo_inputs as _demo_inputs
 from acestep.cli.download import download_main
@@ -25,6 +26,7 @@ from acestep.cli.memory_flags import _memory_env as _memory_env
 from acestep.cli.memory_flags import _memory_flags as _memory_flags
 from acestep.cli.memory_flags import _memory_manager as _memory_manager
 from acestep.cli.server import _server_app as _server_app
+from acestep.cli.train import _train_parser, run_train
 from acestep.cli.ui import _bool_string as _bool_string
 from acestep.cli.ui import _ui_flags as _ui_flags
 from acestep.cli.ui import run_ui
@@ -50,7 +52,7 @@ def _main_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="acestep",
         description="ACE-Step 1.5 music generation: the Gradio UI, or a subcommand "
-        "(acestep generate --help, acestep memory --help, acestep loras --help).",
+        "(acestep generate --help, acestep memory --help, acestep loras --help, acestep dataset --help).",
     )
     add_version_flag(parser)
     _ui_flags(parser)
@@ -58,6 +60,8 @@ def _main_parser() -> argparse.ArgumentParser:
     _generate_parser(sub)
     _memory_parser(sub)
     _loras_parser(sub)
+    _dataset_parser(sub)
+    _train_parser(sub)
     return parser
 
 
@@ -69,4 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_loras(args)
     if args.command == "memory":
         return run_memory(args)
+    if args.command == "dataset":
+        return run_dataset(args)
+    if args.command == "train":
+        return run_train(args)
     return run_ui(args)

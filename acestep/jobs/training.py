@@ -41,7 +41,12 @@ def prepare_run(
     path = dataset_path(request.dataset, training_dir, confined)
     dataset = open_dataset(path)
     require_usable(dataset)
-    request = request.model_copy(update={"output_name": adapter_name(request, dataset.name)})
+    # The dataset as a resolved path and the DiT by its folder name: a run's identity (what a
+    # resume must match) is then the same whichever face started it and however it spelled them.
+    update = {"output_name": adapter_name(request, dataset.name), "dataset": str(path)}
+    if checkpoint is not None:
+        update["model"] = checkpoint.dit_name
+    request = request.model_copy(update=update)
     has_checkpoints = bool(checkpoint_files.steps(run_dir(training_dir, request.output_name)))
     if request.preprocess_only:
         pass  # no run folder is written: the cache only

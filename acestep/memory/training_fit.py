@@ -13,7 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 TOKENS_PER_SECOND = 12.5  # 25 Hz latents, two frames a DiT token
-ACTIVATION_FACTOR = 24  # values of the hidden size kept per token and layer without checkpointing
+# Values of the hidden size kept per token and layer without checkpointing: what the CPU run of
+# bench/bench_training.py measured (BENCHMARKS.md, about 8.9 MiB per token in float32).
+ACTIVATION_FACTOR = 48
 OVERHEAD_GIB = 1.5
 USABLE_FRACTION = 0.92  # of the GPU's memory a run may plan to use
 GIB = 2**30

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from acestep.lora.formats import write_lokr, write_lora
+from acestep.lora.lokr import quiet_lycoris
 from acestep.training.request import TrainingRequest
 
 TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -70,18 +71,19 @@ class TrainableAdapter:
             {"enable_conv": False, "target_module": [], "target_name": [LOKR_TARGET], "use_fnmatch": False}
         )
         try:
-            self.network = create_lycoris(
-                self.transformer,
-                1.0,
-                linear_dim=req.lokr_linear_dim,
-                linear_alpha=req.lokr_linear_alpha,
-                algo="lokr",
-                factor=req.lokr_factor,
-                decompose_both=req.lokr_decompose_both,
-                use_tucker=req.lokr_use_tucker,
-                use_scalar=req.lokr_use_scalar,
-                dora_wd=req.lokr_weight_decompose,
-            )
+            with quiet_lycoris():  # it logs every module it builds
+                self.network = create_lycoris(
+                    self.transformer,
+                    1.0,
+                    linear_dim=req.lokr_linear_dim,
+                    linear_alpha=req.lokr_linear_alpha,
+                    algo="lokr",
+                    factor=req.lokr_factor,
+                    decompose_both=req.lokr_decompose_both,
+                    use_tucker=req.lokr_use_tucker,
+                    use_scalar=req.lokr_use_scalar,
+                    dora_wd=req.lokr_weight_decompose,
+                )
         finally:
             for name, value in saved.items():
                 setattr(LycorisNetwork, name, value)
