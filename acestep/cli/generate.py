@@ -13,7 +13,13 @@ from acestep import settings
 from acestep.cli.demo import DEMO_NOTICE, _demo_inputs
 from acestep.cli.lm_options import _lm_flags, lm_fields, resolve_lm
 from acestep.cli.lora import _lora_flags, apply_lora_dir, lora_fields
-from acestep.cli.memory_flags import LM_SWITCH_FLAGS, MEMORY_FLAGS, _memory_flags, _memory_manager
+from acestep.cli.memory_flags import (
+    LM_SWITCH_FLAGS,
+    MEMORY_FLAGS,
+    _memory_flags,
+    _memory_manager,
+    device_flags,
+)
 from acestep.cli.output_file import move_to_output, resolve_format
 from acestep.cli.progress import StageBar, diffusion_steps, progress_wanted
 from acestep.cli.quiet import configure_logs, silence_third_party
@@ -28,7 +34,6 @@ REQUEST_ARGS = tuple(spec.target for spec in GENERATION if spec.flag and spec.ta
 
 
 def _generate_parser(sub: argparse._SubParsersAction) -> None:
-    from acestep.memory.precision import DTYPES
 
     p = sub.add_parser(
         "generate",
@@ -62,16 +67,7 @@ def _generate_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="without -o: the folder for the files, named by their content hash (default: outputs)",
     )
-    p.add_argument("--device", default=settings.device(), help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument(
-        "--dtype",
-        default=None,
-        type=str.lower,
-        choices=("auto", *DTYPES),
-        metavar="DTYPE",
-        help="precision (default: ACESTEP_DTYPE, else auto: bf16 or fp16-mixed on GPUs, float32 on CPU): "
-        "%(choices)s",
-    )
+    device_flags(p)
     _memory_flags(p)
     p.add_argument(
         "--keep-alive",

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 from acestep.settings import FALSE_WORDS, TRUE_WORDS
 from acestep.settings import current as current_settings
+from acestep.settings import device as settings_device
 
 MEMORY_FLAGS = {
     "offload_to_cpu": "ACESTEP_OFFLOAD_TO_CPU",
@@ -45,6 +46,22 @@ def _bool_flag(p: FlagTarget, name: str, help_text: str) -> None:
         choices=BOOL_CHOICES,
         metavar="BOOL",
         help=f"{help_text}; a bare flag means true (%(metavar)s: %(choices)s)",
+    )
+
+
+def device_flags(p: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--dtype``: where a command computes, and in what precision."""
+    from acestep.memory.precision import DTYPES  # imports torch: only when a parser is built
+
+    p.add_argument("--device", default=settings_device(), help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument(
+        "--dtype",
+        default=None,
+        type=str.lower,
+        choices=("auto", *DTYPES),
+        metavar="DTYPE",
+        help="precision (default: ACESTEP_DTYPE, else auto: bf16 or fp16-mixed on GPUs, float32 on CPU): "
+        "%(choices)s",
     )
 
 

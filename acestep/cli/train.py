@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from acestep import settings
 from acestep.cli.lora import _lora_dir_flag, apply_lora_dir
+from acestep.cli.memory_flags import device_flags
 from acestep.cli.progress import progress_wanted
 from acestep.cli.quiet import configure_logs, silence_third_party
 from acestep.cli.train_progress import INTERRUPTED, Interrupt, TrainingReport
@@ -144,7 +145,6 @@ def _options(field: str) -> dict:
 
 
 def _train_parser(sub: argparse._SubParsersAction) -> None:
-    from acestep.memory.precision import DTYPES
 
     p = sub.add_parser(
         "train",
@@ -163,16 +163,7 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     for dest in _flag_dests():
         names = [f"--{dest}" if dest in PER_ADAPTER else _flag_of(dest), *FLAG_ALIASES.get(dest, ())]
         groups.get(dest.split("_", 1)[0], p).add_argument(*names, **_options(dest))
-    p.add_argument("--device", default=settings.device(), help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument(
-        "--dtype",
-        default=None,
-        type=str.lower,
-        choices=("auto", *DTYPES),
-        metavar="DTYPE",
-        help="precision (default: ACESTEP_DTYPE, else auto: bf16 or fp16-mixed on GPUs, float32 on CPU): "
-        "%(choices)s",
-    )
+    device_flags(p)
     _lora_dir_flag(p)
     p.add_argument("--json", action="store_true", help="print the final progress and the adapter as JSON")
     p.add_argument(
