@@ -274,3 +274,64 @@ def test_a_lokr_trains_and_loads_for_generation(upstream_base, dataset_folder, t
     assert not (render("lokr", lora=["run"]) == base).all()
     engine.adapters.unload()
     assert (render("again") == base).all()
+
+
+def test_adafactor_and_gradient_checkpointing_train_and_checkpoints_follow_the_step_count(
+    upstream_base, dataset_folder, tmp_path
+):
+    plain = _trainer(
+        upstream_base, dataset_folder, tmp_path / "a", train_epochs=2, save_every_n_steps=2
+    ).run()
+    assert plain.progress.checkpoints == [2, 4, 6]
+    recomputed = _trainer(
+        upstream_base,
+        dataset_folder,
+        tmp_path / "b",
+        train_epochs=2,
+        save_every_n_steps=2,
+        gradient_checkpointing=True,
+    ).run()
+    # The backward pass recomputes the forward (dropout included, its RNG restored): the same run.
+    assert recomputed.progress.losses == plain.progress.losses
+    assert _same(_final_adapter(tmp_path / "a"), _final_adapter(tmp_path / "b"))
+    factored = _trainer(
+        upstream_base, dataset_folder, tmp_path / "c", train_epochs=2, optimizer="adafactor"
+    ).run()
+    assert factored.progress.step == 6 and not _same(
+        _final_adapter(tmp_path / "a"), _final_adapter(tmp_path / "c")
+    )
+
+
+def test_8bit_adamw_without_bitsandbytes_is_refused_with_the_install_line(
+    upstream_base, dataset_folder, tmp_path, monkeypatch
+):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_bitsandbytes(name, *args, **kwargs):  # this machine may or may not have it installed
+        if name == "bitsandbytes":
+            raise ImportError("No module named 'bitsandbytes'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_bitsandbytes)
+    with pytest.raises(TrainingError, match="pip install bitsandbytes"):
+        _trainer(upstream_base, dataset_folder, tmp_path, optimizer="adamw8bit").run()
+
+
+def test_a_run_that_does_not_fit_the_gpu_is_refused_before_it_is_queued(
+    upstream_base, dataset_folder, tmp_path
+):
+    from acestep.jobs.training import prepare_run
+    from acestep.memory.training_fit import DitShape, TrainingFitError, estimate_gib
+
+    paths = resolve(upstream_base)
+    request = TrainingRequest(dataset=str(dataset_folder), output_name="fit", **TINY)
+    with pytest.raises(TrainingFitError, match="gradient_checkpointing=true"):
+        prepare_run(request, tmp_path, False, paths, gpu_gib=1.0)
+    ready = prepare_run(request, tmp_path, False, paths, gpu_gib=24.0)
+    assert ready.request.model == paths.dit_name and ready.request.dataset == str(dataset_folder.resolve())
+    # The real 2B DiT: rank 64 on 60 s crops fits a T4's 15 GiB; whole tracks need checkpointing.
+    shape = DitShape(hidden=2048, intermediate=6144, layers=24, heads=16, kv_heads=8, head_dim=128)
+    assert estimate_gib(shape, 64, 60.0, 1, False, 2) < 15 * 0.92
+    assert estimate_gib(shape, 64, 0.0, 1, False, 2) > 15 * 0.92 > estimate_gib(shape, 64, 0.0, 1, True, 2)
