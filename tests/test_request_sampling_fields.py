@@ -390,7 +390,7 @@ def test_the_ui_wires_every_control_into_the_request() -> None:
     state = SimpleNamespace(
         model_name="m",
         variant=SimpleNamespace(name="turbo", default_steps=8),
-        config=SimpleNamespace(env={}),
+        config=SimpleNamespace(env={}, enable_training=False),
         lm_name=None,
         lm_missing="no LM here",
         loras=SimpleNamespace(catalog=lambda: {"loras": []}),
