@@ -166,6 +166,7 @@ def test_dataset_to_adapter_to_stem(ui, browser):
     page.locator("#lego-run").click()
     url, _ = wait_for_stem(page)
     assert url and "Done" in status(page, "lego-progress")
+    assert "LoRA: tiny-lora x1" in status(page, "lego-progress")  # the stem says what it ran with
     adapters = server.get("/v1/memory").json()["data"]["adapters"]
     assert adapters["active"] == [{"name": "tiny-lora", "scale": 1.0}]  # the stem was made with it
     page.get_by_role("tab", name="Memory").click()

@@ -106,6 +106,9 @@ async def follow(state, request: GenerationRequest, cleanup: list[Path], text: d
     )
     if job.result.metas.get("lm_model"):
         summary += "\n" + lm_summary(job.result.metas, text)
+    adapters = job.result.metas.get("lora") or []  # what the job ran with (a default one included)
+    if adapters:
+        summary += "\nLoRA: " + ", ".join(f"{a['name']} x{a['scale']:g}" for a in adapters)
     summary += "".join(f"\n{note}" for note in job.result.warnings)  # fields that changed nothing, ...
     yield summary, *players, paths
 
