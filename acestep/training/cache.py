@@ -114,6 +114,9 @@ class Preprocessor:
             "text": component_identity(paths.text_encoder_dir),
             "condition": component_identity(paths.dit_dir),
         }
+        self.codec = AudioCodec(components.vae, compute=device)  # once: it sets the VAE's tiling
+        self._computed = dict.fromkeys(PASSES, 0)
+        self._reused = dict.fromkeys(PASSES, 0)
 
     def run(self, dataset: Dataset) -> Prepared:
         samples = dataset.samples
@@ -138,16 +141,11 @@ class Preprocessor:
 
     # -- the passes ------------------------------------------------------------------------------
 
-    _computed: dict[str, int]
-    _reused: dict[str, int]
-
     def _file(self, stage: str, key: str) -> Path:
         return self.root / stage / f"{key}.safetensors"
 
     def _pass(self, stage: str, items: list, keys: list[str], compute: Callable) -> list:
         """Compute what is missing; return each item's result summary (the VAE pass: frames)."""
-        if not hasattr(self, "_computed"):
-            self._computed, self._reused = dict.fromkeys(PASSES, 0), dict.fromkeys(PASSES, 0)
         todo = [i for i, key in enumerate(keys) if not self._file(stage, key).is_file()]
         self._reused[stage] += len(keys) - len(todo)
         module = {"vae": "vae", "text": "text_encoder", "condition": "condition_encoder"}[stage]
@@ -181,8 +179,7 @@ class Preprocessor:
     def _encode_audio(self, sample: Sample) -> dict[str, torch.Tensor]:
         wav = load_audio(sample.audio_path, max_seconds=MAX_DURATION_S)
         wav = wav[:, : int(MAX_TRACK_SECONDS * SAMPLE_RATE)]
-        codec = AudioCodec(self.components.vae, compute=self.device)
-        return {"target_latents": codec.encode(wav, self.dtype)[0]}
+        return {"target_latents": self.codec.encode(wav, self.dtype)[0]}
 
     def _prompts(self, dataset: Dataset, sample: Sample, frames: int) -> tuple[str, str]:
         seconds = frames / LATENT_FRAMES_PER_SECOND

@@ -33,7 +33,7 @@ from acestep.training.dataset import Dataset, require_usable
 from acestep.training.objective import Objective, flow_loss, noisy_input
 from acestep.training.optimizers import build_optimizer, build_schedule
 from acestep.training.places import adapter_name, run_dir, stop_file
-from acestep.training.progress import TrainingProgress
+from acestep.training.progress import MAX_LOSS_POINTS, TrainingProgress
 from acestep.training.request import TrainingRequest
 
 Report = Callable[[TrainingProgress], None]
@@ -194,7 +194,7 @@ class Trainer:
             state.step += 1
             state.epoch = state.step // per_epoch
             state.losses.append((state.step, loss_sum))
-            del state.losses[:-1000]
+            del state.losses[:-MAX_LOSS_POINTS]
             self._report_step(state, epoch, loss_sum, optimizer, first_step, started, total)
             if self._checkpoint_due(state.step, per_epoch, total):
                 self._save(adapter, optimizer, scheduler, state)
