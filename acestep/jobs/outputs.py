@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
+# The format a face writes when a request names none: compressed, as upstream's REST API writes
+# (its Python API writes flac, GenerationRequest's default). REST and MCP both read it here.
+DEFAULT_AUDIO_FORMAT = "mp3"
+
 MEDIA_TYPES = {
     ".mp3": "audio/mpeg",
     ".wav": "audio/wav",

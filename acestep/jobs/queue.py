@@ -22,7 +22,9 @@ from loguru import logger
 from acestep.checkpoints.layout import CheckpointPaths
 from acestep.checkpoints.slots import ModelSlots
 from acestep.checkpoints.task_support import require_task
+from acestep.jobs.library import record_job
 from acestep.jobs.retention import Retention, input_paths
+from acestep.jobs.uploads import max_upload_bytes
 from acestep.lora.selection import LoraSelection
 from acestep.memory.manager import worker_summary
 from acestep.request import GenerationRequest
@@ -153,6 +155,7 @@ class LocalJobQueue:
         self.result_ttl_s = result_ttl_s
         self.retention = Retention.from_env(self.results_dir, result_ttl_s, uploads_dir)
         self.seed_seconds = setting_value(current_settings(), "ACESTEP_AVG_JOB_SECONDS")
+        self.input_copy_bytes = max_upload_bytes()  # a job's source kept in its library record, at most
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
         self._durations: deque[float] = deque(maxlen=AVERAGE_WINDOW)
@@ -202,7 +205,12 @@ class LocalJobQueue:
                 self.results_dir / task_id,
                 uses_lm=uses_lm,
                 job_id=task_id,
-                on_done=[lambda job: remove_paths(inputs), self._record],
+                # The library record first: it keeps a copy of the inputs the next hook deletes.
+                on_done=[
+                    lambda job: record_job(job, self.input_copy_bytes, inputs),
+                    lambda job: remove_paths(inputs),
+                    self._record,
+                ],
                 lm_only=lm_only,
                 model=model if self.slots is not None else None,
             )
@@ -244,6 +252,38 @@ class LocalJobQueue:
         if job is None:
             raise KeyError(task_id)
         return job.wait(timeout)
+
+    def active(self) -> list[dict]:
+        """The jobs queued and running, running first then in queue order (read-only snapshots)."""
+        with self._lock:
+            live = [job for job in self._jobs.values() if not job.done.is_set()]
+        rows = []
+        for job in live:
+            position = self.dispatcher.position(job.id)
+            if position is None:  # ended since
+                continue
+            task = job.request.effective_task if job.kind == "generate" else "train"
+            rows.append(
+                {
+                    "id": job.id,
+                    "task": task,
+                    "state": str(job.state),
+                    "stage": job.stage,
+                    "position": position,
+                    "progress": job.progress,
+                    "created": job.created,
+                }
+            )
+        return sorted(rows, key=lambda row: row["position"])
+
+    def forget(self, task_id: str) -> bool:
+        """Drop an ended job's record (the library deleted its folder); a live job stays."""
+        with self._lock:
+            job = self._jobs.get(task_id)
+            if job is None or not job.done.is_set():
+                return False
+            del self._jobs[task_id]
+            return True
 
     def model_state(self) -> str:
         return self.dispatcher.runner.state

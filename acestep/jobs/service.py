@@ -161,12 +161,17 @@ class JobService:
         return "stopping" if outcome == "cancelling" else outcome
 
     async def watch(
-        self, job: Job, timeout_s: float | None = None, gone: Callable[[], Any] | None = None
+        self,
+        job: Job,
+        timeout_s: float | None = None,
+        gone: Callable[[], Any] | None = None,
+        cancel: bool = True,
     ) -> AsyncIterator[Job]:
         """Each snapshot of ``job`` until it ends (the last one is the ended job), a short thread
         call at a time. Past ``timeout_s`` (a 504 ``Refusal``), when ``await gone()`` says the caller
         left (``CallerGone``), or when the watcher is cancelled, the job is cancelled: nobody would
-        read its result."""
+        read its result. ``cancel=False``: an onlooker's watch (the job's result stays readable by
+        /query_result), which ends without touching the job."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         try:
             while True:
@@ -183,8 +188,9 @@ class JobService:
                     )
                 await anyio.sleep(POLL_S)
         except BaseException:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self.queue.cancel, job.id)
+            if cancel:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(self.queue.cancel, job.id)
             raise
 
     async def await_job(
