@@ -2,12 +2,12 @@
 is read by its kind (``values``). The REST lookup, the LM options, the CLI flags and the form
 schemas are derived from here; ``GenerationRequest`` (``acestep.request``) checks the values."""
 
+from acestep.fields.lm_table import LM_BACKENDS
 from acestep.fields.spec import NUMERIC_KINDS, FieldSpec, Flag, Group, Kind
 from acestep.fields.table import (
     BY_NAME,
     FIELDS,
     GENERATION,
-    LM_BACKENDS,
     LM_FEATURES,
     LM_KNOBS,
     MAX_MODEL_CHARS,

@@ -65,14 +65,38 @@ class FieldSpec:
     bounds: tuple[float, float] | None = None  # inclusive range, from acestep.tasks
     choices: tuple[str, ...] | None = None  # for a "str" no GenerationRequest field checks
     flag: Flag | None = None
+    doc: str | None = None  # what it does, where the flag's help has no (or a CLI-only) word for it
 
     @property
     def names(self) -> tuple[str, ...]:
         return (self.name, *self.aliases)
 
+    @property
+    def description(self) -> str:
+        """What the field does: ``doc``, else the flag's help as ``--help`` prints it."""
+        if self.doc is not None:
+            return self.doc
+        options = self.flag.options if self.flag is not None else {}
+        text = str(options.get("help") or "")
+        choices = options.get("choices")
+        text = text.replace("%(default)s", str(options.get("default")))
+        return text.replace("%(choices)s", ", ".join(map(str, choices or ())))
+
+    @property
+    def allowed(self) -> tuple[str, ...] | None:
+        """The values it takes, where the table or the flag lists them."""
+        flag_choices = self.flag.options.get("choices") if self.flag is not None else None
+        found = self.choices or flag_choices
+        return tuple(map(str, found)) if found else None
+
     def schema(self) -> dict[str, Any]:
-        """The field as a form documents it (JSON schema): its type and bounds."""
+        """The field as a form documents it (JSON schema): its type, bounds, values and meaning."""
         out: dict[str, Any] = {"type": _SCHEMA_TYPES.get(self.kind, "string")}
         if self.bounds is not None:
             out["minimum"], out["maximum"] = self.bounds
+        if self.allowed is not None and self.kind == Kind.STR:
+            out["enum"] = list(self.allowed)
+        if self.max_chars is not None:
+            out["maxLength"] = self.max_chars
+        out["description"] = self.description or self.name.replace("_", " ")
         return out

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from acestep.fields.lm_table import LM_FEATURES, LM_KNOBS
 from acestep.fields.sampling_table import EDITS, SAMPLER
 from acestep.fields.spec import FieldSpec, Flag, Group, Kind
 from acestep.request import AUDIO_FORMATS, TIME_SIGNATURES, VOCAL_LANGUAGES, GenerationRequest
@@ -18,15 +19,12 @@ from acestep.tasks import (
     MAX_BATCH_SIZE,
     MAX_BPM,
     MAX_DURATION_S,
-    MAX_NAME_CHARS,
-    MAX_PATH_CHARS,
     MAX_STEPS,
     MIN_BPM,
     TASK_TYPES,
     TRACK_NAMES,
 )
 
-LM_BACKENDS = ("vllm", "pt", "mlx")
 MAX_MODEL_CHARS = 255  # a checkpoint folder's name (NAME_MAX)
 
 
@@ -41,32 +39,6 @@ def _flag(*names: str, **options: Any) -> Flag:
 
 def _gen(name: str, kind: Kind, *aliases: str, target: str | None = None, **extra: Any) -> FieldSpec:
     return FieldSpec(name, kind, Group.GENERATION, aliases, target or name, **extra)
-
-
-def _lm(group: Group, name: str, kind: Kind, *aliases: str, request: bool = True, **extra: Any) -> FieldSpec:
-    return FieldSpec(name, kind, group, aliases, name if request else None, **extra)
-
-
-_FLAG_TYPES = {Kind.INT: int, Kind.FLOAT: float, Kind.STR: str}
-
-
-def _sampling(name: str, kind: Kind, help: str) -> FieldSpec:
-    """An LM sampling knob: a request field of the same name, with a flag that shows its default."""
-    flag = _flag(
-        f"--{name.replace('_', '-')}",
-        type=_FLAG_TYPES[kind],
-        default=None,
-        help=f"{help} (default {_default(name)!r})",
-    )
-    return _lm(Group.LM_KNOB, name, kind, flag=flag)
-
-
-def _switch(name: str, *aliases: str, help: str) -> FieldSpec:
-    """An upstream switch that defaults to true; the CLI's flag turns it off."""
-    flag = _flag(
-        f"--no-{name.removeprefix('use_').replace('_', '-')}", action="store_false", default=None, help=help
-    )
-    return _lm(Group.LM_FEATURE, name, Kind.BOOL, *aliases, flag=flag)
 
 
 GENERATION = (
@@ -224,6 +196,7 @@ GENERATION = (
             default=None,
             help="diffusion steps (default: the model's own: 8 for turbo, 50 for base and SFT)",
         ),
+        doc="diffusion steps (upstream's REST default 8 whatever the model; base and SFT are made for 50)",
     ),
     _gen(
         "guidance_scale",
@@ -298,96 +271,53 @@ GENERATION = (
             choices=AUDIO_FORMATS,
             help="the file format (default: -o's extension, else wav)",
         ),
+        doc="the audio file format",
     ),
     # Not on the command line (or, keep_alive and the LoRA flags, with a meaning of their own there).
-    _gen("use_random_seed", Kind.BOOL, "useRandomSeed"),
-    _gen("instruction", Kind.STR),
-    _gen("cfg_interval_start", Kind.FLOAT),
-    _gen("cfg_interval_end", Kind.FLOAT),
-    _gen("timesteps", Kind.TIMESTEPS, "custom_timesteps", "customTimesteps"),
-    _gen("keep_alive", Kind.KEEP_ALIVE, "keepAlive"),
-    _gen("enable_normalization", Kind.BOOL),
-    _gen("normalization_db", Kind.FLOAT),
-    _gen("lora", Kind.NAMES, "loras", "lora_name", "loraName"),
-    _gen("lora_scale", Kind.NAMES, "loraScale", "lora_scales"),
+    _gen(
+        "use_random_seed",
+        Kind.BOOL,
+        "useRandomSeed",
+        doc="true: a random seed each run; left out, a seed that was sent is used (upstream ignored it)",
+    ),
+    _gen("instruction", Kind.STR, doc="the DiT's task instruction (default: the task's own)"),
+    _gen("cfg_interval_start", Kind.FLOAT, doc="base and SFT: where in the schedule (0-1) guidance starts"),
+    _gen("cfg_interval_end", Kind.FLOAT, doc="base and SFT: where in the schedule (0-1) guidance ends"),
+    _gen(
+        "timesteps",
+        Kind.TIMESTEPS,
+        "custom_timesteps",
+        "customTimesteps",
+        doc="a schedule of its own, from 1 towards 0 (a list or a comma list; replaces the steps and shift)",
+    ),
+    _gen(
+        "keep_alive",
+        Kind.KEEP_ALIVE,
+        "keepAlive",
+        doc="how long the model stays loaded after the job: seconds, '5m', 0 (unload) or -1 (always); "
+        "default ACESTEP_KEEP_ALIVE",
+    ),
+    _gen("enable_normalization", Kind.BOOL, doc="peak-normalize the result to normalization_db"),
+    _gen("normalization_db", Kind.FLOAT, doc="the peak level of a normalized result, in dB"),
+    _gen(
+        "lora",
+        Kind.NAMES,
+        "loras",
+        "lora_name",
+        "loraName",
+        doc="LoRA adapters from GET /v1/loras: a name, a comma list or a list (default: the loaded ones)",
+    ),
+    _gen(
+        "lora_scale", Kind.NAMES, "loraScale", "lora_scales", doc="one scale for every adapter, or one each"
+    ),
     *SAMPLER,  # the sampler's and the editing fields: acestep/fields/sampling_table.py
     *EDITS,
 )
-# Switches that make a job need the LM (use_cot_* only when written as true: upstream defaults
-# them to true, and that default silently ran the LM - defect 5).
-LM_FEATURES = (
-    _lm(
-        Group.LM_FEATURE,
-        "thinking",
-        Kind.BOOL,
-        flag=_flag(
-            "--thinking", action="store_true", default=None, help="the LM writes metadata and audio codes"
-        ),
-    ),
-    _switch(
-        "use_cot_caption",
-        "cot_caption",
-        "cot-caption",
-        help="keep the caption as written (the LM does not rewrite it)",
-    ),
-    _switch(
-        "use_cot_language", "cot_language", "cot-language", help="the LM does not choose the vocal language"
-    ),
-    _switch(
-        "use_cot_metas",
-        "cot_metas",
-        "cot-metas",
-        help="the LM does not fill bpm, key, time signature and duration",
-    ),
-    _lm(Group.LM_FEATURE, "sample_mode", Kind.BOOL, "sampleMode"),
-    _lm(
-        Group.LM_FEATURE,
-        "sample_query",
-        Kind.STR,
-        "sampleQuery",
-        "description",
-        "desc",
-        flag=_flag(
-            "--sample-query",
-            default=None,
-            metavar="TEXT",
-            help="describe a song; the LM writes its caption, lyrics and metadata (sample mode)",
-        ),
-    ),
-    # Upstream lists `format` as an alias of use_format, so it is a boolean, not the audio format.
-    _lm(
-        Group.LM_FEATURE,
-        "use_format",
-        Kind.BOOL,
-        "useFormat",
-        "format",
-        flag=_flag(
-            "--use-format", action="store_true", default=None, help="the LM tidies the caption and lyrics"
-        ),
-    ),
-    _lm(Group.LM_FEATURE, "analysis_only", Kind.BOOL, "analysisOnly", request=False),
-    _lm(Group.LM_FEATURE, "full_analysis_only", Kind.BOOL, "fullAnalysisOnly", request=False),
-)
-LM_KNOBS = (
-    _sampling("lm_temperature", Kind.FLOAT, "LM sampling temperature"),
-    _sampling("lm_cfg_scale", Kind.FLOAT, "LM classifier-free guidance scale"),
-    _sampling("lm_top_k", Kind.INT, "LM top-k sampling (0: off)"),
-    _sampling("lm_top_p", Kind.FLOAT, "LM nucleus sampling"),
-    _sampling("lm_repetition_penalty", Kind.FLOAT, "LM repetition penalty"),
-    _sampling("lm_negative_prompt", Kind.STR, "what the LM's guidance steers away from"),
-    # Which LM and how it runs: they steer the LM stage, they are no request fields.
-    _lm(Group.LM_KNOB, "lm_model_path", Kind.STR, request=False, max_chars=MAX_PATH_CHARS),
-    _lm(Group.LM_KNOB, "lm_backend", Kind.STR, request=False, max_chars=MAX_NAME_CHARS, choices=LM_BACKENDS),
-    _lm(
-        Group.LM_KNOB, "constrained_decoding", Kind.BOOL, "constrainedDecoding", "constrained", request=False
-    ),
-    _lm(Group.LM_KNOB, "constrained_decoding_debug", Kind.BOOL, "constrainedDecodingDebug", request=False),
-    _lm(Group.LM_KNOB, "allow_lm_batch", Kind.BOOL, "allowLmBatch", "parallel_thinking", request=False),
-)
 # Accepted for compatibility; they change nothing here (or are refused when they would have to).
+_NO_EFFECT_DOC = "accepted for upstream's clients; no effect here (a warning says so)"
 NO_EFFECT = (
-    FieldSpec("use_tiled_decode", Kind.BOOL, Group.NO_EFFECT, ("useTiledDecode",)),
-    FieldSpec("is_format_caption", Kind.BOOL, Group.NO_EFFECT, ("isFormatCaption",)),
+    FieldSpec("use_tiled_decode", Kind.BOOL, Group.NO_EFFECT, ("useTiledDecode",), doc=_NO_EFFECT_DOC),
+    FieldSpec("is_format_caption", Kind.BOOL, Group.NO_EFFECT, ("isFormatCaption",), doc=_NO_EFFECT_DOC),
 )
 MODEL = FieldSpec(
     "model",
@@ -395,6 +325,7 @@ MODEL = FieldSpec(
     Group.MODEL,
     ("model_name", "modelName", "dit_model", "ditModel"),
     max_chars=MAX_MODEL_CHARS,
+    doc="the DiT that runs it, from GET /v1/models (default: the server's default model)",
 )
 FIELDS = (*GENERATION, *LM_FEATURES, *LM_KNOBS, *NO_EFFECT, MODEL)
 # Every name (canonical or alias) -> its entry.

@@ -30,6 +30,7 @@ from acestep.jobs.service import JobService
 from acestep.jobs.waits import CallerGone
 from acestep.lora.selection import LoraSelection
 from acestep.memory.manager import MemoryManager
+from acestep.serving import docs_pages, openapi
 from acestep.serving.auth import HeaderKeyGate
 from acestep.serving.config import MIN_KEY_LENGTH, ServerConfig
 from acestep.serving.errors import ErrorBoundary
@@ -83,9 +84,19 @@ def create_app(
             if token_client is not None:
                 token_client.close()
 
-    # With a key, the API docs are behind it too (every route but /health needs the key).
-    docs = {} if not config.api_key else {"docs_url": None, "redoc_url": None, "openapi_url": None}
-    app = FastAPI(title="acestep", version=__version__, lifespan=lifespan, **docs)
+    # The docs pages are served without the key (they hold no secret); every API route needs it.
+    # Their scripts and styles come from this server, not a CDN (serving/docs_pages.py).
+    app = FastAPI(
+        title="acestep",
+        version=__version__,
+        lifespan=lifespan,
+        description=openapi.DESCRIPTION,
+        openapi_tags=openapi.TAGS,
+        docs_url=None,
+        redoc_url=None,
+    )
+    docs_pages.install(app)
+    openapi.install(app, keyed=bool(config.api_key))
     app.state.config = config
     if config.api_key and len(config.api_key) < MIN_KEY_LENGTH:
         logger.warning(
@@ -93,8 +104,6 @@ def create_app(
             "(python -c 'import secrets; print(secrets.token_urlsafe(24))')"
         )
     _guard(app, config)
-    if config.api_key:
-        _protected_docs(app)
     mcp_server = _mount_mcp(app, config) if include_api else None
     app.state.model_name = paths.dit_name
     app.state.slots = slots  # the models requests may name (acestep/checkpoints/slots.py)
@@ -162,13 +171,15 @@ def _include_routes(app: FastAPI, include_api: bool) -> None:
         routes_admin,
         routes_chat,
         routes_compat,
+        routes_events,
         routes_lego,
         routes_lm,
         routes_lora,
         routes_models,
     )
 
-    modules = (routes_compat, routes_lm, routes_admin, routes_models, routes_lego, routes_lora, routes_chat)
+    modules = (routes_compat, routes_events, routes_lm, routes_admin, routes_models, routes_lego, routes_lora)
+    modules += (routes_chat,)
     if app.state.config.enable_training:  # off by default, as upstream's training routes are
         from acestep.serving import routes_dataset, routes_training
 
@@ -180,12 +191,14 @@ def _include_routes(app: FastAPI, include_api: bool) -> None:
     else:
         routers = []
         app.add_api_route("/health", routes_compat.health, methods=["GET"])
-    # The API's own paths, which the key guards (the UI mounted later has its own login).
+    # The API's own paths, which the key guards (the UI mounted later has its own login; /health
+    # and the docs pages are open).
+    open_paths = openapi.OPEN_PATHS | openapi.docs_paths(app) | docs_pages.PATHS
     app.state.api_paths = frozenset(
         route.path
         for router in (app.router, *routers)
         for route in router.routes
-        if getattr(route, "path", "/health") != "/health"
+        if getattr(route, "path", "/health") not in open_paths
     )
 
 
@@ -228,28 +241,6 @@ def _cluster_front(cluster: ClusterSettings, config: ServerConfig, paths, loras:
     loras.store = RedisDefault(queue)  # one default for every API server of the cluster
     queue.loras = loras
     return ClusterControl(queue), queue
-
-
-def _protected_docs(app: FastAPI) -> None:
-    """/openapi.json, /docs and /redoc behind the API key (send it as a Bearer header)."""
-    from fastapi import Depends
-    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-
-    from acestep.serving import auth
-
-    guard = [Depends(auth.require_key)]
-
-    @app.get("/openapi.json", include_in_schema=False, dependencies=guard)
-    async def openapi() -> dict:
-        return app.openapi()
-
-    @app.get("/docs", include_in_schema=False, dependencies=guard)
-    async def docs():
-        return get_swagger_ui_html(openapi_url="/openapi.json", title="acestep API")
-
-    @app.get("/redoc", include_in_schema=False, dependencies=guard)
-    async def redoc():
-        return get_redoc_html(openapi_url="/openapi.json", title="acestep API")
 
 
 def _mount_mcp(app: FastAPI, config: ServerConfig):

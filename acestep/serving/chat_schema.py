@@ -12,7 +12,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from acestep.fields import BY_NAME
 from acestep.tasks import MAX_BATCH_SIZE
+
+NO_EFFECT_DOC = "accepted for OpenAI clients; no effect here"
 
 
 class AudioConfig(BaseModel):
@@ -39,15 +42,19 @@ class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     model: str | None = Field(None, description="absent: this server's default model")
-    messages: list[ChatMessage]
-    modalities: list[str] | None = None
-    audio_config: AudioConfig | None = None
-    temperature: float | None = Field(None, ge=0.0, le=2.0)
-    top_p: float | None = Field(None, ge=0.0, le=1.0)
-    top_k: int | None = Field(None, ge=0)
-    max_tokens: int | None = Field(None, ge=1)
-    stream: bool = False
-    stop: str | list[str] | None = None
+    messages: list[ChatMessage] = Field(
+        description="the chat: the last user message holds the caption, lyrics and any input audio"
+    )
+    modalities: list[str] | None = Field(None, description=NO_EFFECT_DOC)
+    audio_config: AudioConfig | None = Field(
+        None, description="duration, format, bpm, key_scale, time_signature, vocal_language, instrumental"
+    )
+    temperature: float | None = Field(None, ge=0.0, le=2.0, description="the LM's sampling temperature")
+    top_p: float | None = Field(None, ge=0.0, le=1.0, description="the LM's nucleus sampling")
+    top_k: int | None = Field(None, ge=0, description="the LM's top-k sampling")
+    max_tokens: int | None = Field(None, ge=1, description=NO_EFFECT_DOC)
+    stream: bool = Field(False, description="true: server-sent chunks with progress, then the audio")
+    stop: str | list[str] | None = Field(None, description=NO_EFFECT_DOC)
     seed: int | str | None = None
     thinking: bool | None = None
     guidance_scale: float | None = None
@@ -62,10 +69,10 @@ class ChatCompletionRequest(BaseModel):
     repainting_start: float = 0.0
     repainting_end: float | None = None
     audio_cover_strength: float = 1.0
-    audio_codes: str = ""
-    cover_noise_strength: float = 0.0
+    audio_codes: str = Field("", description=BY_NAME["audio_codes"].description)
+    cover_noise_strength: float = Field(0.0, description=NO_EFFECT_DOC)
     inference_steps: int | None = Field(None, description="absent: the model variant's default steps")
-    infer_method: str = "ode"
+    infer_method: str = Field("ode", description=NO_EFFECT_DOC)
     lm_cfg_scale: float = 2.0
 
 
@@ -83,7 +90,12 @@ def _inline(node: Any, defs: dict) -> Any:
 
 
 def _schema() -> dict:
+    """The body's schema; a field that is also a /release_task field is described as the field
+    table describes it."""
     schema = ChatCompletionRequest.model_json_schema()
+    for name, prop in schema["properties"].items():
+        if "description" not in prop and name in BY_NAME:
+            prop["description"] = BY_NAME[name].description
     return _inline(schema, schema.get("$defs", {}))
 
 

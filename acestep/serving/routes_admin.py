@@ -20,7 +20,7 @@ from acestep.serving.routes_compat import body_schema
 from acestep.serving.wire import envelope
 from acestep.worker.dispatcher import BusyError
 
-router = APIRouter(dependencies=[Depends(auth.require_key)])
+router = APIRouter(tags=["memory"], dependencies=[Depends(auth.require_key)])
 
 
 async def _wait(request: Request, function, *args):
@@ -32,7 +32,15 @@ async def _wait(request: Request, function, *args):
         raise command_refusal(exc) from None
 
 
-UNLOAD_SCHEMA = body_schema({"level": {"type": "string", "enum": ["park", "free"]}})
+UNLOAD_SCHEMA = body_schema(
+    {
+        "level": {
+            "type": "string",
+            "enum": ["park", "free"],
+            "description": "park: the weights move to CPU memory (quick to wake); free: released",
+        }
+    }
+)
 
 
 # The spellings clients send (acestep extensions; upstream has no unload route): one handler.
@@ -57,7 +65,12 @@ async def memory(request: Request) -> dict:
     return envelope(await anyio.to_thread.run_sync(request.app.state.manager.get_status))
 
 
-@router.post("/v1/cancel", openapi_extra=body_schema({"task_id": {"type": "string"}}, ["task_id"]))
+@router.post(
+    "/v1/cancel",
+    openapi_extra=body_schema(
+        {"task_id": {"type": "string", "description": "the job to cancel"}}, ["task_id"]
+    ),
+)
 async def cancel(request: Request) -> dict:
     fields, _ = await read_body(request)
     task_id = str(fields.get("task_id") or "")

@@ -50,7 +50,7 @@ from acestep.settings import value as setting_value
 from acestep.tasks import SOURCE_TASKS
 from acestep.worker.job import Job, JobState
 
-router = APIRouter()
+router = APIRouter(tags=["chat"])
 
 CHAT_PATH = "/v1/chat/completions"
 TIMEOUT_S: float = setting_value(current_settings(), "ACESTEP_GENERATION_TIMEOUT")

@@ -13,8 +13,11 @@ from starlette.concurrency import run_in_threadpool
 
 from acestep import __version__
 from acestep.errors import JobErrorKind, validation_message
+from acestep.examples import EXAMPLES, SIMPLE_EXAMPLES
+from acestep.fields import FIELDS
+from acestep.fields.schema import body_properties
 from acestep.jobs.failures import Refusal, RefusalCause
-from acestep.jobs.outputs import MEDIA_TYPES
+from acestep.jobs.outputs import DEFAULT_AUDIO_FORMAT, MEDIA_TYPES
 from acestep.jobs.queue import QueueUnavailable
 from acestep.jobs.service import discard
 from acestep.jobs.uploads import UploadError, confine
@@ -23,59 +26,59 @@ from acestep.serving import auth
 from acestep.serving.body import read_body
 from acestep.serving.inputs import Inputs, settle_inputs, take_inputs
 from acestep.serving.inventory import gpu_fields
-from acestep.serving.lm_params import lm_fields, lm_warnings
-from acestep.serving.params import ParamError, parse_release_params, parse_task_id_list
+from acestep.serving.lm_params import REST_LM_DEFAULTS, lm_fields, lm_warnings
+from acestep.serving.openapi import errors
+from acestep.serving.params import (
+    MAX_TASK_ID_CHARS,
+    MAX_TASK_IDS,
+    ParamError,
+    parse_release_params,
+    parse_task_id_list,
+)
 from acestep.serving.wire import envelope, query_entry
+from acestep.serving.wire_models import Health, ReleasedTask, Stats, TaskEntry, audio, ok
 from acestep.tasks import track_notes
 
 router = APIRouter()
 
-REST_DEFAULTS = {"audio_format": "mp3"}  # upstream's REST default (the Python API writes flac)
-EXAMPLES = (
-    {
-        "caption": "warm lo-fi hip hop, dusty piano, vinyl crackle",
-        "lyrics": "[Instrumental]",
-        "bpm": 84,
-        "duration": 60,
-        "keyscale": "D minor",
-        "language": "en",
-        "timesignature": "4",
-    },
-    {
-        "caption": "upbeat synth-pop, bright pads, four-on-the-floor",
-        "lyrics": "[verse]\nCity lights\n[chorus]\nTonight",
-        "bpm": 120,
-        "duration": 90,
-        "keyscale": "A major",
-        "language": "en",
-        "timesignature": "4",
-    },
-)
-SIMPLE_EXAMPLES = (
-    {"description": "a calm piano piece for a rainy evening", "instrumental": True, "vocal_language": "en"},
-    {
-        "description": "an upbeat pop song about summer road trips",
-        "instrumental": False,
-        "vocal_language": "en",
-    },
-)
+REST_DEFAULTS = {"audio_format": DEFAULT_AUDIO_FORMAT}  # upstream's REST default (jobs/outputs.py)
 
 
-def _rest_schema() -> dict:
-    """GenerationRequest's schema with the defaults this route applies (REST_DEFAULTS) stated."""
-    schema = GenerationRequest.model_json_schema(by_alias=False)
-    for name, default in REST_DEFAULTS.items():
-        schema["properties"][name]["default"] = default
-    return schema
-
-
-GENERATION_REQUEST_SCHEMA = {"requestBody": {"content": {"application/json": {"schema": _rest_schema()}}}}
-
-
-def body_schema(properties: dict, required: list[str] = (), content: str = "application/json") -> dict:
-    """An OpenAPI request body for routes that parse their own bodies (docs and fuzzing read it)."""
+def body_schema(
+    properties: dict,
+    required: list[str] = (),
+    content: str = "application/json",
+    examples: dict[str, dict] | None = None,
+) -> dict:
+    """An OpenAPI request body for routes that parse their own bodies (docs and fuzzing read it);
+    ``examples``: name -> a body."""
     schema = {"type": "object", "properties": properties, "required": list(required)}
-    return {"requestBody": {"content": {content: {"schema": schema}}}}
+    media: dict = {"schema": schema}
+    if examples:
+        media["examples"] = {name: {"value": value} for name, value in examples.items()}
+    return {"requestBody": {"content": {content: media}}}
+
+
+# Every field of the one table (acestep/fields), with the defaults this route applies, and the
+# places upstream's clients put the key and nested fields.
+RELEASE_BODY = body_schema(
+    body_properties(FIELDS, REST_DEFAULTS | REST_LM_DEFAULTS)
+    | {
+        "ai_token": {"type": "string", "description": "the API key, for clients that send no header"},
+        "param_obj": {"type": "object", "description": "any field above, looked up after the top level"},
+        "metas": {
+            "type": "object",
+            "description": "any field above, looked up last (also read as: meta, metadata, user_metadata)",
+        },
+    },
+    examples={"instrumental": EXAMPLES[0], "song": EXAMPLES[1]},
+)
+RELEASE_DOC = (
+    "Queue a generation job; answers at once with its task_id (follow it with /query_result or "
+    "/v1/jobs/{task_id}/events). Each field is read at the top level, then in param_obj, then in "
+    "metas, under its name or an alias. JSON or a form; multipart uploads ctx_audio/src_audio and "
+    "ref_audio/reference_audio carry the source and reference audio."
+)
 
 
 async def build_request(
@@ -124,7 +127,13 @@ async def submit(request: Request, generation: GenerationRequest, saved: list[Pa
     return await request.app.state.service.submit(generation, saved, lm_only=lm_only, model=model)
 
 
-@router.post("/release_task", openapi_extra=GENERATION_REQUEST_SCHEMA)
+@router.post(
+    "/release_task",
+    tags=["generation"],
+    description=RELEASE_DOC,
+    openapi_extra=RELEASE_BODY,
+    responses=ok(ReleasedTask) | errors(429, 503),
+)
 async def release_task(request: Request) -> dict:
     fields, files = await read_body(request)
     token = fields.pop("ai_token", None)
@@ -141,9 +150,21 @@ async def release_task(request: Request) -> dict:
 
 @router.post(
     "/query_result",
+    tags=["results"],
     openapi_extra=body_schema(
-        {"task_id_list": {"type": "array", "items": {"type": "string"}}}, ["task_id_list"]
+        {
+            "task_id_list": {
+                "type": ["array", "string"],
+                "items": {"type": "string", "maxLength": MAX_TASK_ID_CHARS},
+                "maxItems": MAX_TASK_IDS,
+                "description": "task ids from /release_task (a JSON array, or one JSON-encoded as text)",
+            },
+            "ai_token": {"type": "string", "description": "the API key, for clients that send no header"},
+        },
+        ["task_id_list"],
+        examples={"one task": {"task_id_list": ["0b5c3f0e-6d1a-4d2b-9a57-0c9d1f6a2b11"]}},
     ),
+    responses=ok(list[TaskEntry]) | errors(503),
 )
 async def query_result(request: Request) -> dict:
     fields, _ = await read_body(request)
@@ -160,7 +181,13 @@ async def query_result(request: Request) -> dict:
     return envelope(await run_in_threadpool(entries))
 
 
-@router.get("/v1/audio", dependencies=[Depends(auth.require_key)])
+@router.get(
+    "/v1/audio",
+    tags=["results"],
+    dependencies=[Depends(auth.require_key)],
+    response_class=FileResponse,
+    responses=audio("the result file, as its format's media type") | errors(403, 404),
+)
 async def audio(request: Request, path: str) -> FileResponse:
     results = request.app.state.config.results_dir
     try:
@@ -176,7 +203,7 @@ async def audio(request: Request, path: str) -> FileResponse:
     return FileResponse(file, media_type=MEDIA_TYPES.get(file.suffix.lower(), "application/octet-stream"))
 
 
-@router.get("/health")
+@router.get("/health", tags=["health"], responses=ok(Health))
 async def health(request: Request) -> dict:
     """200 while this process serves; in a cluster, ``queue`` says whether Redis answers."""
     queue = request.app.state.queue
@@ -208,12 +235,24 @@ async def health(request: Request) -> dict:
     )
 
 
-@router.get("/v1/stats", dependencies=[Depends(auth.require_key)])
+@router.get("/v1/stats", tags=["health"], dependencies=[Depends(auth.require_key)], responses=ok(Stats))
 async def stats(request: Request) -> dict:
     return envelope(await run_in_threadpool(request.app.state.queue.stats))
 
 
-@router.post("/create_random_sample")
+@router.post(
+    "/create_random_sample",
+    tags=["generation"],
+    openapi_extra=body_schema(
+        {
+            "sample_type": {
+                "type": "string",
+                "description": "simple_mode (default): a description for sample mode; else a full example",
+            },
+            "ai_token": {"type": "string", "description": "the API key, for clients that send no header"},
+        }
+    ),
+)
 async def create_random_sample(request: Request) -> dict:
     fields, _ = await read_body(request)
     auth.check(request, fields.pop("ai_token", None))

@@ -39,7 +39,7 @@ from acestep.training.places import DATASET_FILE
 from acestep.training.request import TrainingRequest
 from acestep.training.sample import CHECKS, EDITABLE, INSTRUMENTAL, MAX_GENRE_RATIO, TAG_POSITIONS
 
-router = APIRouter(dependencies=[Depends(auth.require_key)])
+router = APIRouter(tags=["dataset"], dependencies=[Depends(auth.require_key)])
 _CREATE = threading.Lock()
 
 # The fields each body takes (any other is a 400).
@@ -48,6 +48,34 @@ SAVE_FIELDS = ("save_path", "dataset_name", "custom_tag", "tag_position", "all_i
 # An edit's upstream extras: the index again, "labeled" (here: has a caption) and prompt_override.
 SAMPLE_EXTRAS = ("sample_idx", "labeled", "prompt_override")
 PREPROCESS_FIELDS = ("output_dir", "skip_existing", "model")
+# What each body field means (/openapi.json); the checks are the handlers' and acestep/training's.
+FIELD_DOCS = {
+    "audio_dir": "a folder of audio (with sidecar captions and lyrics) in the training folder",
+    "dataset_name": "the dataset's name",
+    "custom_tag": "a tag added to every caption (e.g. a LoRA trigger word)",
+    "tag_position": f"where custom_tag goes: {', '.join(TAG_POSITIONS)}",
+    "all_instrumental": "every track is instrumental (their lyrics become [Instrumental])",
+    "genre_ratio": f"percent of samples trained on their genre instead of the caption, 0-{MAX_GENRE_RATIO}",
+    "save_path": "the dataset JSON file to write, in the training folder",
+    "output_dir": "the folder of the preprocessed tensors, in the training folder",
+    "skip_existing": "keep tensors already there",
+    "model": "the DiT whose encoders preprocess it (default: the served one)",
+    "caption": "what the music sounds like",
+    "lyrics": f"the lyrics ({INSTRUMENTAL} for none)",
+    "bpm": "beats per minute",
+    "keyscale": "the key, e.g. 'C major'",
+    "timesignature": "beats per bar, e.g. '4'",
+    "language": "the vocal language, e.g. 'en'",
+    "is_instrumental": "no vocals",
+    "genre": "the genre (trained on instead of the caption for genre_ratio percent of steps)",
+    "sample_idx": "upstream's copy of the index in the path (ignored)",
+    "labeled": "upstream's flag: here a sample is labeled when it has a caption",
+    "prompt_override": "upstream's per-sample prompt choice",
+}
+
+
+def _documented(names) -> dict:
+    return {name: {"description": FIELD_DOCS[name]} for name in names}
 
 
 @dataclass
@@ -138,7 +166,7 @@ def _apply(dataset: Dataset, settings: dict[str, Any]) -> None:
             edit(dataset, sample.name, is_instrumental=True)
 
 
-@router.post("/v1/dataset/scan", openapi_extra=body_schema(dict.fromkeys(SCAN_FIELDS, {}), ["audio_dir"]))
+@router.post("/v1/dataset/scan", openapi_extra=body_schema(_documented(SCAN_FIELDS), ["audio_dir"]))
 async def scan_folder(request: Request) -> dict:
     """Scan a folder under the training folder (audio with sidecars) into the current dataset."""
     fields = await _fields(request, SCAN_FIELDS)
@@ -204,7 +232,7 @@ def _changes(fields: dict, idx: int) -> tuple[dict, list[str]]:
 
 @router.put(
     "/v1/dataset/sample/{idx}",
-    openapi_extra=body_schema({name: {} for name in (*EDITABLE, *SAMPLE_EXTRAS)}),
+    openapi_extra=body_schema(_documented((*EDITABLE, *SAMPLE_EXTRAS))),
 )
 async def update_sample(request: Request, idx: int) -> dict:
     """Change one sample's fields (each checked; a bad value is a 400 and changes nothing)."""
@@ -233,7 +261,7 @@ def _save_current(holder: CurrentDataset, target: Path, settings: dict | None = 
         return dataset
 
 
-@router.post("/v1/dataset/save", openapi_extra=body_schema(dict.fromkeys(SAVE_FIELDS, {}), ["save_path"]))
+@router.post("/v1/dataset/save", openapi_extra=body_schema(_documented(SAVE_FIELDS), ["save_path"]))
 async def save_dataset(request: Request) -> dict:
     """Write the current dataset as upstream's dataset JSON (a folder path: its ``dataset.json``)."""
     fields = await _fields(request, SAVE_FIELDS)
@@ -267,7 +295,7 @@ async def _queue_preprocess(request: Request):
 
 
 @router.post(
-    "/v1/dataset/preprocess", openapi_extra=body_schema(dict.fromkeys(PREPROCESS_FIELDS, {}), ["output_dir"])
+    "/v1/dataset/preprocess", openapi_extra=body_schema(_documented(PREPROCESS_FIELDS), ["output_dir"])
 )
 async def preprocess(request: Request) -> dict:
     """Preprocess the current dataset and wait for it (a client that leaves cancels it)."""
@@ -279,7 +307,7 @@ async def preprocess(request: Request) -> dict:
 
 @router.post(
     "/v1/dataset/preprocess_async",
-    openapi_extra=body_schema(dict.fromkeys(PREPROCESS_FIELDS, {}), ["output_dir"]),
+    openapi_extra=body_schema(_documented(PREPROCESS_FIELDS), ["output_dir"]),
 )
 async def preprocess_async(request: Request) -> dict:
     """Queue the preprocessing of the current dataset; follow it with ``preprocess_status``."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, JSONResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
@@ -23,38 +23,67 @@ from acestep.request import GenerationRequest
 from acestep.serving import auth
 from acestep.serving.body import read_body
 from acestep.serving.inputs import check_audio
+from acestep.serving.openapi import errors
 from acestep.serving.routes_compat import MEDIA_TYPES, body_schema, submit
 from acestep.serving.wire import audio_url, envelope, result_items
+from acestep.serving.wire_models import audio
 from acestep.settings import current as current_settings
 from acestep.settings import value as setting_value
 from acestep.tasks import AUDIO_FORMATS, MAX_TRACK_NAME_CHARS, TRACK_NAMES, default_caption, track_notes
 
-router = APIRouter()
+router = APIRouter(tags=["generation"])
 
 FORM_FIELDS = ("track_type", "bpm", "key_scale", "audio_duration", "batch_size", "caption", "seed", "format")
 TIMEOUT_S: float = setting_value(current_settings(), "ACESTEP_GENERATION_TIMEOUT")
 
 
 LEGO_FORM = {
-    "audio_file": {"type": "string", "format": "binary"},
+    "audio_file": {
+        "type": "string",
+        "format": "binary",
+        "description": "the track to build on (WAV, MP3 or FLAC); its length is the stem's unless set",
+    },
     # Any name (upstream's rule); one outside the twelve trained ones is a warning (acestep.tasks).
-    "track_type": {"type": "string", "examples": list(TRACK_NAMES), "maxLength": MAX_TRACK_NAME_CHARS},
+    "track_type": {
+        "type": "string",
+        "examples": list(TRACK_NAMES),
+        "maxLength": MAX_TRACK_NAME_CHARS,
+        "description": f"the stem to make: {', '.join(TRACK_NAMES)} (another name is a warning)",
+    },
     # Types and bounds are the field table's (acestep.fields), so they follow acestep.tasks.
     **{
         name: BY_NAME[name].schema()
         for name in ("bpm", "key_scale", "audio_duration", "batch_size", "caption", "seed")
     },
-    "format": {"type": "string", "enum": list(AUDIO_FORMATS), "default": "wav"},
+    "format": {
+        "type": "string",
+        "enum": list(AUDIO_FORMATS),
+        "default": "wav",
+        "description": "the stem's audio format",
+    },
     "keep_alive": BY_NAME["keep_alive"].schema(),
     "lora": {"type": "string", "description": "LoRA adapter name(s), comma-separated"},
     "lora_scale": {"type": "string", "description": "one scale, or one per adapter"},
-    "response": {"type": "string", "enum": ["audio", "json"]},
+    "response": {
+        "type": "string",
+        "enum": ["audio", "json"],
+        "description": "audio (default): the first stem's bytes; json: the envelope with URLs",
+    },
+    "ai_token": {"type": "string", "description": "the API key, for clients that send no header"},
 }
+LEGO_EXAMPLE = {"track_type": "drums", "bpm": 120, "key_scale": "A minor", "format": "wav"}
 
 
 @router.post(
     "/lego",
-    openapi_extra=body_schema(LEGO_FORM, ["audio_file", "track_type", "bpm"], "multipart/form-data"),
+    openapi_extra=body_schema(
+        LEGO_FORM, ["audio_file", "track_type", "bpm"], "multipart/form-data", {"drums": LEGO_EXAMPLE}
+    ),
+    response_class=FileResponse,
+    responses=audio(
+        "the first stem; X-Task-Id and X-Seed name its job and seed (response=json: the envelope)"
+    )
+    | errors(429, 503, 504),
 )
 async def lego(request: Request):
     fields, files = await read_body(request)
@@ -80,13 +109,15 @@ async def lego(request: Request):
     # Refusal, answered with the status of acestep/jobs/failures.py.
     job = await request.app.state.service.await_job(job, TIMEOUT_S, gone=request.is_disconnected)
     if str(fields.get("response") or request.query_params.get("response") or "").lower() == "json":
-        return envelope(
-            {
-                "task_id": job.id,
-                "urls": [audio_url(p) for p in job.result.audio_paths],
-                "items": result_items(job),
-                "warnings": track_notes(track),
-            }
+        return JSONResponse(  # the route's documented answer is audio (response_class)
+            envelope(
+                {
+                    "task_id": job.id,
+                    "urls": [audio_url(p) for p in job.result.audio_paths],
+                    "items": result_items(job),
+                    "warnings": track_notes(track),
+                }
+            )
         )
     first = Path(job.result.audio_paths[0])
     return FileResponse(

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Request
 from pydantic import ValidationError
 
 from acestep.errors import JobErrorKind, validation_message
+from acestep.fields import BY_NAME
 from acestep.jobs.failures import Refusal
 from acestep.request import GenerationRequest
 from acestep.serving import auth
@@ -19,7 +20,7 @@ from acestep.serving.body import read_body
 from acestep.serving.routes_compat import body_schema
 from acestep.serving.wire import envelope
 
-router = APIRouter()
+router = APIRouter(tags=["lm"])
 FORMAT_TIMEOUT_S = 600.0
 # param_obj keys (upstream's names) -> request fields
 PARAM_FIELDS = {
@@ -35,11 +36,14 @@ PARAM_FIELDS = {
 }
 FORMAT_SCHEMA = body_schema(
     {
-        "prompt": {"type": "string"},
-        "lyrics": {"type": "string"},
-        "temperature": {"type": "number"},
-        "param_obj": {"type": "object"},
-        "time_signature": {"type": "string"},
+        "prompt": {"type": "string", "description": "the caption to tidy"},
+        "lyrics": {"type": "string", "description": "the lyrics to tidy"},
+        "temperature": {"type": "number", "description": BY_NAME["lm_temperature"].description},
+        "param_obj": {
+            "type": "object",
+            "description": "known metadata the LM keeps: " + ", ".join(PARAM_FIELDS),
+        },
+        "time_signature": {"type": "string", "description": BY_NAME["time_signature"].description},
     }
 )
 

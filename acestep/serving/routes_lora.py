@@ -27,13 +27,18 @@ from acestep.serving.routes_compat import body_schema
 from acestep.serving.wire import envelope
 from acestep.tasks import MAX_PATH_CHARS
 
-router = APIRouter(dependencies=[Depends(auth.require_key)])
+router = APIRouter(tags=["lora"], dependencies=[Depends(auth.require_key)])
 NAME_FIELDS = ("name", "lora", "adapter_name", "lora_name")
 LOAD_BODY = body_schema(
     {
         "name": {"type": "string", "description": "adapter name in ACESTEP_LORA_DIR"},
         "lora_path": {"type": "string", "description": "upstream: a path inside ACESTEP_LORA_DIR"},
-        "scale": {"type": "number", "minimum": 0, "maximum": MAX_LORA_SCALE},
+        "scale": {
+            "type": "number",
+            "minimum": 0,
+            "maximum": MAX_LORA_SCALE,
+            "description": "how strongly it acts (default 1)",
+        },
     }
 )
 
@@ -143,7 +148,12 @@ async def lora_status(request: Request) -> dict:
     )
 
 
-@router.post("/v1/lora/scale", openapi_extra=body_schema({"scale": {"type": "number"}}, ["scale"]))
+@router.post(
+    "/v1/lora/scale",
+    openapi_extra=body_schema(
+        {"scale": {"type": "number", "description": "the default adapters' scale"}}, ["scale"]
+    ),
+)
 async def lora_scale(request: Request) -> dict:
     """Upstream's scale: the default adapter's (or one named adapter's) scale for later requests."""
     fields, _ = await read_body(request)
@@ -164,7 +174,13 @@ async def lora_scale(request: Request) -> dict:
         ) from None
 
 
-@router.post("/v1/lora/toggle", openapi_extra=body_schema({"use_lora": {"type": "boolean"}}, ["use_lora"]))
+@router.post(
+    "/v1/lora/toggle",
+    openapi_extra=body_schema(
+        {"use_lora": {"type": "boolean", "description": "false: jobs run without the default adapters"}},
+        ["use_lora"],
+    ),
+)
 async def lora_toggle(request: Request) -> dict:
     """Upstream's toggle: keep the default adapters, but use them (or not) for later requests."""
     fields, _ = await read_body(request)

@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from acestep.checkpoints.layout import CheckpointError
 from acestep.checkpoints.slots import SLOTS, SlotNotDeclared, UnknownModel, model_name
 from acestep.errors import JobErrorKind, shown
+from acestep.fields import BY_NAME
 from acestep.jobs.failures import Refusal, RefusalCause, command_refusal
 from acestep.jobs.waits import CommandTimeout, run_command
 from acestep.serving import auth
@@ -19,17 +20,28 @@ from acestep.serving.inventory import inventory
 from acestep.serving.routes_compat import body_schema
 from acestep.serving.wire import envelope
 
-router = APIRouter(dependencies=[Depends(auth.require_key)])
+router = APIRouter(tags=["models"], dependencies=[Depends(auth.require_key)])
 
 INIT_SCHEMA = body_schema(
     {
-        "model": {"type": "string"},
-        "slot": {"type": "integer", "minimum": 1, "maximum": 3, "default": 1},
-        "init_llm": {"type": "boolean", "default": False},
-        "lm_model_path": {"type": "string"},
+        "model": {"type": "string", "description": "the DiT folder to serve in the slot"},
+        "slot": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 3,
+            "default": 1,
+            "description": "1: the default model; 2 and 3: ACESTEP_CONFIG_PATH2/3",
+        },
+        "init_llm": {"type": "boolean", "default": False, "description": "also load the 5 Hz LM"},
+        "lm_model_path": {"type": "string", "description": BY_NAME["lm_model_path"].description},
     }
 )
-LOAD_SCHEMA = body_schema({"config_path": {"type": "string"}, "model": {"type": "string"}})
+LOAD_SCHEMA = body_schema(
+    {
+        "config_path": {"type": "string", "description": "upstream's name for model"},
+        "model": {"type": "string", "description": "the DiT to load (default: the served one)"},
+    }
+)
 
 
 async def load_model(request: Request, model: str | None) -> dict:

@@ -28,10 +28,11 @@ from acestep.serving.body import read_body
 from acestep.serving.routes_compat import body_schema
 from acestep.serving.training_wire import confined_path, latest_run, run_config, status_payload
 from acestep.serving.wire import envelope
+from acestep.training.field_help import field_help
 from acestep.training.request import TrainingRequest, training_request
 from acestep.worker.job import Job
 
-router = APIRouter(dependencies=[Depends(auth.require_key)])
+router = APIRouter(tags=["training"], dependencies=[Depends(auth.require_key)])
 
 # Upstream's LoKr tensor-shard options tune its own loader: accepted so upstream clients work, and
 # named in ``warnings`` (as ``use_fp8`` is: FP8 training is not built here).
@@ -48,7 +49,7 @@ def _start_schema(adapter_type: str) -> dict:
     schema = TrainingRequest.model_json_schema(by_alias=True)
     other = OWN_PREFIX["lokr" if adapter_type == "lora" else "lora"]
     properties = {
-        name: spec
+        name: {"description": field_help(name) or name.replace("_", " ")} | spec  # the field's own first
         for name, spec in schema["properties"].items()
         if not name.startswith(other) and name not in ("adapter_type", "preprocess_only")
     }
@@ -160,7 +161,12 @@ STOP_MESSAGES = {
 }
 
 
-@router.post("/v1/training/stop", openapi_extra=body_schema({"task_id": {"type": "string"}}))
+@router.post(
+    "/v1/training/stop",
+    openapi_extra=body_schema(
+        {"task_id": {"type": "string", "description": "the run (default: the latest)"}}
+    ),
+)
 async def stop_training(request: Request) -> dict:
     """Stop the running run (or ``task_id``): it ends after its update with its checkpoint."""
     fields, _ = await read_body(request)
