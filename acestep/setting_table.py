@@ -119,7 +119,7 @@ REGISTRY: tuple[Setting, ...] = (
             "ACESTEP_GENERATION_TIMEOUT",
             "float",
             "600",
-            "Seconds `/lego` and `/v1/chat/completions` wait for their job before cancelling it.",
+            "Seconds `/lego`, `/v1/chat/completions` and MCP task tools wait for their job, then cancel it.",
         ),
         (
             "ACESTEP_CONTROL_TIMEOUT",
