@@ -28,13 +28,16 @@ def gradio_call(server: Server, api_name: str, data: list, timeout: float = 120)
 
 
 def sampling_defaults() -> list:
-    """The Generate handler's sampler and edit inputs (after the LoRA ones), each at its default:
-    a raw Gradio API call must send every input."""
+    """The Generate handler's inputs after the LoRA ones (the sampler and edit inputs, then the
+    studio's others), each at its default: a raw Gradio API call must send every input."""
     from acestep.request import GenerationRequest
     from acestep.ui.sampling import TEXT_FIELDS, UI_FIELDS
+    from acestep.ui.studio import EXTRA_FIELDS
 
     fields = GenerationRequest.model_fields
-    return [
+    sampler = [
         "auto" if name == "dcw_enabled" else "" if name in TEXT_FIELDS else fields[name].default
         for name in UI_FIELDS
     ]
+    studio = {"track_name": "vocals", "track_classes": [], "key_scale": "", "audio_code_string": ""}
+    return sampler + [studio.get(name, fields[name].default) for name in EXTRA_FIELDS]

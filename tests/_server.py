@@ -26,7 +26,13 @@ def free_port() -> int:
 
 class Server:
     def __init__(
-        self, checkpoint: Path, workdir: Path, dit: str = "acestep-v15-base", ui: bool = False, **env: str
+        self,
+        checkpoint: Path,
+        workdir: Path,
+        dit: str = "acestep-v15-base",
+        ui: bool = False,
+        flags: tuple[str, ...] = (),  # more command-line flags (e.g. the UI's --language)
+        **env: str,
     ):
         self.port = free_port()
         self.workdir = workdir
@@ -54,7 +60,7 @@ class Server:
             code = "from acestep.cli import api_main; raise SystemExit(api_main())"
             args = ["--host", "127.0.0.1", "--port", str(self.port)]
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", code, *args],
+            [sys.executable, "-c", code, *args, *flags],
             env=environment,
             stdout=self.log.open("w"),
             stderr=subprocess.STDOUT,

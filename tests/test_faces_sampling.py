@@ -14,20 +14,16 @@ import asyncio
 import base64
 import io
 import json
-import os
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+from _browser import launch, shot
 from _mcp import http_session
 from _server import Server
 from playwright.sync_api import Page, sync_playwright
 
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
-ARTIFACTS = Path(os.environ.get("ACESTEP_TEST_ARTIFACTS", Path(__file__).parent.parent / "test-artifacts"))
 # Short and cheap; two steps so that Heun's corrector runs (a last step to t = 0 is Euler's).
 SONG = {"caption": "a calm piano line", "audio_duration": 2.0, "seed": 4, "inference_steps": 2}
 RETAKE = {"retake_seed": 9, "retake_variance": 0.5}
@@ -44,10 +40,8 @@ def server(upstream_base, tmp_path_factory):
 @pytest.fixture
 def browser():
     """Per test: sync Playwright holds an event loop while it runs, which the MCP client's needs."""
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Debian's chromium is required for the browser tests (scripts/setup.sh installs it)")
     with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        chromium = launch(playwright)
         yield chromium
         chromium.close()
 
@@ -65,11 +59,6 @@ def rest_audio(server: Server, fields: dict) -> tuple[bytes, dict]:
 
 def samples(data: bytes) -> np.ndarray:
     return sf.read(io.BytesIO(data), dtype="float32")[0]
-
-
-def shot(page: Page, name: str) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.png"), full_page=True)
 
 
 def fill(page: Page, field: str, value: str) -> None:

@@ -389,7 +389,7 @@ def test_the_ui_wires_every_control_into_the_request() -> None:
 
     state = SimpleNamespace(
         model_name="m",
-        variant=SimpleNamespace(name="turbo", default_steps=8),
+        variant=SimpleNamespace(name="turbo", default_steps=8, supported_tasks=frozenset({"text2music"})),
         config=SimpleNamespace(env={}, enable_training=False),
         lm_name=None,
         lm_missing="no LM here",
@@ -399,7 +399,8 @@ def test_the_ui_wires_every_control_into_the_request() -> None:
     fns = blocks.fns.values() if isinstance(blocks.fns, dict) else blocks.fns
     inputs = {fn.api_name: [getattr(c, "elem_id", None) for c in fn.inputs] for fn in fns}
     expected = [f"gen-{name.replace('_', '-')}" for name in sampling.UI_FIELDS]
-    assert inputs["generate"][-len(expected) :] == expected
+    start = inputs["generate"].index("gen-lora-scale") + 1  # the LoRA inputs, then these (the studio's last)
+    assert inputs["generate"][start : start + len(expected)] == expected
     assert inputs["lego"][-1] == "lego-global-caption"
     defaults = [GenerationRequest.model_fields[name].default for name in sampling.UI_FIELDS]
     defaults[sampling.UI_FIELDS.index("dcw_enabled")] = "auto"

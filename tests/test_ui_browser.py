@@ -4,41 +4,31 @@ on 127.0.0.1 with a tiny checkpoint. Screenshots go to test-artifacts/ (not comm
 from __future__ import annotations
 
 import io
-import os
 import time
 from pathlib import Path
 
 import pytest
 import soundfile as sf
+from _browser import launch, shot
 from _server import Server
 from playwright.sync_api import Page, sync_playwright
 
 from acestep.testing import synthetic_audio
 
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
-ARTIFACTS = Path(os.environ.get("ACESTEP_TEST_ARTIFACTS", Path(__file__).parent.parent / "test-artifacts"))
 SOURCE_SECONDS = 8.0
 
 
 @pytest.fixture(scope="module")
 def ui(upstream_base, tmp_path_factory):
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Debian's chromium is required for the browser tests (scripts/setup.sh installs it)")
     workdir = tmp_path_factory.mktemp("ui")
     server = Server(upstream_base, workdir, ui=True, ACESTEP_API_KEY="")
     source = workdir / "song.wav"
     sf.write(source, synthetic_audio(SOURCE_SECONDS, seed=8), 48000, subtype="PCM_16")
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        browser = launch(playwright)
         yield server, browser, source
         browser.close()
     server.stop()
-
-
-def shot(page: Page, name: str) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.png"), full_page=True)
 
 
 def start_lego(page: Page, base: str, source: Path) -> None:

@@ -5,20 +5,15 @@ and plays; on a server without an LM the controls are inert and say why."""
 from __future__ import annotations
 
 import io
-import os
-import time
-from pathlib import Path
 
 import pytest
 import soundfile as sf
+from _browser import launch, shot
 from _server import Server
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 from playwright.sync_api import Browser, Page, sync_playwright
 
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
-ARTIFACTS = Path(os.environ.get("ACESTEP_TEST_ARTIFACTS", Path(__file__).parent.parent / "test-artifacts"))
 LM_ENV = {"ACESTEP_INIT_LLM": "true", "ACESTEP_API_KEY": ""}  # the cpu tier leaves the LM off by default
 SECONDS = 6
 LM_CONTROLS = (
@@ -30,17 +25,10 @@ LM_CONTROLS = (
 
 @pytest.fixture(scope="module")
 def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Debian's chromium is required for the browser tests (scripts/setup.sh installs it)")
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        browser = launch(playwright)
         yield browser
         browser.close()
-
-
-def shot(page: Page, name: str) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.png"), full_page=True)
 
 
 def open_lm(page: Page, base: str) -> None:

@@ -8,9 +8,10 @@ import time
 
 import pytest
 import soundfile as sf
+from _browser import launch, shot
 from _server import Server
 from playwright.sync_api import expect, sync_playwright
-from test_ui_browser import CHROMIUM, FLAGS, shot, wait_for_stem
+from test_ui_browser import wait_for_stem
 
 from acestep.testing import make_tiny_lora, synthetic_audio
 
@@ -25,7 +26,7 @@ def ui(upstream_base, tmp_path_factory):
     source = workdir / "song.wav"
     sf.write(source, synthetic_audio(6.0, seed=8), 48000, subtype="PCM_16")
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        browser = launch(playwright)
         yield server, browser, source
         browser.close()
     server.stop()

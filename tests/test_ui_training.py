@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import pytest
 import soundfile as sf
+from _browser import launch, shot
 from _server import Server
 from playwright.sync_api import Page, expect, sync_playwright
-from test_ui_browser import CHROMIUM, FLAGS, shot, wait_for_stem
+from test_ui_browser import wait_for_stem
 
 from acestep.testing import synthetic_audio
 
@@ -31,10 +31,8 @@ SETTINGS = {
 
 @pytest.fixture(scope="module")
 def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Debian's chromium is required for the browser tests (scripts/setup.sh installs it)")
     with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        chromium = launch(playwright)
         yield chromium
         chromium.close()
 

@@ -15,6 +15,7 @@ from acestep.serving.params import LM_BACKENDS
 from acestep.settings import current as current_settings
 from acestep.settings import parse_bool_setting
 from acestep.ui.i18n import LANGUAGES as UI_LANGUAGES
+from acestep.ui.i18n import page_script
 
 
 def _bool_string(value: str | None) -> bool | None:
@@ -171,6 +172,7 @@ def run_ui(args: argparse.Namespace) -> int:
         allowed_paths=[str(config.results_dir)],
         footer_links=[],
         max_file_size=config.max_upload_bytes,
+        js=page_script(args.language),  # the page's lang and direction (right-to-left: he, fa)
     )
     # Gradio checks that a file input was uploaded through its upload route only once the app has
     # "launched", which mounting never sets: without this, an API payload naming any server path

@@ -19,11 +19,12 @@ from acestep.engine.audio_limits import AudioInputError
 from acestep.errors import validation_message
 from acestep.jobs.uploads import UploadError, confine, sniff_audio
 from acestep.request import GenerationRequest
+from acestep.ui.results import MAX_OUTPUTS, TIME_SIGNATURE_NAMES, ResultsPanel
 from acestep.worker.job import JobState
 
-MAX_OUTPUTS = 2  # audio players shown per job (batch items beyond are in the file list)
+__all__ = ["MAX_OUTPUTS", "follow", "lm_summary", "memory_action", "memory_text", "stage_upload"]
+
 CAPTION_SHOWN = 200  # characters of the LM's caption in the status line
-TIME_SIGNATURE_NAMES = {"2": "2/4", "3": "3/4", "4": "4/4", "6": "6/8"}  # the request stores the beats
 
 
 def _request(values: dict) -> GenerationRequest:
@@ -74,9 +75,19 @@ def _stage(config, path: str) -> Path:
     return target
 
 
-async def follow(state, request: GenerationRequest, cleanup: list[Path], text: dict, progress: gr.Progress):
-    """Submit through the app's ``JobService`` and yield (status text, audio paths, file paths)
-    until the job ends. A refusal or a failure shows the reason REST and MCP give."""
+async def follow(
+    state,
+    request: GenerationRequest,
+    cleanup: list[Path],
+    text: dict,
+    progress: gr.Progress,
+    panel: ResultsPanel,
+    source: str | None = None,
+):
+    """Submit through the app's ``JobService`` and yield ``panel``'s updates (the status line, then
+    the results) until the job ends. ``source`` is the source as the page holds it (the staged
+    copy goes with the job), heard in a lego or extract result's A/B switch. A refusal or a
+    failure shows the reason REST and MCP give."""
     from acestep.jobs.failures import Refusal
 
     service = state.service
@@ -94,15 +105,16 @@ async def follow(state, request: GenerationRequest, cleanup: list[Path], text: d
                 line = f"{job.stage} {job.progress * 100:.0f}%"
             progress(job.progress, desc=job.stage)
             if line != last:
+                yield (
+                    panel.cleared(line) if last is None else panel.progress(line)
+                )  # a new job: old results go
                 last = line
-                yield line, *([None] * MAX_OUTPUTS), None
         job = service.outcome(job)
     except Refusal as exc:
         raise gr.Error(exc.reason) from None
-    paths = job.result.audio_paths
-    players = [paths[i] if i < len(paths) else None for i in range(MAX_OUTPUTS)]
     summary = (
         f"{text['done']}: seeds {', '.join(map(str, job.result.seeds))} ({job.result.timings['total']:.1f} s)"
+        f" · {job.result.task_type}"
     )
     if job.result.metas.get("lm_model"):
         summary += "\n" + lm_summary(job.result.metas, text)
@@ -110,7 +122,7 @@ async def follow(state, request: GenerationRequest, cleanup: list[Path], text: d
     if adapters:
         summary += "\nLoRA: " + ", ".join(f"{a['name']} x{a['scale']:g}" for a in adapters)
     summary += "".join(f"\n{note}" for note in job.result.warnings)  # fields that changed nothing, ...
-    yield summary, *players, paths
+    yield await anyio.to_thread.run_sync(panel.filled, summary, job.result, source)  # spectrograms, mixes
 
 
 def lm_summary(metas: dict, text: dict) -> str:

@@ -44,7 +44,9 @@ TEXT_FIELDS = frozenset(
 )
 
 
-def _bounds(name: str, step: float) -> tuple[float | None, float | None]:
+def bounds(name: str, step: float) -> tuple[float | None, float | None]:
+    """A request field's range as a control's (low, high): a ``gt`` bound becomes the least value
+    above it on the control's ``step``."""
     low = high = None
     for bound in GenerationRequest.model_fields[name].metadata:  # annotated_types Ge, Gt, Le
         if hasattr(bound, "ge"):
@@ -69,7 +71,7 @@ def _control(name: str, text: dict) -> Any:
     if field.annotation is bool:
         return gr.Checkbox(field.default, label=label, elem_id=elem_id)
     step = 1 if field.annotation is int else 0.01
-    low, high = _bounds(name, step)
+    low, high = bounds(name, step)
     return gr.Slider(low, high, value=field.default, step=step, label=label, elem_id=elem_id)
 
 
