@@ -14,7 +14,14 @@ case " $* " in
     echo "test order: random, seed $seed (replay: bash scripts/test.sh --randomly-seed=$seed)"
     ;;
 esac
-"$VENV/bin/python" -m pytest -q "${order[@]}" "$@"
+# Two workers, each taking whole files (a file's module-scoped server and browser stay on one
+# worker); TEST_WORKERS=0 runs in this process. The slowest tests are listed at the end.
+workers=${TEST_WORKERS:-2}
+parallel=()
+if [ "$workers" != "0" ]; then
+  parallel=(-n "$workers" --dist loadfile)
+fi
+"$VENV/bin/python" -m pytest -q "${parallel[@]}" --durations=30 "${order[@]}" "$@"
 status=$?
 if [ "$status" -eq 5 ]; then
   echo "pytest collected no tests: failing" >&2
