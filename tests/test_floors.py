@@ -46,7 +46,12 @@ def test_a_requirement_without_a_usable_floor_is_refused(requirement, reason):
 
 
 def test_a_package_declared_twice_with_two_floors_is_refused():
-    project = {"project": {"name": "x", "dependencies": ["numpy>=1.26"], "optional-dependencies": {
-        "fast": ["numpy>=2.0"]}}}
+    project = {
+        "project": {
+            "name": "x",
+            "dependencies": ["numpy>=1.26"],
+            "optional-dependencies": {"fast": ["numpy>=2.0"]},
+        }
+    }
     with pytest.raises(SystemExit, match="declared twice"):
         floor_pins(project)

@@ -116,6 +116,7 @@ def test_mcp_embeds_audio_only_within_the_budget(ui):
     """ACESTEP_MCP_EMBED_MB=1: the first 2.5 s float WAV (under 1 MiB) is embedded, the second is
     a link to /v1/audio that serves the same bytes."""
     arguments = {"caption": "x", "duration": 2.5, "batch_size": 2, "inference_steps": 2, "seed": 1}
+    arguments["audio_format"] = "wav"  # MCP's default is mp3, far under the budget
     [result] = mcp_calls(ui, [("generate_music", arguments)])
     assert not result.isError, result.content
     summary = json.loads(result.content[0].text)
