@@ -18,13 +18,15 @@ import soundfile as sf
 from _mcp import http_session
 from _server import Server
 
-from acestep.tasks import MAX_STEPS
+from acestep.tasks import MAX_DURATION_S, MAX_STEPS
 from acestep.testing import synthetic_audio
 
 RATE = 48000
 FAST = {"inference_steps": 2, "seed": 5}
-# Runs for minutes on a CPU: it holds the queue until the test cancels it.
-BLOCKER = {"caption": "x", "duration": 120, "inference_steps": MAX_STEPS}
+# The longest, slowest request: minutes on a CPU. Two of them hold the queue until the test cancels
+# them, so even a CPU that finishes one inside the minute leaves the other running.
+BLOCKER = {"caption": "x", "duration": MAX_DURATION_S, "inference_steps": MAX_STEPS}
+BLOCKERS = 2
 SONG = {"caption": "a slow ambient drone", "duration": 3, "inference_steps": 8, "seed": 1}
 QUEUED_S = 61.0  # the job under test waits this long behind the blocker
 MAX_GAP_S = 15.0  # the heartbeat is 5 s: a client would see a note far more often than this
@@ -74,8 +76,10 @@ def test_a_long_job_keeps_sending_progress(server):
 
     async def scenario():
         async with http_session(server) as control:
-            blocker = await control.call_tool("generate_music", BLOCKER | {"wait": False})
-            blocker_id = summary_of(blocker)["task_id"]
+            blocker_ids = [
+                summary_of(await control.call_tool("generate_music", BLOCKER | {"wait": False}))["task_id"]
+                for _ in range(BLOCKERS)
+            ]
 
             async def long_call():
                 async with http_session(server) as session:
@@ -87,13 +91,16 @@ def test_a_long_job_keeps_sending_progress(server):
                 while "started" not in clock:
                     await asyncio.sleep(0.05)
                 await asyncio.sleep(QUEUED_S - (time.monotonic() - clock["started"]))
-                return summary_of(await control.call_tool("cancel_job", {"task_id": blocker_id}))
+                return [
+                    summary_of(await control.call_tool("cancel_job", {"task_id": blocker_id}))["outcome"]
+                    for blocker_id in blocker_ids
+                ]
 
             return await asyncio.gather(long_call(), release_the_queue())
 
     (ended, result), cancelled = asyncio.run(asyncio.wait_for(scenario(), 600))
     summary = summary_of(result)
-    assert cancelled["outcome"] == "cancelling"  # the blocker still ran: the job waited throughout
+    assert "cancelling" in cancelled, cancelled  # a blocker still ran: the job waited throughout
     started = clock["started"]
     assert ended - started > 60.0, ended - started  # what this test claims
     assert len(summary["files"]) == 1 and summary["files"][0].endswith(".mp3")
@@ -105,7 +112,7 @@ def test_a_long_job_keeps_sending_progress(server):
     assert 0.0 <= values[0] and values[-1] == 1.0
     # While queued the fraction is 0: those notes are heartbeats, nudged up by a hair each, and
     # they say where the job waits.
-    queued = [(at, progress) for at, progress, message in notes if message == "queued: position 1"]
+    queued = [(at, value) for at, value, message in notes if (message or "").startswith("queued: position ")]
     assert queued[-1][0] - started > QUEUED_S - MAX_GAP_S and queued[-1][1] < 1e-3, queued
     stages = {message for _, _, message in notes}
     running = {"starting", "conditioning", "diffusion", "decode", "save"}  # the stages after the queue
