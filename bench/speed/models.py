@@ -18,6 +18,7 @@ from transformers import Qwen3Config, Qwen3Model
 from acestep import AceStep
 from acestep.checkpoints import CheckpointPaths, Components, convert, detect_variant
 from acestep.checkpoints.loading import DIT_CLASSES
+from acestep.memory.component_bytes import DIT_2B, DIT_XL, TEXT_ENCODER, VAE
 from acestep.memory.devices import apply_vram_cap
 from acestep.memory.limits import Limits
 from acestep.memory.mixed import apply_plan
@@ -25,58 +26,8 @@ from acestep.memory.precision import PrecisionPlan
 from acestep.memory.residency import plan_for, resident_plan
 from acestep.testing import _build_components, _tiny_tokenizer, tiny_dit_config
 
-# upstream's published configs: the 2B and XL DiTs and the VAE.
-DIT_2B = {
-    "hidden_size": 2048,
-    "intermediate_size": 6144,
-    "num_hidden_layers": 24,
-    "layer_types": ["sliding_attention", "full_attention"] * 12,
-    "num_attention_heads": 16,
-    "num_key_value_heads": 8,
-    "head_dim": 128,
-    "use_sliding_window": True,
-    "sliding_window": 128,
-    "in_channels": 192,
-    "audio_acoustic_hidden_dim": 64,
-    "text_hidden_dim": 1024,
-    "timbre_hidden_dim": 64,
-    "num_lyric_encoder_hidden_layers": 8,
-    "num_timbre_encoder_hidden_layers": 4,
-    "num_attention_pooler_hidden_layers": 2,
-    "fsq_dim": 2048,
-}
-DIT_XL = DIT_2B | {
-    "hidden_size": 2560,
-    "intermediate_size": 9728,
-    "num_hidden_layers": 32,
-    "layer_types": ["sliding_attention", "full_attention"] * 16,
-    "num_attention_heads": 32,
-    "encoder_hidden_size": 2048,
-    "encoder_intermediate_size": 6144,
-    "encoder_num_attention_heads": 16,
-    "encoder_num_key_value_heads": 8,
-}
-VAE = {
-    "encoder_hidden_size": 128,
-    "downsampling_ratios": [2, 4, 4, 6, 10],
-    "channel_multiples": [1, 2, 4, 8, 16],
-    "decoder_channels": 128,
-    "decoder_input_channels": 64,
-    "audio_channels": 2,
-    "sampling_rate": 48000,
-}
-TEXT_ENCODER = {  # Qwen3-Embedding-0.6B
-    "vocab_size": 151669,
-    "hidden_size": 1024,
-    "intermediate_size": 3072,
-    "num_hidden_layers": 28,
-    "num_attention_heads": 16,
-    "num_key_value_heads": 8,
-    "head_dim": 128,
-    "max_position_embeddings": 32768,
-    "rope_theta": 1000000.0,
-    "tie_word_embeddings": True,
-}
+# upstream's published configs (the 2B and XL DiTs, the VAE, the text encoder) are declared once,
+# where the memory policy computes their bytes.
 # --config -> (DiT folder name, variant, DiT config)
 CONFIGS = {
     "2b-turbo": ("acestep-v15-turbo", "turbo", DIT_2B),
