@@ -273,6 +273,19 @@ REGISTRY: tuple[Setting, ...] = (
         ("ACESTEP_ROPE", "choice", "fp32", "RoPE frequencies: `fp32` or `upstream` (bf16-rounded)."),
         ("ACESTEP_ATTENTION", "choice", "sdpa", "Attention kernel (`sdpa`, or one diffusers offers)."),
         ("ACESTEP_DIT_FAST", "choice", "off", "DiT fast path: `off`, `compile` or `graphs`."),
+        (
+            "ACESTEP_QUANTIZE",
+            "text",
+            "auto",
+            "Weight quantization: `auto`, `none`, `int8`, `fp8`, `w8a8`, or per component "
+            "(`dit=int8,text_encoder=none,lm=int8`); see docs/memory.md.",
+        ),
+        (
+            "ACESTEP_QUANTIZATION",
+            "text",
+            "",
+            "Upstream's name for ACESTEP_QUANTIZE, read when that is unset.",
+        ),
         ("ACESTEP_DIT_COMPILE_BACKEND", "text", "inductor", "torch.compile backend for the DiT fast path."),
     ),
     *_group(

@@ -20,6 +20,7 @@ MEMORY_FLAGS = {
     "max_cuda_vram": "MAX_CUDA_VRAM",
     "max_duration": "ACESTEP_MAX_DURATION",
     "max_batch_size": "ACESTEP_MAX_BATCH_SIZE",
+    "quantization": "ACESTEP_QUANTIZE",
 }
 # Kept apart from MEMORY_FLAGS: acestep-api has its own --init-llm (a plain switch, accepted for
 # upstream compatibility), and its False default must not override ACESTEP_INIT_LLM.
@@ -73,6 +74,13 @@ def _memory_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-cuda-vram", default=None, help="behave as a GPU of this many GiB (a real cap)")
     p.add_argument("--max-duration", default=None, help="override the tier's maximum seconds")
     p.add_argument("--max-batch-size", default=None, help="override the tier's maximum batch")
+    p.add_argument(
+        "--quantization",
+        "--quantize",
+        default=None,
+        help="weight quantization (ACESTEP_QUANTIZE): auto, none, int8, fp8, w8a8, upstream's names, "
+        "or per component: dit=int8,lm=int8",
+    )
 
 
 def _lm_switch_flag(p: FlagTarget) -> None:

@@ -24,6 +24,7 @@ from acestep.engine.lm_stage import LmStage
 from acestep.engine.output import GenerationError as GenerationError  # re-exported: a public name
 from acestep.engine.output import check_latents, fit_length, result_metas, save_items
 from acestep.engine.prompts import caption_prompt, dit_caption, encode_text, lyric_prompt, metas_string
+from acestep.engine.quantize import cuda_capability, quantize_components
 from acestep.engine.sampling import Condition, Guidance, SamplerSettings
 from acestep.engine.schedules import build_schedule
 from acestep.engine.seeds import resolve_seeds
@@ -33,6 +34,7 @@ from acestep.memory.devices import apply_vram_cap, resolve_device, total_gib
 from acestep.memory.limits import Limits
 from acestep.memory.mixed import use_rope_mode
 from acestep.memory.precision import PrecisionPlan, apply_attention, precision_plan
+from acestep.memory.quantization import QuantizationPlan, plan_quantization
 from acestep.memory.residency import Place, Residency, ResidencyPlan, plan_for_dit, resident_plan
 from acestep.request import GenerationRequest
 from acestep.result import GenerationResult
@@ -53,14 +55,17 @@ class AceStep:
         lm_folder: Path | None = None,
         fast: str = "off",
         precision: PrecisionPlan | None = None,
+        quantization: QuantizationPlan | None = None,
     ):
-        """``components`` are already stored as ``precision`` says (default: all in ``dtype``);
+        """``components`` are already stored as ``precision`` says (default: all in ``dtype``) and
+        quantized as ``quantization`` says (default: none; the LM is quantized when it loads);
         ``fast`` is the DiT path (``off`` | ``compile`` | ``graphs``, see ``engine/fast_dit.py``)."""
         self.components = components
         self.paths = paths
         self.device = device
         self.dtype = dtype
         self.precision = precision or PrecisionPlan.uniform(dtype)
+        self.quantization = quantization or QuantizationPlan()
         use_rope_mode(self.precision.rope)  # process-wide: the engine built last decides
         self.limits = limits
         self.residency = Residency(components.modules(), plan or resident_plan(str(device)))
@@ -74,7 +79,7 @@ class AceStep:
         if fast != "off":
             self.codec.compiled = compiled_decoder(components.vae)
         lm_seconds = limits.max_duration_lm if limits is not None else MAX_DURATION_S
-        self.lm = LmStage(lm_folder, device, lm_seconds, self.precision.lm_torch_dtype)
+        self.lm = LmStage(lm_folder, device, lm_seconds, self.precision.lm_torch_dtype, self.quantization.lm)
         # Small tensors every stage needs, kept on the compute device so that their owner (the
         # condition encoder) may wait on the CPU between uses.
         encoder = components.condition_encoder
@@ -92,6 +97,7 @@ class AceStep:
         plan: ResidencyPlan | None = None,
         lm: str | Path | None = None,
         fast: str | None = None,
+        quantization: QuantizationPlan | None = None,
     ) -> AceStep:
         """Load an upstream ``checkpoints/`` root, one DiT folder, or a diffusers folder.
 
@@ -101,6 +107,7 @@ class AceStep:
         ``acestep-5Hz-lm-*`` in the checkpoints root); it loads when a request first needs it.
         ``dtype`` is a dtype or a policy name (``fp16-mixed``; default ``ACESTEP_DTYPE``, then the
         per-GPU policy) and ``fast`` the DiT path (default ``ACESTEP_DIT_FAST``, else ``off``).
+        ``quantization`` defaults to ``ACESTEP_QUANTIZE``, else the tier's (int8 DiT below 20 GiB).
         """
         paths = resolve(path, dit)
         try:
@@ -118,16 +125,28 @@ class AceStep:
             apply_vram_cap(target, limits.gib)
         # Before any weight is read: an XL DiT is refused where it does not fit, or offloaded more.
         limits, plan = plan_for_dit(limits, str(target), paths.dit_name, paths.variant.is_xl, plan)
+        quantization = quantization or plan_quantization(target.type, limits.gib, cuda_capability(target))
         started = time.perf_counter()
-        # Weights land on the CPU first; the plan then moves to the GPU what stays there.
+        # Weights land on the CPU first (quantized there); the plan then moves to the GPU what stays.
         components = load_components(paths, torch.device("cpu"), precision)
+        quantize_components(components, quantization)
         attention = apply_attention(components)
         engine = cls(
-            components, paths, target, precision.torch_dtype, plan, limits, lm_folder, fast, precision
+            components,
+            paths,
+            target,
+            precision.torch_dtype,
+            plan,
+            limits,
+            lm_folder,
+            fast,
+            precision,
+            quantization,
         )
         logger.info(
             f"loaded {paths.dit_name} ({paths.layout} layout, {paths.variant.name}) for {target} as "
-            f"{precision.name} ({attention} attention, fast DiT {fast}) in "
+            f"{precision.name} ({attention} attention, fast DiT {fast}, quantized "
+            f"{quantization.as_dict()}) in "
             f"{time.perf_counter() - started:.1f} s; "
             f"tier {limits.tier.name}, residency {engine.residency.as_dict()}"
         )

@@ -21,8 +21,10 @@ class LmStage:
         device: torch.device,
         max_duration: float = MAX_DURATION_S,
         dtype: torch.dtype = torch.float32,
+        quantize: str = "none",
     ):
         self.folder = folder
+        self.quantize = quantize  # the quantization plan's ``lm`` entry (acestep/memory/quantization.py)
         self.device = device
         self.dtype = dtype  # the precision plan's ``lm`` entry (acestep/memory/precision.py)
         self.max_duration = int(max_duration)  # the tier's with-LM maximum: the LM cannot ask for more
@@ -46,6 +48,10 @@ class LmStage:
             from acestep.lm.model import LanguageModel, compile_requested
 
             self.model = LanguageModel.load(self.folder, dtype=self.dtype)
+            if self.quantize != "none":  # on the CPU, before the plan places it
+                from acestep.engine.quantize import LM_KEPT, quantize_module
+
+                quantize_module(self.model.model, self.quantize, LM_KEPT)
             self.model.max_duration = max(MIN_DURATION_S, min(int(MAX_DURATION_S), self.max_duration))
             residency.attach("lm", self.model.model)
             if compile_requested() and residency.plan.idle["lm"].value == "gpu":

@@ -185,7 +185,8 @@ class Limits:
     def for_dit(self, dit_name: str, is_xl: bool) -> Limits:
         """The limits a DiT runs under: these for a 2B DiT; for an XL DiT, the tier's ``xl_dit``
         rating decides (:class:`MemoryLimitError` where it does not fit). On a ``marginal`` tier
-        the XL DiT waits on the CPU between uses (upstream adds INT8 there, acestep has none)."""
+        the XL DiT waits on the CPU between uses (upstream adds INT8 there; the int8 DiT of
+        ``memory/quantization.py`` is not counted here yet)."""
         fit = self.tier.xl_dit
         if not is_xl or self.gib is None or fit not in (XL_NO, XL_MARGINAL, XL_WITH_OFFLOAD):
             return self

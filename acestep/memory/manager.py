@@ -21,6 +21,7 @@ from acestep.memory.gpus import DeviceStatsSource, GpuInfo, default_source
 from acestep.memory.keep_alive import KeepAlivePolicy
 from acestep.memory.limits import Limits
 from acestep.memory.precision import attention_backend, fast_mode, plan_for_device, rope_mode
+from acestep.memory.quantization import plan_quantization
 from acestep.memory.report import MemoryReport
 from acestep.memory.residency import ResidencyPlan, plan_for, plan_for_dit
 from acestep.memory.status import MemoryStatus
@@ -59,6 +60,13 @@ class MemoryManager:
             "cuda" if self.gpu else "cpu", capability, self.env.get("ACESTEP_DTYPE"), rope_mode(self.env)
         )
         self.dtype = self.precision.name
+        # Refused here, before any worker starts, when a mode asked for does not fit this card.
+        self.quantization = plan_quantization(
+            "cuda" if self.gpu else "cpu",
+            self.limits.gib,
+            self.gpu.compute_capability if self.gpu else None,
+            self.env,
+        )
         self.attention = attention_backend(self.env)
         self.fast = fast_mode(self.env)
         self.rope = rope_mode(self.env)
@@ -152,6 +160,7 @@ class MemoryManager:
                 "rope": self.rope,
                 "fast_dit": self.fast,
             },
+            quantization=self.quantization.as_dict(),
             last_reports=list(self.reports),
         )
 

@@ -21,6 +21,7 @@ class MemoryStatus:
     keep_alive: dict[str, Any] | None = None
     unload_when_busy: str | None = None
     precision: dict[str, Any] | None = None
+    quantization: dict[str, Any] | None = None  # mode per component (acestep/memory/quantization.py)
     worker: dict[str, Any] | None = None  # the GPU worker: mode, pid, state, running job...
     residency: dict[str, str] | None = None
     adapters: dict[str, Any] | None = None
@@ -55,6 +56,7 @@ class MemoryStatus:
             "keep_alive": self.keep_alive,
             "unload_when_busy": self.unload_when_busy,
             "precision": self.precision,
+            "quantization": self.quantization,
             "worker": self.worker,
             "residency": self.residency,
             "adapters": self.adapters,

@@ -36,7 +36,8 @@ class Tier:
 INF = float("inf")
 
 # The XL DiT per tier, as upstream's GPU guide rates it: "no" (refused), "marginal" (upstream needs
-# offload + INT8 there; acestep has no INT8, so the DiT waits on the CPU between uses),
+# offload + INT8 there; these ratings do not yet count acestep's int8 DiT (memory/quantization.py),
+# so the DiT waits on the CPU between uses),
 # "with offload" (the text encoder and VAE wait on the CPU, the tier's default) and "yes".
 XL_NO, XL_MARGINAL, XL_WITH_OFFLOAD, XL_YES = "no", "marginal", "with offload", "yes"
 XL_FITS = (XL_NO, XL_MARGINAL, XL_WITH_OFFLOAD, XL_YES)

@@ -11,6 +11,7 @@ it off (plain copies).
 from __future__ import annotations
 
 import torch
+from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 from acestep.settings import FALSE_WORDS
 from acestep.settings import current as current_settings
@@ -35,6 +36,9 @@ class HostCopies:
 
         def copy_out(tensor: torch.Tensor) -> torch.Tensor:
             nonlocal index
+            if is_traceable_wrapper_subclass(tensor):
+                # A quantized weight (torchao): a copy into a plain buffer would drop its scales.
+                return tensor.to("cpu")
             if any(tensor.data_ptr() == slot.data_ptr() for slot in slots[:index]):
                 return tensor  # a tied weight, already moved under its first name
             if index == len(slots):

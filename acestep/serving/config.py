@@ -16,6 +16,7 @@ from loguru import logger
 from acestep import settings
 from acestep.engine.audio_limits import MAX_DECODED_ENV
 from acestep.memory.precision import validate_settings
+from acestep.memory.quantization import validate_settings as validate_quantization
 from acestep.serving.params import LM_BACKENDS
 
 LOOPBACK_NAMES = ("localhost",)
@@ -79,6 +80,7 @@ class ServerConfig:
             return settings.value(env, name)
 
         validate_settings(env)  # the worker's precision settings: a typo stops the start
+        validate_quantization(env)  # ACESTEP_QUANTIZE likewise (the card is checked by the manager)
         value(MAX_DECODED_ENV)  # the audio bound, likewise
         _check_lm_backend(env)
         root = settings.project_root(env)

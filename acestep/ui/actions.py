@@ -158,6 +158,8 @@ def memory_text(state, text: dict) -> str:
         f"**{text['state']}:** {worker.get('state', 'unloaded')}",
         f"**tier:** {status['tier']} · **device:** {status['device']}",
         "**residency:** " + ", ".join(f"{k} {v}" for k, v in (status["residency"] or {}).items()),
+        "**quantization:** "
+        + ", ".join(f"{k} {v}" for k, v in (status.get("quantization") or {}).items() if k != "origin"),
     ]
     adapters = status.get("adapters") or {}
     if adapters.get("loaded"):

@@ -1,0 +1,252 @@
+"""Weight quantization: the policy per card (torch-free), and int8 through torchao on the tiny model.
+
+The int8 engine quantizes the DiT's and the text encoder's linear layers; every task runs end to
+end, twice gives the same bytes, and its final latents stay within ``LATENT_BOUND`` (relative L2)
+of the float32 engine's (measured: docs/memory.md, "Quantization").
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+from _util import generate
+
+from acestep import AceStep
+from acestep.engine.quantize import LM_KEPT, quantize_module, torchao_config, weight_bytes
+from acestep.memory.gpus import GIB, GpuInfo, StaticSource
+from acestep.memory.manager import MemoryManager
+from acestep.memory.quantization import (
+    INSTALL_HINT,
+    QuantizationError,
+    QuantizationPlan,
+    parse_setting,
+    plan_quantization,
+)
+
+TASKS = ("text2music", "cover", "repaint", "extract", "lego", "complete")
+# Relative L2 of the int8 engine's final latents against float32's on the tiny model, 2 steps.
+# Measured 0.005 (lego) to 0.026 (cover), the same to 0.001 under ATEN_CPU_CAPABILITY=default;
+# the bound leaves about twice that. Unquantized weights give 0, wrong scales give about 1.
+LATENT_BOUND = 0.06
+INT8_EVERYWHERE = QuantizationPlan(dit="int8", text_encoder="int8")
+
+
+@pytest.fixture(scope="module")
+def engine_int8(diffusers_base):
+    return AceStep.from_pretrained(diffusers_base, device="cpu", quantization=INT8_EVERYWHERE)
+
+
+def _fields(task: str, source_wav) -> dict:
+    fields = dict(
+        task_type=task,
+        caption="warm piano",
+        lyrics="[verse]\nla la",
+        seed=3,
+        batch_size=1,
+        inference_steps=2,
+        track_name="drums" if task in ("lego", "extract") else None,
+    )
+    if task == "text2music":
+        fields["audio_duration"] = 3.0
+    else:
+        fields["src_audio"] = source_wav
+    return fields
+
+
+def relative_l2(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def test_the_int8_engine_holds_int8_linears(engine_int8, engine_diffusers_base):
+    dit = engine_int8.components.transformer
+    linears = [m for m in dit.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(type(m.weight).__name__ == "Int8Tensor" for m in linears)
+    assert all(m.weight.qdata.dtype == torch.int8 for m in linears)
+    encoder = engine_int8.components.text_encoder
+    assert any(
+        type(m.weight).__name__ == "Int8Tensor" for m in encoder.modules() if isinstance(m, torch.nn.Linear)
+    )
+    plain = engine_diffusers_base.components.transformer
+    assert weight_bytes(dit) < weight_bytes(plain)  # int8 plus scales is smaller than float32
+    assert engine_int8.quantization.as_dict()["dit"] == "int8"
+
+
+def final_latents(engine: AceStep, out, **fields) -> tuple[object, np.ndarray, np.ndarray]:
+    """Run one request; the result, its audio and the latents the VAE decoded (a hook on the real
+    decoder records its input)."""
+    seen: list[torch.Tensor] = []
+    hook = engine.components.vae.decoder.register_forward_pre_hook(lambda _m, a: seen.append(a[0].clone()))
+    try:
+        result, audio = generate(engine, out, **fields)
+    finally:
+        hook.remove()
+    return result, audio, torch.cat(seen).float().numpy()
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_int8_runs_every_task_close_to_float32(
+    engine_int8, engine_diffusers_base, source_wav, tmp_path, task
+):
+    fields = _fields(task, source_wav)
+    result, audio, latents = final_latents(engine_int8, tmp_path / "int8", **fields)
+    _, _, reference = final_latents(engine_diffusers_base, tmp_path / "f32", **fields)
+    assert result.task_type == task and np.isfinite(audio).all() and np.abs(audio).max() > 0
+    difference = relative_l2(latents, reference)
+    print(f"{task}: relative L2 of the final latents, int8 vs float32 = {difference:.4f}")
+    assert difference < LATENT_BOUND
+    assert difference > 0  # the weights really changed: quantized output is not float32's
+
+
+def test_int8_is_deterministic(engine_int8, tmp_path):
+    fields = dict(caption="x", lyrics="[verse]\nla", seed=5, audio_duration=2.0, inference_steps=2)
+    first, _ = generate(engine_int8, tmp_path / "a", **fields)
+    second, _ = generate(engine_int8, tmp_path / "b", **fields)
+    assert open(first.audio_paths[0], "rb").read() == open(second.audio_paths[0], "rb").read()
+
+
+def test_the_lm_keeps_its_tied_head_and_quantizes_the_rest():
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    config = Qwen3Config(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, tie_word_embeddings=True,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = Qwen3ForCausalLM(config).eval()
+    ids = torch.tensor([[1, 2, 3, 4]])
+    before = model(ids).logits
+    count = quantize_module(model, "int8", LM_KEPT)
+    assert count == 7  # q, k, v, o, gate, up, down; not lm_head
+    assert type(model.lm_head.weight) is torch.nn.Parameter
+    assert model.lm_head.weight is model.model.embed_tokens.weight  # still tied
+    after = model(ids).logits
+    assert torch.isfinite(after).all() and relative_l2(after.detach().numpy(), before.detach().numpy()) < 0.2
+
+
+def test_without_torchao_a_quantized_mode_names_the_extra(monkeypatch):
+    for name in [n for n in sys.modules if n == "torchao" or n.startswith("torchao.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "torchao", None)  # what an uninstalled package imports as
+    with pytest.raises(QuantizationError, match=r'pip install "acestep\[quant\]"'):
+        torchao_config("int8")
+    assert 'pip install "acestep[quant]"' == INSTALL_HINT
+
+
+# -- the policy, per simulated card ------------------------------------------------------------
+
+CARDS = {  # name: (device, GiB, compute capability)
+    "T4 16 GB": ("cuda", 15.6, (7, 5)),
+    "8 GB": ("cuda", 8, (8, 6)),
+    "6 GB": ("cuda", 6, (8, 6)),
+    "4 GB": ("cuda", 4, (7, 5)),
+    "4090 24 GB": ("cuda", 23.6, (8, 9)),
+    "GB10 unified": ("cuda", 119.7, (12, 1)),
+    "H100 80 GB": ("cuda", 79.2, (9, 0)),
+    "CPU": ("cpu", None, None),
+}
+# Upstream's defaults: int8 for the DiT below 20 GB; the text encoder and LM only when asked.
+EXPECTED_DIT = {
+    "T4 16 GB": "int8",
+    "8 GB": "int8",
+    "6 GB": "int8",
+    "4 GB": "int8",
+    "4090 24 GB": "none",
+    "GB10 unified": "none",
+    "H100 80 GB": "none",
+    "CPU": "none",
+}
+
+
+@pytest.mark.parametrize("card", CARDS)
+def test_the_default_per_card_is_upstreams(card):
+    device, gib, capability = CARDS[card]
+    plan = plan_quantization(device, gib, capability, env={})
+    assert (plan.dit, plan.text_encoder, plan.lm) == (EXPECTED_DIT[card], "none", "none")
+    assert plan.as_dict()["origin"]["dit"].startswith("auto")
+
+
+@pytest.mark.parametrize("card", CARDS)
+@pytest.mark.parametrize("mode", ["fp8", "w8a8"])
+def test_float8_modes_need_compute_capability_8_9(card, mode):
+    device, gib, capability = CARDS[card]
+    env = {"ACESTEP_QUANTIZE": f"dit={mode}"}
+    if device == "cuda" and capability >= (8, 9):
+        assert plan_quantization(device, gib, capability, env).dit == mode
+    else:
+        with pytest.raises(QuantizationError, match=rf"dit={mode} refused: .*8\.9"):
+            plan_quantization(device, gib, capability, env)
+
+
+def test_int8_is_allowed_on_every_card():
+    for device, gib, capability in CARDS.values():
+        plan = plan_quantization(device, gib, capability, {"ACESTEP_QUANTIZE": "int8"})
+        assert (plan.dit, plan.text_encoder, plan.lm) == ("int8",) * 3
+        assert plan.as_dict()["origin"]["lm"] == "ACESTEP_QUANTIZE"
+
+
+def test_the_setting_per_component_and_upstreams_names():
+    assert parse_setting("dit=int8,text_encoder=none,lm=int8") == {
+        "dit": "int8",
+        "text_encoder": "none",
+        "lm": "int8",
+    }
+    assert parse_setting("lm=int8_weight_only") == {"dit": "auto", "text_encoder": "auto", "lm": "int8"}
+    assert parse_setting("fp8_weight_only")["dit"] == "fp8"
+    assert parse_setting("W8A8_DYNAMIC")["text_encoder"] == "w8a8"
+    assert parse_setting("")["dit"] == "auto"
+    # upstream's setting name is read when ours is unset; ours wins when both are set
+    assert plan_quantization("cpu", None, None, {"ACESTEP_QUANTIZATION": "int8_weight_only"}).dit == "int8"
+    both = {"ACESTEP_QUANTIZATION": "int8", "ACESTEP_QUANTIZE": "none"}
+    assert plan_quantization("cpu", None, None, both).dit == "none"
+    # the T4's default turned off by hand
+    assert plan_quantization("cuda", 15.6, (7, 5), {"ACESTEP_QUANTIZE": "dit=none"}).dit == "none"
+
+
+@pytest.mark.parametrize("bad", ["int4", "dit", "vae=int8", "dit=", "dit=int9"])
+def test_a_bad_setting_is_refused_with_the_choices(bad):
+    with pytest.raises(QuantizationError, match="ACESTEP_QUANTIZE"):
+        plan_quantization("cpu", None, None, {"ACESTEP_QUANTIZE": bad})
+
+
+def test_mps_refuses_every_quantized_mode():
+    with pytest.raises(QuantizationError, match="MPS"):
+        plan_quantization("mps", None, None, {"ACESTEP_QUANTIZE": "int8"})
+    assert not plan_quantization("mps", None, None, {}).active
+
+
+def _card(gib: float, capability: tuple[int, int]) -> StaticSource:
+    return StaticSource([GpuInfo(0, f"Fake {gib} GiB", int(gib * GIB), 0, capability)])
+
+
+def test_the_memory_status_shows_the_modes_and_a_bad_card_stops_the_start():
+    t4 = MemoryManager(source=_card(15.6, (7, 5)), env={})
+    shown = t4.status().as_dict()["quantization"]
+    assert {k: shown[k] for k in ("dit", "text_encoder", "lm")} == {
+        "dit": "int8",
+        "text_encoder": "none",
+        "lm": "none",
+    }
+    asked = MemoryManager(source=_card(80, (9, 0)), env={"ACESTEP_QUANTIZE": "dit=fp8,lm=int8"})
+    assert asked.get_status()["quantization"]["dit"] == "fp8"
+    assert asked.get_status()["quantization"]["origin"]["lm"] == "ACESTEP_QUANTIZE"
+    with pytest.raises(QuantizationError, match="fp8 refused.*7.5"):
+        MemoryManager(source=_card(15.6, (7, 5)), env={"ACESTEP_QUANTIZE": "fp8"})
+    # MAX_CUDA_VRAM simulates a smaller card: its tier's default follows
+    capped = MemoryManager(source=_card(80, (9, 0)), env={"MAX_CUDA_VRAM": "8"})
+    assert capped.get_status()["quantization"]["dit"] == "int8"
+
+
+def test_upstreams_quantization_flag_sets_the_setting():
+    import argparse
+
+    from acestep.cli.memory_flags import _memory_env, _memory_flags
+
+    parser = argparse.ArgumentParser()
+    _memory_flags(parser)
+    env = _memory_env(parser.parse_args(["--quantization", "int8_weight_only"]))
+    assert env["ACESTEP_QUANTIZE"] == "int8_weight_only"
+    assert plan_quantization("cpu", None, None, env).dit == "int8"
+    assert _memory_env(parser.parse_args(["--quantize", "none"]))["ACESTEP_QUANTIZE"] == "none"
