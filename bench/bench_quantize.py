@@ -20,6 +20,7 @@ error of trained weights may differ (their outliers are what int8's per-channel 
     python bench/bench_quantize.py                                   # 2B DiT + text encoder
     python bench/bench_quantize.py --components dit-xl,lm-1.7B       # bigger (needs ~20 GB RAM)
     python bench/bench_quantize.py --cases float32:none,float32:int8 --seconds 10
+    python bench/bench_quantize.py --device cuda --seconds 60      # the int8 time cost on a GPU
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seconds", type=float, default=10.0, help="DiT latent length")
     p.add_argument("--tokens", type=int, default=64, help="text encoder / LM prompt length")
+    p.add_argument("--device", default="cpu", help="where the forward runs (quantized on the CPU first)")
     p.add_argument("--json", default=str(DEFAULT_JSON))
     return p
 
@@ -105,16 +107,21 @@ def inputs(component: str, args: argparse.Namespace) -> dict[str, torch.Tensor]:
 def forward(
     module: torch.nn.Module, kind: str, feed: dict[str, torch.Tensor], dtype: torch.dtype
 ) -> torch.Tensor:
+    device = next(module.parameters()).device
     with torch.inference_mode():
         if kind == "dit":
-            cast = {k: v.to(dtype) for k, v in feed.items()}
-            return module(**cast, return_dict=False)[0].float()
-        out = module(**feed)
-        return (out.logits if kind == "lm" else out.last_hidden_state).float()
+            cast = {k: v.to(device, dtype) for k, v in feed.items()}
+            out = module(**cast, return_dict=False)[0]
+        else:
+            out = module(**{k: v.to(device) for k, v in feed.items()})
+            out = out.logits if kind == "lm" else out.last_hidden_state
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return out.float().cpu()
 
 
 def run_case(
-    component: str, part: str, dtype_name: str, mode: str, feed: dict, ref: torch.Tensor | None
+    component: str, part: str, dtype_name: str, mode: str, feed: dict, ref: torch.Tensor | None, device: str
 ) -> tuple[dict, torch.Tensor]:
     kind, _ = cb.COMPONENTS[component]
     dtype = cb.DTYPES[dtype_name]
@@ -127,6 +134,9 @@ def run_case(
     quantize_module(module, mode, kept=LM_KEPT if kind == "lm" else ())
     quantize_s = time.perf_counter() - started
     measured = stored_bytes(module)
+    module.to(device)  # as the engine: quantized on the CPU, then moved
+    if device != "cpu":
+        forward(module, kind, feed, dtype)  # warm-up: kernel selection and caches are not the cost
     started = time.perf_counter()
     out = forward(module, kind, feed, dtype)
     forward_s = time.perf_counter() - started
@@ -164,6 +174,7 @@ def main() -> int:
         "contention_start": contention(),
         "seconds": args.seconds,
         "tokens": args.tokens,
+        "device": args.device,
         "rows": [],
     }
     started = time.perf_counter()
@@ -172,7 +183,7 @@ def main() -> int:
         feed = inputs(component, args)
         ref = None
         for dtype_name, mode in cases:
-            row, out = run_case(component, part, dtype_name, mode, feed, ref)
+            row, out = run_case(component, part, dtype_name, mode, feed, ref, args.device)
             ref = out if ref is None else ref
             report["rows"].append(row)
     report["bench_wall_s"] = time.perf_counter() - started
