@@ -25,6 +25,7 @@ from acestep.memory.quantization import (
     parse_setting,
     plan_quantization,
 )
+from acestep.request import GenerationRequest
 
 TASKS = ("text2music", "cover", "repaint", "extract", "lego", "complete")
 # Relative L2 of the int8 engine's final latents against float32's on the tiny model, 2 steps.
@@ -105,6 +106,32 @@ def test_int8_is_deterministic(engine_int8, tmp_path):
     first, _ = generate(engine_int8, tmp_path / "a", **fields)
     second, _ = generate(engine_int8, tmp_path / "b", **fields)
     assert open(first.audio_paths[0], "rb").read() == open(second.audio_paths[0], "rb").read()
+
+
+def test_the_lyric_path_stays_finite_under_fp16_mixed_plus_int8(diffusers_base, tmp_path):
+    engine = AceStep.from_pretrained(
+        diffusers_base, device="cpu", dtype="fp16-mixed", quantization=INT8_EVERYWHERE
+    )
+    first = next(m for m in engine.components.transformer.modules() if isinstance(m, torch.nn.Linear))
+    assert type(first.weight).__name__ == "Int8Tensor" and first.weight.dtype == torch.float16
+    fields = dict(caption="x", lyrics="[verse]\nla la la", seed=1, audio_duration=2.0, inference_steps=2)
+    result, audio = generate(engine, tmp_path, **fields)  # check_latents refuses NaN latents
+    assert np.isfinite(audio).all() and np.abs(audio).max() > 0
+
+
+def test_an_int8_lm_thinks_end_to_end(lm_checkpoint, lm_limits, tmp_path):
+    engine = AceStep.from_pretrained(
+        lm_checkpoint, device="cpu", limits=lm_limits, quantization=QuantizationPlan(lm="int8")
+    )
+    request = GenerationRequest(
+        caption="tiny test song", lyrics="[verse]\nla la", thinking=True, use_cot_caption=False,
+        audio_duration=2.0, inference_steps=2, guidance_scale=1.0, seed=11, audio_format="wav",
+    )  # fmt: skip
+    result = engine.generate(request, tmp_path, lm_only=True)  # the LM's stage alone
+    model = engine.lm.model.model
+    linears = [m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"]
+    assert linears and all(type(m.weight).__name__ == "Int8Tensor" for m in linears)
+    assert result.metas["lm_metas"] and not result.items  # the int8 LM planned the song
 
 
 def test_the_lm_keeps_its_tied_head_and_quantizes_the_rest():
@@ -250,3 +277,18 @@ def test_upstreams_quantization_flag_sets_the_setting():
     assert env["ACESTEP_QUANTIZE"] == "int8_weight_only"
     assert plan_quantization("cpu", None, None, env).dit == "int8"
     assert _memory_env(parser.parse_args(["--quantize", "none"]))["ACESTEP_QUANTIZE"] == "none"
+
+
+def test_parking_keeps_quantized_weights_quantized():
+    from acestep.memory.transfer import HostCopies
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.Linear(32, 8))
+    quantize_module(module, "int8")
+    x = torch.randn(2, 32)
+    before = module(x)
+    copies = HostCopies(pin=False)
+    copies.to_host("dit", module)  # a park: into host buffers (plain ones for plain tensors)
+    copies.to_device(module, torch.device("cpu"))
+    assert all(type(m.weight).__name__ == "Int8Tensor" for m in module)
+    assert torch.equal(module(x), before)
