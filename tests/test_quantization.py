@@ -292,3 +292,36 @@ def test_parking_keeps_quantized_weights_quantized():
     copies.to_device(module, torch.device("cpu"))
     assert all(type(m.weight).__name__ == "Int8Tensor" for m in module)
     assert torch.equal(module(x), before)
+
+
+# -- through a real server: the setting reaches the worker, the status shows it --------------------
+
+
+def test_a_server_quantizes_its_worker_and_shows_the_modes(upstream_base, tmp_path):
+    from _server import Server
+
+    server = Server(upstream_base, tmp_path, ACESTEP_QUANTIZE="dit=int8,text_encoder=int8")
+    try:
+        audio, _ = server.generate(
+            {"prompt": "x", "lyrics": "[verse]\nla", "audio_duration": 2, "inference_steps": 2}
+        )
+        assert np.isfinite(audio).all()
+        memory = server.get("/v1/memory").json()["data"]
+        assert {k: memory["quantization"][k] for k in ("dit", "text_encoder", "lm")} == {
+            "dit": "int8",
+            "text_encoder": "int8",
+            "lm": "none",
+        }
+    finally:
+        server.stop()
+    log = server.log.read_text()
+    assert (
+        "linear layers of the dit to int8" in log and "of the text_encoder to int8" in log
+    )  # the worker did
+
+
+def test_a_mode_the_machine_cannot_run_stops_the_start(upstream_base, tmp_path):
+    from _server import Server
+
+    with pytest.raises(RuntimeError, match=r"dit=fp8 refused: fp8 needs a CUDA card"):
+        Server(upstream_base, tmp_path, ACESTEP_QUANTIZE="dit=fp8")
