@@ -26,6 +26,7 @@ from acestep.memory.quantization import (
     plan_quantization,
 )
 from acestep.request import GenerationRequest
+from acestep.result import GenerationResult
 
 TASKS = ("text2music", "cover", "repaint", "extract", "lego", "complete")
 # Relative L2 of the int8 engine's final latents against float32's on the tiny model, 2 steps.
@@ -75,7 +76,7 @@ def test_the_int8_engine_holds_int8_linears(engine_int8, engine_diffusers_base):
     assert engine_int8.quantization.as_dict()["dit"] == "int8"
 
 
-def final_latents(engine: AceStep, out, **fields) -> tuple[object, np.ndarray, np.ndarray]:
+def final_latents(engine: AceStep, out, **fields) -> tuple[GenerationResult, np.ndarray, np.ndarray]:
     """Run one request; the result, its audio and the latents the VAE decoded (a hook on the real
     decoder records its input)."""
     seen: list[torch.Tensor] = []
@@ -99,13 +100,9 @@ def test_int8_runs_every_task_close_to_float32(
     print(f"{task}: relative L2 of the final latents, int8 vs float32 = {difference:.4f}")
     assert difference < LATENT_BOUND
     assert difference > 0  # the weights really changed: quantized output is not float32's
-
-
-def test_int8_is_deterministic(engine_int8, tmp_path):
-    fields = dict(caption="x", lyrics="[verse]\nla", seed=5, audio_duration=2.0, inference_steps=2)
-    first, _ = generate(engine_int8, tmp_path / "a", **fields)
-    second, _ = generate(engine_int8, tmp_path / "b", **fields)
-    assert open(first.audio_paths[0], "rb").read() == open(second.audio_paths[0], "rb").read()
+    if task == "text2music":  # deterministic: the same request again gives the same bytes
+        again, _ = generate(engine_int8, tmp_path / "again", **fields)
+        assert open(again.audio_paths[0], "rb").read() == open(result.audio_paths[0], "rb").read()
 
 
 def test_the_lyric_path_stays_finite_under_fp16_mixed_plus_int8(diffusers_base, tmp_path):
