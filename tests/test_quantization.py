@@ -322,3 +322,16 @@ def test_a_mode_the_machine_cannot_run_stops_the_start(upstream_base, tmp_path):
 
     with pytest.raises(RuntimeError, match=r"dit=fp8 refused: fp8 needs a CUDA card"):
         Server(upstream_base, tmp_path, ACESTEP_QUANTIZE="dit=fp8")
+
+
+def test_a_quantized_dit_runs_lora_unfused_even_when_fusing_is_asked(diffusers_base, tmp_path, monkeypatch):
+    from acestep.testing_lora import make_tiny_lora
+
+    make_tiny_lora(tmp_path / "loras" / "drums", layout="diffusers", variant="base", rank=4, alpha=8, seed=1)
+    monkeypatch.setenv("ACESTEP_LORA_FUSE", "1")
+    engine = AceStep.from_pretrained(diffusers_base, device="cpu", quantization=QuantizationPlan(dit="int8"))
+    engine.adapters.directory = tmp_path / "loras"
+    assert engine.adapters.fuse is False
+    fields = dict(caption="x", audio_duration=2.0, seed=1, inference_steps=2)
+    result, audio = generate(engine, tmp_path / "out", lora="drums", **fields)
+    assert result.metas["lora"] == [{"name": "drums", "scale": 1.0}] and np.isfinite(audio).all()

@@ -72,6 +72,12 @@ class AceStep:
         self.residency.settle()
         self.dit = DitRunner(components.transformer, fast)
         self.adapters = Adapters(components.transformer, paths.variant.tag)
+        if self.adapters.fuse and self.quantization.dit != "none":
+            # Quantized weights take no added delta (torchao has no add for them): runtime adapters.
+            logger.info(
+                f"ACESTEP_LORA_FUSE ignored: the DiT is {self.quantization.dit}; adapters run unfused"
+            )
+            self.adapters.fuse = False
         self._adapters_seen = self.adapters.version
         # Captured graphs point at the DiT's weights: only worth it while they stay put.
         self.dit.graphs_allowed = self.residency.plan.idle["dit"] is not Place.CPU
