@@ -253,6 +253,13 @@ def test_the_memory_status_shows_the_modes_and_a_bad_card_stops_the_start():
         "text_encoder": "none",
         "lm": "none",
     }
+    from types import SimpleNamespace
+
+    from acestep.ui.actions import memory_text
+    from acestep.ui.i18n import strings
+
+    shown_in_ui = memory_text(SimpleNamespace(manager=t4), strings("en"))  # the UI's Memory tab
+    assert "**quantization:** dit int8, text_encoder none, lm none" in shown_in_ui
     asked = MemoryManager(source=_card(80, (9, 0)), env={"ACESTEP_QUANTIZE": "dit=fp8,lm=int8"})
     assert asked.get_status()["quantization"]["dit"] == "fp8"
     assert asked.get_status()["quantization"]["origin"]["lm"] == "ACESTEP_QUANTIZE"
