@@ -286,6 +286,14 @@ REGISTRY: tuple[Setting, ...] = (
             "",
             "Upstream's name for ACESTEP_QUANTIZE, read when that is unset.",
         ),
+        (
+            "ACESTEP_QUANTIZE_CACHE",
+            "text",
+            "",
+            "Folder of quantized weights kept for the next load (default `acestep/quantized` under "
+            "ACESTEP_CACHE_DIR, `$XDG_CACHE_HOME` or `~/.cache`); `off`, `none`, `no`, `false` or `0` "
+            "= no cache; see docs/memory.md.",
+        ),
         ("ACESTEP_DIT_COMPILE_BACKEND", "text", "inductor", "torch.compile backend for the DiT fast path."),
     ),
     *_group(

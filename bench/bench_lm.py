@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from _common import git_commit, write_report
 
+from acestep.checkpoints.component_bytes import LMS  # the published configurations
 from acestep.lm import prompts
 from acestep.lm.constraints import CotConstraint
 from acestep.lm.model import LanguageModel
@@ -29,27 +30,6 @@ from acestep.testing import _tiny_lm_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_JSON = REPO / "bench" / "results" / "lm.json"
-VOCAB = 217204  # Qwen3's 151,669 tokens + 65,535 audio-code tokens (docs/lm.md)
-QWEN3 = {  # the published Qwen3 base configurations the LMs are built on
-    "0.6B": {
-        "hidden_size": 1024,
-        "intermediate_size": 3072,
-        "num_hidden_layers": 28,
-        "num_attention_heads": 16,
-    },
-    "1.7B": {
-        "hidden_size": 2048,
-        "intermediate_size": 6144,
-        "num_hidden_layers": 28,
-        "num_attention_heads": 16,
-    },
-    "4B": {
-        "hidden_size": 2560,
-        "intermediate_size": 9728,
-        "num_hidden_layers": 36,
-        "num_attention_heads": 32,
-    },
-}
 COT = (
     "<think>\nbpm: 120\ncaption: warm piano ballad\nduration: 40\nkeyscale: C major\n"
     "language: en\ntimesignature: 4\n</think>"
@@ -59,10 +39,7 @@ COT = (
 def build(size: str, device: torch.device, dtype: torch.dtype, tokenizer) -> LanguageModel:
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    config = Qwen3Config(
-        vocab_size=VOCAB, num_key_value_heads=8, head_dim=128, max_position_embeddings=40960,
-        rope_theta=1000000.0, tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id, **QWEN3[size],
-    )  # fmt: skip
+    config = Qwen3Config(**LMS[size], eos_token_id=tokenizer.eos_token_id)
     with torch.device(device):
         model = Qwen3ForCausalLM(config).to(dtype).eval()
     return LanguageModel(Path(f"acestep-5Hz-lm-{size}"), tokenizer, model)

@@ -3,7 +3,7 @@
 For each component (the 2B DiT's transformer, the text encoder; optionally the XL transformer and
 the 5 Hz LMs) and each case (a storage dtype and a quantization mode, acestep/memory/quantization.py):
 
-- builds the network at upstream's configuration (``acestep.memory.component_bytes``) on the CPU
+- builds the network at upstream's configuration (``acestep.checkpoints.component_bytes``) on the CPU
   with a fixed seed (the same random weights in every case), timed as ``build_s``;
 - casts it to the case's dtype and quantizes it the way the engine does
   (``acestep.engine.quantize.quantize_module``), timed as ``quantize_s``;
@@ -21,6 +21,11 @@ error of trained weights may differ (their outliers are what int8's per-channel 
     python bench/bench_quantize.py --components dit-xl,lm-1.7B       # bigger (needs ~20 GB RAM)
     python bench/bench_quantize.py --cases float32:none,float32:int8 --seconds 10
     python bench/bench_quantize.py --device cuda --seconds 60      # the int8 time cost on a GPU
+    python bench/bench_quantize.py --cache /tmp/qcache --cases float32:int8   # the quantized cache
+
+With ``--cache FOLDER`` each quantized case also writes its quantized cache entry there
+(``acestep/engine/quant_cache.py``), timed as ``cache_write_s``, then builds the network again and
+reads the entry into it instead of quantizing, timed as ``cache_read_s`` (checked bit for bit).
 """
 
 from __future__ import annotations
@@ -33,8 +38,9 @@ from pathlib import Path
 import torch
 from _common import contention, git_commit, machine_facts, save_and_summarise
 
-from acestep.engine.quantize import LM_KEPT, quantize_module
-from acestep.memory import component_bytes as cb
+from acestep.checkpoints import component_bytes as cb
+from acestep.engine.quant_cache import entry_for
+from acestep.engine.quantize import LM_KEPT, quantize_module, torchao_config
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_JSON = REPO / "bench" / "results" / "quantize.json"
@@ -61,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=10.0, help="DiT latent length")
     p.add_argument("--tokens", type=int, default=64, help="text encoder / LM prompt length")
     p.add_argument("--device", default="cpu", help="where the forward runs (quantized on the CPU first)")
+    p.add_argument("--cache", default="", help="a folder: also time writing and reading the quantized cache")
     p.add_argument("--json", default=str(DEFAULT_JSON))
     return p
 
@@ -120,8 +127,47 @@ def forward(
         return out.float().cpu()
 
 
+def quantized_linears(module: torch.nn.Module) -> list[str]:
+    return [n for n, m in module.named_modules() if hasattr(getattr(m, "weight", None), "__tensor_flatten__")]
+
+
+def time_cache(
+    module: torch.nn.Module, component: str, part: str, dtype: torch.dtype, mode: str, cache: Path
+) -> tuple[float, float, int]:
+    """Write ``module``'s quantized cache entry, then read it into a fresh build of the same network:
+    (write seconds, read seconds, entry bytes); the read weights must equal ``module``'s bit for bit."""
+    source = cache / f"source-{component}"  # stands for the checkpoint folder the entry is keyed on
+    source.mkdir(parents=True, exist_ok=True)
+    (source / "config.json").write_text(f'{{"component": "{component}"}}')
+    linears = quantized_linears(module)
+    dtype_name = str(dtype).removeprefix("torch.")
+    entry = entry_for(cache, source, component, mode, dtype_name, torchao_config(mode))
+    started = time.perf_counter()
+    entry.store(module, linears)
+    write_s = time.perf_counter() - started
+    fresh = build(component, part)
+    torch.nn.Module.to(fresh, dtype=dtype)
+    started = time.perf_counter()
+    if not entry.restore(fresh, linears):
+        raise RuntimeError(f"the cache entry {entry.path} was not read back")
+    read_s = time.perf_counter() - started
+    for name in linears:
+        a, b = module.get_submodule(name).weight, fresh.get_submodule(name).weight
+        for inner in a.__tensor_flatten__()[0]:
+            if not torch.equal(getattr(a, inner).view(torch.uint8), getattr(b, inner).view(torch.uint8)):
+                raise RuntimeError(f"{name}.{inner} differs after the cache round trip")
+    return write_s, read_s, entry.path.stat().st_size
+
+
 def run_case(
-    component: str, part: str, dtype_name: str, mode: str, feed: dict, ref: torch.Tensor | None, device: str
+    component: str,
+    part: str,
+    dtype_name: str,
+    mode: str,
+    feed: dict,
+    ref: torch.Tensor | None,
+    device: str,
+    cache: str = "",
 ) -> tuple[dict, torch.Tensor]:
     kind, _ = cb.COMPONENTS[component]
     dtype = cb.DTYPES[dtype_name]
@@ -134,6 +180,10 @@ def run_case(
     quantize_module(module, mode, kept=LM_KEPT if kind == "lm" else ())
     quantize_s = time.perf_counter() - started
     measured = stored_bytes(module)
+    cached = {}
+    if cache and mode != "none":
+        write_s, read_s, size = time_cache(module, component, part, dtype, mode, Path(cache))
+        cached = {"cache_write_s": round(write_s, 2), "cache_read_s": round(read_s, 2), "cache_bytes": size}
     module.to(device)  # as the engine: quantized on the CPU, then moved
     if device != "cpu":
         forward(module, kind, feed, dtype)  # warm-up: kernel selection and caches are not the cost
@@ -154,6 +204,7 @@ def run_case(
         "forward_s": round(forward_s, 2),
         "rel_l2_vs_float32": rel_l2,
         "finite": bool(torch.isfinite(out).all()),
+        **cached,
     }
     print(row, flush=True)
     return row, out
@@ -183,7 +234,7 @@ def main() -> int:
         feed = inputs(component, args)
         ref = None
         for dtype_name, mode in cases:
-            row, out = run_case(component, part, dtype_name, mode, feed, ref, args.device)
+            row, out = run_case(component, part, dtype_name, mode, feed, ref, args.device, args.cache)
             ref = out if ref is None else ref
             report["rows"].append(row)
     report["bench_wall_s"] = time.perf_counter() - started

@@ -1,4 +1,4 @@
-"""The computed weight bytes (acestep/memory/component_bytes.py) against real modules.
+"""The computed weight bytes (acestep/checkpoints/component_bytes.py) against real modules.
 
 On the tiny model: the bytes computed on the meta device equal the real loaded modules' bytes in
 float32 and bfloat16 exactly, and the real storage of the torchao-quantized modules (each
@@ -14,10 +14,10 @@ import torch
 from diffusers import AutoencoderOobleck
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
+from acestep.checkpoints import component_bytes as cb
 from acestep.checkpoints import convert
 from acestep.checkpoints.loading import DIT_CLASSES
-from acestep.engine.quantize import LM_KEPT, quantize_module
-from acestep.memory import component_bytes as cb
+from acestep.engine.quantize import LM_KEPT, int8_layout, quantize_module
 from acestep.testing import _tiny_text_encoder, tiny_dit_config, tiny_lm_config, tiny_vae_config
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -74,6 +74,7 @@ def test_computed_bytes_equal_the_loaded_modules(tiny, dtype):
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.skipif(int8_layout() != "Int8Tensor", reason="byte rules of torchao's Int8Tensor (0.16+)")
 def test_int8_bytes_equal_the_torchao_storage(dtype):
     """Fresh networks per dtype, quantized the way the engine does it (acestep/engine/quantize.py)."""
     modules = tiny_networks()
@@ -123,3 +124,14 @@ def test_bad_names_are_refused():
         cb.component_bytes("dit-2b", "int4")
     with pytest.raises(ValueError, match="mode must be"):
         cb.component_bytes("dit-2b", "bfloat16", "int4")
+
+
+def test_the_policys_weight_table_is_what_the_configurations_compute():
+    """acestep/memory/weight_table.py is data the torch-free policy reads; it must be what the real
+    configurations compute (regenerate: python scripts/gen_weight_table.py)."""
+    from acestep.memory.weight_table import SHAPES, WEIGHT_BYTES
+
+    assert cb.weight_table() == WEIGHT_BYTES, "regenerate: python scripts/gen_weight_table.py"
+    assert cb.shapes() == SHAPES, "regenerate: python scripts/gen_weight_table.py"
+    row = WEIGHT_BYTES[("dit-2b", "bfloat16", "none")]
+    assert 20 * row["transformer_block"] < row["transformer"] < 30 * row["transformer_block"]  # 24 blocks

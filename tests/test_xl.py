@@ -26,10 +26,6 @@ from acestep.checkpoints.variants import detect_variant, is_xl_name
 from acestep.cli import download_main
 from acestep.engine.prompts import dit_caption
 from acestep.lora.catalog import LoraError
-from acestep.memory.gpus import GIB, GpuInfo, StaticSource
-from acestep.memory.limits import Limits, MemoryLimitError
-from acestep.memory.manager import MemoryManager
-from acestep.memory.residency import Place, plan_for_dit, resident_plan
 from acestep.request import GenerationRequest
 from acestep.testing import make_tiny_checkpoint, make_tiny_lora, tiny_dit_config
 
@@ -149,87 +145,6 @@ def test_acestep_download_fetches_an_xl_model_that_then_resolves(
     rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
     assert rows[XL_TURBO].split()[1] == "present" and "XL turbo DiT (4B" in rows[XL_TURBO]
     assert "XL sft DiT" in rows["acestep-v15-xl-sft"] and rows["acestep-v15-xl-sft"].split()[1] == "-"
-
-
-# --------------------------------------------------------------------------- tiers and plans
-
-NOT_XL_FIT = [(3.5, "tier1"), (6, "tier2"), (8, "tier3"), (12, "tier4")]
-
-
-@pytest.mark.parametrize(("gib", "tier"), NOT_XL_FIT)
-def test_xl_is_refused_where_upstream_says_it_does_not_fit(gib: float, tier: str):
-    limits = Limits.for_gpu(gib, env={})
-    with pytest.raises(MemoryLimitError, match=f"the {tier} tier") as caught:
-        limits.for_dit(XL_TURBO, is_xl=True)
-    message = str(caught.value)
-    assert XL_TURBO in message and "more than 12 GiB" in message and "2B DiT" in message
-    assert caught.value.limit == "xl_dit"
-    assert limits.for_dit("acestep-v15-turbo", is_xl=False) is limits  # a 2B DiT fits every tier
-
-
-def test_a_simulated_small_gpu_refuses_xl_and_says_so():
-    limits = Limits.for_gpu(80, env={"MAX_CUDA_VRAM": "8"})
-    with pytest.raises(MemoryLimitError, match="simulated by MAX_CUDA_VRAM"):
-        limits.for_dit(XL_TURBO, is_xl=True)
-
-
-def test_xl_on_a_marginal_tier_waits_on_the_cpu_between_uses():
-    limits = Limits.for_gpu(15, env={})
-    assert limits.tier.name == "tier5" and not limits.offload_dit_to_cpu
-    fitted, plan = plan_for_dit(limits, "cuda", XL_TURBO, True)
-    assert fitted.offload_to_cpu and fitted.offload_dit_to_cpu and plan.one_at_a_time
-    assert fitted.origin["offload_dit_to_cpu"] == "tier5 XL" and fitted.as_dict()["xl_dit"] == "marginal"
-    # A plan made for a 2B DiT (everything resident) is tightened for the XL one, not kept.
-    _, tightened = plan_for_dit(limits, "cuda", XL_TURBO, True, resident_plan("cuda"))
-    assert tightened.idle["dit"] is Place.CPU and tightened.idle["vae"] is Place.CPU
-    _, two_b = plan_for_dit(limits, "cuda", "acestep-v15-turbo", False)
-    assert two_b.idle["dit"] is Place.GPU
-
-
-@pytest.mark.parametrize("gib", [16, 18])
-def test_xl_fits_tier6a_with_the_tiers_offload(gib: float):
-    limits = Limits.for_gpu(gib, env={})
-    fitted, plan = plan_for_dit(limits, "cuda", XL_TURBO, True)
-    assert limits.tier.name == "tier6a" and fitted == limits
-    assert plan.idle["text_encoder"] is Place.CPU and plan.idle["dit"] is Place.GPU
-
-
-@pytest.mark.parametrize("gib", [22, 24, 48, 80])
-def test_xl_fits_resident_from_tier6b(gib: float):
-    limits = Limits.for_gpu(gib, env={})
-    fitted, plan = plan_for_dit(limits, "cuda", XL_TURBO, True)
-    assert fitted == limits and all(place is Place.GPU for place in plan.idle.values())
-
-
-@pytest.mark.parametrize(
-    ("gib", "setting"),
-    [(15, "ACESTEP_OFFLOAD_DIT_TO_CPU"), (15, "ACESTEP_OFFLOAD_TO_CPU"), (18, "ACESTEP_OFFLOAD_TO_CPU")],
-)
-def test_switching_off_the_offload_xl_needs_is_refused(gib: float, setting: str):
-    limits = Limits.for_gpu(gib, env={setting: "false"})
-    with pytest.raises(MemoryLimitError, match=f"only with {setting}=true.*Remove {setting}=false"):
-        limits.for_dit(XL_TURBO, is_xl=True)
-
-
-def test_no_gpu_runs_xl():
-    limits = Limits.for_gpu(None, env={})
-    fitted, plan = plan_for_dit(limits, "cpu", XL_TURBO, True)
-    assert fitted is limits and not plan.on_gpu
-
-
-def _manager(gib: float) -> MemoryManager:
-    gpu = GpuInfo(0, f"Fake {gib} GiB", int(gib * GIB), 0, (8, 0))
-    return MemoryManager(source=StaticSource([gpu]), env={})
-
-
-def test_the_manager_adopts_the_xl_plan_or_refuses():
-    small = _manager(10)
-    with pytest.raises(MemoryLimitError, match="tier4"):
-        small.fit_dit(XL_TURBO, True)
-    assert not small.limits.offload_dit_to_cpu or small.limits.tier.offload_dit_to_cpu  # unchanged
-    t4 = _manager(15)
-    t4.fit_dit(XL_TURBO, True)
-    assert t4.plan.one_at_a_time and t4.status().as_dict()["limits"]["offload_dit_to_cpu"]
 
 
 # --------------------------------------------------------------------------- LoRA across sizes

@@ -14,7 +14,7 @@ MAIN_REPO = "ACE-Step/Ace-Step1.5"
 # The main repo fills the root with the turbo DiT, the VAE, the text encoder and the 1.7B LM.
 MAIN_REPO_FOLDERS = ("acestep-v15-turbo", "vae", "Qwen3-Embedding-0.6B", "acestep-5Hz-lm-1.7B")
 # The 4B XL DiTs (hidden 2560, 32 layers): each repo holds about 20 GB of float32 shards, about
-# 9 GB once loaded in bf16; where they fit is the tiers' ``xl_dit`` column (docs/memory.md).
+# 9.3 GiB once loaded in bf16; where they fit is computed by acestep/memory/fit.py (docs/memory.md).
 XL_DITS = ("acestep-v15-xl-base", "acestep-v15-xl-sft", "acestep-v15-xl-turbo")
 # Each of these is its own repo ``ACE-Step/<name>``, downloaded into ``<root>/<name>``.
 SEPARATE_REPOS = (

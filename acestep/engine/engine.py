@@ -12,30 +12,29 @@ from pathlib import Path
 import torch
 from loguru import logger
 
-from acestep.checkpoints import CheckpointPaths, Components, load_components, resolve
-from acestep.checkpoints.lm_folders import LmNotAvailable, find_lm_folder
+from acestep.checkpoints import CheckpointPaths, Components, load_components
 from acestep.checkpoints.task_support import require_task
 from acestep.engine import audio_io, conditioning, repaint, shaping
 from acestep.engine.audio_inputs import load_inputs
 from acestep.engine.codec import AudioCodec
 from acestep.engine.diffusion import Diffusion, Sampled, sample
-from acestep.engine.fast_dit import DitRunner, compiled_decoder, fast_mode
+from acestep.engine.fast_dit import DitRunner, compiled_decoder
 from acestep.engine.lm_stage import LmStage
+from acestep.engine.load_plan import plan_load
 from acestep.engine.output import GenerationError as GenerationError  # re-exported: a public name
 from acestep.engine.output import check_latents, fit_length, result_metas, save_items
 from acestep.engine.prompts import caption_prompt, dit_caption, encode_text, lyric_prompt, metas_string
-from acestep.engine.quantize import cuda_capability, quantize_components
+from acestep.engine.quantize import quantize_components
 from acestep.engine.sampling import Condition, Guidance, SamplerSettings
 from acestep.engine.schedules import build_schedule
 from acestep.engine.seeds import resolve_seeds
 from acestep.engine.stage_clock import ProgressCallback, StageClock
 from acestep.lora.adapters import Adapters
-from acestep.memory.devices import apply_vram_cap, resolve_device, total_gib
 from acestep.memory.limits import Limits
 from acestep.memory.mixed import use_rope_mode
-from acestep.memory.precision import PrecisionPlan, apply_attention, precision_plan
-from acestep.memory.quantization import QuantizationPlan, plan_quantization
-from acestep.memory.residency import Place, Residency, ResidencyPlan, plan_for_dit, resident_plan
+from acestep.memory.precision import PrecisionPlan, apply_attention
+from acestep.memory.quantization import QuantizationPlan
+from acestep.memory.residency import Place, Residency, ResidencyPlan, resident_plan
 from acestep.request import GenerationRequest
 from acestep.result import GenerationResult
 from acestep.tasks import COVER_TASKS, MAX_DURATION_S, flow_edit_applies
@@ -115,36 +114,22 @@ class AceStep:
         per-GPU policy) and ``fast`` the DiT path (default ``ACESTEP_DIT_FAST``, else ``off``).
         ``quantization`` defaults to ``ACESTEP_QUANTIZE``, else the tier's (int8 DiT below 20 GiB).
         """
-        paths = resolve(path, dit)
-        try:
-            lm_folder = find_lm_folder(paths.root, lm)
-        except LmNotAvailable as exc:
-            if lm not in (None, ""):
-                raise
-            logger.warning(f"{exc}; requests that need the LM will be refused")
-            lm_folder = None
-        target = resolve_device(device)
-        precision = precision_plan(target, dtype)
-        fast = fast_mode() if fast is None else fast
-        limits = limits or Limits.for_gpu(total_gib(target))
-        if limits.simulated:
-            apply_vram_cap(target, limits.gib)
-        # Before any weight is read: an XL DiT is refused where it does not fit, or offloaded more.
-        limits, plan = plan_for_dit(limits, str(target), paths.dit_name, paths.variant.is_xl, plan)
-        quantization = quantization or plan_quantization(target.type, limits.gib, cuda_capability(target))
+        decided = plan_load(path, dit, device, dtype, limits, plan, lm, fast, quantization)
+        paths, target, precision, fast = decided.paths, decided.target, decided.precision, decided.fast
+        limits, quantization = decided.limits, decided.quantization
         started = time.perf_counter()
         # Weights land on the CPU first (quantized there); the plan then moves to the GPU what stays.
         components = load_components(paths, torch.device("cpu"), precision)
-        quantize_components(components, quantization)
+        quantize_components(components, quantization, paths)
         attention = apply_attention(components)
         engine = cls(
             components,
             paths,
             target,
             precision.torch_dtype,
-            plan,
+            decided.plan,
             limits,
-            lm_folder,
+            decided.lm_folder,
             fast,
             precision,
             quantization,

@@ -8,6 +8,9 @@
   every step (the launch overhead of ~700 kernels per step disappears). Only while the DiT stays
   on the GPU between steps; the graphs are dropped whenever its weights move.
 
+A streamed DiT (group offload, ``memory/streaming.py``) runs eager whatever the mode: its hooks
+move every block's weights during the forward, which compiled graphs and CUDA graphs cannot follow.
+
 Every compilation and capture runs under :func:`acestep.memory.capture.guarded_capture`: the CPU and
 CUDA RNG states are restored afterwards whatever happened, and a failure logs once and leaves the
 process eager, so a broken compiler or capture costs speed, never a job. The denoise loop draws no
@@ -26,6 +29,7 @@ from loguru import logger
 
 from acestep.memory.capture import guarded_capture
 from acestep.memory.precision import FAST_MODES, fast_mode
+from acestep.memory.streaming import is_streamed
 from acestep.settings import current as current_settings
 from acestep.settings import value as setting_value
 
@@ -109,6 +113,7 @@ class DitRunner:
         self._graphs: OrderedDict[tuple, _Graph] = OrderedDict()
         self._pool = None  # a torch.cuda.graph_pool_handle, made at the first capture
         self.graphs_allowed = True  # the engine clears this when the DiT waits on the CPU
+        self.refused = ""  # why the fast path is not used although asked for (a streamed DiT)
 
     @property
     def backend(self) -> str:
@@ -125,8 +130,21 @@ class DitRunner:
 
     @property
     def active(self) -> str:
-        """The path actually in use: ``off`` after a failure."""
-        return "off" if self.broken else self.mode
+        """The path actually in use: ``off`` after a failure or a refusal."""
+        return "off" if self.broken or self._refuse() else self.mode
+
+    def _refuse(self) -> bool:
+        """Refuse the fast path for a streamed DiT (said once; compiled blocks back to eager)."""
+        if self.refused or self.mode == "off":
+            return bool(self.refused)
+        if not is_streamed(self.transformer):
+            return False
+        self.refused = "the DiT is streamed (group offload moves its weights during the forward)"
+        logger.info(f"fast DiT {self.mode} refused: {self.refused}; running eager")
+        self.reset()
+        for module in self.blocks.modules:
+            module._compiled_call_impl = None  # nn.Module.compile's handle: back to the plain forward
+        return True
 
     def reset(self) -> None:
         """Forget captured graphs and their pool (the weights moved, or memory is being given back)."""

@@ -49,9 +49,10 @@ class LmStage:
 
             self.model = LanguageModel.load(self.folder, dtype=self.dtype)
             if self.quantize != "none":  # on the CPU, before the plan places it
+                from acestep.engine.quant_cache import cache_folder
                 from acestep.engine.quantize import LM_KEPT, quantize_module
 
-                quantize_module(self.model.model, self.quantize, LM_KEPT)
+                quantize_module(self.model.model, self.quantize, LM_KEPT, cache_folder(), self.folder, "lm")
             self.model.max_duration = max(MIN_DURATION_S, min(int(MAX_DURATION_S), self.max_duration))
             residency.attach("lm", self.model.model)
             if compile_requested() and residency.plan.idle["lm"].value == "gpu":

@@ -23,6 +23,8 @@ from acestep.tasks import LATENT_FRAMES_PER_SECOND
 
 CONSERVATIVE_CROSSFADE_FRAMES = LATENT_FRAMES_PER_SECOND  # 1 s of latents
 CONSERVATIVE_WAV_CROSSFADE_S = 0.05
+
+
 @dataclass(frozen=True)
 class RepaintSettings:
     injection_ratio: float  # share of the steps after which the source is re-imposed outside

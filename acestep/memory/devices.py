@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from acestep.memory.device_choice import choose_device
+from acestep.memory.fit import CONTEXT_RESERVE_GIB, decode_tile_frames, encode_tile_seconds
 from acestep.memory.gpus import DeviceStatsSource, GpuInfo
 from acestep.settings import current as current_settings
 from acestep.settings import value as setting_value
@@ -39,7 +40,6 @@ def mps_available() -> bool:
 
 # The simulated GPU size set by apply_vram_cap (GiB), so memory-dependent sizes follow the cap.
 _vram_cap_gib: float | None = None
-CONTEXT_RESERVE_GIB = 0.5  # what the CUDA context itself takes on a real card of that size
 
 
 def memory_gib(device: torch.device) -> tuple[float, float]:
@@ -57,36 +57,22 @@ def memory_gib(device: torch.device) -> tuple[float, float]:
 
 
 def vae_decode_chunk_frames(device: torch.device) -> int:
-    """Latent frames per VAE decode tile: bounded peak memory, larger on bigger GPUs (upstream's table).
-
-    Chosen from the card's total memory (or the ``MAX_CUDA_VRAM`` cap), not from what happens to be
-    free at load time: tiling changes the audio slightly, and the same machine and settings must
-    always give the same audio for a seed.
-    """
+    """Latent frames per VAE decode tile (``memory/fit.decode_tile_frames``, from the card's total
+    memory or the ``MAX_CUDA_VRAM`` cap; ``ACESTEP_VAE_DECODE_CHUNK_SIZE`` overrides)."""
     override = current_settings().get("ACESTEP_VAE_DECODE_CHUNK_SIZE")
     if override:
         return max(int(override), 16)
-    if device.type == "cuda":
-        _, gib = memory_gib(device)
-        if gib >= 48:  # data-centre cards: 123 s in one tile (about 7.5 GiB in bf16 at 120 s)
-            return 3072
-        return 512 if gib >= 24 else 384 if gib >= 16 else 256 if gib >= 12 else 128
-    return 256
+    return decode_tile_frames(memory_gib(device)[1] if device.type == "cuda" else None)
 
 
 def vae_encode_chunk_seconds(device: torch.device) -> int:
-    """Seconds of audio per VAE encode tile: 30, or 15 on GPUs with at most 8 GB (upstream's rule).
-
-    The real encoder holds roughly 140 MiB of fp32 activations per second of audio, so a 30 s tile
-    (plus overlap) needs several GiB. ``ACESTEP_VAE_ENCODE_CHUNK_SECONDS`` overrides.
-    """
+    """Seconds of audio per VAE encode tile (``memory/fit.encode_tile_seconds``; the real encoder
+    holds about 0.1 GiB of half-precision activations per second of tile, BENCHMARKS.md).
+    ``ACESTEP_VAE_ENCODE_CHUNK_SECONDS`` overrides."""
     override = current_settings().get("ACESTEP_VAE_ENCODE_CHUNK_SECONDS")
     if override:
         return max(int(override), 5)
-    if device.type == "cuda":
-        _, total = memory_gib(device)
-        return 15 if total <= 8 else 30
-    return 30
+    return encode_tile_seconds(memory_gib(device)[1] if device.type == "cuda" else None)
 
 
 def total_gib(device: torch.device) -> float | None:

@@ -7,23 +7,11 @@ user's back).
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from acestep.memory.tiers import (
-    LM_SIZES,
-    XL_MARGINAL,
-    XL_NO,
-    XL_SMALLEST_GIB,
-    XL_SMALLEST_TIER,
-    XL_WEIGHTS_GB,
-    XL_WITH_OFFLOAD,
-    Tier,
-    lm_size_of,
-    tier_for_gib,
-)
+from acestep.memory.tiers import LM_SIZES, Tier, lm_size_of, tier_for_gib
 from acestep.request import GenerationRequest
 from acestep.settings import current as current_settings
 from acestep.settings import parse_bool_setting
@@ -69,6 +57,7 @@ class Limits:
     offload_dit_to_cpu: bool
     lm_enabled: bool
     origin: dict[str, str] = field(default_factory=dict)
+    stream_dit: bool = False  # the DiT runs streamed block by block (memory/fit.py decides)
 
     @classmethod
     def resolve(
@@ -129,7 +118,7 @@ class Limits:
         simulated = " (simulated by MAX_CUDA_VRAM)" if self.simulated else ""
         return f"the {source} limit for a {size}{simulated}"
 
-    def _tier_words(self) -> str:
+    def tier_words(self) -> str:
         simulated = ", simulated by MAX_CUDA_VRAM" if self.simulated else ""
         return f"the {self.tier.name} tier ({self.gib:.1f} GiB GPU{simulated})"
 
@@ -182,47 +171,9 @@ class Limits:
                 allowed=len(allowed),
             )
 
-    def for_dit(self, dit_name: str, is_xl: bool) -> Limits:
-        """The limits a DiT runs under: these for a 2B DiT; for an XL DiT, the tier's ``xl_dit``
-        rating decides (:class:`MemoryLimitError` where it does not fit). On a ``marginal`` tier
-        the XL DiT waits on the CPU between uses (upstream adds INT8 there; the int8 DiT of
-        ``memory/quantization.py`` is not counted here yet)."""
-        fit = self.tier.xl_dit
-        if not is_xl or self.gib is None or fit not in (XL_NO, XL_MARGINAL, XL_WITH_OFFLOAD):
-            return self
-        what = f"{dit_name} is a 4B XL DiT (about {XL_WEIGHTS_GB:.0f} GB of weights in bf16)"
-        if fit == XL_NO:
-            raise MemoryLimitError(
-                f"{what}; it does not fit {self._tier_words()}: XL needs a GPU of more than "
-                f"{XL_SMALLEST_GIB:g} GiB (the {XL_SMALLEST_TIER} tier, with offload; 20 GiB or more "
-                "recommended). Load a 2B DiT (acestep-v15-turbo, -base or -sft) or use a larger GPU.",
-                limit="xl_dit",
-                value=self.gib,
-                allowed=XL_SMALLEST_GIB,
-            )
-        # Both tiers need the text encoder and VAE on the CPU between uses; marginal, the DiT too.
-        needed = [("offload_to_cpu", "ACESTEP_OFFLOAD_TO_CPU")]
-        if fit == XL_MARGINAL:
-            needed.append(("offload_dit_to_cpu", "ACESTEP_OFFLOAD_DIT_TO_CPU"))
-        for key, setting in needed:
-            if not getattr(self, key) and self.origin.get(key) == setting:
-                raise MemoryLimitError(
-                    f"{what}; on {self._tier_words()} it fits only with {setting}=true, which "
-                    f"is switched off. Remove {setting}=false, or load a 2B DiT.",
-                    limit="xl_dit",
-                    value=0,
-                    allowed=1,
-                )
-        changes = {key: True for key, _ in needed if not getattr(self, key)}
-        if not changes:
-            return self
-        origin = self.origin | dict.fromkeys(changes, f"{self.tier.name} XL")
-        return dataclasses.replace(self, **changes, origin=origin)
-
     def as_dict(self) -> dict:
         return {
             "tier": self.tier.name,
-            "xl_dit": self.tier.xl_dit,
             "gpu_gib": None if self.gib is None else round(self.gib, 2),
             "simulated": self.simulated,
             "max_duration": self.max_duration,
@@ -231,6 +182,7 @@ class Limits:
             "max_batch_lm": self.max_batch_lm,
             "offload_to_cpu": self.offload_to_cpu,
             "offload_dit_to_cpu": self.offload_dit_to_cpu,
+            "stream_dit": self.stream_dit,
             "lm_enabled": self.lm_enabled,
             "lm_sizes": list(self.tier.lm_sizes),
             "recommended_lm": self.tier.recommended_lm,

@@ -17,13 +17,14 @@ from collections.abc import Callable, Mapping
 from loguru import logger
 
 from acestep.memory.device_choice import choose_device
+from acestep.memory.fit import Fit, fit_plan
 from acestep.memory.gpus import DeviceStatsSource, GpuInfo, default_source
 from acestep.memory.keep_alive import KeepAlivePolicy
 from acestep.memory.limits import Limits
 from acestep.memory.precision import attention_backend, fast_mode, plan_for_device, rope_mode
 from acestep.memory.quantization import plan_quantization
 from acestep.memory.report import MemoryReport
-from acestep.memory.residency import ResidencyPlan, plan_for, plan_for_dit
+from acestep.memory.residency import ResidencyPlan, plan_for
 from acestep.memory.status import MemoryStatus
 from acestep.request import GenerationRequest
 from acestep.settings import current as current_settings
@@ -74,6 +75,7 @@ class MemoryManager:
         self.lm_name: str | None = None  # the LM folder the worker will load, when known
         self.max_loaded_dits = dit_capacity(self.limits, setting_value(self.env, "ACESTEP_MAX_LOADED_DITS"))
         self.reports: deque[dict] = deque(maxlen=REPORTS_KEPT)
+        self.fit: Fit | None = None  # set once the DiT is known (fit_dit)
 
     # -- policy --------------------------------------------------------------------------
 
@@ -86,12 +88,22 @@ class MemoryManager:
             self.limits.check_lm(self.lm_name)
         return self.keep_alive.for_request(request.keep_alive)
 
-    def fit_dit(self, dit_name: str, is_xl: bool) -> None:
-        """Adopt the limits and plan the DiT a server starts with needs (an XL DiT may need more
-        offload: ``Limits.for_dit``); ``MemoryLimitError`` where it does not fit this GPU. Before
-        the worker starts: it is handed these decisions."""
+    def fit_dit(self, dit_name: str, is_xl: bool) -> Fit:
+        """Adopt the limits and plan the DiT a server starts with needs, as computed from its
+        weight bytes in this card's dtype and quantization (``acestep/memory/fit.py``: more
+        offload, a streamed DiT or a smaller batch limit); ``MemoryLimitError`` where it does not
+        fit this GPU. Before the worker starts: it is handed these decisions."""
         compute = "cuda" if self.gpu else "cpu"
-        self.limits, self.plan = plan_for_dit(self.limits, compute, dit_name, is_xl, self.plan)
+        self.limits, self.plan, self.fit = fit_plan(
+            self.limits,
+            compute,
+            is_xl,
+            self.precision,
+            self.quantization,
+            self.lm_name,
+            self.plan,
+        )
+        return self.fit
 
     def worker_env(self) -> dict[str, str]:
         """Environment for the worker process: only the chosen GPU visible, same settings."""
@@ -161,6 +173,7 @@ class MemoryManager:
                 "fast_dit": self.fast,
             },
             quantization=self.quantization.as_dict(),
+            fit=None if self.fit is None else self.fit.as_dict(),
             last_reports=list(self.reports),
         )
 

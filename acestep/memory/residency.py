@@ -2,7 +2,9 @@
 
 The plan is data: for every component, where it waits between uses. A component whose idle place
 is the CPU is moved to the GPU only while it runs, so the lowest tiers hold one component on the
-GPU at a time (upstream's ``offload_to_cpu`` + ``offload_dit_to_cpu``).
+GPU at a time (upstream's ``offload_to_cpu`` + ``offload_dit_to_cpu``). A *streamed* component is
+never moved whole: it waits in CPU RAM and runs a block at a time (``memory/streaming.py``), for
+one that does not fit the GPU at all.
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ MODULES: dict[str, tuple[str, ...]] = {
     "dit": ("transformer",),
 }
 
+# The components that can be streamed: one module whose blocks are a top-level ``ModuleList``
+# (the DiT's ``layers``, the Qwen3 text encoder's ``layers``).
+STREAMABLE = ("dit", "text_encoder")
+
 
 class Place(str, Enum):  # noqa: UP042 (str() of a member stays "Place.X", as before)
     UNLOADED = "unloaded"
@@ -38,10 +44,21 @@ class Place(str, Enum):  # noqa: UP042 (str() of a member stays "Place.X", as be
 
 @dataclass(frozen=True)
 class ResidencyPlan:
-    """Where each component waits between uses; ``compute`` is the device that runs them."""
+    """Where each component waits between uses; ``compute`` is the device that runs them.
+
+    ``streamed`` components run by group offload: they wait on the CPU (whatever ``idle`` says)
+    and while in use only a block or two of them is on the compute device."""
 
     compute: str  # "cuda", "cuda:0", "mps" or "cpu"
     idle: dict[str, Place]
+    streamed: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        unknown = [name for name in self.streamed if name not in STREAMABLE]
+        if unknown:
+            raise ValueError(f"cannot stream {', '.join(unknown)}: only {', '.join(STREAMABLE)} can be")
+        if any(self.idle.get(name) is not Place.CPU for name in self.streamed):
+            object.__setattr__(self, "idle", self.idle | dict.fromkeys(self.streamed, Place.CPU))
 
     @property
     def on_gpu(self) -> bool:
@@ -57,6 +74,7 @@ class ResidencyPlan:
             "compute": self.compute,
             "idle": {name: place.value for name, place in self.idle.items()},
             "one_at_a_time": self.one_at_a_time,
+            "streamed": list(self.streamed),
         }
 
 
@@ -67,26 +85,23 @@ def plan_for(limits: Limits, compute: str) -> ResidencyPlan:
     light = Place.CPU if limits.offload_to_cpu else Place.GPU
     heavy = Place.CPU if limits.offload_dit_to_cpu else Place.GPU
     idle = {"lm": light, "text_encoder": light, "vae": light, "condition_encoder": heavy, "dit": heavy}
-    return ResidencyPlan(compute, idle)
+    return ResidencyPlan(compute, idle, ("dit",) if limits.stream_dit else ())
 
 
-def plan_for_dit(
-    limits: Limits, compute: str, dit_name: str, is_xl: bool, plan: ResidencyPlan | None = None
-) -> tuple[Limits, ResidencyPlan]:
-    """The limits and plan one DiT loads with: ``limits.for_dit`` (which refuses an XL DiT where
-    it does not fit) and ``plan`` (default: the one those limits imply), with every component
-    those limits keep on the CPU moved there: an XL DiT on a marginal tier waits on the CPU
-    even when the given plan was made for a 2B DiT."""
-    fitted = limits if compute == "cpu" else limits.for_dit(dit_name, is_xl)
-    required = plan_for(fitted, compute)
+def tightened(plan: ResidencyPlan | None, limits: Limits, compute: str) -> ResidencyPlan:
+    """``plan`` (default: the one ``limits`` imply) with every component those limits keep on the
+    CPU or stream moved there: a plan made for a 2B DiT does not keep an XL DiT resident where
+    it does not fit (``acestep/memory/fit.py`` decides the limits)."""
+    required = plan_for(limits, compute)
     if plan is None:
-        return fitted, required
+        return required
     if not plan.on_gpu:
-        return fitted, plan
+        return plan
     idle = {
         name: Place.CPU if required.idle[name] is Place.CPU else place for name, place in plan.idle.items()
     }
-    return fitted, ResidencyPlan(plan.compute, idle)
+    streamed = tuple(name for name in STREAMABLE if name in (*plan.streamed, *required.streamed))
+    return ResidencyPlan(plan.compute, idle, streamed)
 
 
 def resident_plan(compute: str) -> ResidencyPlan:
@@ -109,6 +124,7 @@ class Residency:
         from acestep.memory.transfer import HostCopies, pinning_enabled  # torch: not at planning time
 
         self.host = HostCopies(pin=True) if self.compute.type == "cuda" and pinning_enabled() else None
+        self.streams: dict = {}  # engine module name -> StreamedModule, for streamed components
         self.state: dict[str, Place] = {name: self._observe(name) for name in COMPONENTS}
 
     def _observe(self, component: str) -> Place:
@@ -121,6 +137,9 @@ class Residency:
         return Place.UNLOADED
 
     def _move(self, component: str, place: Place) -> None:
+        if component in self.plan.streamed:
+            self._place_streamed(component)  # never moved whole: its hooks move it a block at a time
+            return
         if self.state[component] in (place, Place.UNLOADED):
             return
         device = self.compute if place is Place.GPU else self._torch.device("cpu")
@@ -140,6 +159,32 @@ class Residency:
                 self.host.to_host(name, module)
         self.state[component] = place
 
+    def _place_streamed(self, component: str) -> None:
+        """A streamed component at rest: in CPU RAM, with current hooks (installed at the first
+        call, re-installed when its parameters changed or a forward left a block on the GPU)."""
+        from acestep.memory.streaming import StreamedModule
+
+        for name in MODULES[component]:
+            module = self.modules.get(name)
+            if module is None:
+                continue
+            stream = self.streams.get(name)
+            if stream is not None and stream.module is not module:  # another module under this name
+                stream.remove()
+                stream = None
+            if stream is None:
+                self._torch.nn.Module.to(module, device="cpu")  # the hooks pin what is in RAM
+                self.streams[name] = StreamedModule(module, self.plan.compute)
+            elif not stream.rest():
+                stream.refresh()
+            self.state[component] = Place.CPU
+
+    def _drop_streams(self, names: tuple[str, ...]) -> None:
+        for name in names:
+            stream = self.streams.pop(name, None)
+            if stream is not None:
+                stream.remove()
+
     def attach(self, component: str, module) -> None:
         """Add a module loaded after start-up (the LM) and put it where the plan keeps it."""
         (name,) = MODULES[component]
@@ -150,8 +195,14 @@ class Residency:
     def detach(self, component: str) -> None:
         """Forget a module loaded after start-up (the LM), handed to another engine."""
         (name,) = MODULES[component]
+        self._drop_streams((name,))
         self.modules.pop(name, None)
         self.state[component] = Place.UNLOADED
+
+    def release(self) -> None:
+        """Take every streaming hook off (an engine being freed): the hooks and their pinned
+        host copies go with the modules, and the modules are plain ones again, in CPU RAM."""
+        self._drop_streams(tuple(self.streams))
 
     def settle(self) -> None:
         """Put every loaded component where the plan keeps it between jobs (after load or wake)."""
@@ -160,17 +211,19 @@ class Residency:
 
     @contextlib.contextmanager
     def use(self, *components: str) -> Iterator[None]:
-        """Bring ``components`` to the compute device for the duration of the block."""
-        if not self.plan.on_gpu:
+        """Bring ``components`` to the compute device for the duration of the block (a streamed
+        one: its hooks current; it comes a block at a time as it runs, and goes back after)."""
+        moving = components if self.plan.on_gpu else tuple(c for c in components if c in self.plan.streamed)
+        if not moving:
             yield
             return
         try:
-            for component in components:
+            for component in moving:
                 self._move(component, Place.GPU)
             yield
         finally:
             offloaded = False
-            for component in components:
+            for component in moving:
                 if self.plan.idle[component] is Place.CPU:
                     self._move(component, Place.CPU)
                     offloaded = True

@@ -22,6 +22,7 @@ class MemoryStatus:
     unload_when_busy: str | None = None
     precision: dict[str, Any] | None = None
     quantization: dict[str, Any] | None = None  # mode per component (acestep/memory/quantization.py)
+    fit: dict[str, Any] | None = None  # the loaded DiT's rating and computed peaks (memory/fit.py)
     worker: dict[str, Any] | None = None  # the GPU worker: mode, pid, state, running job...
     residency: dict[str, str] | None = None
     adapters: dict[str, Any] | None = None
@@ -57,6 +58,7 @@ class MemoryStatus:
             "unload_when_busy": self.unload_when_busy,
             "precision": self.precision,
             "quantization": self.quantization,
+            "fit": self.fit,
             "worker": self.worker,
             "residency": self.residency,
             "adapters": self.adapters,

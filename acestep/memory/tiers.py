@@ -1,6 +1,8 @@
 """VRAM tiers: upstream ACE-Step's later table (the one its GPU guide and users follow).
 
-The tier is looked up from the GPU's total memory in GiB (``MAX_CUDA_VRAM`` lowers it). A machine
+The tier is looked up from the GPU's total memory in GiB (``MAX_CUDA_VRAM`` lowers it). Whether
+a model fits the tier (the XL DiT, a quantization mode, a streamed DiT) is computed from its weight
+bytes by acestep/memory/fit.py, not rated here. A machine
 without a GPU gets the ``cpu`` tier: there is no VRAM to protect, so it takes the unlimited
 tier's limits with nothing offloaded (upstream filed CPU under tier1; see docs/memory.md).
 """
@@ -23,7 +25,6 @@ class Tier:
     lm_default: bool  # the LM is loaded unless ACESTEP_INIT_LLM says otherwise
     offload_to_cpu: bool  # text encoder and VAE (and a transformers LM) live on the CPU between uses
     offload_dit_to_cpu: bool  # the DiT and condition encoder too
-    xl_dit: str  # where the 4B XL DiT fits: one of XL_FITS (upstream's GPU guide; docs/memory.md)
 
     @property
     def recommended_lm(self) -> str | None:
@@ -35,30 +36,18 @@ class Tier:
 
 INF = float("inf")
 
-# The XL DiT per tier, as upstream's GPU guide rates it: "no" (refused), "marginal" (upstream needs
-# offload + INT8 there; these ratings do not yet count acestep's int8 DiT (memory/quantization.py),
-# so the DiT waits on the CPU between uses),
-# "with offload" (the text encoder and VAE wait on the CPU, the tier's default) and "yes".
-XL_NO, XL_MARGINAL, XL_WITH_OFFLOAD, XL_YES = "no", "marginal", "with offload", "yes"
-XL_FITS = (XL_NO, XL_MARGINAL, XL_WITH_OFFLOAD, XL_YES)
-# Upstream's figures (GPU guide, XL release notes), not measured here: XL weights are about 9 GB in
-# bf16 (the 2B DiT's about 4.7 GB); 12 GB is the least with offload, 20 GB or more is recommended.
-XL_WEIGHTS_GB = 9.0
-XL_SMALLEST_TIER = "tier5"  # above 12 GiB (the tier4 bound)
-XL_SMALLEST_GIB = 12.0
-
 # Ordered by size; the first tier whose bound admits the size wins.
 TIERS: tuple[Tier, ...] = (
-    Tier("tier1", 4, True, 240, 360, 1, 1, (), False, True, True, "no"),
-    Tier("tier2", 6, True, 480, 600, 1, 1, (), False, True, True, "no"),
-    Tier("tier3", 8, True, 480, 600, 2, 2, ("0.6B",), True, True, True, "no"),
-    Tier("tier4", 12, True, 480, 600, 2, 4, ("0.6B",), True, True, True, "no"),
-    Tier("tier5", 15.5, False, 480, 600, 4, 4, ("0.6B", "1.7B"), True, True, False, "marginal"),
-    Tier("tier6a", 20, False, 480, 600, 4, 8, ("0.6B", "1.7B"), True, True, False, "with offload"),
-    Tier("tier6b", 24, True, 480, 480, 8, 8, ("0.6B", "1.7B", "4B"), True, False, False, "yes"),
-    Tier("unlimited", INF, True, 600, 600, 8, 8, ("0.6B", "1.7B", "4B"), True, False, False, "yes"),
+    Tier("tier1", 4, True, 240, 360, 1, 1, (), False, True, True),
+    Tier("tier2", 6, True, 480, 600, 1, 1, (), False, True, True),
+    Tier("tier3", 8, True, 480, 600, 2, 2, ("0.6B",), True, True, True),
+    Tier("tier4", 12, True, 480, 600, 2, 4, ("0.6B",), True, True, True),
+    Tier("tier5", 15.5, False, 480, 600, 4, 4, ("0.6B", "1.7B"), True, True, False),
+    Tier("tier6a", 20, False, 480, 600, 4, 8, ("0.6B", "1.7B"), True, True, False),
+    Tier("tier6b", 24, True, 480, 480, 8, 8, ("0.6B", "1.7B", "4B"), True, False, False),
+    Tier("unlimited", INF, True, 600, 600, 8, 8, ("0.6B", "1.7B", "4B"), True, False, False),
 )
-CPU_TIER = Tier("cpu", 0, True, 600, 600, 8, 8, ("0.6B", "1.7B", "4B"), False, False, False, "yes")
+CPU_TIER = Tier("cpu", 0, True, 600, 600, 8, 8, ("0.6B", "1.7B", "4B"), False, False, False)
 
 LM_SIZES = ("0.6B", "1.7B", "4B")
 

@@ -17,13 +17,16 @@ from transformers import Qwen3Config, Qwen3Model
 
 from acestep import AceStep
 from acestep.checkpoints import CheckpointPaths, Components, convert, detect_variant
+from acestep.checkpoints.component_bytes import DIT_2B, DIT_XL, TEXT_ENCODER, VAE
 from acestep.checkpoints.loading import DIT_CLASSES
-from acestep.memory.component_bytes import DIT_2B, DIT_XL, TEXT_ENCODER, VAE
+from acestep.engine.quantize import quantize_components
 from acestep.memory.devices import apply_vram_cap
+from acestep.memory.fit import fit_plan
 from acestep.memory.limits import Limits
 from acestep.memory.mixed import apply_plan
 from acestep.memory.precision import PrecisionPlan
-from acestep.memory.residency import plan_for, resident_plan
+from acestep.memory.quantization import QuantizationPlan
+from acestep.memory.residency import resident_plan
 from acestep.testing import _build_components, _tiny_tokenizer, tiny_dit_config
 
 # upstream's published configs (the 2B and XL DiTs, the VAE, the text encoder) are declared once,
@@ -47,6 +50,13 @@ class Models:
     paths: CheckpointPaths
     precision: PrecisionPlan
     device: torch.device
+    quantization: QuantizationPlan
+    quantized_linears: dict[str, int]  # per component, what quantize_components did
+
+
+def _place(module: torch.nn.Module, device: torch.device) -> None:
+    # nn.Module's own ``to``, as the engine's residency moves them (diffusers' override warns).
+    torch.nn.Module.to(module, device=device)
 
 
 def dit_config(config: str) -> dict:
@@ -69,20 +79,31 @@ def _real_modules(cfg: dict, device: torch.device) -> dict[str, torch.nn.Module]
 def _tiny_modules(variant: str, seed: int, device: torch.device) -> dict[str, torch.nn.Module]:
     modules = _build_components(variant, seed)["modules"]
     for module in modules.values():
-        torch.nn.Module.to(module, device=device)
+        _place(module, device)
     return modules
 
 
-def build(config: str, device: torch.device, precision: PrecisionPlan, seed: int = 0) -> Models:
-    """Every network of ``config`` with random weights on ``device``, stored as ``precision`` says."""
+def build(
+    config: str,
+    device: torch.device,
+    precision: PrecisionPlan,
+    seed: int = 0,
+    quantization: QuantizationPlan | None = None,
+) -> Models:
+    """Every network of ``config`` with random weights, stored as ``precision`` says, on ``device``;
+    quantized as ``quantization`` says, they stay on the CPU, where the engine quantizes too
+    (:func:`on_device` or the engine's residency plan moves them)."""
     torch.manual_seed(seed)
+    quantization = quantization or QuantizationPlan()
     name, variant, overrides = CONFIGS[config]
     cfg = dit_config(config)
-    modules = _real_modules(cfg, device) if overrides else _tiny_modules(variant, seed, device)
+    where = torch.device("cpu") if quantization.active else device
+    modules = _real_modules(cfg, where) if overrides else _tiny_modules(variant, seed, where)
     for module in modules.values():
         module.eval().requires_grad_(False)
     apply_plan(modules, precision)  # the engine applies the plan's RoPE mode when it is built
     components = Components(tokenizer=_tiny_tokenizer(), **modules)
+    quantized_linears = quantize_components(components, quantization)
     folder = Path("/nonexistent/checkpoints")  # nothing is read from disk
     paths = CheckpointPaths(
         layout="upstream",
@@ -96,25 +117,38 @@ def build(config: str, device: torch.device, precision: PrecisionPlan, seed: int
         tokenizer_dir=folder / "Qwen3-Embedding-0.6B",
     )
     assert paths.variant.name == variant
-    return Models(components, paths, precision, device)
+    return Models(components, paths, precision, device, quantization, quantized_linears)
 
 
-def engine(models: Models, fast: str = "off", t4: bool = False) -> AceStep:
+def on_device(models: Models) -> None:
+    """Every network on the benchmark device (the stock pipeline keeps them all there)."""
+    for module in models.components.modules().values():
+        if module is not None:
+            _place(module, models.device)
+
+
+def engine(models: Models, fast: str = "off", cap_gib: float | None = None) -> AceStep:
     """acestep's engine on ``models``: everything resident (the 4090/H100 plan), no limits; or,
-    with ``t4``, the T4 tier's plan (16 GB cap, one component on the GPU at a time)."""
-    plan = resident_plan(str(models.device))
-    if t4 and models.device.type == "cuda":
-        limits = Limits.for_gpu(T4_GIB)
-        apply_vram_cap(models.device, T4_GIB)
-        plan = plan_for(limits, "cuda")
+    with ``cap_gib``, an engine for a card of that size: its tier's limits and the residency plan
+    that fits them (``fit_plan``, as ``AceStep.from_pretrained``), the allocator capped there on CUDA."""
+    plan, limits = resident_plan(str(models.device)), None
+    if cap_gib is not None:
+        limits = Limits.for_gpu(cap_gib)
+        apply_vram_cap(models.device, cap_gib)
+        # Refuses (MemoryLimitError, reported as the run's error) a model that does not fit the card.
+        limits, plan, _ = fit_plan(
+            limits, str(models.device), models.paths.variant.is_xl, models.precision, models.quantization
+        )
     return AceStep(
         models.components,
         models.paths,
         models.device,
         models.precision.torch_dtype,
         plan=plan,
+        limits=limits,
         fast=fast,
         precision=models.precision,
+        quantization=models.quantization,
     )
 
 

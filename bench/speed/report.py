@@ -7,18 +7,26 @@ reads ``bench/results/speed/*.json``. Only the standard library is used, so it r
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from xml.sax.saxutils import escape
+
+from .results import (
+    CaseKey,
+    ReportError,
+    expand_inputs,
+    full_key,
+    is_number,
+    latest_by_case,
+    load_results,
+    parse_date,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS_DIR = REPO / "bench" / "results" / "speed"
 DASH = "–"
-CASE_KEYS = ("config", "task", "seconds", "steps", "batch")
-# The cases the issue asks for: (config, task, seconds, steps, batch).
+# The cases the issue asks for: (config, task, seconds, steps, batch), unquantized and uncapped.
 REQUIRED_CASES: list[tuple[str, str, float, int, int]] = [
     ("2b-turbo", "text2music", 60.0, 8, 1),
     ("2b-turbo", "text2music", 60.0, 8, 4),
@@ -32,101 +40,6 @@ NEVER_SLOWER_MIN = 0.97
 IMPL_ORDER = ("diffusers", "acestep", "acestep-fast", "acestep-t4")
 IMPL_COLORS = dict(zip(IMPL_ORDER, ("#8c8c8c", "#1f77b4", "#2ca02c", "#ff7f0e"), strict=True))
 EXTRA_COLORS = ("#9467bd", "#d62728", "#17becf", "#bcbd22", "#e377c2")
-
-CaseKey = tuple[str, str, float, int, int]
-
-
-class ReportError(Exception):
-    """A result file that cannot be reported: unreadable, not JSON, or missing a required key."""
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _require(mapping: object, key: str, path: Path | str, where: str = "") -> object:
-    if not isinstance(mapping, dict):
-        raise ReportError(f"{path}: {where.rstrip('.') or 'document'} is not a JSON object")
-    if key not in mapping:
-        raise ReportError(f"{path}: missing required key {where + key!r}")
-    return mapping[key]
-
-
-def _parse_date(value: object, path: Path | str = "<result>") -> datetime:
-    try:
-        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise ReportError(f"{path}: key 'date' is not an ISO 8601 time: {value!r}") from exc
-    # Naive stamps are taken as UTC so they compare with the runner's "...Z" ones.
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-def case_key(doc: dict, path: Path | str = "<result>") -> CaseKey:
-    """The (config, task, seconds, steps, batch) that identifies a document's case."""
-    case = _require(doc, "case", path)
-    values = [_require(case, key, path, "case.") for key in CASE_KEYS]
-    for key, value in zip(CASE_KEYS[2:], values[2:], strict=True):
-        if not _is_number(value):
-            raise ReportError(f"{path}: key 'case.{key}' is not a number: {value!r}")
-    config, task, seconds, steps, batch = values
-    return str(config), str(task), float(seconds), int(steps), int(batch)
-
-
-def _validate(doc: object, path: Path) -> bool:
-    """Check the keys the report relies on; False for a document of another kind (skipped)."""
-    if not isinstance(doc, dict):
-        raise ReportError(f"{path}: expected a JSON object, got {type(doc).__name__}")
-    if _require(doc, "kind", path) != "speed":
-        return False
-    _parse_date(_require(doc, "date", path), path)
-    case_key(doc, path)
-    runs = _require(doc, "runs", path)
-    if not isinstance(runs, list):
-        raise ReportError(f"{path}: key 'runs' is not a list")
-    for i, run in enumerate(runs):
-        where = f"runs[{i}]."
-        _require(run, "impl", path, where)
-        if "error" not in run and not _is_number(_require(run, "wall_s", path, where)):
-            raise ReportError(f"{path}: key '{where}wall_s' is not a number")
-    return True
-
-
-def expand_inputs(paths: list[Path]) -> list[Path]:
-    """Files as given, and every ``*.json`` (sorted) in a directory."""
-    files: list[Path] = []
-    for path in map(Path, paths):
-        if path.is_dir():
-            files.extend(sorted(path.glob("*.json")))
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise ReportError(f"{path}: no such file or directory")
-    return files
-
-
-def load_results(paths: list[Path]) -> list[dict]:
-    """Read and validate result documents; documents whose ``kind`` is not ``speed`` are skipped."""
-    results = []
-    for path in expand_inputs(paths):
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ReportError(f"{path}: cannot read: {exc}") from exc
-        except json.JSONDecodeError as exc:
-            raise ReportError(f"{path}: not valid JSON: {exc}") from exc
-        if _validate(doc, path):
-            results.append(doc)
-    return results
-
-
-def latest_by_case(results: list[dict]) -> dict[CaseKey, dict]:
-    """The newest document (by ``date``) per case, ordered by config, task, batch."""
-    chosen: dict[CaseKey, dict] = {}
-    for doc in results:
-        key = case_key(doc)
-        if key not in chosen or _parse_date(doc["date"]) > _parse_date(chosen[key]["date"]):
-            chosen[key] = doc
-    return dict(sorted(chosen.items(), key=lambda item: (item[0][0], item[0][1], item[0][4], item[0][2:4])))
 
 
 def _impl_rank(run: dict | str) -> tuple[int, str]:
@@ -150,7 +63,7 @@ def _speedup(doc: dict, run: dict | None) -> float | None:
 
 def fmt_seconds(value: object) -> str:
     """``1.234``, ``41.2``, ``1234``: about three significant digits without losing the integer part."""
-    if not _is_number(value):
+    if not is_number(value):
         return DASH
     if not math.isfinite(value) or abs(value) >= 1000:
         return f"{value:.0f}"
@@ -159,7 +72,7 @@ def fmt_seconds(value: object) -> str:
 
 def fmt_sig(value: object, digits: int = 3) -> str:
     """Fixed-point with ``digits`` significant digits (``0.0206``), never scientific notation."""
-    if not _is_number(value):
+    if not is_number(value):
         return DASH
     if value == 0 or not math.isfinite(value):
         return f"{value:g}"
@@ -168,7 +81,7 @@ def fmt_sig(value: object, digits: int = 3) -> str:
 
 
 def fmt_gib(mib: object) -> str:
-    return f"{mib / 1024:.2f}" if _is_number(mib) else DASH
+    return f"{mib / 1024:.2f}" if is_number(mib) else DASH
 
 
 def _fmt_speedup(run: dict | None, speedup: float | None) -> str:
@@ -184,9 +97,21 @@ def _goal(run: dict | None, value: float | None, met: bool) -> str:
     return DASH if value is None else ("met" if met else "not met")
 
 
-def case_label(key: CaseKey) -> str:
-    config, task, seconds, steps, batch = key
-    return f"{config} {task}, {seconds:g} s, {steps} steps, batch {batch}"
+def case_label(key: tuple) -> str:
+    """``2b-turbo text2music, 60 s, 8 steps, batch 1`` (+ ``, quantize int8, 4 GiB card``)."""
+    config, task, seconds, steps, batch, quantize, vram = full_key(key)
+    label = f"{config} {task}, {seconds:g} s, {steps} steps, batch {batch}"
+    label += "" if quantize == "none" else f", quantize {quantize}"
+    return label + ("" if vram is None else f", {vram:g} GiB card")
+
+
+def fmt_quantized(modes: object) -> str:
+    """A run's ``quantized`` modes: ``int8`` when every network has the same, else per network."""
+    if not isinstance(modes, dict) or not modes:
+        return DASH
+    if len(set(modes.values())) == 1:
+        return str(next(iter(modes.values())))
+    return ", ".join(f"{name}={mode}" for name, mode in modes.items())
 
 
 def _cell(value: object) -> str:
@@ -204,23 +129,26 @@ def _run_row(doc: dict, run: dict) -> list[str]:
     if run.get("commit") and run["commit"] != doc.get("commit"):  # merged from an earlier run
         impl += f" (commit {run['commit']})"
     head = [impl, str(run.get("precision", DASH)), str(run.get("fast", DASH))]
+    # Last, so that the older columns keep their places.
+    setup = [fmt_quantized(run.get("quantized"))]
+    setup += [f"{run['vram_gib']:g}" if is_number(run.get("vram_gib")) else DASH]
     if "error" in run:
         message = " ".join(str(run["error"]).split())[:60]
-        return [*head, f"failed: {message}"] + [DASH] * 9
+        return [*head, f"failed: {message}"] + [DASH] * 9 + setup
     stages = run.get("stages") or {}
     step = stages.get("dit_step_mean")
-    text_cond = [stages[k] for k in ("text_encode", "condition") if _is_number(stages.get(k))]
+    text_cond = [stages[k] for k in ("text_encode", "condition") if is_number(stages.get(k))]
     finite = {True: "yes", False: "**no**"}.get(run.get("finite"), DASH)
     timing = [fmt_seconds(run["wall_s"]), fmt_sig(run.get("rtf")), _fmt_speedup(run, _speedup(doc, run))]
-    timing += [fmt_seconds(step * 1000) if _is_number(step) else DASH, fmt_seconds(stages.get("vae_decode"))]
+    timing += [fmt_seconds(step * 1000) if is_number(step) else DASH, fmt_seconds(stages.get("vae_decode"))]
     timing += [fmt_seconds(sum(text_cond)) if text_cond else DASH]
     memory = [fmt_gib(run.get("peak_allocated_mib")), fmt_gib(run.get("peak_reserved_mib"))]
-    return head + timing + memory + [fmt_seconds(run.get("first_call_s")), finite]
+    return head + timing + memory + [fmt_seconds(run.get("first_call_s")), finite] + setup
 
 
 RUN_HEADER = (
     "impl|precision|fast|wall s|RTF|speed-up vs diffusers|DiT step ms (mean)|VAE decode s|text+cond s"
-    "|peak alloc GiB|peak reserved GiB|first call s|finite"
+    "|peak alloc GiB|peak reserved GiB|first call s|finite|quantized|VRAM cap GiB"
 ).split("|")
 SUMMARY_HEADER = (
     "case|acestep vs diffusers (eager)|acestep-fast vs diffusers|peak alloc GiB (acestep)"
@@ -234,9 +162,9 @@ def _summary_row(key: CaseKey, doc: dict | None) -> list[str]:
     eager, fast = _find_run(doc, "acestep"), _find_run(doc, "acestep-fast")
     eager_up, fast_up = _speedup(doc, eager), _speedup(doc, fast)
     peak = eager.get("peak_allocated_mib") if eager and "error" not in eager else None
-    if fast and "error" not in fast and _is_number(fast.get("rtf")):
+    if fast and "error" not in fast and is_number(fast.get("rtf")):
         rtf = fmt_sig(fast["rtf"])
-    elif eager and "error" not in eager and _is_number(eager.get("rtf")):
+    elif eager and "error" not in eager and is_number(eager.get("rtf")):
         rtf = f"{fmt_sig(eager['rtf'])} (eager)"
     else:
         rtf = DASH
@@ -245,7 +173,7 @@ def _summary_row(key: CaseKey, doc: dict | None) -> list[str]:
         t4 = _find_run(doc, "acestep-t4")
         judged = t4 if t4 and "error" not in t4 else eager
         peak_num = judged.get("peak_allocated_mib") if judged and "error" not in judged else None
-        peak_num = peak_num if _is_number(peak_num) else None
+        peak_num = peak_num if is_number(peak_num) else None
         memory = _goal(judged, peak_num, peak_num is not None and peak_num <= MEMORY_GOAL_MIB)
     else:
         memory = "n/a"
@@ -258,7 +186,7 @@ def _summary_row(key: CaseKey, doc: dict | None) -> list[str]:
 
 def _case_section(key: CaseKey, doc: dict) -> list[str]:
     machine = doc.get("machine") or {}
-    date = _parse_date(doc["date"]).date().isoformat()
+    date = parse_date(doc["date"]).date().isoformat()
     heading = f"#### {case_label(key)} — {machine.get('device', 'unknown device')}, {date}"
     lines = [heading + f", commit {doc.get('commit') or 'unknown'}", ""]
     if doc.get("command"):
@@ -266,10 +194,10 @@ def _case_section(key: CaseKey, doc: dict) -> list[str]:
     lines += _table(RUN_HEADER, [_run_row(doc, run) for run in sorted(doc["runs"], key=_impl_rank)])
     checks = doc.get("checks") or {}
     err = checks.get("fast_vs_eager_rel_err")
-    if _is_number(err):
+    if is_number(err):
         tol = checks.get("fast_vs_eager_tolerance")
-        verdict = "within tolerance" if _is_number(tol) and err <= tol else "OUTSIDE tolerance"
-        detail = f" (tolerance {tol:g}) — {verdict}" if _is_number(tol) else " (no tolerance given)"
+        verdict = "within tolerance" if is_number(tol) and err <= tol else "OUTSIDE tolerance"
+        detail = f" (tolerance {tol:g}) — {verdict}" if is_number(tol) else " (no tolerance given)"
         origin = (
             f" (commit {checks['commit']})" if checks.get("commit") not in (None, doc.get("commit")) else ""
         )
@@ -281,16 +209,21 @@ def markdown(results: list[dict]) -> str:
     """The "Required cases" summary, then one table per measured case (newest result per case)."""
     cases = latest_by_case(results)
     lines = ["### Required cases", ""]
-    lines += _table(SUMMARY_HEADER, [_summary_row(key, cases.get(key)) for key in REQUIRED_CASES])
+    lines += _table(SUMMARY_HEADER, [_summary_row(key, cases.get(full_key(key))) for key in REQUIRED_CASES])
     lines += [
         "",
         "Speed-up = diffusers wall time / this wall time (medians, same case and machine). "
         f"≤ 8 GiB: peak allocated memory ≤ {MEMORY_GOAL_MIB} MiB (lego cases) of acestep-t4 (the T4 "
-        "deployment: fp16-mixed, 16 GB cap, one component on the GPU at a time), else of eager acestep. "
+        "deployment: fp16-mixed, a 15 GiB card's tier, residency plan and cap), else of eager acestep. "
         f"≥ 1.3x: acestep-fast speed-up ≥ {FAST_GOAL:.2f}x.",
         "",
         f'"never slower" allows 3 % for timing noise: met when the eager acestep speed-up is '
         f"≥ {NEVER_SLOWER_MIN:.2f}x.",
+        "",
+        "quantized: the DiT's and text encoder's weights (`--quantize`, torchao, on the CPU before the "
+        "move); VRAM cap GiB: the simulated card (`--vram-gib`, or 15 for acestep-t4): that tier's "
+        "limits and residency plan, the allocator capped there on CUDA. A quantized or capped run is "
+        "a case of its own, outside the required cases.",
         "",
         "### Per case",
         "",

@@ -6,6 +6,11 @@ acestep with the fast DiT path (last, because compiling changes the shared block
 with ``--t4`` also acestep under the T4 policy (fp16-mixed) on a fresh set. Each variant makes
 one warm-up call (compilation included) and ``--runs`` timed calls; stage times come from
 synchronised hooks on the networks, identical for both implementations.
+
+``--quantize MODE`` quantizes every set's DiT and text encoder on the CPU before they move to the
+device, as the engine does (the stock pipeline runs the same quantized modules); ``--vram-gib N``
+runs the main set as on an N GiB card: the allocator capped there from the start (the stock
+pipeline included) and acestep with that tier's limits and residency plan.
 """
 
 from __future__ import annotations
@@ -19,16 +24,20 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from acestep import GenerationRequest
-from acestep.memory.devices import clear_vram_cap
+from acestep.engine.quantize import cuda_capability
+from acestep.memory.devices import apply_vram_cap, clear_vram_cap, total_gib
 from acestep.memory.precision import plan_named
+from acestep.memory.quantization import QuantizationError
 from acestep.testing import synthetic_audio
 
 from . import models as built
+from . import options
 from .timing import StageClock, TimedRunner
 
 REPO = Path(__file__).resolve().parents[2]
@@ -94,6 +103,7 @@ def _measure(device, call, runs: int) -> dict:
 
 
 def _stock(models, request: GenerationRequest, source: torch.Tensor | None, runs: int) -> dict:
+    built.on_device(models)  # under --vram-gib this may not fit: a finding, reported as the run's error
     pipe = built.stock_pipeline(models)
     pipe.set_progress_bar_config(disable=True)
     parts = models.components
@@ -122,8 +132,10 @@ def _stock(models, request: GenerationRequest, source: torch.Tensor | None, runs
     return _measure(device, call, runs)
 
 
-def _acestep(models, request: GenerationRequest, fast: str, runs: int, out: Path, t4: bool = False) -> dict:
-    engine = built.engine(models, fast, t4)
+def _acestep(
+    models, request: GenerationRequest, fast: str, runs: int, out: Path, cap_gib: float | None = None
+) -> dict:
+    engine = built.engine(models, fast, cap_gib)
     engine.dit = TimedRunner(engine.dit)
     captured: list[torch.Tensor] = []
     decode = engine.codec.decode
@@ -154,6 +166,9 @@ def _acestep(models, request: GenerationRequest, fast: str, runs: int, out: Path
 
     result = _measure(models.device, call, runs)
     result["fast_active"] = engine.dit.runner.active
+    if engine.limits is not None:
+        result["tier"] = engine.limits.tier.name
+    result["residency"] = engine.residency.plan.as_dict()  # where each network waits between uses
     result |= _park_wake(engine, models.device)
     return result
 
@@ -189,7 +204,7 @@ def _release(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-        clear_vram_cap(device)  # the T4 run's 16 GB cap ends with it
+        clear_vram_cap(device)  # the T4 run's 16 GB cap ends with it (--vram-gib's is set after)
 
 
 def _relative(a: torch.Tensor | None, b: torch.Tensor | None) -> float | None:
@@ -248,6 +263,18 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--fast", default="graphs", choices=("off", "compile", "graphs"))
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--t4", action="store_true", help="also run the T4 policy (fp16-mixed)")
+    parser.add_argument(
+        "--quantize",
+        default="none",
+        help="quantize the DiT and text encoder as ACESTEP_QUANTIZE says: none (default), int8, fp8, "
+        "w8a8, auto, or per component (dit=int8,text_encoder=none)",
+    )
+    parser.add_argument(
+        "--vram-gib",
+        type=_positive_gib,
+        default=None,
+        help="run the main set as on a card of this size: its tier's plan, the allocator capped there",
+    )
     parser.add_argument("--skip", default="", help="comma-separated impls to leave out")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -255,7 +282,18 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         args.steps = 8 if built.CONFIGS[args.config][1] == "turbo" else 50
     if args.task == "lego" and built.CONFIGS[args.config][1] == "turbo":
         parser.error("lego needs a base model (--config 2b-base)")
+    try:
+        args.quantize = options.canonical(args.quantize)
+    except QuantizationError as exc:
+        parser.error(f"--quantize: {exc}")
     return args
+
+
+def _positive_gib(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive size in GiB")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -264,7 +302,13 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but CUDA is not available here; use --device cpu", file=sys.stderr)
         return 2
+    try:
+        options.check_quantize(args.quantize, device.type, cuda_capability(device))
+    except options.OptionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     name = f"{args.config}-{args.task}-{int(args.seconds)}s-{args.steps}st-b{args.batch}"
+    name += options.file_tag(args.quantize, args.vram_gib)
     skip = {item.strip() for item in args.skip.split(",") if item.strip()}
     work = Path(tempfile.mkdtemp(prefix="acestep-bench-"))
     source_wave = None
@@ -290,17 +334,21 @@ def main(argv: list[str] | None = None) -> int:
             "steps": args.steps,
             "batch": args.batch,
             "device": args.device,
+            "quantize": args.quantize,
+            "vram_gib": args.vram_gib,
         },
         "runs": [],
         "checks": {},
     }
     latents: dict[str, torch.Tensor | None] = {}
 
-    def record(impl: str, precision: str, fast: str, measure) -> None:
+    def record(impl: str, precision: str, fast: str, measure, models, cap_gib: float | None) -> None:
         """Run one variant and rewrite the file, so a later crash or timeout keeps what ran."""
         if impl in skip:
             return
         run = _variant(name, impl, precision, fast, measure)
+        run |= {"quantized": options.quantized_modes(models.quantization), "vram_gib": cap_gib}
+        run["quantized_linears"] = models.quantized_linears
         latents[impl] = run.pop("_latents", None)
         if "wall_s" in run:
             run["rtf"] = run["wall_s"] / args.seconds
@@ -312,23 +360,38 @@ def main(argv: list[str] | None = None) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(document, indent=2) + "\n")
 
+    def build(precision: str, gib: float | None) -> built.Models:
+        # ``auto`` components resolve as the engine would on a card of ``gib``.
+        plan = options.quantization_plan(args.quantize, device.type, gib)
+        return built.build(args.config, device, plan_named(precision), quantization=plan)
+
     if args.t4:  # first, on its own set of networks: the fast path below recompiles shared blocks
-        t4 = built.build(args.config, device, plan_named("fp16-mixed"))
+        cap = built.T4_GIB
+        t4 = build("fp16-mixed", cap if device.type == "cuda" else None)
         record(
-            "acestep-t4", "fp16-mixed", "off", lambda: _acestep(t4, request, "off", args.runs, work, t4=True)
+            "acestep-t4",
+            "fp16-mixed",
+            "off",
+            partial(_acestep, t4, request, "off", args.runs, work, cap),
+            t4,
+            cap,
         )
         t4 = None  # one set of networks on the device at a time (peak memory figures)
         _release(device)
-    models = built.build(args.config, device, plan_named(args.dtype))
+    main_impls = {"diffusers", "acestep"} | ({"acestep-fast"} if args.fast != "off" else set())
+    if main_impls <= skip:  # only the T4 run was asked for: the main set is not built
+        print(f"[bench] wrote {out}", file=sys.stderr)
+        return 0
+    cap = args.vram_gib
+    models = build(args.dtype, cap if cap is not None else total_gib(device))
     print(f"[bench] built {args.config}: {built.parameter_count(models)}", file=sys.stderr, flush=True)
-    record("diffusers", args.dtype, "off", lambda: _stock(models, request, source_wave, args.runs))
-    record("acestep", args.dtype, "off", lambda: _acestep(models, request, "off", args.runs, work))
+    apply_vram_cap(device, cap)  # from the start: the stock pipeline runs on the simulated card too
+    stock = partial(_stock, models, request, source_wave, args.runs)
+    record("diffusers", args.dtype, "off", stock, models, cap)
+    eager = partial(_acestep, models, request, "off", args.runs, work, cap)
+    record("acestep", args.dtype, "off", eager, models, cap)
     if args.fast != "off":
-        record(
-            "acestep-fast",
-            args.dtype,
-            args.fast,
-            lambda: _acestep(models, request, args.fast, args.runs, work),
-        )
+        fast = partial(_acestep, models, request, args.fast, args.runs, work, cap)
+        record("acestep-fast", args.dtype, args.fast, fast, models, cap)
     print(f"[bench] wrote {out}", file=sys.stderr)
     return 0

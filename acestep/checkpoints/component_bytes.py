@@ -236,3 +236,53 @@ def table(dtypes: tuple[str, ...] = ("float32", "bfloat16"), modes: tuple[str, .
         for dtype in dtypes
         for mode in modes
     ]
+
+
+# The table the torch-free memory policy reads (acestep/memory/weight_table.py, written by
+# scripts/gen_weight_table.py): float16 stores as bfloat16 does, fp8 and w8a8 as int8 does.
+TABLE_DTYPES = ("float32", "bfloat16")
+TABLE_MODES = (NONE, "int8")
+
+
+@functools.cache
+def _block_bytes_cached(kind: str, config_json: str, dtype: str, mode: str) -> int:
+    transformer = build_on_meta(kind, json.loads(config_json))["transformer"]
+    return max(module_bytes(layer, DTYPES[dtype], mode) for layer in transformer.layers)
+
+
+def block_bytes(component: str, dtype: str = "bfloat16", mode: str = NONE) -> int:
+    """The bytes of the DiT transformer's largest block: what streamed offload holds on the GPU
+    at a time, one group of one block (acestep/memory/streaming.py)."""
+    kind, config = COMPONENTS[component]
+    if kind != "dit":
+        raise ValueError(f"{component} has no transformer blocks")
+    return _block_bytes_cached(kind, json.dumps(config, sort_keys=True), dtype, mode)
+
+
+def weight_table() -> dict[tuple[str, str, str], dict[str, int]]:
+    """Bytes per part of every component in :data:`TABLE_DTYPES` x :data:`TABLE_MODES`; a DiT's
+    row also carries ``transformer_block`` (:func:`block_bytes`)."""
+    rows: dict[tuple[str, str, str], dict[str, int]] = {}
+    for component, (kind, _) in COMPONENTS.items():
+        for dtype in TABLE_DTYPES:
+            for mode in TABLE_MODES:
+                row = parts_bytes(component, dtype, mode)
+                if kind == "dit":
+                    row["transformer_block"] = block_bytes(component, dtype, mode)
+                rows[(component, dtype, mode)] = row
+    return rows
+
+
+SHAPE_KEYS = {
+    "dit": ("hidden_size", "intermediate_size", "num_hidden_layers", "patch_size"),
+    "lm": ("num_hidden_layers", "num_key_value_heads", "head_dim"),
+}
+
+
+def shapes() -> dict[str, dict[str, int]]:
+    """The widths the policy's working-memory estimates use (DiT activations, the LM's KV cache)."""
+    return {
+        component: {key: int(config[key]) for key in SHAPE_KEYS[kind]}
+        for component, (kind, config) in COMPONENTS.items()
+        if kind in SHAPE_KEYS
+    }
