@@ -152,6 +152,7 @@ def test_lego_takes_an_adapter(server, source_wav):
                 "lora": "drums",
                 "lora_scale": "0.5",
                 "response": "json",
+                "audio_duration": "2",  # of the 6 s source: the claim is the adapter, not the length
             },  # fmt: skip
             files={"audio_file": ("song.wav", handle.read(), "audio/wav")},
         )

@@ -181,5 +181,9 @@ def run_ui(args: argparse.Namespace) -> int:
     from acestep.serving.listen import serve  # uvicorn: the api extra, needed only to serve
 
     ports = [config.port] + ([args.api_port] if args.api_port and args.api_port != config.port else [])
-    serve(app, config, ports)
+    # Gradio ends its pages' heartbeat streams when its app's stop_event is set (its own launch
+    # sets it in close()); mounted, nothing would, and SIGTERM would wait for every open tab.
+    mounted = [getattr(route, "app", None) for route in app.routes]
+    stops = [sub.stop_event.set for sub in mounted if isinstance(sub, gr.routes.App)]
+    serve(app, config, ports, on_stop=stops)
     return 0

@@ -5,12 +5,17 @@ request's headers: a client that opens a socket and sends nothing, or a header a
 holds it forever. ``HeaderDeadline`` closes a connection whose request headers are not complete
 within ``ACESTEP_HEADER_TIMEOUT`` seconds of it opening or of the previous response, and one
 answered before its body arrived. Bodies have their own deadlines (``acestep.serving.limits``).
+
+On SIGTERM uvicorn waits for every open connection to end before the app's shutdown runs; a stream
+that never ends on its own (a Gradio page's heartbeat) would hold the process until it is killed.
+``serve``'s ``on_stop`` callbacks run first, when the shutdown begins, to end such streams.
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Callable, Sequence
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -63,10 +68,19 @@ class HeaderDeadline(H11Protocol):
             self.transport.close()
 
 
-def serve(app, config: ServerConfig, ports: list[int] | None = None) -> None:
+def serve(
+    app, config: ServerConfig, ports: list[int] | None = None, on_stop: Sequence[Callable[[], None]] = ()
+) -> None:
     """One server, one app, one worker, listening on every port in ``ports`` (default: the
-    config's port), with the config's connection bounds."""
+    config's port), with the config's connection bounds; ``on_stop`` runs as the shutdown begins,
+    before uvicorn waits for open connections."""
     import uvicorn
+
+    class StoppingServer(uvicorn.Server):
+        async def shutdown(self, sockets=None) -> None:
+            for callback in on_stop:
+                callback()
+            await super().shutdown(sockets)
 
     ports = ports or [config.port]
     protocol = type(
@@ -76,10 +90,10 @@ def serve(app, config: ServerConfig, ports: list[int] | None = None) -> None:
         host=config.host, log_level="info", http=protocol, limit_concurrency=config.max_connections
     )
     if len(ports) == 1:
-        uvicorn.Server(uvicorn.Config(app, port=ports[0], **options)).run()
+        StoppingServer(uvicorn.Config(app, port=ports[0], **options)).run()
         return
     sockets = [_listening_socket(config.host, port) for port in ports]
-    uvicorn.Server(uvicorn.Config(app, **options)).run(sockets=sockets)
+    StoppingServer(uvicorn.Config(app, **options)).run(sockets=sockets)
 
 
 def _listening_socket(host: str, port: int) -> socket.socket:
