@@ -7,6 +7,7 @@ with ``--verbose``).
 
 from __future__ import annotations
 
+import logging
 import sys
 import warnings
 
@@ -19,10 +20,18 @@ KNOWN_DEPRECATIONS = (
 )
 
 
+# torch's pytree registry warns (at WARNING, in its own log format) about each enum torchao
+# registers when it is imported, which transformers', diffusers' and peft's torchao integrations do
+# whenever it is installed (the quant extra).
+QUIET_LOGGERS = ("torch.utils._pytree",)
+
+
 def silence_third_party() -> None:
     """Before anything loads: no weight_norm FutureWarning, no transformers/diffusers bars or logs."""
     for message in KNOWN_DEPRECATIONS:
         warnings.filterwarnings("ignore", message=message, category=FutureWarning)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
     import diffusers.utils.logging as diffusers_logging
     import transformers.utils.logging as transformers_logging
 
