@@ -128,8 +128,10 @@ class ModelBytes:
         return cls({k: v / GIB for k, v in whole.items()}, streamed / GIB, dit, lm)
 
 
-def working_gib(stage: str, gib: float | None, limits: Limits, dtype: str, dit: str, lm: str | None) -> float:
-    """The working memory ``stage`` needs beyond its weights at the tier's largest job."""
+def working_gib(stage: str, limits: Limits, dtype: str, dit: str, lm: str | None) -> float:
+    """The working memory ``stage`` needs beyond its weights at the tier's largest job (on the card
+    ``limits`` were looked up for)."""
+    gib = limits.gib
     half = dtype_key(dtype) == "bfloat16"
     element = 2 if half else 4
     if stage == "VAE encode":
@@ -163,6 +165,11 @@ class Fit:
     stages: dict[str, float]
     max_batch: int  # the largest batch it fits at (the tier's, or lower)
 
+    @classmethod
+    def unchanged(cls, limits: Limits) -> Fit:
+        """Where there is nothing to fit (the CPU): the limits as they are."""
+        return cls(YES, False, False, False, None, {}, limits.max_batch)
+
     @property
     def peak_gib(self) -> float:
         return max(self.stages.values(), default=0.0)
@@ -195,7 +202,7 @@ def stage_peaks(
         running = 0.0
         if component in idle_on_cpu:
             running = model.dit_streamed if (stream and component == "dit") else model.whole[component]
-        work = working_gib(stage, limits.gib, limits, dtype, model.dit_name, model.lm_name)
+        work = working_gib(stage, limits, dtype, model.dit_name, model.lm_name)
         peaks[stage] = resident + running + work
     return peaks
 
@@ -224,7 +231,7 @@ def fit_model(
     batch or a smaller one; then the DiT streamed. :class:`MemoryLimitError` when nothing fits, or
     when the offload needed is switched off by a setting."""
     if limits.gib is None:  # the CPU: nothing to fit
-        return Fit(YES, False, False, False, None, {}, limits.max_batch)
+        return Fit.unchanged(limits)
     lm_size = lm_size_of(lm_name) if (lm_name and limits.lm_enabled) else None
     model = ModelBytes.of(is_xl, dtype, lm_dtype or dtype, quantization, lm_size)
     budget = limits.gib - CONTEXT_RESERVE_GIB
@@ -308,7 +315,7 @@ def fit_plan(
     """The limits, residency plan and fit one DiT loads with (``plan``, when given, is tightened
     where the fit needs more offload); :class:`MemoryLimitError` where it does not fit."""
     if compute == "cpu":
-        fit = Fit(YES, False, False, False, None, {}, limits.max_batch)
+        fit = Fit.unchanged(limits)
         return limits, plan or plan_for(limits, compute), fit
     fit = fit_model(limits, is_xl, precision.name, quantization, lm_name, precision.lm)
     fitted = apply_fit(limits, fit)
